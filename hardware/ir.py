@@ -1,0 +1,203 @@
+"""SNN IR: the single, typed, versioned description of a converted network.
+
+Everything after training speaks this IR: the converter emits it (float
+form), the quantizer maps float IR -> integer IR, the netx writer/reader map
+IR <-> ``.net`` and the reference simulator executes it.
+
+Conventions
+-----------
+* Tensors are in PyTorch order: activations ``(C, H, W)``, conv weights
+  ``(out, in/groups, kh, kw)`` used as cross-correlation, dense weights
+  ``(out, in)``; ``Flatten`` flattens ``(C, H, W)`` in C order.
+* Spikes between layers are binary (value 1). In the float form the previous
+  layer's threshold is already folded into the next layer's weights.
+* The first weighted layer receives the analog input directly, every step
+  (float form: the input value; integer form: an unsigned ``input_bits``
+  graded spike, ``round(x · (2**input_bits − 1))``).
+
+Neuron dynamics (one step; ``a`` is the layer's synaptic input)::
+
+    if_soft (paper's IF neuron):  v ← v + a + b;  s = v ≥ θ;  v ← v − s·θ;  v(0) = θ/2
+    cuba    (Loihi stock LIF):    u ← u·(1 − δu) + a;  v ← v·(1 − δv) + u + b;
+                                  s = v > θ;  v ← v·(1 − s);  v(0) = 0
+
+with δu = (du + 1)/4096 and δv = dv/4096 (du, dv are Loihi's 12-bit decays;
+the IF neuron uses du = 4095, dv = 0). In the integer form θ is the threshold
+mantissa (compared as ``θ << 6``), ``b`` the bias mantissa (applied as
+``b << bias_exp``) and all arithmetic follows :mod:`hardware.spec`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Union
+
+import numpy as np
+
+IR_VERSION = "1.0"
+NEURON_KINDS = ("if_soft", "cuba")
+
+
+class IRError(ValueError):
+    """An IR that is inconsistent (shapes, kinds, missing fields)."""
+
+
+@dataclass
+class Neuron:
+    """Neuron parameters of one layer.
+
+    ``threshold``: θ (float form) or the threshold mantissa ``vThMant``
+    (integer form). ``du``/``dv``: Loihi 12-bit decays (see module docstring).
+    ``bias_exp``: exponent applied to the integer bias mantissa.
+    """
+
+    kind: str
+    threshold: Union[float, int]
+    du: int = 4095
+    dv: int = 0
+    bias_exp: int = 6
+
+    def __post_init__(self) -> None:
+        if self.kind not in NEURON_KINDS:
+            raise IRError(f"neuron kind {self.kind!r} is not one of {NEURON_KINDS}")
+
+    @property
+    def initial_fraction(self) -> float:
+        """v(0) as a fraction of θ: 0.5 for the paper's IF neuron, 0 for LIF."""
+        return 0.5 if self.kind == "if_soft" else 0.0
+
+
+@dataclass
+class Input:
+    """Network input of shape ``(C, H, W)`` or ``(N,)``.
+
+    ``neuron`` is set only for networks written by others (lava-dl's shipped
+    nets have an input layer of neurons); this project's networks feed the
+    input straight into the first weighted layer.
+    """
+
+    shape: tuple
+    neuron: Optional[Neuron] = None
+    name: str = "input"
+
+
+@dataclass
+class Conv:
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    neuron: Neuron
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    weight_exp: int = 0
+    name: str = "conv"
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        c, h, w = in_shape
+        kh, kw = self.weight.shape[2:]
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if c != self.weight.shape[1] * self.groups:
+            raise IRError(f"layer {self.name}: input has {c} channels, weight expects "
+                          f"{self.weight.shape[1] * self.groups}")
+        return (self.weight.shape[0], oh, ow)
+
+
+@dataclass
+class Dense:
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    neuron: Neuron
+    weight_exp: int = 0
+    name: str = "dense"
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        if len(in_shape) != 1 or in_shape[0] != self.weight.shape[1]:
+            raise IRError(f"layer {self.name}: input shape {in_shape} does not match "
+                          f"weight {self.weight.shape}")
+        return (self.weight.shape[0],)
+
+
+@dataclass
+class Flatten:
+    name: str = "flatten"
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        return (int(np.prod(in_shape)),)
+
+
+Layer = Union[Conv, Dense, Flatten]
+WEIGHTED = (Conv, Dense)
+
+
+@dataclass
+class Network:
+    """An ordered SNN.
+
+    ``integer``: False for the float form (converter output), True for the
+    Loihi 2 fixed-point form (quantizer output, netx files).
+    ``input_bits``: bits of the graded input spikes (integer form only).
+    ``metadata``: provenance (config, checkpoint hash, quantization report);
+    JSON-serialisable values only.
+    """
+
+    input: Input
+    layers: list
+    integer: bool = False
+    input_bits: Optional[int] = None
+    metadata: dict = field(default_factory=dict)
+    version: str = IR_VERSION
+
+    def __post_init__(self) -> None:
+        self.shapes()  # validates the chain of shapes
+
+    @property
+    def weighted_layers(self) -> list:
+        return [layer for layer in self.layers if isinstance(layer, WEIGHTED)]
+
+    def shapes(self) -> list:
+        """Output shape of every layer, in order."""
+        shape = tuple(self.input.shape)
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, Conv) and len(shape) != 3:
+                raise IRError(f"layer {layer.name}: conv needs a (C, H, W) input, got {shape}")
+            shape = tuple(int(s) for s in layer.output_shape(shape))
+            out.append(shape)
+        return out
+
+    @property
+    def output_size(self) -> int:
+        return int(np.prod(self.shapes()[-1]))
+
+    def replace(self, **changes: Any) -> "Network":
+        return replace(self, **changes)
+
+
+def networks_equal(a: Network, b: Network) -> bool:
+    """Exact structural and numerical equality (integers compared with ==)."""
+    if (a.integer, a.input_bits, tuple(a.input.shape), len(a.layers)) != (
+            b.integer, b.input_bits, tuple(b.input.shape), len(b.layers)):
+        return False
+    if (a.input.neuron is None) != (b.input.neuron is None):
+        return False
+    if a.input.neuron is not None and a.input.neuron != b.input.neuron:
+        return False
+    for la, lb in zip(a.layers, b.layers):
+        if type(la) is not type(lb):
+            return False
+        if isinstance(la, Flatten):
+            continue
+        if la.neuron != lb.neuron or la.weight_exp != lb.weight_exp:
+            return False
+        if la.weight.shape != lb.weight.shape or not np.array_equal(la.weight, lb.weight):
+            return False
+        if (la.bias is None) != (lb.bias is None):
+            return False
+        if la.bias is not None and not np.array_equal(la.bias, lb.bias):
+            return False
+        if isinstance(la, Conv) and (tuple(la.stride), tuple(la.padding), tuple(la.dilation),
+                                     la.groups) != (tuple(lb.stride), tuple(lb.padding),
+                                                    tuple(lb.dilation), lb.groups):
+            return False
+    return True

@@ -1,0 +1,134 @@
+"""Every number the Loihi 2 target imposes, in one frozen object.
+
+Sources: Lava 0.10 bit-accurate CPU models (``lava/proc/lif/models.py``
+``AbstractPyLifModelFixed``/``PyLifModelBitAcc``, ``lava/proc/dense/models.py``
+``AbstractPyDenseModelBitAcc``, ``lava/proc/conv/models.py``
+``PyConvModelFixed``, ``lava/utils/weightutils.py``), lava-dl 0.6 netx
+(``lava/lib/dl/netx/hdf5.py``: bias exponent 6, ``du = iDecay - 1``), and
+for resource limits the published Loihi 2 figures (Intel, "Taking Neuromorphic
+Computing to the Next Level with Loihi 2", technology brief, 2021).
+
+Nothing else in this project writes these literals: the quantizer, the
+reference simulator, the netx writer, the Lava neuron models and the tests all
+read :data:`LOIHI2`.
+
+Fixed-point neuron update (per step, as Lava's ``PyLifModelBitAcc``)::
+
+    u[t] = wrap24( sign(u)·(|u·(4096 − (du+1))| >> 12) + (a[t] << 6) )
+    v[t] = clip24( sign(v)·(|v·(4096 − dv)| >> 12) + u[t] + (bias_mant << bias_exp) )
+    spike = v[t] > (vth << 6)            (stock LIF, reset v to 0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loihi2Spec:
+    # --- synapses ---------------------------------------------------------
+    #: signed weight mantissa width used by this project's quantizer.
+    weight_bits: int = 8
+    #: Lava's Dense model clips weights to this many magnitude bits before
+    #: truncation (``clip_weights(..., num_bits=8)``: mixed sign -> [-256, 255]).
+    weight_clip_bits: int = 8
+    #: weight exponent range of a synapse (``weight_exp``, signed 4 bits).
+    weight_exp_min: int = -8
+    weight_exp_max: int = 7
+    #: Lava's fixed-point Conv clamps (wraps) its output to this many bits.
+    conv_output_bits: int = 24
+    #: Lava's Conv computes in float32: integer partial sums are exact only
+    #: below 2**24.
+    conv_float_exact_bits: int = 24
+
+    # --- neuron state ------------------------------------------------------
+    #: u and v are 24-bit signed registers.
+    state_bits: int = 24
+    #: synaptic input is left-shifted by 6 before it is added to u.
+    activation_shift: int = 6
+    #: the threshold mantissa is left-shifted by 6 to MSB-align it with v.
+    threshold_shift: int = 6
+    #: unsigned threshold mantissa width (0 .. 131071).
+    threshold_mantissa_bits: int = 17
+    #: decays are 12-bit fractions of 4096.
+    decay_bits: int = 12
+    #: Loihi adds this 1-bit offset to du (so a current can decay fully).
+    current_decay_offset: int = 1
+    voltage_decay_offset: int = 0
+    #: signed bias mantissa width (-4096 .. 4095).
+    bias_mantissa_bits: int = 13
+    #: netx always loads biases with this exponent (``bias_exp: 6``).
+    netx_bias_exp: int = 6
+
+    # --- messages ----------------------------------------------------------
+    #: payload bits of a graded spike on Loihi 2.
+    graded_spike_max_bits: int = 24
+    #: default bits of the analog input, sent as graded spikes every step.
+    input_bits_default: int = 8
+
+    # --- resources (Loihi 2 technology brief, 2021) ------------------------
+    neurons_per_core: int = 8192
+    cores_per_chip: int = 128
+    #: synaptic memory per neuro-core, in bits (128 KB).
+    synaptic_memory_bits_per_core: int = 128 * 1024 * 8
+    #: maximum fan-in of one neuron (axon-in entries per core), per core.
+    max_fan_in_per_core: int = 4096 * 16
+
+    # --- derived ranges -------------------------------------------------------
+    @property
+    def weight_min(self) -> int:
+        return -(1 << (self.weight_bits - 1))
+
+    @property
+    def weight_max(self) -> int:
+        return (1 << (self.weight_bits - 1)) - 1
+
+    @property
+    def state_max(self) -> int:
+        """2**23: Lava wraps u when it exceeds this and clips v to ±(2**23 − 1)."""
+        return 1 << (self.state_bits - 1)
+
+    @property
+    def threshold_max(self) -> int:
+        return (1 << self.threshold_mantissa_bits) - 1
+
+    @property
+    def decay_unity(self) -> int:
+        return 1 << self.decay_bits
+
+    @property
+    def decay_max(self) -> int:
+        return (1 << self.decay_bits) - 1
+
+    @property
+    def bias_min(self) -> int:
+        return -(1 << (self.bias_mantissa_bits - 1))
+
+    @property
+    def bias_max(self) -> int:
+        return (1 << (self.bias_mantissa_bits - 1)) - 1
+
+    @property
+    def activation_max(self) -> int:
+        """Largest |synaptic input| per step whose << 6 still fits in u."""
+        return (self.state_max >> self.activation_shift) - 1
+
+    @property
+    def conv_exact_max(self) -> int:
+        return (1 << (self.conv_float_exact_bits - 1)) - 1
+
+    def input_max(self, bits: int) -> int:
+        """Largest unsigned graded-spike payload with ``bits`` bits."""
+        return (1 << bits) - 1
+
+    #: IF neuron: the current does not persist (du = 4095 -> decays by 4096/4096)
+    #: and the voltage does not leak (dv = 0).
+    @property
+    def if_du(self) -> int:
+        return self.decay_max
+
+    @property
+    def if_dv(self) -> int:
+        return 0
+
+
+LOIHI2 = Loihi2Spec()
