@@ -37,8 +37,7 @@ IR_VERSION = "1.0"
 NEURON_KINDS = ("if_soft", "cuba")
 
 
-class IRError(ValueError):
-    """An IR that is inconsistent (shapes, kinds, missing fields)."""
+from .errors import IRError  # noqa: E402  (re-exported)
 
 
 @dataclass
