@@ -1,0 +1,144 @@
+"""Float SNN IR -> Loihi 2 fixed-point SNN IR.
+
+Per weighted layer l the quantizer picks one scale ``s_l`` (units of synaptic
+input per float unit) and sets::
+
+    W_int = round(s_l · W / x_max)        x_max = 2**input_bits − 1 for the first layer
+                                          (its input is the graded pixel payload), else 1
+    vth   = round(s_l · θ)                 threshold mantissa (compared as vth << 6)
+    bias  = round(s_l · b)                 bias mantissa (applied as bias << 6, netx's exponent)
+
+Rescaling W, θ and b of a layer together leaves its spike train unchanged in
+exact arithmetic, so ``s_l`` is free; it is the largest value that
+
+* uses the weight mantissa range fully:         s ≤ 127 / max|W/x_max|
+* keeps the threshold in its 17-bit mantissa:   s ≤ 131071 / θ
+* keeps the bias in its 13-bit mantissa:        s ≤ 4095 / max|b|
+* cannot overflow the 24-bit u and v in one step: the worst-case synaptic input
+  of any neuron (all positive or all negative weights active at full input),
+  plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits):
+  s ≤ 131071 / (max_i Σ_j max(±W_ij, 0) + θ + max|b|).
+
+All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
+the limit that set the scale and the quantization error of each quantity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import QuantizationError
+from .ir import WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron
+from .spec import LOIHI2, Loihi2Spec
+
+
+@dataclass
+class LayerQuantReport:
+    name: str
+    scale: float
+    limited_by: str
+    weight_bits_used: int
+    weight_max_abs_error: float      # in float units (after dividing by the scale)
+    weight_rms_rel_error: float      # rms error / max |W|
+    threshold_float: float
+    threshold_mantissa: int
+    threshold_rel_error: float
+    bias_max_abs_error: float
+    worst_case_input: int            # max |synaptic input| per step, in integer units
+
+
+def _worst_case_input(weight: np.ndarray) -> float:
+    """max over neurons of max(Σ positive weights, Σ |negative weights|) for inputs in [0, 1]."""
+    flat = weight.reshape(weight.shape[0], -1)
+    return float(max(np.clip(flat, 0, None).sum(axis=1).max(initial=0.0),
+                     np.clip(-flat, 0, None).sum(axis=1).max(initial=0.0)))
+
+
+def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOIHI2) -> Network:
+    """Quantize a float IR to the integer IR Loihi 2 (and Lava's fixed_pt models) execute."""
+    if net.integer:
+        raise QuantizationError("network is already in integer form")
+    if net.input.neuron is not None:
+        raise QuantizationError("input layers with neurons are not produced by this project's converter")
+    input_bits = spec.input_bits_default if input_bits is None else int(input_bits)
+    if not 1 <= input_bits <= spec.graded_spike_max_bits:
+        raise QuantizationError(f"input_bits = {input_bits} is outside 1..{spec.graded_spike_max_bits} "
+                                "(graded spike payload bits)")
+    layers = []
+    reports = []
+    first = True
+    for layer in net.layers:
+        if isinstance(layer, Flatten):
+            layers.append(Flatten(name=layer.name))
+            continue
+        if not isinstance(layer, WEIGHTED):
+            raise QuantizationError(f"layer {getattr(layer, 'name', layer)} has an unsupported type")
+        x_max = spec.input_max(input_bits) if first else 1
+        first = False
+        weight = np.asarray(layer.weight, dtype=np.float64) / x_max
+        bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
+        theta = float(layer.neuron.threshold)
+        if not math.isfinite(theta) or theta <= 0:
+            raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
+        if not np.all(np.isfinite(weight)) or not np.all(np.isfinite(bias)):
+            raise QuantizationError(f"layer {layer.name}: weights or biases are not finite")
+        w_abs = float(np.abs(weight).max(initial=0.0))
+        b_abs = float(np.abs(bias).max(initial=0.0))
+        worst = _worst_case_input(weight * x_max)  # input values in [0, 1] float units
+        limits = {
+            "weight range": spec.weight_max / w_abs if w_abs > 0 else math.inf,
+            "threshold mantissa": spec.threshold_max / theta,
+            "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
+            "24-bit state": spec.activation_max / (worst + theta + b_abs),
+        }
+        limited_by = min(limits, key=limits.get)
+        scale = limits[limited_by]
+        if not math.isfinite(scale):
+            raise QuantizationError(f"layer {layer.name}: no finite scale (all weights zero?)")
+        w_int = np.rint(weight * scale).astype(np.int64)
+        b_int = np.rint(bias * scale).astype(np.int64)
+        vth = int(np.rint(theta * scale))
+        _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
+        _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
+        _check_range(layer.name, "threshold", np.array([vth]), 1, spec.threshold_max)
+        worst_int = int(round(_worst_case_input(w_int * x_max)))
+        if worst_int + vth + int(np.abs(b_int).max(initial=0)) > spec.activation_max:
+            # rounding pushed the worst case over the limit: a silent wrap is never acceptable
+            raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
+                                    f"+ threshold {vth} exceeds {spec.activation_max}")
+        neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
+                        bias_exp=spec.netx_bias_exp)
+        if isinstance(layer, Conv):
+            q_layer = Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
+                           padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
+                           weight_exp=0, name=layer.name)
+        else:
+            q_layer = Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
+        layers.append(q_layer)
+        w_err = w_int / scale - weight
+        reports.append(LayerQuantReport(
+            name=layer.name, scale=float(scale), limited_by=limited_by,
+            weight_bits_used=int(np.ceil(np.log2(np.abs(w_int).max(initial=0) + 1))) + 1,
+            weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
+            weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs) if w_abs else 0.0,
+            threshold_float=theta, threshold_mantissa=vth,
+            threshold_rel_error=abs(vth / scale - theta) / theta,
+            bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
+            worst_case_input=worst_int))
+    metadata = dict(net.metadata)
+    metadata["quantization"] = [asdict(r) for r in reports]
+    return Network(input=Input(shape=tuple(net.input.shape)), layers=layers, integer=True,
+                   input_bits=input_bits, metadata=metadata)
+
+
+def _check_range(layer: str, what: str, values: np.ndarray, low: int, high: int) -> None:
+    if values.size == 0:
+        return
+    vmin, vmax = int(values.min()), int(values.max())
+    if vmin < low or vmax > high:
+        bad = vmin if vmin < low else vmax
+        raise QuantizationError(f"layer {layer}: {what} value {bad} does not fit Loihi 2's range "
+                                f"[{low}, {high}]")
+

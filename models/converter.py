@@ -1,0 +1,174 @@
+"""ANN -> SNN IR conversion.
+
+Folding rules (all exact, linear algebra only):
+
+* Batch-norm after a conv/linear layer:
+  ``W' = W · γ/√(var+ε)`` per output channel, ``b' = (b − μ) · γ/√(var+ε) + β``.
+* Spikes are binary, so a spike of layer l stands for θ_l: the next layer's
+  weights are multiplied by θ_l (θ_l = λ_l, the learned QCFS threshold).
+* P×P average pooling (stride P) followed by a k×k conv (stride s, padding p,
+  dilation 1) is one conv with kernel ``kron(W, 1_{P×P}) / P²`` of size kP,
+  stride sP and padding pP (needs the pooled map's size divisible by P).
+  Followed by flatten + linear, the pooling becomes a dense matrix that
+  spreads each weight over its P×P window (rows/columns that the floor of the
+  pooling drops get weight 0).
+
+The IR's float forward with QCFS (:func:`ir_quantized_forward`) equals the
+ANN's forward with noise off.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hardware.ir import Conv, Dense, Flatten, Input, IRError, Network, Neuron
+from hardware.spec import LOIHI2
+
+from .nq import NQActivation
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module | None):
+    weight = weight.detach().double()
+    bias = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
+    if bn is None:
+        return weight, bias
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return weight * scale.view(shape), (bias - bn.running_mean.detach().double()) * scale + bn.bias.detach().double()
+
+
+def _neuron(kind: str, threshold: float) -> Neuron:
+    return Neuron(kind=kind, threshold=float(threshold), du=LOIHI2.if_du, dv=LOIHI2.if_dv,
+                  bias_exp=LOIHI2.netx_bias_exp)
+
+
+def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
+            metadata: dict | None = None) -> Network:
+    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`) into a float IR."""
+    modules = list(model)
+    layers: list = []
+    shape = tuple(input_shape)         # shape of the current activation (after pending pooling)
+    pre_pool_shape = shape            # shape before the pending pooling
+    spike_scale = 1.0                  # value one input unit stands for (θ of the previous layer)
+    pool = 1                           # pending average-pool factor
+    flatten_pending = False
+    index = 0
+    while index < len(modules):
+        module = modules[index]
+        if isinstance(module, nn.AvgPool2d):
+            kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+            stride = module.stride if isinstance(module.stride, int) else module.stride[0]
+            if kernel != stride or module.padding not in (0, (0, 0)):
+                raise IRError(f"module {index}: only non-overlapping average pooling folds exactly")
+            if pool == 1:
+                pre_pool_shape = shape
+            pool *= kernel
+            shape = (shape[0], shape[1] // kernel, shape[2] // kernel)
+            index += 1
+            continue
+        if isinstance(module, nn.Flatten):
+            flatten_pending = True
+            index += 1
+            continue
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise IRError(f"module {index} ({type(module).__name__}) cannot be converted")
+        bn = None
+        nq = None
+        j = index + 1
+        if j < len(modules) and isinstance(modules[j], (nn.BatchNorm2d, nn.BatchNorm1d)):
+            bn = modules[j]
+            j += 1
+        if j < len(modules) and isinstance(modules[j], NQActivation):
+            nq = modules[j]
+            j += 1
+        if nq is None:
+            raise IRError(f"module {index} ({type(module).__name__}) is not followed by an NQ activation")
+        weight, bias = _fold_bn(module.weight, module.bias, bn)
+        weight = weight * spike_scale
+        threshold = float(nq.threshold.detach())
+        if threshold <= 0:
+            raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
+        name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(layers)}"
+        if isinstance(module, nn.Conv2d):
+            if flatten_pending:
+                raise IRError(f"module {index}: conv after flatten")
+            stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
+            if pool > 1:
+                if dilation != (1, 1) or module.groups != 1:
+                    raise IRError(f"module {index}: pooling folds only into an undilated, ungrouped conv")
+                if pre_pool_shape[1] % pool or pre_pool_shape[2] % pool:
+                    raise IRError(f"module {index}: pooled map {pre_pool_shape[1:]} is not divisible by "
+                                  f"the pooling factor {pool}; the fold would not be exact")
+                weight = torch.kron(weight, torch.ones(1, 1, pool, pool, dtype=weight.dtype)) / pool ** 2
+                stride = (stride[0] * pool, stride[1] * pool)
+                padding = (padding[0] * pool, padding[1] * pool)
+                shape = pre_pool_shape
+            layer = Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=_neuron(neuron, threshold),
+                         stride=stride, padding=padding, dilation=dilation, groups=module.groups, name=name)
+        else:
+            if flatten_pending:
+                layers.append(Flatten(name=f"flatten{len(layers)}"))
+                flatten_pending = False
+                if pool > 1:
+                    c, h, w = pre_pool_shape
+                    ph, pw = shape[1], shape[2]
+                    grid = weight.view(weight.shape[0], c, ph, pw)
+                    spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
+                    spread[:, :, :ph * pool, :pw * pool] = grid.repeat_interleave(pool, 2).repeat_interleave(pool, 3)
+                    weight = (spread / pool ** 2).reshape(weight.shape[0], -1)
+                    shape = pre_pool_shape
+            elif pool > 1:
+                raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
+            layer = Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=_neuron(neuron, threshold), name=name)
+        layers.append(layer)
+        pool = 1
+        spike_scale = threshold
+        shape = layer.output_shape((int(np.prod(shape)),) if isinstance(layer, Dense) else shape)
+        index = j
+    if pool > 1 or flatten_pending:
+        raise IRError("the network ends with pooling or flatten; the last layer must be conv/linear + NQ")
+    return Network(input=Input(shape=tuple(input_shape)), layers=layers, integer=False,
+                   metadata=dict(metadata or {}))
+
+
+def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Tensor:
+    """The IR's float forward with QCFS activations: the ANN function it was folded from.
+
+    Layer l computes ``q_l = clip(floor((W_l q_{l−1} + b_l)·L/θ_l + 1/2)/L, 0, 1)``
+    (``q_0`` is the input) and the result is ``θ_last · q_last``.
+    """
+    if net.integer:
+        raise IRError("ir_quantized_forward needs the float IR")
+    q = x.double()
+    threshold = 1.0
+    for layer in net.layers:
+        if isinstance(layer, Flatten):
+            q = q.flatten(1)
+            continue
+        w = torch.as_tensor(layer.weight, dtype=torch.float64)
+        b = torch.as_tensor(layer.bias, dtype=torch.float64)
+        if isinstance(layer, Conv):
+            h = F.conv2d(q, w, b, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                         groups=layer.groups)
+        else:
+            h = q @ w.T + b
+        threshold = float(layer.neuron.threshold)
+        q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
+    return q * threshold
+
+
+def count_macs(net: Network) -> list[int]:
+    """Multiply-accumulates per weighted layer of the equivalent ANN (folded weights)."""
+    macs = []
+    for layer, out_shape in zip(net.layers, net.shapes()):
+        if isinstance(layer, Conv):
+            per_output = int(np.prod(layer.weight.shape[1:]))
+            macs.append(per_output * int(np.prod(out_shape)))
+        elif isinstance(layer, Dense):
+            macs.append(int(np.prod(layer.weight.shape)))
+    return macs
+
+
+__all__ = ["convert", "ir_quantized_forward", "count_macs"]
