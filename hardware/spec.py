@@ -60,6 +60,12 @@ class Loihi2Spec:
     netx_bias_exp: int = 6
 
     # --- messages ----------------------------------------------------------
+    #: Lava's fixed-point Dense accumulator, the a_out -> a_in channel and the
+    #: LIF arithmetic all live in int32 containers. Established by experiment
+    #: (tests/test_simulator.py): values beyond the declared 16-bit precision of
+    #: Dense.a_out / LIF.a_in are neither clipped nor wrapped at 16 bits; they
+    #: pass through and wrap only at 32 bits (graded W @ s, a << 6, u + a).
+    container_bits: int = 32
     #: payload bits of a graded spike on Loihi 2.
     graded_spike_max_bits: int = 24
     #: default bits of the analog input, sent as graded spikes every step.
