@@ -1,0 +1,228 @@
+"""The pipeline's stages. Each takes the validated config and returns a dict;
+each writes its results into ``run.dir`` (``report.json`` is updated, never
+replaced, so stages can run one at a time)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardware.errors import NetxFormatError
+from hardware.quantize import quantize
+from hardware.simulator import encode_input, simulate
+
+from .data import load_dataset
+from .training import (CHECKPOINT, ann_accuracy, load_checkpoint, model_from_checkpoint, snn_accuracy_by_t,
+                       to_ir)
+from .training import train as train_model
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+NET_FILE = "model.net"
+REPORT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- helpers
+def _run_dir(cfg) -> Path:
+    path = Path(cfg.run.dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_report(run_dir: Path) -> dict:
+    path = Path(run_dir) / REPORT_JSON
+    if not path.exists():
+        return {"format_version": REPORT_FORMAT}
+    with open(path) as f:
+        return json.load(f)
+
+
+def update_report(run_dir: Path, updates: dict) -> dict:
+    """Merge ``updates`` into report.json (one level deep for dict values), atomically."""
+    report = read_report(run_dir)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(report.get(key), dict):
+            report[key].update(value)
+        else:
+            report[key] = value
+    path = Path(run_dir) / REPORT_JSON
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return report
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _test_tensors(cfg):
+    data = load_dataset(cfg.data, seed=cfg.train.seed)
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    y = torch.stack([data.test[i][1] for i in range(len(data.test))])
+    return data, x, y
+
+
+def _accuracy_by_t(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """predictions (T, N) -> {"1": acc, ..., "T": acc}."""
+    return {str(t + 1): float(np.mean(predictions[t] == labels)) for t in range(predictions.shape[0])}
+
+
+def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
+    """(N, T, n_out) spikes -> (T, N) argmax of cumulative counts (ties -> lowest index)."""
+    return np.cumsum(spikes, axis=1).argmax(axis=2).T
+
+
+def net_path(cfg) -> Path:
+    explicit = getattr(cfg.run, "net", None)
+    return Path(explicit) if explicit else Path(cfg.run.dir) / NET_FILE
+
+
+# --------------------------------------------------------------------------- stages
+def train(cfg, progress: bool = True) -> dict:
+    run_dir = _run_dir(cfg)
+    result = train_model(cfg, progress=progress)
+    update_report(run_dir, {"config": cfg.to_dict(),
+                            "training": {"best_epoch": result["best_epoch"], "history": result["history"]}})
+    return result
+
+
+def evaluate(cfg, progress: bool = True) -> dict:
+    """ANN accuracy (noise off) and float-SNN accuracy at every t ≤ eval.timesteps on the test split."""
+    run_dir = _run_dir(cfg)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    model = model_from_checkpoint(ckpt)
+    data = load_dataset(cfg.data, seed=cfg.train.seed)
+    ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
+    net = to_ir(model, data.input_shape, cfg.snn.neuron)
+    start = time.perf_counter()
+    snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size)
+    sim_time = time.perf_counter() - start
+    result = {"accuracy": {"ann": ann, "snn_float": snn_float},
+              "test_samples": len(data.test),
+              "simulator": {"float_samples_per_s": len(data.test) / sim_time if sim_time > 0 else None},
+              "checkpoint": {"epoch": ckpt["epoch"], "sigma": ckpt["sigma"], "lambda": ckpt["lambda"],
+                             "sha256": _sha256(run_dir / CHECKPOINT)}}
+    update_report(run_dir, result)
+    return result
+
+
+def export(cfg, progress: bool = True) -> dict:
+    """Checkpoint -> float IR -> Loihi 2 fixed point -> model.net (netx HDF5)."""
+    from hardware.netx_io import write_net
+
+    run_dir = _run_dir(cfg)
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron)
+    qnet = quantize(net, input_bits=cfg.quant.input_bits)
+    provenance = {"config": cfg.to_dict(), "checkpoint_sha256": _sha256(ckpt_path),
+                  "checkpoint_epoch": ckpt["epoch"], "quantization": qnet.metadata["quantization"]}
+    path = write_net(qnet, run_dir / NET_FILE, provenance=provenance)
+    result = {"export": {"path": str(path), "sha256": _sha256(path), "neuron": cfg.snn.neuron,
+                         "input_bits": qnet.input_bits},
+              "quantization": qnet.metadata["quantization"]}
+    update_report(run_dir, result)
+    log.info("wrote %s", path)
+    return result
+
+
+def run(cfg, progress: bool = True) -> dict:
+    """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
+    from hardware.lava_runner import run_lava
+    from hardware.netx_io import read_net
+
+    run_dir = _run_dir(cfg)
+    path = net_path(cfg)
+    if not path.exists():
+        raise NetxFormatError(f"no network file at {path}; run `python -m pipeline export` first "
+                              "or set run.net to a .net file")
+    net = read_net(path)
+    _, x, y = _test_tensors(cfg)
+    labels = y.numpy()
+    x_int = encode_input(x.numpy(), net.input_bits)
+    steps = cfg.eval.timesteps
+
+    start = time.perf_counter()
+    out_spikes = []
+    for begin in range(0, len(x_int), cfg.eval.batch_size):
+        res = simulate(net, torch.as_tensor(x_int[begin:begin + cfg.eval.batch_size]), steps)
+        out_spikes.append(res.output_spikes.numpy().transpose(1, 0, 2))
+    sim_time = time.perf_counter() - start
+    ref_spikes = np.concatenate(out_spikes, axis=0)           # (N, T, n_out)
+    snn_fixed = _accuracy_by_t(_predictions_from_spikes(ref_spikes), labels)
+
+    n = min(cfg.run.lava_samples, len(x_int))
+    lava = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress)
+    agree = np.all(lava.output_spikes == ref_spikes[:n], axis=(1, 2))
+    lava_acc = _accuracy_by_t(_predictions_from_spikes(lava.output_spikes), labels[:n])
+    result = {"accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc},
+              "lava": {"samples": int(n), "agreement": float(agree.mean()), "backend": lava.backend,
+                       "steps_per_sample": steps, "wall_time_s": lava.wall_time_s,
+                       "samples_per_s": lava.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
+              "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
+              "network_file": {"path": str(path), "sha256": _sha256(path)}}
+    if net.metadata.get("quantization"):
+        result["quantization"] = net.metadata["quantization"]
+    update_report(run_dir, result)
+    return result
+
+
+def report(cfg, progress: bool = True) -> dict:
+    """Render report.md and plots from report.json (no re-running)."""
+    from .report import render_report
+
+    return render_report(Path(cfg.run.dir))
+
+
+def run_all(cfg, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    train(cfg, progress)
+    evaluate(cfg, progress)
+    export(cfg, progress)
+    run(cfg, progress)
+    try:
+        report(cfg, progress)
+    except ImportError:
+        log.info("report rendering is not available in this version")
+    summary = read_report(Path(cfg.run.dir))
+    summary["wall_time_s"] = time.perf_counter() - started
+    update_report(Path(cfg.run.dir), {"wall_time_s": summary["wall_time_s"]})
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(report: dict) -> str:
+    acc = report.get("accuracy", {})
+    steps = sorted({int(t) for key in ("snn_float", "snn_fixed", "lava") for t in acc.get(key, {})})
+    shown = [t for t in (1, 2, 4, 8, 16, 32) if t in steps] or steps
+    lines = ["", f"{'T':>4} | {'ANN':>6} | {'SNN float':>9} | {'SNN fixed':>9} | {'Lava':>6}"]
+    lines.append("-" * len(lines[-1]))
+
+    def cell(key, t, width):
+        value = acc.get(key, {}).get(str(t))
+        return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+    for t in shown:
+        ann = acc.get("ann")
+        lines.append(f"{t:>4} | {ann:>6.4f} | {cell('snn_float', t, 9)} | {cell('snn_fixed', t, 9)} | "
+                     f"{cell('lava', t, 6)}" if ann is not None else f"{t:>4} | {'-':>6} | ...")
+    lava = report.get("lava", {})
+    if lava:
+        lines.append(f"Lava ({lava.get('backend')}): {lava.get('samples')} test samples, agreement with the "
+                     f"bit-accurate reference simulator: {lava.get('agreement'):.3f}")
+    if "wall_time_s" in report:
+        lines.append(f"wall time: {report['wall_time_s']:.0f} s")
+    return "\n".join(lines)
