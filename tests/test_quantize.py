@@ -1,0 +1,96 @@
+"""Quantizer properties: mantissas in range, integers, error at most half a step."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from hardware.errors import QuantizationError
+from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
+from hardware.quantize import quantize
+from hardware.spec import LOIHI2
+
+finite = st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False, width=64)
+
+
+def _net(w1, b1, w2, theta1, theta2, kind="if_soft"):
+    n_in = w1.shape[1]
+    layers = [Dense(weight=w1, bias=b1, neuron=Neuron(kind, theta1), name="d0"),
+              Dense(weight=w2, bias=np.zeros(w2.shape[0]), neuron=Neuron(kind, theta2), name="d1")]
+    return Network(input=Input(shape=(n_in,)), layers=layers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(w1=arrays(np.float64, (5, 7), elements=finite), b1=arrays(np.float64, (5,), elements=finite),
+       w2=arrays(np.float64, (3, 5), elements=finite),
+       theta1=st.floats(0.05, 20.0), theta2=st.floats(0.05, 20.0), bits=st.integers(1, 12))
+def test_quantizer_properties(w1, b1, w2, theta1, theta2, bits):
+    if not np.any(w1) or not np.any(w2):
+        return
+    net = _net(w1, b1, w2, theta1, theta2)
+    try:
+        q = quantize(net, input_bits=bits)
+    except QuantizationError:
+        # only acceptable when a threshold would round to zero (tiny θ against huge weights)
+        return
+    assert q.integer and q.input_bits == bits
+    x_max = [LOIHI2.input_max(bits), 1]
+    for layer, float_layer, rep, xm in zip(q.layers, net.layers, q.metadata["quantization"], x_max):
+        assert layer.weight.dtype.kind == "i" and layer.bias.dtype.kind == "i"
+        assert isinstance(layer.neuron.threshold, int)
+        assert LOIHI2.weight_min <= layer.weight.min() and layer.weight.max() <= LOIHI2.weight_max
+        assert LOIHI2.bias_min <= layer.bias.min() and layer.bias.max() <= LOIHI2.bias_max
+        assert 1 <= layer.neuron.threshold <= LOIHI2.threshold_max
+        s = rep["scale"]
+        # error at most half a step of the chosen scale
+        w_float = float_layer.weight / xm
+        assert np.all(np.abs(layer.weight / s - w_float) <= 0.5 / s * (1 + 1e-9))
+        assert abs(layer.neuron.threshold / s - float_layer.neuron.threshold) <= 0.5 / s * (1 + 1e-9)
+        assert np.all(np.abs(layer.bias / s - float_layer.bias) <= 0.5 / s * (1 + 1e-9))
+        # the weight range is used fully unless another limit binds
+        if rep["limited_by"] == "weight range":
+            assert np.abs(layer.weight).max() == LOIHI2.weight_max
+        # no overflow of the 24-bit state in one step
+        worst = max(np.clip(layer.weight, 0, None).sum(1).max(), np.clip(-layer.weight, 0, None).sum(1).max()) * xm
+        assert worst + layer.neuron.threshold + np.abs(layer.bias).max() <= LOIHI2.activation_max
+
+
+def test_first_layer_scale_accounts_for_graded_input():
+    w = np.array([[0.5, -0.25]])
+    net = _net(w, np.zeros(1), np.ones((1, 1)), 1.0, 1.0)
+    q = quantize(net, input_bits=8)
+    rep = q.metadata["quantization"][0]
+    # input x in [0,1] arrives as round(255·x): integer weight ≈ s·w/255
+    np.testing.assert_allclose(q.layers[0].weight / rep["scale"] * 255, w, atol=0.5 / rep["scale"] * 255)
+
+
+def test_large_fan_in_is_limited_by_the_state_width():
+    w = np.full((2, 4000), 1.0)
+    net = _net(w, np.zeros(2), np.ones((1, 2)), 1.0, 1.0)
+    q = quantize(net, input_bits=8)
+    assert q.metadata["quantization"][0]["limited_by"] == "24-bit state"
+    assert q.metadata["quantization"][0]["worst_case_input"] <= LOIHI2.activation_max
+
+
+def test_conv_and_flatten_are_kept():
+    rng = np.random.default_rng(0)
+    layers = [Conv(weight=rng.normal(size=(4, 1, 3, 3)), bias=rng.normal(size=4) * 0.1,
+                   neuron=Neuron("cuba", 1.0), padding=(1, 1), name="c0"),
+              Flatten(), Dense(weight=rng.normal(size=(3, 64)), bias=np.zeros(3), neuron=Neuron("cuba", 2.0))]
+    q = quantize(Network(input=Input(shape=(1, 4, 4)), layers=layers))
+    assert [type(l).__name__ for l in q.layers] == ["Conv", "Flatten", "Dense"]
+    assert q.layers[0].padding == (1, 1) and q.layers[0].neuron.kind == "cuba"
+    assert q.input_bits == LOIHI2.input_bits_default
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_bad_threshold_is_an_error_naming_the_layer(bad):
+    net = _net(np.ones((1, 2)), np.zeros(1), np.ones((1, 1)), bad, 1.0)
+    with pytest.raises(QuantizationError, match="d0"):
+        quantize(net)
+
+
+def test_input_bits_out_of_range():
+    net = _net(np.ones((1, 2)), np.zeros(1), np.ones((1, 1)), 1.0, 1.0)
+    with pytest.raises(QuantizationError, match="input_bits"):
+        quantize(net, input_bits=LOIHI2.graded_spike_max_bits + 1)
