@@ -71,13 +71,27 @@ class Loihi2Spec:
     #: default bits of the analog input, sent as graded spikes every step.
     input_bits_default: int = 8
 
-    # --- resources (Loihi 2 technology brief, 2021) ------------------------
+    # --- resources ------------------------------------------------------------
+    # Loihi 2 public figures (Intel, "Taking Neuromorphic Computing to the Next
+    # Level with Loihi 2", technology brief, 2021): 128 neuro-cores per chip,
+    # up to 8192 neurons per core, up to 1M neurons and 120M synapses per chip.
+    # Intel has published no per-core synaptic-memory or fan-in figure for
+    # Loihi 2 that could be confirmed here; the two per-core memory/fan-in
+    # limits below are Loihi 1 figures (Davies et al., IEEE Micro 2018:
+    # 16 MB synaptic memory over 128 cores; nengo-loihi ``block.py``:
+    # MAX_SYNAPSE_BITS = 1048576, MAX_IN_AXONS = 4096), used as conservative
+    # bounds. Press coverage of Loihi 2 also reports 128 KB of SRAM per core,
+    # flexibly partitioned between synapses and neuron state (not an Intel
+    # primary source). Override with ``dataclasses.replace(LOIHI2, ...)``.
     neurons_per_core: int = 8192
     cores_per_chip: int = 128
-    #: synaptic memory per neuro-core, in bits (128 KB).
+    neurons_per_chip: int = 1_000_000
+    synapses_per_chip: int = 120_000_000
+    #: synaptic memory per neuro-core, in bits (128 KiB; Loihi 1 figure, see above).
     synaptic_memory_bits_per_core: int = 128 * 1024 * 8
-    #: maximum fan-in of one neuron (axon-in entries per core), per core.
-    max_fan_in_per_core: int = 4096 * 16
+    #: distinct input axons (presynaptic sources) one core accepts; bounds the
+    #: fan-in of any single neuron (Loihi 1 figure, see above).
+    max_fan_in_per_core: int = 4096
 
     # --- derived ranges -------------------------------------------------------
     @property
