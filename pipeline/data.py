@@ -1,0 +1,349 @@
+"""Datasets, read from local files only (nothing is downloaded).
+
+Every dataset is returned as float32 images in [0, 1], shaped (N, C, H, W),
+and int64 labels. The only transform is the scaling to [0, 1]
+(``x = pixel / pixel_max``): the image is sent to Loihi 2 as unsigned graded
+spikes, so no mean/std normalisation (which would make inputs signed).
+
+Splits:
+
+* ``test`` is the dataset's own test set (digits has none: a stratified 20 %
+  split with a fixed seed, so every training seed is scored on the same test
+  images);
+* ``val`` is carved from the training set only, stratified per class and
+  seeded with ``train.seed``: per class ``c`` with ``n_c`` training images,
+  ``round(n_c * val_fraction)`` go to validation.
+
+Sources:
+
+* ``digits``: :func:`sklearn.datasets.load_digits` (8x8, values 0..16, /16);
+* ``fashion-mnist``: IDX files, default ``/usr/share/datasets/fashion-mnist``
+  (Debian package ``dataset-fashion-mnist``, which installs the four
+  ``*-ubyte.gz`` files there);
+* ``mnist``: IDX files in ``data.root`` (same reader);
+* ``cifar10``: the ``cifar-10-batches-py`` pickles, read with a restricted
+  unpickler that can only rebuild dicts/lists/str/bytes/ints and numpy
+  arrays: a pickle referring to anything else is refused, never executed.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from hardware.errors import ToolkitError
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ToolkitError, OSError):
+    """A dataset that is missing, incomplete or malformed."""
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """train/val/test TensorDatasets of (float32 images in [0,1] (N,C,H,W),
+    int64 labels)."""
+
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    name: str
+
+
+#: Seed of digits' fixed test split (independent of train.seed on purpose).
+DIGITS_TEST_SEED = 20240601
+DIGITS_TEST_FRACTION = 0.2
+FASHION_MNIST_DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/ format description):
+# data are big-endian.
+_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+# --------------------------------------------------------------------------
+# Splitting
+# --------------------------------------------------------------------------
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (keep, held_out), per class ``round(n_c*fraction)``
+    held out, chosen by a permutation seeded with ``seed``. Both index arrays
+    are sorted; they are disjoint and cover ``range(len(labels))``."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = int(round(len(idx) * fraction))
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def _tensors(x: np.ndarray, y: np.ndarray, pixel_max: float) -> TensorDataset:
+    """Raw pixels -> float32 ``x / pixel_max`` in [0, 1]; labels -> int64."""
+    xf = x.astype(np.float32)
+    xf /= np.float32(pixel_max)
+    return TensorDataset(torch.from_numpy(np.ascontiguousarray(xf)),
+                         torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+def _make_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, pixel_max: float, num_classes: int, val_fraction: float,
+                 seed: int) -> DatasetSplits:
+    """Scale raw (N, C, H, W) pixels by ``pixel_max`` and carve the seeded,
+    stratified validation split out of the training set."""
+    tr, va = stratified_split(y_train, val_fraction, seed)
+    if len(va) == 0 or len(tr) == 0:
+        raise DatasetError(f"{name}: the training set ({len(y_train)} images) is too small "
+                           f"for data.val_fraction={val_fraction}")
+    splits = DatasetSplits(
+        train=_tensors(x_train[tr], y_train[tr], pixel_max),
+        val=_tensors(x_train[va], y_train[va], pixel_max),
+        test=_tensors(x_test, y_test, pixel_max), num_classes=num_classes,
+        input_shape=tuple(int(d) for d in x_train.shape[1:]), name=name)
+    log.info("%s: %d train, %d val, %d test images of shape %s", name, len(tr), len(va),
+             len(y_test), splits.input_shape)
+    return splits
+
+
+# --------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST)
+# --------------------------------------------------------------------------
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed, detected by its magic).
+
+    Layout: 2 zero bytes, a type code, the number of dimensions d, d
+    big-endian uint32 sizes, then prod(sizes) big-endian values. A file whose
+    payload is shorter or longer than its header says is malformed."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DatasetError(f"cannot read IDX file {p}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{p} is not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DatasetError(f"{p}: truncated IDX header ({len(raw)} bytes, ndim={ndim})")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DatasetError(f"{p}: IDX payload is {len(raw) - header} bytes but the header "
+                           f"(shape {shape}, {dtype.name}) needs {expected}: the file is "
+                           f"{'truncated' if len(raw) - header < expected else 'too long'}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(
+        dtype.newbyteorder("="))
+
+
+def _idx_candidates(root: Path, stem: str) -> list[Path]:
+    # Accept the names of the original site (with and without .gz), the
+    # dotted variant some mirrors use (train-images.idx3-ubyte), and
+    # torchvision's raw/ folders, so a user's existing copy is found as is.
+    names = [stem, stem + ".gz", stem.replace("-idx", ".idx"),
+             stem.replace("-idx", ".idx") + ".gz"]
+    dirs = [root, root / "raw", root / "MNIST" / "raw", root / "FashionMNIST" / "raw"]
+    return [d / n for d in dirs for n in names]
+
+
+def _how_to_get(name: str) -> str:
+    if name == "fashion-mnist":
+        return ("install them with `apt-get install dataset-fashion-mnist` (files go to "
+                f"{FASHION_MNIST_DEFAULT_ROOT}) or place the IDX files in a directory and "
+                "set data.root to it")
+    return "place the IDX files (as .gz or uncompressed) in a directory and set data.root to it"
+
+
+def load_idx_dataset(root: str | Path, name: str) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) from an IDX directory; images as
+    uint8 (N, 28, 28)-like arrays, labels as int64."""
+    root = Path(root).expanduser()
+    found, missing = {}, []
+    for key, stem in IDX_FILES.items():
+        hit = next((c for c in _idx_candidates(root, stem) if c.is_file()), None)
+        if hit is None:
+            missing.append(stem + "[.gz]")
+        else:
+            found[key] = hit
+    if missing:
+        raise DatasetError(
+            f"{name}: looked in {root} (and its raw/ subfolders) and did not find "
+            f"{', '.join(missing)}; expected the four files "
+            f"{', '.join(s + '[.gz]' for s in IDX_FILES.values())}; {_how_to_get(name)}. "
+            f"Nothing is downloaded.")
+    arrays = {k: read_idx(p) for k, p in found.items()}
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise DatasetError(f"{found[part + '_images']}: expected uint8 images (N, H, W), "
+                               f"got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DatasetError(f"{found[part + '_labels']}: expected {len(x)} labels, got "
+                               f"shape {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise DatasetError(f"{found[part + '_labels']}: labels must be 0..9, found "
+                               f"{int(y.min())}..{int(y.max())}")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DatasetError(f"{name}: train images {arrays['train_images'].shape[1:]} and test "
+                           f"images {arrays['test_images'].shape[1:]} differ in size")
+    return (arrays["train_images"], arrays["train_labels"].astype(np.int64),
+            arrays["test_images"], arrays["test_labels"].astype(np.int64))
+
+
+# --------------------------------------------------------------------------
+# CIFAR-10 (restricted unpickling)
+# --------------------------------------------------------------------------
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for something the restricted unpickler does not allow."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Only the globals numpy needs to rebuild an ndarray are resolvable;
+    dict/list/str/bytes/int are pickle opcodes and need no global. Any other
+    global (os.system, builtins.eval, ...) is refused before it is called."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),  # pickles written by numpy 2
+        ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            # Python 3 writes bytes under protocol 2 as _codecs.encode(str,
+            # 'latin1'); only that exact use is let through.
+            return _latin1_encode
+        if (module, name) in self._ALLOWED:
+            if name == "_reconstruct":
+                return np.core.multiarray._reconstruct
+            if name == "_frombuffer":
+                return np.core.numeric._frombuffer
+            return getattr(np, name)
+        raise _Refused(f"refusing to load global {module}.{name}")
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as fh:
+            # The official batches were written by Python 2: encoding="bytes"
+            # keeps their str keys as bytes instead of guessing a codec.
+            obj = _RestrictedUnpickler(fh, encoding="bytes").load()
+    except OSError as exc:
+        raise DatasetError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+    except _Refused as exc:
+        raise DatasetError(f"{path}: not loaded, it is not a plain CIFAR-10 batch ({exc}); "
+                           "only dicts, lists, strings, ints and numpy arrays are accepted"
+                           ) from None
+    except Exception as exc:  # any malformed pickle: EOFError, ValueError, TypeError ...
+        raise DatasetError(f"{path}: malformed CIFAR-10 batch "
+                           f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a dict, got {type(obj).__name__}")
+    d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    data, labels = d.get("data"), d.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path}: 'data' must be a uint8 array (N, 3072), got "
+                           f"{type(data).__name__} {getattr(data, 'shape', '')}")
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: 'labels' must be a list of ints") from None
+    if y.shape != (len(data),) or (len(y) and (y.min() < 0 or y.max() > 9)):
+        raise DatasetError(f"{path}: expected {len(data)} labels in 0..9, got shape {y.shape}")
+    # rows are the R, G, B planes of a 32x32 image, row-major: CHW as is.
+    return data.reshape(-1, 3, 32, 32), y
+
+
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+
+
+def load_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
+    root = Path(root).expanduser()
+    base = root if (root / CIFAR_TEST).is_file() else root / "cifar-10-batches-py"
+    missing = [n for n in CIFAR_TRAIN + (CIFAR_TEST,) if not (base / n).is_file()]
+    if missing:
+        raise DatasetError(
+            f"cifar10: looked in {root} and {root / 'cifar-10-batches-py'} and did not find "
+            f"{', '.join(missing)}; expected {', '.join(CIFAR_TRAIN)} and {CIFAR_TEST} "
+            f"(the python version of CIFAR-10, as torchvision stores it); place the "
+            f"cifar-10-batches-py folder in data.root. Nothing is downloaded.")
+    parts = [_load_cifar_batch(base / n) for n in CIFAR_TRAIN]
+    x_test, y_test = _load_cifar_batch(base / CIFAR_TEST)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            x_test, y_test)
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+def load_dataset(data_cfg, seed: int) -> DatasetSplits:
+    """Load ``data_cfg.name`` from ``data_cfg.root`` (or its default location)
+    and split it; ``seed`` (``train.seed``) seeds the validation split."""
+    name, frac = data_cfg.name, data_cfg.val_fraction
+    root: Optional[Path] = Path(data_cfg.root).expanduser() if data_cfg.root else None
+    if name == "digits":
+        if root is not None:
+            raise DatasetError("digits ships inside scikit-learn: data.root must be null")
+        from sklearn.datasets import load_digits
+        bunch = load_digits()
+        x = bunch.images[:, None, :, :]  # values 0..16
+        y = bunch.target.astype(np.int64)
+        tr, te = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+        return _make_splits(name, x[tr], y[tr], x[te], y[te], 16.0, 10, frac, seed)
+    if name in ("fashion-mnist", "mnist"):
+        if root is None:
+            if name == "mnist":
+                raise DatasetError(
+                    "mnist has no default location: set data.root to a directory holding "
+                    f"{', '.join(s + '[.gz]' for s in IDX_FILES.values())}. "
+                    "Nothing is downloaded.")
+            root = FASHION_MNIST_DEFAULT_ROOT
+        xtr, ytr, xte, yte = load_idx_dataset(root, name)
+        return _make_splits(name, xtr[:, None], ytr, xte[:, None], yte, 255.0, 10, frac, seed)
+    if name == "cifar10":
+        if root is None:
+            raise DatasetError(
+                "cifar10 has no default location: set data.root to the directory holding "
+                "cifar-10-batches-py (data_batch_1..5, test_batch). Nothing is downloaded.")
+        xtr, ytr, xte, yte = load_cifar10(root)
+        return _make_splits(name, xtr, ytr, xte, yte, 255.0, 10, frac, seed)
+    raise DatasetError(f"unknown dataset {name!r}")
+
+
+def available_datasets() -> Sequence[str]:
+    """Names :func:`load_dataset` understands."""
+    return ("digits", "fashion-mnist", "mnist", "cifar10")

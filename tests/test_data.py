@@ -1,0 +1,244 @@
+"""Datasets: digits splits, the IDX reader on tiny fixtures, the safe CIFAR
+reader, and clear errors for missing/malformed files."""
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hardware.errors import ToolkitError
+from pipeline.config import Config
+from pipeline.data import (FASHION_MNIST_DEFAULT_ROOT, DatasetError, load_dataset, read_idx,
+                           stratified_split)
+
+
+def data_cfg(**kw):
+    return Config.from_dict({"data": kw}).data
+
+
+# ------------------------------------------------------------------ digits
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(data_cfg(), seed=0)
+
+
+def test_digits_shapes_types_and_range(digits):
+    assert digits.name == "digits" and digits.num_classes == 10
+    assert digits.input_shape == (1, 8, 8)
+    n = 0
+    for part in (digits.train, digits.val, digits.test):
+        x, y = part.tensors
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape[1:] == (1, 8, 8) and x.shape[0] == y.shape[0]
+        assert x.min() >= 0 and x.max() <= 1
+        # values are k/16 exactly (no normalisation beyond scaling)
+        assert torch.equal(x * 16, torch.round(x * 16))
+        n += len(y)
+    assert n == 1797
+    assert len(digits.test) == round(0.2 * 1797) or abs(len(digits.test) - 0.2 * 1797) < 10
+    assert abs(len(digits.val) - 0.1 * (1797 - len(digits.test))) < 10
+
+
+def test_digits_split_is_a_partition(digits):
+    from sklearn.datasets import load_digits
+    b = load_digits()
+    full = sorted((img.astype(np.float32) / 16).tobytes() + bytes([lab])
+                  for img, lab in zip(b.images, b.target))
+    parts = sorted(x.numpy().tobytes() + bytes([int(lab)])
+                   for part in (digits.train, digits.val, digits.test)
+                   for x, lab in zip(*part.tensors))
+    assert parts == full  # same multiset: nothing lost, nothing duplicated
+
+
+def test_digits_seeded_and_reproducible(digits):
+    again = load_dataset(data_cfg(), seed=0)
+    other = load_dataset(data_cfg(), seed=1)
+    for a, b in zip(digits.train.tensors + digits.val.tensors,
+                    again.train.tensors + again.val.tensors):
+        assert torch.equal(a, b)
+    assert not torch.equal(digits.val.tensors[0], other.val.tensors[0])
+    # the test set does not depend on the training seed
+    assert torch.equal(digits.test.tensors[0], other.test.tensors[0])
+
+
+def test_stratified_split_indices():
+    labels = np.repeat(np.arange(5), [10, 20, 30, 40, 7])
+    keep, held = stratified_split(labels, 0.1, seed=3)
+    assert len(np.intersect1d(keep, held)) == 0
+    assert np.array_equal(np.sort(np.concatenate([keep, held])), np.arange(len(labels)))
+    assert np.bincount(labels[held]).tolist() == [1, 2, 3, 4, 1]
+    k2, h2 = stratified_split(labels, 0.1, seed=3)
+    assert np.array_equal(held, h2) and np.array_equal(keep, k2)
+
+
+# ------------------------------------------------------------------ IDX
+
+def idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, arr.ndim) + \
+        struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(">u1").tobytes()
+
+
+def write_idx_dir(root: Path, n_train=40, n_test=10, hw=(5, 4), gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, *hw), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, *hw), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        if gz:
+            (root / (name + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (root / name).write_bytes(raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_directory_loads_as_mnist(tmp_path, gz):
+    arrays = write_idx_dir(tmp_path / "mnist", gz=gz)
+    s = load_dataset(data_cfg(name="mnist", root=str(tmp_path / "mnist"), val_fraction=0.25),
+                     seed=0)
+    assert s.input_shape == (1, 5, 4) and s.num_classes == 10 and s.name == "mnist"
+    assert len(s.train) == 30 and len(s.val) == 10 and len(s.test) == 10
+    xt, yt = s.test.tensors
+    assert torch.equal(xt, torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:, None]
+                                            .astype(np.float32) / 255))
+    assert yt.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert np.bincount(s.val.tensors[1].numpy()).tolist() == [1] * 10  # stratified
+
+
+def test_read_idx_round_trip_and_other_dtypes(tmp_path):
+    a = np.arange(24, dtype=">i2").reshape(2, 3, 4)
+    p = tmp_path / "x.idx"
+    p.write_bytes(struct.pack(">BBBB", 0, 0, 0x0B, 3) + struct.pack(">3I", 2, 3, 4) + a.tobytes())
+    out = read_idx(p)
+    assert out.shape == (2, 3, 4) and np.array_equal(out, a.astype(np.int16))
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    write_idx_dir(tmp_path, gz=False)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-7])
+    with pytest.raises(DatasetError, match="truncated") as ei:
+        load_dataset(data_cfg(name="mnist", root=str(tmp_path)), seed=0)
+    assert str(p) in str(ei.value)
+
+
+@pytest.mark.parametrize("payload, needle", [
+    (b"", "not an IDX"),
+    (b"\x01\x02\x08\x01", "not an IDX"),
+    (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+    (struct.pack(">BBBBI", 0, 0, 8, 1, 3) + b"\x01\x02\x03\x04", "too long"),
+    (b"\x1f\x8b\x08garbage", "cannot read"),
+])
+def test_malformed_idx_files(tmp_path, payload, needle):
+    p = tmp_path / "bad"
+    p.write_bytes(payload)
+    with pytest.raises(DatasetError, match=needle):
+        read_idx(p)
+
+
+def test_label_count_mismatch(tmp_path):
+    write_idx_dir(tmp_path, gz=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+    with pytest.raises(DatasetError, match="expected 10 labels"):
+        load_dataset(data_cfg(name="mnist", root=str(tmp_path)), seed=0)
+
+
+def test_missing_mnist_says_where_what_and_how(tmp_path):
+    with pytest.raises(DatasetError) as ei:
+        load_dataset(data_cfg(name="mnist", root=str(tmp_path)), seed=0)
+    msg = str(ei.value)
+    assert str(tmp_path) in msg
+    for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert stem in msg
+    assert "data.root" in msg and "Nothing is downloaded" in msg
+    assert isinstance(ei.value, ToolkitError)
+
+
+def test_mnist_without_root_is_a_clear_error():
+    with pytest.raises(DatasetError, match="data.root"):
+        load_dataset(data_cfg(name="mnist"), seed=0)
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset(data_cfg(name="fashion-mnist", root=str(tmp_path)), seed=0)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DEFAULT_ROOT.is_dir(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_from_the_debian_package():
+    s = load_dataset(data_cfg(name="fashion-mnist"), seed=0)
+    assert s.input_shape == (1, 28, 28)
+    assert (len(s.train), len(s.val), len(s.test)) == (54000, 6000, 10000)
+    assert s.test.tensors[1].bincount().tolist() == [1000] * 10
+    assert s.val.tensors[1].bincount().tolist() == [600] * 10
+    x = s.train.tensors[0]
+    assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
+
+
+# ------------------------------------------------------------------ CIFAR-10
+
+def write_cifar(root: Path, n=20, protocol=2, str_keys=False):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [i % 10 for i in range(n)]
+        k = (lambda s: s) if str_keys else (lambda s: s.encode())
+        obj = {k("batch_label"): b"batch", k("data"): data, k("labels"): labels,
+               k("filenames"): [b"f.png"] * n}
+        (base / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+        batches[name] = (data, labels)
+    return batches
+
+
+@pytest.mark.parametrize("protocol, str_keys", [(2, False), (4, True), (5, False)])
+def test_cifar10_tiny_batches(tmp_path, protocol, str_keys):
+    batches = write_cifar(tmp_path, protocol=protocol, str_keys=str_keys)
+    s = load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
+    assert s.input_shape == (3, 32, 32) and s.num_classes == 10
+    assert len(s.train) + len(s.val) == 100 and len(s.test) == 20
+    data, labels = batches["test_batch"]
+    x, y = s.test.tensors
+    assert torch.equal(x, torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255))
+    assert y.tolist() == labels
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (self.path,))
+
+
+def test_cifar10_refuses_pickles_with_foreign_globals(tmp_path):
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(pickle.dumps({b"data": _Evil(str(marker)), b"labels": []}, protocol=2))
+    with pytest.raises(DatasetError, match="refusing to load global") as ei:
+        load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
+    assert str(bad) in str(ei.value)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_cifar10_missing_and_malformed(tmp_path):
+    with pytest.raises(DatasetError, match="data_batch_1"):
+        load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02}q")
+    with pytest.raises(DatasetError, match="malformed"):
+        load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
