@@ -82,6 +82,9 @@ class LavaRunResult:
 
     ``output_spikes``: (N, T, n_out) int64 spikes of the last layer per sample
     and step, n_out in the IR's flattened (C, H, W) C order.
+    ``wall_time_s`` covers compile, runtime start-up and all RunSteps calls
+    (not network construction), so ``samples_per_s = N / wall_time_s`` is the
+    end-to-end throughput of one run.
     """
 
     output_spikes: np.ndarray
