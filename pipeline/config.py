@@ -157,7 +157,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class NQConfig:
-    levels: int = _f(4, _Rule("int", lo=1, hi=256), "quantization levels L of the QCFS activation")
+    levels: int = _f(8, _Rule("int", lo=1, hi=256), "quantization levels L of the QCFS activation")
     noise: bool = _f(True, _Rule("bool"), "inject residual noise during training")
     sigma_samples: int = _f(512, _Rule("int", lo=16, hi=10_000_000),
                             "validation samples used to estimate sigma each epoch")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from hardware.errors import ToolkitError
 from hardware.ir import Network
 from hardware.simulator import simulate
-from models.architectures import ARCH_FOR_DATASET, build_model, nq_layers
+from models.architectures import build_model, nq_layers
 from models.converter import convert
 
 from .data import DatasetSplits, load_dataset
@@ -50,7 +50,7 @@ def pick_device() -> torch.device:
 
 
 def resolve_arch(cfg) -> str:
-    return ARCH_FOR_DATASET[cfg.data.name] if cfg.model.arch == "auto" else cfg.model.arch
+    return cfg.arch
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -163,6 +163,9 @@ def train(cfg, progress: bool = True, data: DatasetSplits | None = None) -> dict
     sigma_idx = torch.randperm(len(data.val), generator=g)[:cfg.nq.sigma_samples]
     sigma_x = torch.stack([data.val[int(i)][0] for i in sigma_idx])
     loss_fn = nn.CrossEntropyLoss()
+    logits: list[torch.Tensor] = []
+    output_layer = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    output_layer.register_forward_hook(lambda _m, _i, out: logits.append(out) if _m.training else None)
     epochs = range(start_epoch, cfg.train.epochs)
     bar = tqdm(epochs, desc="epochs", disable=not progress, initial=start_epoch, total=cfg.train.epochs)
     for epoch in bar:
@@ -174,7 +177,12 @@ def train(cfg, progress: bool = True, data: DatasetSplits | None = None) -> dict
         for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
+            output = model(x)
+            # The output layer is an NQ layer too (the SNN classifies by spike counts). Its clip
+            # passes no gradient to classes whose pre-activation is negative, so those classes can
+            # die; the auxiliary loss on the pre-activation keeps them trainable.
+            loss = loss_fn(output, y) + loss_fn(logits[-1], y)
+            logits.clear()
             loss.backward()
             optimizer.step()
             total_loss += float(loss) * len(y)
