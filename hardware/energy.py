@@ -1,0 +1,209 @@
+"""Energy **estimate** of an SNN inference on Loihi, next to an ANN baseline.
+
+Intel has published no per-operation energy figures for Loihi 2. The
+constants below are the Loihi 1 figures (14 nm) measured by Davies et al.,
+"Loihi: A Neuromorphic Manycore Processor with On-Chip Learning", IEEE Micro
+38(1), 2018, Table 1; every figure this module produces is therefore an
+estimate, not a measurement of Loihi 2. A measured Loihi 2 figure (lava-dl's
+PilotNet LIF benchmark) is reported beside it for scale.
+
+Per sample (counts from :mod:`hardware.activity`, means over samples)::
+
+    E = synops_binary · E_synop + synops_graded · E_graded_synop
+      + active_updates · E_update_active + (neuron_updates − active_updates) · E_update_inactive
+      + (spikes + graded_messages) · E_spike
+      + P_static · t_sample                   (only when P_static and t_sample are known)
+
+    ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
+
+Tile-hop energies are listed for reference but not used: the placement of
+cores on the mesh (hence the hops per spike) is not known before mapping, so
+each spike is charged the within-tile routing energy only (a lower bound on
+routing energy).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import ToolkitError
+from .ir import Conv, Dense, Network
+
+DAVIES_2018 = ("Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', "
+               "IEEE Micro 38(1), 2018, Table 1 (Loihi 1, 14 nm)")
+HOROWITZ_2014 = ("Horowitz, 'Computing's Energy Problem (and what we can do about it)', "
+                 "ISSCC 2014 (45 nm, 0.9 V)")
+
+LOIHI2_CAVEAT = ("Estimate only: Intel has published no per-operation energy figures for Loihi 2; "
+                 "these are Loihi 1 (14 nm) figures from Davies et al. 2018 applied to counted "
+                 "operations. Loihi 2 (Intel 4) is expected to differ.")
+
+
+class EnergyConfigError(ToolkitError, ValueError):
+    """An energy-constant override that is unknown or not a positive number."""
+
+
+@dataclass(frozen=True)
+class EnergyConstant:
+    name: str
+    value: float
+    unit: str
+    source: str
+
+
+ENERGY_CONSTANTS: tuple = (
+    EnergyConstant("synop_pj", 23.6, "pJ", DAVIES_2018 + ": synaptic spike op (minimum)"),
+    EnergyConstant("graded_synop_pj", 23.6, "pJ",
+                   "no published figure for a graded-spike synaptic op; assumed equal to "
+                   "synop_pj (Loihi 1 had binary spikes only)"),
+    EnergyConstant("neuron_update_active_pj", 81.0, "pJ",
+                   DAVIES_2018 + ": neuron update, active (neuron spikes)"),
+    EnergyConstant("neuron_update_inactive_pj", 52.0, "pJ",
+                   DAVIES_2018 + ": neuron update, inactive"),
+    EnergyConstant("spike_pj", 1.7, "pJ", DAVIES_2018 + ": within-tile spike energy"),
+    EnergyConstant("hop_ew_pj", 3.0, "pJ",
+                   DAVIES_2018 + ": east-west tile hop (listed; not used, placement unknown)"),
+    EnergyConstant("hop_ns_pj", 4.0, "pJ",
+                   DAVIES_2018 + ": north-south tile hop (listed; not used, placement unknown)"),
+    EnergyConstant("ann_mac_fp32_pj", 4.6, "pJ",
+                   HOROWITZ_2014 + ": 32-bit float multiply 3.7 pJ + add 0.9 pJ"),
+    EnergyConstant("ann_mac_int8_pj", 0.23, "pJ",
+                   HOROWITZ_2014 + ": 8-bit integer multiply 0.2 pJ + add 0.03 pJ"),
+    EnergyConstant("static_power_w", 0.0, "W",
+                   "no published Loihi 2 static power per core; 0 = static energy not counted. "
+                   "Set a positive value to add P_static × time per sample"),
+)
+ENERGY_CONSTANT_NAMES: tuple = tuple(c.name for c in ENERGY_CONSTANTS)
+
+#: Measured Loihi 2 figure reported by lava-dl's PilotNet LIF benchmark notebook
+#: (tutorials/lava/lib/dl/netx/pilotnet_lif/benchmark.ipynb), shown beside the estimate.
+PILOTNET_LOIHI2_REFERENCE = {
+    "network": "PilotNet LIF (lava-dl netx benchmark)",
+    "total_power_w": 0.679,
+    "energy_per_inference_mj": 1.66,
+    "frames_per_s": 408.91,
+    "steps_per_sample": 16,
+    "source": "lava-dl PilotNet LIF benchmark notebook (Loihi 2 board measurement, as reported there)",
+    "measured": True,
+}
+
+FORMULA = ("E = synops_binary·synop_pj + synops_graded·graded_synop_pj "
+           "+ active_updates·neuron_update_active_pj "
+           "+ (neuron_updates − active_updates)·neuron_update_inactive_pj "
+           "+ (spikes + graded_messages)·spike_pj [+ static_power_w·time_per_sample_s]")
+
+
+def resolve_constants(overrides: Optional[Mapping] = None) -> dict[str, float]:
+    """Default constants with ``overrides`` applied; raise :class:`EnergyConfigError`
+    naming the key (``energy.<name>``) for an unknown name or a non-positive value."""
+    values = {c.name: c.value for c in ENERGY_CONSTANTS}
+    for name, value in (overrides or {}).items():
+        if name not in values:
+            close = difflib.get_close_matches(str(name), ENERGY_CONSTANT_NAMES, n=1, cutoff=0.6)
+            hint = f" (did you mean energy.{close[0]}?)" if close else ""
+            raise EnergyConfigError(f"energy.{name}: unknown energy constant{hint}; known: "
+                                    f"{', '.join(ENERGY_CONSTANT_NAMES)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            raise EnergyConfigError(f"energy.{name}: must be a positive number, got {value!r}")
+        values[name] = float(value)
+    return values
+
+
+def count_macs(net: Network) -> list[int]:
+    """Multiply-accumulates per weighted layer of the equivalent ANN (one pass):
+    conv: (C_in/groups · kh · kw) · C_out·OH·OW (padding taps included); dense: out · in."""
+    macs = []
+    for layer, out_shape in zip(net.layers, net.shapes()):
+        if isinstance(layer, Conv):
+            macs.append(int(np.prod(layer.weight.shape[1:])) * int(np.prod(out_shape)))
+        elif isinstance(layer, Dense):
+            macs.append(int(np.prod(layer.weight.shape)))
+    return macs
+
+
+def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
+                    macs_per_layer: Optional[Sequence[int]] = None, *,
+                    time_per_sample_s: Optional[float] = None) -> dict:
+    """Energy estimate per sample, per layer and per operation (pJ), with the ANN baseline.
+
+    ``activity``: an :class:`hardware.activity.ActivityReport` or its
+    ``to_dict()`` form (``report.json["probes"]``). ``macs_per_layer``: one
+    entry per weighted (non-input) layer, e.g. :func:`count_macs`; without it
+    the ANN baseline is omitted. ``time_per_sample_s``: wall time per sample on
+    the chip, used only for static energy when ``static_power_w`` is set.
+    """
+    k = resolve_constants(constants_overrides)
+    probes = activity.to_dict() if hasattr(activity, "to_dict") else activity
+    weighted = [la for la in probes["layers"] if la.get("kind") != "input"]
+    if macs_per_layer is not None and len(macs_per_layer) != len(weighted):
+        raise EnergyConfigError(f"{len(macs_per_layer)} MAC counts given for "
+                                f"{len(weighted)} weighted layers")
+    macs = dict(zip([la["name"] for la in weighted], macs_per_layer or []))
+
+    layers = []
+    ops = dict.fromkeys(("synaptic_binary", "synaptic_graded", "neuron_update_active",
+                         "neuron_update_inactive", "spike_routing"), 0.0)
+    for la in probes["layers"]:
+        row = {
+            "name": la["name"],
+            "synaptic_binary": la["synops_binary"] * k["synop_pj"],
+            "synaptic_graded": la["synops_graded"] * k["graded_synop_pj"],
+            "neuron_update_active": la["active_updates"] * k["neuron_update_active_pj"],
+            "neuron_update_inactive": (la["neuron_updates"] - la["active_updates"])
+            * k["neuron_update_inactive_pj"],
+            "spike_routing": (la["spikes"] + la.get("graded_messages", 0.0)) * k["spike_pj"],
+        }
+        for op in ops:
+            ops[op] += row[op]
+        row["total"] = sum(row[op] for op in ops)
+        if la["name"] in macs:
+            row["ann_macs"] = int(macs[la["name"]])
+            row["ann_fp32"] = macs[la["name"]] * k["ann_mac_fp32_pj"]
+            row["ann_int8"] = macs[la["name"]] * k["ann_mac_int8_pj"]
+        layers.append(row)
+
+    static = None
+    if k["static_power_w"] > 0 and time_per_sample_s is not None:
+        static = k["static_power_w"] * time_per_sample_s * 1e12      # W·s -> pJ
+        ops["static"] = static
+    total = sum(ops.values())
+
+    result = {
+        "estimate": True,
+        "unit": "pJ per sample",
+        "caveat": LOIHI2_CAVEAT,
+        "formula": FORMULA,
+        "source": probes.get("source"),
+        "samples": probes.get("samples"),
+        "timesteps": probes.get("timesteps"),
+        "constants": [{"name": c.name, "value": k[c.name], "unit": c.unit, "source": c.source,
+                       "overridden": c.name in (constants_overrides or {})}
+                      for c in ENERGY_CONSTANTS],
+        "layers": layers,
+        "by_operation": ops,
+        "static_included": static is not None,
+        "total_pj": total,
+        "total_uj": total * 1e-6,
+        "reference": dict(PILOTNET_LOIHI2_REFERENCE),
+    }
+    if macs_per_layer is not None:
+        total_macs = int(sum(macs_per_layer))
+        fp32 = total_macs * k["ann_mac_fp32_pj"]
+        int8 = total_macs * k["ann_mac_int8_pj"]
+        result["ann_baseline"] = {
+            "macs": total_macs, "fp32_pj": fp32, "int8_pj": int8,
+            "source": HOROWITZ_2014, "estimate": True,
+            "fp32_over_snn": fp32 / total if total > 0 else None,
+            "int8_over_snn": int8 / total if total > 0 else None,
+        }
+    return result
+
+
+__all__ = ["EnergyConstant", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
+           "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "FORMULA", "resolve_constants",
+           "count_macs", "energy_estimate"]

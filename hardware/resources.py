@@ -1,0 +1,187 @@
+"""Does an integer SNN fit on Loihi 2 neuro-cores and chips?
+
+Mapping model (a planning estimate, not Lava's compiler; limits from
+:data:`hardware.spec.LOIHI2`, whose comments give their sources and say which
+are Loihi 1 figures):
+
+* One layer's neurons are spread over cores; a core holds neurons of one layer
+  only (as Lava's partitioner does for one process).
+* Every neuron's incoming synapses live in its core, one ``weight_bits`` word
+  per synapse (index/delay bits of sparse formats are not counted, so the
+  synaptic memory is a lower bound).
+* **Synapse count of a conv layer** (``conv_synapses``):
+
+  - ``"pairs"`` (default, conservative): every (input neuron, output neuron)
+    pair that a kernel tap connects is a stored synapse, i.e. the layer is
+    mapped as a sparse dense layer: synapses = Σ_outputs fan_in (padding taps
+    excluded).
+  - ``"shared"``: Loihi 2's convolutional connectivity stores the kernel once
+    per core and shares it across positions: synapses = kernel size × cores.
+
+  Dense layers store every weight, zeros included: synapses = out · in.
+
+Per layer::
+
+    per_core = min(neurons_per_core, ⌊synaptic_memory_bits_per_core / (fan_in_max · weight_bits)⌋)
+                  ("pairs"; "shared": neurons_per_core, the kernel must fit in one core's memory)
+    cores    = ⌈neurons / per_core⌉
+    chips    = max(⌈Σ cores / cores_per_chip⌉, ⌈Σ neurons / neurons_per_chip⌉,
+                   ⌈Σ synapses / synapses_per_chip⌉)
+
+A layer cannot be mapped at all when a single neuron's fan-in exceeds
+``max_fan_in_per_core`` input axons or one core's synaptic memory
+(``fan_in_max · weight_bits > synaptic_memory_bits_per_core``).
+
+For a conv layer the in-axons a core needs are the union of its neurons'
+receptive fields, which can exceed one neuron's fan-in; the check here is per
+neuron (a necessary condition, not a sufficient one). The analog input of
+this project's networks is sent by the host as graded spikes and occupies no
+neuro-core; an input *neuron* layer (nets written by others) is mapped like
+any other layer without incoming synapses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from .activity import fan_in, fan_out, spiking_layers
+from .errors import ResourceError
+from .ir import Conv, Dense, Network
+from .spec import LOIHI2, Loihi2Spec
+
+CONV_SYNAPSE_MODELS = ("pairs", "shared")
+_COMMON = ("one layer per core group; each neuron's incoming synapses stored in its core at "
+           "weight_bits per synapse (index bits not counted); dense layers store every weight")
+MODEL_SUMMARY = {
+    "pairs": _COMMON + "; conv layers counted conservatively as every connected "
+                       "(input, output) pair (no weight sharing)",
+    "shared": _COMMON + "; conv layers use Loihi 2 convolutional connectivity: the kernel is "
+                        "stored once per core",
+}
+
+
+@dataclass
+class LayerFit:
+    name: str
+    kind: str
+    neurons: int
+    synapses: int
+    synaptic_memory_bits: int
+    fan_in_max: int
+    fan_out_max: int
+    cores: int
+    limited_by: str              # "neurons per core" | "synaptic memory per core" | "-"
+    problem: Optional[str] = None
+
+    @property
+    def fits(self) -> bool:
+        return self.problem is None
+
+
+@dataclass
+class FitReport:
+    layers: list
+    cores: int
+    chips: int
+    neurons: int
+    synapses: int
+    synaptic_memory_bits: int
+    weight_bits: int
+    conv_synapses: str
+    limits: dict
+    problems: list = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form for ``report.json["resources"]``."""
+        return {"fits": self.fits, "cores": self.cores, "chips": self.chips,
+                "neurons": self.neurons, "synapses": self.synapses,
+                "synaptic_memory_bits": self.synaptic_memory_bits,
+                "weight_bits": self.weight_bits, "conv_synapses": self.conv_synapses,
+                "limits": dict(self.limits), "problems": list(self.problems),
+                "layers": [dict(asdict(la), fits=la.fits) for la in self.layers],
+                "model": MODEL_SUMMARY[self.conv_synapses]}
+
+
+def _limits(spec: Loihi2Spec) -> dict:
+    return {"neurons_per_core": spec.neurons_per_core, "cores_per_chip": spec.cores_per_chip,
+            "neurons_per_chip": spec.neurons_per_chip, "synapses_per_chip": spec.synapses_per_chip,
+            "synaptic_memory_bits_per_core": spec.synaptic_memory_bits_per_core,
+            "max_fan_in_per_core": spec.max_fan_in_per_core}
+
+
+def check_fit(net: Network, spec: Loihi2Spec = LOIHI2, *, weight_bits: Optional[int] = None,
+              conv_synapses: str = "pairs", max_chips: Optional[int] = None) -> FitReport:
+    """Per-layer neurons, synapses, synaptic memory, fan-in/out and cores; chips in total.
+
+    ``max_chips``: chips available (None: any number, as on multi-chip
+    systems); a network needing more is reported as not fitting.
+    Never raises for a network that does not fit: the report lists the
+    problems (see :func:`require_fit`)."""
+    if conv_synapses not in CONV_SYNAPSE_MODELS:
+        raise ResourceError(f"conv_synapses must be one of {CONV_SYNAPSE_MODELS}, "
+                            f"got {conv_synapses!r}")
+    bits = spec.weight_bits if weight_bits is None else int(weight_bits)
+    mem = spec.synaptic_memory_bits_per_core
+    fan_ins, fan_outs = fan_in(net), fan_out(net)
+    layers, problems = [], []
+    for sl, fi, fo in zip(spiking_layers(net), fan_ins, fan_outs):
+        layer = net.layers[sl.layer_index] if sl.layer_index is not None else None
+        fi_max = int(fi.max()) if fi.size else 0
+        problem = None
+        if isinstance(layer, Conv) and conv_synapses == "shared":
+            kernel = int(layer.weight.size)
+            cores = math.ceil(sl.neurons / spec.neurons_per_core)
+            synapses, limited = kernel * cores, "neurons per core"
+            if kernel * bits > mem:
+                problem = (f"layer {sl.name}: the shared kernel needs {kernel * bits} bits of "
+                           f"synaptic memory, one core has {mem}")
+        else:
+            synapses = int(fi.sum()) if isinstance(layer, (Conv, Dense)) else 0
+            per_core_mem = mem // (fi_max * bits) if fi_max else spec.neurons_per_core
+            per_core = min(spec.neurons_per_core, per_core_mem)
+            limited = ("synaptic memory per core" if per_core_mem < spec.neurons_per_core
+                       else "neurons per core")
+            if per_core == 0:
+                problem = (f"layer {sl.name}: one neuron's fan-in of {fi_max} synapses needs "
+                           f"{fi_max * bits} bits of synaptic memory, one core has {mem}")
+                cores = 0
+            else:
+                cores = math.ceil(sl.neurons / per_core)
+        if fi_max > spec.max_fan_in_per_core:
+            msg = (f"layer {sl.name}: fan-in of {fi_max} exceeds the {spec.max_fan_in_per_core} "
+                   "input axons one core accepts")
+            problem = msg if problem is None else problem + "; " + msg[len(f"layer {sl.name}: "):]
+        if problem:
+            problems.append(problem)
+        layers.append(LayerFit(sl.name, sl.kind, sl.neurons, synapses, synapses * bits, fi_max,
+                               int(fo.max()) if fo.size else 0, cores,
+                               limited if sl.kind != "input" else "-", problem))
+
+    neurons = sum(la.neurons for la in layers)
+    synapses = sum(la.synapses for la in layers)
+    cores = sum(la.cores for la in layers)
+    chips = max(math.ceil(cores / spec.cores_per_chip),
+                math.ceil(neurons / spec.neurons_per_chip),
+                math.ceil(synapses / spec.synapses_per_chip), 1 if layers else 0)
+    if max_chips is not None and chips > max_chips:
+        problems.append(f"network needs {chips} chips ({cores} cores, {neurons} neurons, "
+                        f"{synapses} synapses), {max_chips} available")
+    return FitReport(layers, cores, chips, neurons, synapses, synapses * bits, bits, conv_synapses,
+                     _limits(spec), problems)
+
+
+def require_fit(net: Network, spec: Loihi2Spec = LOIHI2, **kwargs) -> FitReport:
+    """:func:`check_fit`, raising :class:`ResourceError` (naming the layer and the
+    number) when a layer cannot be mapped onto cores at all."""
+    report = check_fit(net, spec, **kwargs)
+    if report.problems:
+        raise ResourceError("network does not fit on Loihi 2: " + "; ".join(report.problems))
+    return report
+
+
+__all__ = ["LayerFit", "FitReport", "check_fit", "require_fit", "CONV_SYNAPSE_MODELS"]

@@ -1,0 +1,371 @@
+"""Render ``report.md`` and plots from a run directory's ``report.json``.
+
+Nothing is re-run: the report is drawn from ``report.json`` (and
+``raster.npz`` when the run stage wrote one). Derived figures that are pure
+arithmetic on stored data are computed here when the run stage did not store
+them: the energy estimate from ``probes`` (with the config's ``energy``
+overrides) and the resource fit and MAC counts from the ``.net`` file, which
+is only read. Sections whose data is absent say what is missing and which
+stage produces it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from hardware.activity import load_raster
+from hardware.energy import count_macs, energy_estimate, LOIHI2_CAVEAT, PILOTNET_LOIHI2_REFERENCE
+from hardware.errors import ToolkitError
+from hardware.resources import check_fit
+
+from . import plots
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+RASTER_NPZ = "raster.npz"
+
+
+class ReportError(ToolkitError, ValueError):
+    """A run directory without a readable report.json."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
+            return f"{v:.3e}"
+        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x, 3) for x in v) + "]"
+    return str(v).replace("|", "\\|")
+
+
+def _table(header: list, rows: list) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c.replace("|", "\\|")
+                              for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _missing(what: str, stage: str) -> list[str]:
+    return [f"_Not available: {what} is missing from report.json "
+            f"(produced by `python -m pipeline {stage}`)._", ""]
+
+
+def _image(path: Optional[Path], run_dir: Path, alt: str) -> list[str]:
+    if path is None:
+        return []
+    return [f"![{alt}]({Path(path).relative_to(run_dir).as_posix()})", ""]
+
+
+def _net_path(report: dict, run_dir: Path) -> Optional[Path]:
+    for key in ("network_file", "export"):
+        p = (report.get(key) or {}).get("path")
+        if p:
+            for cand in (Path(p), run_dir / Path(p).name):
+                if cand.exists():
+                    return cand
+    return None
+
+
+def _load_net(report: dict, run_dir: Path, notes: list):
+    path = _net_path(report, run_dir)
+    if path is None:
+        return None
+    try:
+        from hardware.netx_io import read_net
+        return read_net(path)
+    except (ImportError, ToolkitError, OSError) as exc:
+        notes.append(f"network file {path} could not be read ({exc}); resource fit and ANN MACs "
+                     "are omitted")
+        return None
+
+
+# --------------------------------------------------------------------------- sections
+def _config_section(report: dict) -> list[str]:
+    lines = ["## Configuration", ""]
+    cfg = report.get("config")
+    if not cfg:
+        return lines + _missing("the configuration", "train")
+    rows = []
+    for sec, body in cfg.items():
+        if isinstance(body, dict):
+            text = ", ".join(f"{k}={_fmt(v)}" for k, v in body.items()) or "(defaults)"
+        else:
+            text = _fmt(body)
+        rows.append([sec, text])
+    return lines + _table(["section", "settings"], rows)
+
+
+def _accuracy_section(report: dict, png: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Accuracy vs time steps", ""]
+    acc = report.get("accuracy") or {}
+    if not acc:
+        return lines + _missing("accuracy", "evaluate")
+    steps = sorted({int(t) for k in ("snn_float", "snn_fixed", "lava") for t in acc.get(k) or {}})
+    lava_n = (report.get("lava") or {}).get("samples")
+    header = ["T", "ANN", "SNN float", "SNN fixed point", f"Lava ({lava_n} samples)" if lava_n
+              else "Lava"]
+    rows = [[str(t), acc.get("ann")] + [(acc.get(k) or {}).get(str(t))
+                                         for k in ("snn_float", "snn_fixed", "lava")]
+            for t in steps]
+    if not rows:
+        rows = [["–", acc.get("ann"), None, None, None]]
+    lines += [f"Test split: {_fmt(report.get('test_samples'))} samples (Lava: the first "
+              f"{_fmt(lava_n)} of them). ANN is evaluated once (no time steps).", ""]
+    lines += _table(header, rows)
+    for key, what, stage in (("snn_float", "float-SNN accuracy", "evaluate"),
+                             ("snn_fixed", "fixed-point SNN accuracy", "run"),
+                             ("lava", "Lava accuracy", "run")):
+        if not acc.get(key):
+            lines += _missing(what, stage)
+    return lines + _image(png, run_dir, "accuracy vs T")
+
+
+def _agreement_section(report: dict) -> list[str]:
+    lines = ["## Lava vs bit-accurate reference simulator", ""]
+    lava = report.get("lava")
+    if not lava:
+        return lines + _missing("the Lava run", "run")
+    rows = [["backend", lava.get("backend")], ["samples", lava.get("samples")],
+            ["steps per sample", lava.get("steps_per_sample")],
+            ["agreement (identical output spike trains)", lava.get("agreement")],
+            ["wall time (s)", lava.get("wall_time_s")], ["samples / s", lava.get("samples_per_s")]]
+    dis = lava.get("disagreeing_samples")
+    if dis:
+        rows.append(["disagreeing samples", ", ".join(str(i) for i in dis[:50])
+                     + (" …" if len(dis) > 50 else "")])
+    sim = report.get("simulator") or {}
+    for k, label in (("float_samples_per_s", "reference simulator, float (samples/s)"),
+                     ("fixed_samples_per_s", "reference simulator, fixed point (samples/s)")):
+        if sim.get(k) is not None:
+            rows.append([label, sim[k]])
+    return lines + _table(["", "value"], rows)
+
+
+def _training_section(report: dict, png: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Training", ""]
+    tr = report.get("training") or {}
+    hist = tr.get("history") or []
+    if not hist:
+        return lines + _missing("the training history", "train")
+    last = hist[-1]
+    best = tr.get("best_epoch")
+    best_row = next((h for h in hist if h.get("epoch") == best), last)
+    lines += [f"{len(hist)} epochs; best epoch {_fmt(best)} (val ANN {_fmt(best_row.get('ann_val'))}, "
+              f"val SNN {_fmt(best_row.get('snn_val'))}).", ""]
+    sig, lam = best_row.get("sigma") or [], best_row.get("lambda") or []
+    if sig or lam:
+        n = max(len(sig), len(lam))
+        lines += ["σ and λ per layer at the best epoch:", ""]
+        lines += _table(["layer", "σ", "λ (threshold)"],
+                        [[str(i + 1), sig[i] if i < len(sig) else None,
+                          lam[i] if i < len(lam) else None] for i in range(n)])
+    return lines + _image(png, run_dir, "sigma and validation accuracy per epoch")
+
+
+def _activity_section(report: dict, probes: Optional[dict], firing: Optional[Path],
+                      raster: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Activity per layer", ""]
+    if not probes:
+        lines += _missing("probe counts (`probes`)", "run")
+    else:
+        lines += [f"Source: {probes.get('source')}; mean per sample over {probes.get('samples')} "
+                  f"samples, T = {probes.get('timesteps')} steps. Synaptic ops are attributed to "
+                  "the receiving layer; graded ops are the input image sent as graded spikes.", ""]
+        rows = [[la["name"], la["neurons"], la["spikes"], la["firing_rate"], la["synops_binary"],
+                 la["synops_graded"], la["neuron_updates"], la["active_updates"], la["fan_in_max"],
+                 la["fan_out_max"]] for la in probes["layers"]]
+        t = probes.get("totals") or {}
+        rows.append(["**total**", t.get("neurons"), t.get("spikes"), None, t.get("synops_binary"),
+                     t.get("synops_graded"), t.get("neuron_updates"), t.get("active_updates"),
+                     None, None])
+        lines += _table(["layer", "neurons", "spikes", "firing rate", "synops (binary)",
+                         "synops (graded)", "neuron updates", "active updates", "max fan-in",
+                         "max fan-out"], rows)
+        lines += _image(firing, run_dir, "firing rate per layer")
+    if raster is None:
+        lines += [f"_No spike raster: `{RASTER_NPZ}` (one sample's spike trains) is not in the "
+                  "run directory._", ""]
+    else:
+        lines += _image(raster, run_dir, "spike raster of one sample")
+    return lines
+
+
+def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Energy per inference (ESTIMATE)", "", f"> **{LOIHI2_CAVEAT}**", ""]
+    ref = (energy or {}).get("reference") or PILOTNET_LOIHI2_REFERENCE
+    ref_line = (f"> Measured Loihi 2 reference for scale ({ref['network']}): "
+                f"{ref['total_power_w']} W total, {ref['energy_per_inference_mj']} mJ per inference "
+                f"at {ref['frames_per_s']} frames/s, {ref['steps_per_sample']} steps per sample "
+                f"(source: {ref['source']}). A different network: compare orders of magnitude only.")
+    if not energy:
+        return lines + [ref_line, ""] + _missing("probe counts for the energy estimate", "run")
+    lines += [f"Formula: `{energy['formula']}`", ""]
+    total = energy["total_pj"]
+    lines += [f"**Estimated SNN energy per inference: {_fmt(total * 1e-6)} µJ** "
+              f"({_fmt(total)} pJ; {energy.get('source')} counts, T = {energy.get('timesteps')}).", ""]
+    base = energy.get("ann_baseline")
+    if base:
+        lines += _table(["", "µJ per inference (estimate)", "ratio to SNN estimate"],
+                        [["SNN on Loihi (estimate)", total * 1e-6, 1.0],
+                         [f"ANN, {_fmt(base['macs'])} MACs × fp32 MAC energy", base["fp32_pj"] * 1e-6,
+                          base.get("fp32_over_snn")],
+                         [f"ANN, {_fmt(base['macs'])} MACs × int8 MAC energy", base["int8_pj"] * 1e-6,
+                          base.get("int8_over_snn")]])
+    else:
+        lines += ["_ANN baseline omitted: MAC counts need the network (.net) file._", ""]
+    lines += [ref_line, ""]
+    ops = energy["by_operation"]
+    lines += ["By operation (estimate):", ""]
+    lines += _table(["operation", "pJ", "share"],
+                    [[op, v, v / total if total else None] for op, v in ops.items()])
+    cols = ["synaptic_binary", "synaptic_graded", "neuron_update_active",
+            "neuron_update_inactive", "spike_routing"]
+    lines += ["By layer (pJ, estimate):", ""]
+    rows = [[la["name"]] + [la.get(c) for c in cols] + [la["total"], la.get("ann_fp32"),
+                                                       la.get("ann_int8")]
+            for la in energy["layers"]]
+    lines += _table(["layer"] + cols + ["total", "ANN fp32", "ANN int8"], rows)
+    lines += ["Constants used:", ""]
+    lines += _table(["name", "value", "unit", "source", "overridden"],
+                    [[c["name"], c["value"], c["unit"], c["source"], c["overridden"]]
+                     for c in energy["constants"]])
+    return lines + _image(png, run_dir, "energy per inference (estimate)")
+
+
+def _resources_section(resources: Optional[dict]) -> list[str]:
+    lines = ["## Resource fit on Loihi 2", ""]
+    if not resources:
+        return lines + _missing("the network (.net file) for the resource fit", "export")
+    verdict = "fits" if resources["fits"] else "does NOT fit"
+    lines += [f"**The network {verdict}**: {_fmt(resources['cores'])} neuro-cores on "
+              f"{_fmt(resources['chips'])} chip(s); {_fmt(resources['neurons'])} neurons, "
+              f"{_fmt(resources['synapses'])} synapses, {_fmt(resources['synaptic_memory_bits'])} bits "
+              f"of synaptic memory at {resources['weight_bits']}-bit weights.", "",
+              f"Model: {resources.get('model', resources.get('conv_synapses'))}.", ""]
+    rows = [[la["name"], la["kind"], la["neurons"], la["synapses"], la["synaptic_memory_bits"],
+             la["fan_in_max"], la["fan_out_max"], la["cores"], la["limited_by"],
+             "yes" if la["fits"] else "**no**"] for la in resources["layers"]]
+    lines += _table(["layer", "kind", "neurons", "synapses", "synaptic memory (bits)", "max fan-in",
+                     "max fan-out", "cores", "binding per-core limit", "fits"], rows)
+    for p in resources.get("problems") or []:
+        lines.append(f"- {p}")
+    lim = resources.get("limits") or {}
+    lines += ["", "Limits: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in lim.items()) +
+              ". Per chip and neurons per core: Intel Loihi 2 technology brief (2021); per-core "
+              "synaptic memory and input axons: Loihi 1 figures (Davies et al. 2018, nengo-loihi), "
+              "no Loihi 2 figure confirmed (see hardware/spec.py).", ""]
+    return lines
+
+
+def _quantization_section(report: dict) -> list[str]:
+    lines = ["## Quantization error (Loihi 2 fixed point)", ""]
+    q = report.get("quantization")
+    if not q:
+        return lines + _missing("the quantization report", "export")
+    keys = ["name", "scale", "limited_by", "weight_bits_used", "weight_max_abs_error",
+            "weight_rms_rel_error", "threshold_float", "threshold_mantissa", "threshold_rel_error",
+            "bias_max_abs_error", "worst_case_input"]
+    layers = q if isinstance(q, list) else q.get("layers", [])
+    lines += _table(keys, [[la.get(k) for k in keys] for la in layers])
+    exp = report.get("export") or {}
+    if exp:
+        lines += [f"Exported to `{exp.get('path')}` (neuron {exp.get('neuron')}, "
+                  f"{exp.get('input_bits')}-bit graded input).", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------- entry point
+def render_report(run_dir: Path) -> dict:
+    """Write ``run_dir/report.md`` and the PNG plots; return what was written and what is missing."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_JSON
+    if not path.exists():
+        raise ReportError(f"no {REPORT_JSON} in {run_dir}; run a pipeline stage first "
+                          "(e.g. `python -m pipeline train`)")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(report, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(report).__name__}")
+
+    notes: list[str] = []
+    probes = report.get("probes")
+    energy = report.get("energy")
+    resources = report.get("resources")
+    net = None
+    if (probes and not energy) or not resources:
+        net = _load_net(report, run_dir, notes)
+    if probes and not energy:
+        overrides = ((report.get("config") or {}).get("energy")) or {}
+        try:
+            energy = energy_estimate(probes, overrides, count_macs(net) if net is not None else None)
+        except ToolkitError as exc:
+            notes.append(f"energy estimate not computed: {exc}")
+    if not resources and net is not None:
+        resources = check_fit(net).to_dict()
+
+    raster = None
+    raster_path = run_dir / RASTER_NPZ
+    if raster_path.exists():
+        try:
+            raster = load_raster(raster_path)
+        except (ToolkitError, OSError, ValueError) as exc:
+            notes.append(f"{RASTER_NPZ} not readable ({exc}); raster omitted")
+
+    lava_n = (report.get("lava") or {}).get("samples")
+    pngs = {
+        "accuracy": plots.plot_accuracy(report.get("accuracy"), run_dir, lava_n),
+        "training": plots.plot_training(report.get("training"), run_dir),
+        "firing_rate": plots.plot_firing_rates(probes, run_dir),
+        "energy": plots.plot_energy(energy, run_dir),
+        "raster": plots.plot_raster(raster, run_dir),
+    }
+
+    sections = {"config": "config", "training": "training", "accuracy": "accuracy",
+                "lava": "lava", "probes": "probes", "energy": energy, "resources": resources,
+                "quantization": "quantization"}
+    missing = [k for k, v in sections.items()
+               if (report.get(k) if isinstance(v, str) else v) in (None, {}, [])]
+
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = ["# NQ-SNN → Loihi 2 run report", "",
+             f"Run directory `{run_dir}`; rendered {now} from `{REPORT_JSON}` (nothing was re-run).", ""]
+    if missing:
+        lines += ["**Incomplete run**: no data yet for " + ", ".join(missing) +
+                  ". Sections below say which stage produces them.", ""]
+    for n in notes:
+        lines += [f"- Note: {n}"]
+    if notes:
+        lines.append("")
+    lines += _config_section(report)
+    lines += _accuracy_section(report, pngs["accuracy"], run_dir)
+    lines += _agreement_section(report)
+    lines += _training_section(report, pngs["training"], run_dir)
+    lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], run_dir)
+    lines += _energy_section(energy, pngs["energy"], run_dir)
+    lines += _resources_section(resources)
+    lines += _quantization_section(report)
+    md = run_dir / REPORT_MD
+    md.write_text("\n".join(lines) + "\n")
+    log.info("wrote %s", md)
+    return {"report_md": str(md), "plots": {k: (str(v) if v else None) for k, v in pngs.items()},
+            "missing": missing, "notes": notes}
+
+
+__all__ = ["render_report", "ReportError"]

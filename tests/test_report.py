@@ -1,0 +1,125 @@
+"""report.md and plots render from a hand-written report.json, complete or partial."""
+import json
+
+import numpy as np
+import pytest
+
+from hardware.activity import layer_activity, save_raster, spiking_layers
+from hardware.energy import count_macs, energy_estimate
+from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
+from hardware.resources import check_fit
+from pipeline.report import ReportError, render_report
+
+NEURON = Neuron("if_soft", 64)
+T = 8
+
+
+def small_net(rng) -> Network:
+    conv = Conv(rng.integers(-8, 9, (4, 1, 3, 3)), None, NEURON, padding=(1, 1), name="conv1")
+    return Network(Input((1, 8, 8)), [conv, Flatten(),
+                                      Dense(rng.integers(-8, 9, (10, 256)), None, NEURON, name="fc")],
+                   integer=True, input_bits=8)
+
+
+def training_and_eval() -> dict:
+    history = [{"epoch": e, "loss": 1.0 / e, "ann_val": 0.8 + 0.02 * e, "snn_val": 0.7 + 0.03 * e,
+                "sigma": [0.2 / e, 0.1 / e], "mean_abs_gap": 0.05 / e, "lambda": [2.0, 1.5 + 0.1 * e],
+                "lr": 0.05} for e in range(1, 6)]
+    return {
+        "config": {"data": {"name": "digits", "root": None}, "snn": {"timesteps": 4, "neuron": "if_soft"},
+                   "energy": {}},
+        "training": {"best_epoch": 5, "history": history},
+        "accuracy": {"ann": 0.95, "snn_float": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)}},
+        "test_samples": 180,
+    }
+
+
+def full_report(rng, run_dir) -> dict:
+    net = small_net(rng)
+    layers = spiking_layers(net)
+    trains = [rng.random((T, 4) + sl.shape) < 0.2 for sl in layers]
+    x = rng.integers(0, 256, (4, 1, 8, 8))
+    act = layer_activity(net, trains, x)
+    save_raster(run_dir / "raster.npz", [sl.name for sl in layers], trains)
+    report = training_and_eval()
+    report["accuracy"].update({"snn_fixed": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)},
+                               "lava": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)}})
+    report["lava"] = {"samples": 4, "agreement": 1.0, "backend": "loihi2-sim", "steps_per_sample": T,
+                      "wall_time_s": 3.2, "samples_per_s": 1.25, "disagreeing_samples": []}
+    report["quantization"] = [{"name": n, "scale": 10.0, "limited_by": "weight", "weight_bits_used": 8,
+                               "weight_max_abs_error": 0.01, "weight_rms_rel_error": 0.02,
+                               "threshold_float": 1.0, "threshold_mantissa": 640,
+                               "threshold_rel_error": 0.001, "bias_max_abs_error": 0.0,
+                               "worst_case_input": 1000} for n in ("conv1", "fc")]
+    report["export"] = {"path": str(run_dir / "model.net"), "neuron": "if_soft", "input_bits": 8}
+    report["probes"] = act.to_dict()
+    report["energy"] = energy_estimate(act, {}, count_macs(net))
+    report["resources"] = check_fit(net).to_dict()
+    return report
+
+
+def write(run_dir, report):
+    (run_dir / "report.json").write_text(json.dumps(report))
+
+
+def test_full_report_renders_with_all_plots(tmp_path, rng):
+    write(tmp_path, full_report(rng, tmp_path))
+    out = render_report(tmp_path)
+    assert out["missing"] == []
+    for name in ("accuracy", "training", "firing_rate", "energy", "raster"):
+        png = tmp_path / out["plots"][name].split("/")[-1]
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = (tmp_path / "report.md").read_text()
+    for text in ("## Configuration", "## Accuracy vs time steps", "## Activity per layer",
+                 "## Energy per inference (ESTIMATE)", "no per-operation energy figures for Loihi 2",
+                 "1.66 mJ", "## Resource fit on Loihi 2", "## Quantization error",
+                 "agreement (identical output spike trains)", "![spike raster of one sample](raster.png)",
+                 "ANN, "):
+        assert text in md, text
+    assert "Not available" not in md
+
+
+def test_partial_report_says_what_is_missing(tmp_path):
+    write(tmp_path, training_and_eval())
+    out = render_report(tmp_path)
+    assert set(out["missing"]) >= {"lava", "probes", "energy", "resources", "quantization"}
+    assert out["plots"]["energy"] is None and out["plots"]["raster"] is None
+    assert out["plots"]["firing_rate"] is None
+    assert (tmp_path / "accuracy_vs_t.png").exists() and (tmp_path / "training.png").exists()
+    md = (tmp_path / "report.md").read_text()
+    assert "Incomplete run" in md and "`python -m pipeline run`" in md
+    assert "`python -m pipeline export`" in md
+    assert "Estimate only" in md          # the caveat is there even without numbers
+
+
+def test_energy_computed_from_probes_when_not_stored(tmp_path, rng):
+    report = full_report(rng, tmp_path)
+    del report["energy"], report["resources"]
+    report["config"]["energy"] = {"synop_pj": 10.0}
+    write(tmp_path, report)
+    out = render_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert out["plots"]["energy"] is not None and "resources" in out["missing"]
+    assert "MAC counts need the network" in md     # no .net file: ANN baseline omitted
+    assert "| synop_pj | 10 |" in md
+
+
+def test_bad_energy_override_in_config_is_reported_not_fatal(tmp_path, rng):
+    report = full_report(rng, tmp_path)
+    del report["energy"]
+    report["config"]["energy"] = {"synop": 10.0}
+    write(tmp_path, report)
+    out = render_report(tmp_path)
+    assert any("energy.synop" in n for n in out["notes"])
+
+
+def test_empty_accuracy_and_missing_report(tmp_path):
+    with pytest.raises(ReportError, match="no report.json"):
+        render_report(tmp_path)
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not readable JSON"):
+        render_report(tmp_path)
+    write(tmp_path, {})
+    out = render_report(tmp_path)
+    assert all(v is None for v in out["plots"].values())
+    assert "Not available" in (tmp_path / "report.md").read_text()
