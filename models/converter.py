@@ -159,16 +159,4 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Te
     return q * threshold
 
 
-def count_macs(net: Network) -> list[int]:
-    """Multiply-accumulates per weighted layer of the equivalent ANN (folded weights)."""
-    macs = []
-    for layer, out_shape in zip(net.layers, net.shapes()):
-        if isinstance(layer, Conv):
-            per_output = int(np.prod(layer.weight.shape[1:]))
-            macs.append(per_output * int(np.prod(out_shape)))
-        elif isinstance(layer, Dense):
-            macs.append(int(np.prod(layer.weight.shape)))
-    return macs
-
-
-__all__ = ["convert", "ir_quantized_forward", "count_macs"]
+__all__ = ["convert", "ir_quantized_forward"]

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional, Sequence
 import yaml
 
 from hardware.errors import ToolkitError
+from hardware.energy import ENERGY_CONSTANT_NAMES
 from hardware.spec import LOIHI2
 
 
@@ -356,6 +357,12 @@ def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
                 if not isinstance(name, str) or not _ENERGY_NAME.match(name):
                     problems.append(f"energy.{name}: an energy constant name must be an "
                                     f"identifier (letters, digits, _)")
+                    continue
+                if name not in ENERGY_CONSTANT_NAMES:
+                    close = difflib.get_close_matches(name, ENERGY_CONSTANT_NAMES, n=1, cutoff=0.6)
+                    hint = f" (did you mean energy.{close[0]}?)" if close else ""
+                    problems.append(f"energy.{name}: unknown energy constant{hint}; known: "
+                                    f"{', '.join(ENERGY_CONSTANT_NAMES)}")
                     continue
                 try:
                     items.append((name, _ENERGY_VALUE.check(value)))

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hardware.activity import activity_from_sim, save_raster
+from hardware.energy import count_macs, energy_estimate
 from hardware.errors import NetxFormatError
+from hardware.resources import check_fit, require_fit
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 
@@ -156,11 +159,22 @@ def run(cfg, progress: bool = True) -> dict:
     x_int = encode_input(x.numpy(), net.input_bits)
     steps = cfg.eval.timesteps
 
+    fit = check_fit(net)
+    if cfg.run.backend == "loihi2-hw":
+        require_fit(net)
+
     start = time.perf_counter()
     out_spikes = []
+    activity = None
     for begin in range(0, len(x_int), cfg.eval.batch_size):
-        res = simulate(net, torch.as_tensor(x_int[begin:begin + cfg.eval.batch_size]), steps)
+        batch = x_int[begin:begin + cfg.eval.batch_size]
+        res = simulate(net, torch.as_tensor(batch), steps, record_spikes=cfg.run.probes)
         out_spikes.append(res.output_spikes.numpy().transpose(1, 0, 2))
+        if cfg.run.probes:
+            if begin == 0:
+                save_raster(run_dir / "raster.npz", res.layer_names, res.layer_spike_trains, sample=0)
+            batch_activity = activity_from_sim(net, res, batch)
+            activity = batch_activity if activity is None else activity.merge(batch_activity)
     sim_time = time.perf_counter() - start
     ref_spikes = np.concatenate(out_spikes, axis=0)           # (N, T, n_out)
     snn_fixed = _accuracy_by_t(_predictions_from_spikes(ref_spikes), labels)
@@ -175,6 +189,10 @@ def run(cfg, progress: bool = True) -> dict:
                        "samples_per_s": lava.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": _sha256(path)}}
+    result["resources"] = fit.to_dict()
+    if activity is not None:
+        result["probes"] = activity.to_dict()
+        result["energy"] = energy_estimate(activity, dict(cfg.energy), count_macs(net))
     if net.metadata.get("quantization"):
         result["quantization"] = net.metadata["quantization"]
     update_report(run_dir, result)

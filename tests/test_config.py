@@ -69,8 +69,8 @@ def test_config_error_is_a_toolkit_error():
     ("run:\n  lava_samples: 0\n", ["run.lava_samples", ">= 1"]),
     ("train:\n  momentum: 1.0\n", ["train.momentum", "< 1"]),
     ("train:\n  lr: .nan\n", ["train.lr"]),
-    ("energy:\n  e_syn: -1\n", ["energy.e_syn", "> 0"]),
-    ("energy:\n  e_syn: big\n", ["energy.e_syn"]),
+    ("energy:\n  synop_pj: -1\n", ["energy.synop_pj", "> 0"]),
+    ("energy:\n  synop_pj: big\n", ["energy.synop_pj"]),
     ("train: 3\n", ["section train", "mapping"]),
     ("- a\n- b\n", ["mapping of sections"]),
     ("snn:\n  timesteps: 16\n", ["eval.timesteps", "snn.timesteps"]),
@@ -106,11 +106,11 @@ def test_floats_accept_ints_ints_stay_ints(tmp_path):
 
 def test_overrides_are_parsed_as_yaml_and_win():
     cfg = load_config(DEPLOY, ["nq.noise=false", "train.lr=0.2", "data.root=/tmp/x",
-                                      "train.lr=0.3", "energy.e_spike=2.5e-12"])
+                                      "train.lr=0.3", "energy.spike_pj=2.5e-12"])
     assert cfg.nq.noise is False
     assert cfg.train.lr == 0.3            # the last one wins
     assert cfg.data.root == "/tmp/x"
-    assert dict(cfg.energy) == {"e_spike": 2.5e-12}
+    assert dict(cfg.energy) == {"spike_pj": 2.5e-12}
     assert load_config(DEPLOY, ["data.root="]).data.root is None  # empty -> null
 
 
@@ -144,12 +144,12 @@ def test_yaml_tags_are_not_executed(tmp_path):
 
 
 def test_to_dict_is_json_and_round_trips():
-    cfg = load_config(DEPLOY, ["energy.e_syn=3", "nq.levels=8"])
+    cfg = load_config(DEPLOY, ["energy.synop_pj=3", "nq.levels=8"])
     d = cfg.to_dict()
     assert json.loads(json.dumps(d)) == d
     assert set(d) == set(describe_schema())
     assert Config.from_dict(d) == cfg
-    assert d["energy"] == {"e_syn": 3.0}
+    assert d["energy"] == {"synop_pj": 3.0}
 
 
 def test_config_is_frozen_and_hashable():

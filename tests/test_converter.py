@@ -7,7 +7,8 @@ from torch import nn
 from hardware.errors import IRError
 from hardware.ir import Conv, Dense, Flatten
 from models.architectures import build_model, nq_layers
-from models.converter import convert, count_macs, ir_quantized_forward
+from hardware.energy import count_macs
+from models.converter import convert, ir_quantized_forward
 from models.nq import NQActivation, qcfs
 
 
