@@ -2,8 +2,9 @@
 
 Each subcommand validates the whole config first (so a typo fails before any
 work), then calls the stage of the same name in :mod:`pipeline.stages`
-(``all`` calls ``run_all``) and prints the stage's result dict as JSON on
-stdout. Logs go to stderr.
+(``all`` calls ``run_all``). On stdout it prints the accuracy table of the
+run directory's report.json (``--json``: the stage's result dict as JSON
+instead). Logs go to stderr.
 
 Exit codes: 0 success; 2 a :class:`~hardware.errors.ToolkitError` (printed
 as ``error: <message>``, no traceback) or a command-line usage error; 130
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one config key, value parsed as YAML "
                              "(repeatable), e.g. --set nq.noise=false")
     common.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    common.add_argument("--json", action="store_true",
+                        help="print the stage's result as JSON on stdout instead of the summary table")
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Train NQ ANNs, convert them to SNNs and run them bit-exactly on "
@@ -87,6 +90,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if result is not None:
+    if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif args.command != "all":  # run_all prints its own summary
+        from pipeline.stages import format_summary, read_report
+
+        print(format_summary(read_report(result_dir(args))))
     return 0
+
+
+def result_dir(args: argparse.Namespace):
+    from pipeline.config import load_config
+
+    return load_config(args.config, args.overrides).run_dir

@@ -10,6 +10,10 @@ import os
 import time
 from pathlib import Path
 
+# Lava calls multiprocessing.set_start_method('fork') when its runtime is imported,
+# which fails once anything (tqdm's write lock, for one) has fixed the start method:
+# import it before any stage runs.
+import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401,E402
 import numpy as np
 import torch
 
@@ -233,10 +237,17 @@ def format_summary(report: dict) -> str:
     def cell(key, t, width):
         value = acc.get(key, {}).get(str(t))
         return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+    ann = acc.get("ann")
+    ann_cell = f"{ann:>6.4f}" if ann is not None else f"{'-':>6}"
     for t in shown:
-        ann = acc.get("ann")
-        lines.append(f"{t:>4} | {ann:>6.4f} | {cell('snn_float', t, 9)} | {cell('snn_fixed', t, 9)} | "
-                     f"{cell('lava', t, 6)}" if ann is not None else f"{t:>4} | {'-':>6} | ...")
+        lines.append(f"{t:>4} | {ann_cell} | {cell('snn_float', t, 9)} | {cell('snn_fixed', t, 9)} | "
+                     f"{cell('lava', t, 6)}")
+    if not shown:
+        lines.append("(no accuracies yet: run `python -m pipeline evaluate`)")
+    energy = report.get("energy", {})
+    if energy.get("total_pj") is not None:
+        lines.append(f"estimated energy per inference: {energy['total_pj'] / 1e6:.4g} µJ (estimate from Loihi 1 "
+                     "per-operation figures; Intel has published none for Loihi 2)")
     lava = report.get("lava", {})
     if lava:
         lines.append(f"Lava ({lava.get('backend')}): {lava.get('samples')} test samples, agreement with the "

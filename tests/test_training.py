@@ -1,0 +1,67 @@
+"""Short NQ training on digits: accuracy, learned sigma, checkpoint, resume."""
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.data import load_dataset
+from pipeline.training import (CHECKPOINT, TRAIN_STATE, ann_accuracy, load_checkpoint, model_from_checkpoint,
+                               train)
+
+
+def _cfg(tmp_path, *extra):
+    return load_config("deploy.yaml", [f"run.dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train")
+    cfg = _cfg(run_dir, "train.epochs=12")
+    result = train(cfg, progress=False)
+    return cfg, result
+
+
+def test_short_training_reaches_accuracy_and_learns_sigma(trained):
+    cfg, result = trained
+    ckpt = load_checkpoint(cfg.run_dir / CHECKPOINT)
+    model = model_from_checkpoint(ckpt)
+    data = load_dataset(cfg.data, seed=cfg.train.seed)
+    acc = ann_accuracy(model, data.test, 256, torch.device("cpu"))
+    assert acc >= 0.95, f"ANN test accuracy {acc:.3f} < 0.95"
+    assert len(ckpt["sigma"]) == 4 and all(s > 1e-3 for s in ckpt["sigma"]), ckpt["sigma"]
+    # sigma lives in the model's buffers too, so it is saved with the state dict
+    sigmas = [float(v) for k, v in ckpt["state_dict"].items() if k.endswith("sigma")]
+    assert sigmas == pytest.approx(ckpt["sigma"])
+    # the kept epoch is the best by SNN validation accuracy (never the test set)
+    best = max(result["history"], key=lambda r: r["snn_val"])
+    assert ckpt["metrics"]["snn_val"] == best["snn_val"]
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    cfg, _ = trained
+    obj = torch.load(cfg.run_dir / CHECKPOINT, weights_only=True)
+    assert obj["format_version"] == 1 and "state_dict" in obj and "config" in obj
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    import pipeline.training as training_module
+
+    full = train(_cfg(tmp_path / "full", "train.epochs=2"), progress=False)
+    cfg = _cfg(tmp_path / "cut", "train.epochs=2")
+    original = training_module.measure_residual
+    calls = []
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "measure_residual", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(training_module, "measure_residual", original)
+    assert torch.load(tmp_path / "cut" / TRAIN_STATE, weights_only=True)["epoch"] == 0  # epoch 1 kept
+    resumed = train(cfg, progress=False)
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == full["history"][0]
+    assert resumed["history"][1]["loss"] == pytest.approx(full["history"][1]["loss"])
