@@ -159,4 +159,28 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Te
     return q * threshold
 
 
-__all__ = ["convert", "ir_quantized_forward"]
+@torch.no_grad()
+def count_ann_macs(model: nn.Module, input_shape: tuple) -> list[int]:
+    """Multiply-accumulates per conv/linear layer of the ANN itself (before pooling is
+    folded into larger kernels, which would overstate the ANN's cost)."""
+    macs: list[int] = []
+
+    def hook(module, _inputs, output):
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs.append(per_output * output[0].numel())
+        else:
+            macs.append(module.in_features * module.out_features)
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
+__all__ = ["convert", "ir_quantized_forward", "count_ann_macs"]
