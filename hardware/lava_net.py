@@ -9,7 +9,7 @@ it in the process, so instead this module performs the *same* construction as
 ``netx.hdf5.Network._create`` directly from the IR, with the same blocks
 (``lava.lib.dl.netx.blocks.process.Conv``/``Dense``) and the same parameter
 transformations; only the neuron process differs for ``if_soft`` layers
-(:class:`hardware.lava_neurons.IFSoftReset`). For ``cuba`` networks the result
+(:class:`hardware.lava_procs.if_soft.process.IFSoftReset`). For ``cuba`` networks the result
 is identical to stock netx loading the file written by ``hardware.netx_io``.
 
 What netx does and this module mirrors (lava-dl 0.6, ``hdf5.py``):
@@ -46,7 +46,7 @@ from lava.proc.lif.process import LIF, LIFReset
 
 from . import ir
 from .errors import LavaBackendError
-from .lava_neurons import IFSoftReset
+from .lava_procs.if_soft.process import IFSoftReset
 from .spec import LOIHI2
 
 __all__ = ["LavaNetwork", "build_lava_network", "chw_to_whc", "neuron_params"]

@@ -7,7 +7,7 @@ Backends
     leaf process, the Python model tagged ``fixed_pt``: ``PyDenseModelBitAcc``
     (Dense), ``PyConvModelFixed`` (Conv), ``PyLifModelBitAcc`` /
     ``PyLifResetModelBitAcc`` (LIF / LIFReset),
-    :class:`hardware.lava_neurons.PyIFSoftResetModelBitAcc` (IFSoftReset),
+    :class:`hardware.lava_procs.if_soft.models.PyIFSoftResetModelBitAcc` (IFSoftReset),
     ``PySendModelFixed`` / ``PyReceiveModelFixed`` (ring buffers); the netx
     blocks resolve to their ``fixed_pt`` sub-process models. (Checked by
     ``tests/test_lava_runner.py``.)
@@ -50,15 +50,37 @@ L the number of weighted layers (blocks), i = 0 .. L−1 the block index.
 With this schedule the result equals
 ``simulate(net, inputs, T, pipelined=False).output_spikes`` transposed to
 (N, T, n_out), sample by sample, bit for bit.
+
+Probes (``run_lava(..., probes=True)``)
+---------------------------------------
+Every block's neuron output (``block.out``) additionally feeds a sink
+RingBuffer of ``chunk_steps`` columns, read back (``data.get()``) after every
+RunSteps chunk, so host memory in Lava stays bounded however long the run.
+Block i emits sample k, step τ at Lava step ``kT + 1 + i + τ`` (above), i.e.
+ring column ``(kT + i + τ) mod chunk_steps``: each layer's window is offset by
+its own latency i + 1, exactly as the output layer's (i = L − 1). From those
+columns the runner keeps, per layer, the per-neuron counts ``(N, *shape)``,
+the spikes per step ``(T, N)`` and (``probes='trains'``/``True``) the spike
+trains ``(T, N, *shape)``, the layouts of
+:class:`hardware.simulator.SimResult`, so
+``hardware.activity.activity_from_sim(net, result, x)`` accepts a
+:class:`LavaRunResult` unchanged.
+
+Why sink RingBuffers: measured against ``lava.proc.monitor.Monitor`` on the
+same network (``bench/probe_overhead.py``, figures in BENCHMARKS.md) they are
+the cheaper exact mechanism. Monitor runs an extra management phase at every
+step (its ``post_guard`` is always true), stores float64 and can record one
+port per Monitor only; Lava 0.10 cannot merge the layers into one sink
+(``ConcatPort`` has no transform implemented). ``probe_mechanism='monitor'``
+is kept so that the comparison can be re-measured.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -67,13 +89,17 @@ from . import ir
 from .errors import LavaBackendError, QuantizationError
 from .lava_net import build_lava_network, chw_to_whc
 
-__all__ = ["LavaRunResult", "run_lava", "RESET_OFFSET", "BACKENDS", "total_steps",
-           "hardware_available", "sim_run_config"]
+__all__ = ["LavaRunResult", "run_lava", "RESET_OFFSET", "BACKENDS", "PROBE_MODES",
+           "PROBE_MECHANISMS", "total_steps", "hardware_available", "sim_run_config"]
 
 BACKENDS = ("loihi2-sim", "loihi2-hw")
 #: netx ``reset_offset`` argument that aligns block windows with samples
 #: (see the module docstring).
 RESET_OFFSET = 1
+#: ``probes`` values: what is recorded per spiking layer.
+PROBE_MODES = (False, True, "counts", "trains")
+#: How probes are attached (see the module docstring; ring buffers are the default).
+PROBE_MECHANISMS = ("recorder", "ringbuffer", "monitor")
 
 
 @dataclass
@@ -85,6 +111,18 @@ class LavaRunResult:
     ``wall_time_s`` covers compile, runtime start-up and all RunSteps calls
     (not network construction), so ``samples_per_s = N / wall_time_s`` is the
     end-to-end throughput of one run.
+
+    Probe fields (``None`` unless ``run_lava(..., probes=...)``), one entry per
+    spiking layer (every Conv/Dense block, in order), in the layouts of
+    :class:`hardware.simulator.SimResult`, shapes in the IR's (C, H, W) order,
+    sample k being the k-th input:
+
+    ``layer_names``: the IR layer names.
+    ``layer_counts``: (N, *shape) int64 spikes per neuron over the T steps.
+    ``layer_step_spikes``: (T, N) int64 spikes of the layer at each step.
+    ``layer_spike_trains``: (T, N, *shape) bool (``probes='trains'``/``True``
+    only; ``'counts'`` keeps host memory at O(N·neurons)).
+    ``probe_mechanism``: how they were recorded.
     """
 
     output_spikes: np.ndarray
@@ -97,11 +135,24 @@ class LavaRunResult:
     loader: str = ""
     #: process class name -> selected process-model class name (as compiled).
     models: Optional[dict] = None
+    layer_names: Optional[list] = None
+    layer_counts: Optional[list] = None
+    layer_step_spikes: Optional[list] = None
+    layer_spike_trains: Optional[list] = None
+    probe_mechanism: Optional[str] = None
 
     @property
     def output_counts(self) -> np.ndarray:
         """(N, n_out) total spikes per output neuron."""
         return self.output_spikes.sum(axis=1)
+
+    def activity(self, net: ir.Network, input_int=None):
+        """:func:`hardware.activity.activity_from_sim` of the probed spikes
+        (exact spikes, synaptic ops and neuron updates; ``source='lava'``)."""
+        from .activity import activity_from_sim
+        if self.layer_counts is None:
+            raise LavaBackendError("this run recorded no probes (run_lava(..., probes=True))")
+        return activity_from_sim(net, self, input_int, source="lava")
 
 
 def total_steps(n_samples: int, timesteps: int, n_layers: int) -> int:
@@ -183,6 +234,62 @@ def _output_flat(net: ir.Network, sink_data: np.ndarray) -> np.ndarray:
     return np.rint(arr.reshape(arr.shape[0], -1)).astype(np.int64)
 
 
+def _lava_rows(arr: np.ndarray, step_axis_last: bool = True) -> np.ndarray:
+    """Lava-order recording -> rows per step in the IR's (C, H, W) order.
+
+    ``arr``: (*lava_shape, steps) (ring buffer) or, with
+    ``step_axis_last=False``, (steps, *lava_shape) (Monitor); returns
+    (steps, *ir_shape) int64.
+    """
+    if step_axis_last:
+        arr = np.moveaxis(arr, -1, 0)
+    if arr.ndim == 4:  # (steps, W, H, C) -> (steps, C, H, W)
+        arr = arr.transpose(0, 3, 2, 1)
+    return np.rint(arr).astype(np.int64)
+
+
+class _LayerProbes:
+    """Sorts probed Lava steps of every block into per-sample windows.
+
+    Block i emits sample k, step τ (1-based) at Lava step t = kT + 1 + i + τ,
+    i.e. 0-based column c = t − 1 = kT + i + τ; so c − (i + 1) = kT + τ − 1.
+    """
+
+    def __init__(self, names: list, shapes: list, n_samples: int, timesteps: int,
+                 keep_trains: bool):
+        self.names = names
+        self.shapes = shapes
+        self.n = n_samples
+        self.t = timesteps
+        self.counts = [np.zeros((n_samples,) + s, dtype=np.int64) for s in shapes]
+        self.steps = [np.zeros((timesteps, n_samples), dtype=np.int64) for _ in shapes]
+        self.trains = ([np.zeros((timesteps, n_samples) + s, dtype=bool) for s in shapes]
+                       if keep_trains else None)
+
+    def add(self, i: int, first_col: int, rows: np.ndarray) -> None:
+        """``rows``: (n, *shape) spikes of block i at columns first_col .. first_col+n−1."""
+        rel = np.arange(first_col, first_col + rows.shape[0]) - (i + 1)
+        keep = (rel >= 0) & (rel < self.n * self.t)
+        rel, rows = rel[keep], rows[keep]
+        if rel.size == 0:
+            return
+        if (rows.min() < 0 or rows.max() > 1):
+            raise LavaBackendError(f"probe of layer {self.names[i]}: spikes outside {{0, 1}} "
+                                   f"([{rows.min()}, {rows.max()}]); not a binary spike layer")
+        k, tau = np.divmod(rel, self.t)
+        self.steps[i][tau, k] = rows.reshape(rel.size, -1).sum(axis=1)
+        np.add.at(self.counts[i], k, rows)
+        if self.trains is not None:
+            self.trains[i][tau, k] = rows != 0
+
+    def check(self, output_spikes: np.ndarray) -> None:
+        """The last layer's probe must equal the output sink (same spikes, two paths)."""
+        last = self.counts[-1].reshape(self.n, -1)
+        if not np.array_equal(last, output_spikes.sum(axis=1)):
+            raise LavaBackendError(f"probe of the output layer {self.names[-1]} disagrees with "
+                                   "the output sink: the probe alignment is wrong")
+
+
 def _build(net: ir.Network, timesteps: int, net_path: Optional[str]):
     """Stock netx for a cuba network read from ``net_path``, else our loader."""
     kinds = _neuron_kinds(net)
@@ -229,7 +336,9 @@ def _hw_io(lnet, data: np.ndarray, out_shape: tuple, steps: int, input_bits: int
 
 def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
              backend: str = "loihi2-sim", net_path: Optional[str] = None,
-             progress: bool = True, chunk_steps: Optional[int] = None) -> LavaRunResult:
+             progress: bool = True, chunk_steps: Optional[int] = None,
+             probes: Union[bool, str] = False,
+             probe_mechanism: str = "recorder") -> LavaRunResult:
     """Stream N encoded samples through one Lava run and return their output spikes.
 
     ``inputs``: (N, *input_shape) integer graded-spike payloads held for T
@@ -243,6 +352,12 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     For a ``cuba`` network with ``net_path`` the file is loaded by stock
     ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
     otherwise :func:`hardware.lava_net.build_lava_network` builds it.
+
+    ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
+    spikes per step and spike trains) or ``'counts'`` (no trains); see the
+    module docstring and :class:`LavaRunResult`. ``probe_mechanism``:
+    ``'ringbuffer'`` (default, the cheaper one measured) or ``'monitor'``.
+    Probes are supported on ``'loihi2-sim'`` only.
     """
     if backend not in BACKENDS:
         raise LavaBackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -262,6 +377,16 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
         ok, reason = hardware_available()
         if not ok:
             raise LavaBackendError(reason)
+
+    if not (isinstance(probes, bool) or probes in ("counts", "trains")):
+        raise LavaBackendError(f"probes={probes!r}; choose one of {PROBE_MODES}")
+    if probe_mechanism not in PROBE_MECHANISMS:
+        raise LavaBackendError(f"unknown probe_mechanism {probe_mechanism!r}; choose one of "
+                               f"{PROBE_MECHANISMS}")
+    if probes and backend != "loihi2-sim":
+        raise LavaBackendError(
+            "probes are implemented for backend 'loihi2-sim' only: on the board every layer "
+            "would need its own lava-loihi NxToPyAdapter, which is untested here")
 
     x = _validate_inputs(net, inputs, timesteps)
     n_samples = x.shape[0]
@@ -292,6 +417,37 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
         src, sink = _hw_io(lnet, data, out_shape, steps, int(net.input_bits))
         run_cfg = Loihi2HwCfg(select_sub_proc_model=True)
 
+    recorder = probe_sinks = None
+    if probes:
+        names = [layer.name for layer in net.weighted_layers]
+        shapes = [tuple(int(v) for v in s) for s, layer in zip(net.shapes(), net.layers)
+                  if isinstance(layer, (ir.Conv, ir.Dense))]
+        recorder = _LayerProbes(names, shapes, n_samples, timesteps,
+                                keep_trains=probes is True or probes == "trains")
+        probe_sinks = []
+        for block, shape in zip(lnet.layers, shapes):
+            lava_shape = tuple(block.out.shape)
+            if lava_shape != chw_to_whc(shape):
+                raise LavaBackendError(f"layer {names[len(probe_sinks)]}: Lava block output "
+                                       f"{lava_shape} is not the IR shape {shape} as (W, H, C)")
+            if probe_mechanism == "recorder":
+                continue
+            if probe_mechanism == "ringbuffer":
+                # a ring of one chunk, emptied after every chunk: bounded memory
+                probe = io.sink.RingBuffer(shape=lava_shape, buffer=chunk_steps)
+                block.out.connect(probe.a_in)
+            else:
+                from lava.proc.monitor.process import Monitor
+                probe = Monitor()  # one port per Monitor (lava 0.10 limitation)
+                probe.probe(block.out, steps)
+            probe_sinks.append(probe)
+        if probe_mechanism == "recorder":
+            from .lava_procs.spike_recorder import SpikeRecorder
+            recorder_proc = SpikeRecorder(shapes=[tuple(b.out.shape) for b in lnet.layers],
+                                          buffer=chunk_steps)
+            for j, block in enumerate(lnet.layers):
+                block.out.connect(recorder_proc.port(j))
+
     bar = tqdm(total=steps, desc=f"lava {backend}", unit="step", disable=not progress,
                leave=False)
     started = False
@@ -300,17 +456,26 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
         done = 0
         while done < steps:
             n = min(chunk_steps, steps - done)
-            with warnings.catch_warnings():
-                # Lava's model search imports every module next to a process's
-                # module as a top-level module and warns for each one that uses
-                # package-relative imports (all of hardware/); harmless noise.
-                warnings.filterwarnings("ignore", message="Cannot import module",
-                                        category=UserWarning)
-                started = True
-                sink.run(condition=RunSteps(num_steps=n), run_cfg=run_cfg)
+            started = True
+            sink.run(condition=RunSteps(num_steps=n), run_cfg=run_cfg)
+            if recorder is not None and probe_mechanism == "recorder":
+                from .lava_procs.spike_recorder import unpack
+                words = np.asarray(recorder_proc.data.get())[:, :n]
+                for i, rows in enumerate(unpack(words, [tuple(b.out.shape) for b in lnet.layers])):
+                    recorder.add(i, done, _lava_rows(rows, step_axis_last=False))
+            if recorder is not None and probe_mechanism == "ringbuffer":
+                # chunks start at multiples of chunk_steps = the ring length,
+                # so this chunk's steps are ring columns 0 .. n-1
+                for i, probe in enumerate(probe_sinks):
+                    rows = _lava_rows(np.asarray(probe.data.get())[..., :n])
+                    recorder.add(i, done, rows)
             done += n
             bar.update(n)
         sink_data = np.asarray(sink.data.get())
+        if recorder is not None and probe_mechanism == "monitor":
+            for i, probe in enumerate(probe_sinks):
+                rows = _lava_rows(np.asarray(probe.out_read_0.get()), step_axis_last=False)
+                recorder.add(i, 0, rows)
         models = _selected_models(lnet, src, sink)
     finally:
         bar.close()
@@ -322,6 +487,14 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     idx = (np.arange(n_samples)[:, None] * timesteps + n_layers
            + np.arange(timesteps)[None, :])  # kT + L + τ − 1
     out = flat[idx]  # (N, T, n_out)
-    return LavaRunResult(output_spikes=out, wall_time_s=wall, steps_run=steps,
-                         samples_per_s=n_samples / wall if wall > 0 else float("inf"),
-                         backend=backend, loader=loader, models=models)
+    result = LavaRunResult(output_spikes=out, wall_time_s=wall, steps_run=steps,
+                           samples_per_s=n_samples / wall if wall > 0 else float("inf"),
+                           backend=backend, loader=loader, models=models)
+    if recorder is not None:
+        recorder.check(out)
+        result.layer_names = list(recorder.names)
+        result.layer_counts = recorder.counts
+        result.layer_step_spikes = recorder.steps
+        result.layer_spike_trains = recorder.trains
+        result.probe_mechanism = probe_mechanism
+    return result
