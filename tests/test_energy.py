@@ -203,11 +203,14 @@ def test_activity_rejects_mismatched_spikes():
         layer_activity(net, [np.zeros((1, 3)), np.zeros((1, 2))])
 
 
-def test_count_macs_matches_converter(rng):
-    from models.converter import count_macs as converter_macs
+def test_count_macs_hand_computed():
+    from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
 
-    net = conv_net(rng)
-    assert count_macs(net) == converter_macs(net)
+    conv = Conv(weight=np.ones((4, 2, 3, 3)), bias=None, neuron=Neuron("if_soft", 1.0), padding=(1, 1))
+    dense = Dense(weight=np.ones((3, 100)), bias=None, neuron=Neuron("if_soft", 1.0))
+    net = Network(input=Input(shape=(2, 5, 5)), layers=[conv, Flatten(), dense])
+    # conv: 4·5·5 outputs × (2·3·3) inputs each; dense: 100 × 3
+    assert count_macs(net) == [100 * 18, 300]
 
 
 def test_raster_round_trip(tmp_path):
