@@ -199,7 +199,7 @@ class RunConfig:
     dir: str = _f("runs/digits", _Rule("str"), "output directory of this run")
     backend: str = _f("loihi2-sim", _Rule("choice", choices=("loihi2-sim", "loihi2-hw")),
                       "Lava backend")
-    lava_samples: int = _f(32, _Rule("int", lo=1, hi=10_000_000),
+    lava_samples: int = _f(100, _Rule("int", lo=1, hi=10_000_000),
                            "test samples run through Lava")
     probes: bool = _f(True, _Rule("bool"), "record spikes/ops per layer and step")
 

@@ -144,6 +144,9 @@ def _agreement_section(report: dict) -> list[str]:
             ["steps per sample", lava.get("steps_per_sample")],
             ["agreement (identical output spike trains)", lava.get("agreement")],
             ["wall time (s)", lava.get("wall_time_s")], ["samples / s", lava.get("samples_per_s")]]
+    if "probes_equal_reference" in lava:
+        rows.append(["Lava probes (spikes, synops, updates per layer and step) equal the reference's",
+                     "yes" if lava["probes_equal_reference"] else "NO"])
     dis = lava.get("disagreeing_samples")
     if dis:
         rows.append(["disagreeing samples", ", ".join(str(i) for i in dis[:50])

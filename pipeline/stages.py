@@ -187,7 +187,10 @@ def run(cfg, progress: bool = True) -> dict:
     snn_fixed = _accuracy_by_t(_predictions_from_spikes(ref_spikes), labels)
 
     n = min(cfg.run.lava_samples, len(x_int))
-    lava = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress)
+    # Lava-side probes exist on the CPU simulation; on a board lava-loihi's own counters apply
+    lava_probes = "counts" if cfg.run.probes and cfg.run.backend == "loihi2-sim" else False
+    lava = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress,
+                    probes=lava_probes)
     agree = np.all(lava.output_spikes == ref_spikes[:n], axis=(1, 2))
     lava_acc = _accuracy_by_t(_predictions_from_spikes(lava.output_spikes), labels[:n])
     result = {"accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc},
@@ -196,6 +199,11 @@ def run(cfg, progress: bool = True) -> dict:
                        "samples_per_s": lava.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": _sha256(path)}}
+    if lava_probes:
+        lava_activity = lava.activity(net, x_int[:n]).to_dict()
+        ref_activity = activity_from_sim(net, simulate(net, torch.as_tensor(x_int[:n]), steps), x_int[:n]).to_dict()
+        result["lava"]["probes"] = lava_activity
+        result["lava"]["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
     result["resources"] = fit.to_dict()
     if activity is not None:
         result["probes"] = activity.to_dict()

@@ -28,6 +28,8 @@ def test_digits_end_to_end(tmp_path, neuron):
     assert report["lava"]["agreement"] == 1.0, report["lava"]["disagreeing_samples"]
     assert evaluated["accuracy"]["snn_float"]["6"] > 0.5
     assert ran["probes"]["totals"]["spikes"] > 0
+    # Lava's own probes (per layer and step) count exactly what the reference simulator counts
+    assert report["lava"]["probes_equal_reference"] is True
     assert report["energy"]["estimate"] is True and report["resources"]["fits"] is True
     assert (tmp_path / "report.md").exists() and rendered["plots"]
     assert (tmp_path / "model.net").exists()
