@@ -56,6 +56,8 @@ Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -104,76 +106,35 @@ def netx_dense_effective(weight: np.ndarray, layer: str = "dense"
                          ) -> tuple[np.ndarray, int]:
     """Integer weights and exponent Lava's bit-accurate Dense ends up with.
 
-    Reproduces, with the same numpy operations, ``netx.utils.
-    optimize_weight_bits`` (as called by ``hdf5.Network.create_dense``)
-    followed by ``lava.utils.weightutils.determine_sign_mode``,
-    ``clip_weights(num_bits=8)`` and ``truncate_weights`` (as run by
-    ``AbstractPyDenseModelBitAcc.run_spk``). Lava then computes
-    ``a = W_eff @ s`` shifted by the returned exponent (``<<`` if positive,
-    arithmetic ``>>`` if negative).
+    Runs the very functions netx and Lava run: ``netx.utils.
+    optimize_weight_bits`` (as called by ``hdf5.Network.create_dense``), then
+    ``lava.utils.weightutils.determine_sign_mode``, ``clip_weights`` and
+    ``truncate_weights`` (as ``AbstractPyDenseModelBitAcc.run_spk`` does,
+    with the ``weight_clip_bits`` of :data:`hardware.spec.LOIHI2`). Lava then
+    computes ``a = W_eff @ s`` shifted by the returned exponent (``<<`` if
+    positive, arithmetic ``>>`` if negative).
 
     Raises :class:`NetxFormatError` for an all-zero matrix, on which
     ``optimize_weight_bits`` fails (``255 / 0`` -> ``int(inf)``).
     """
-    weight = np.asarray(weight).astype(int)
-    max_weight = np.max(weight)
-    min_weight = np.min(weight)
-    if max_weight == 0 and min_weight == 0:
+    from lava.lib.dl.netx.utils import optimize_weight_bits
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+    weight = np.asarray(weight).astype(int)  # as NetDict reads 'weight'
+    if not np.any(weight):
         raise NetxFormatError(
             f"layer {layer}: all-zero dense weight matrix; netx's "
             f"optimize_weight_bits cannot scale it (OverflowError on int(inf))")
-    # optimize_weight_bits clips (and prints a warning) when it cannot fit.
-    if max_weight > 254 and min_weight < 0:
-        warnings.warn(f"layer {layer}: netx clips dense weights to [-256, 254] "
-                      f"(max weight {max_weight})")
-        weight = np.clip(weight, -256, 254)
-        max_weight = np.max(weight)
-    if min_weight < -256 and max_weight > 0:
-        warnings.warn(f"layer {layer}: netx clips dense weights to [-256, 254] "
-                      f"(min weight {min_weight})")
-        weight = np.clip(weight, -256, 254)
-        min_weight = np.min(weight)
-    if max_weight < 0:
-        mode, is_signed = "inhibitory", 0
-    elif min_weight >= 0:
-        mode, is_signed = "excitatory", 0
-    else:
-        mode, is_signed = "mixed", 1
-    with np.errstate(divide="ignore"):
-        if mode == "mixed":
-            scale = np.min([127 / max_weight, -128 / min_weight])
-        elif mode == "inhibitory":
-            scale = -256 / min_weight
-        else:
-            scale = 255 / max_weight
-    scale_bits = np.floor(np.log2(scale)) + is_signed
-    n = 8
-    while n > 0:
-        if np.sum(np.abs(weight / (2 ** n) - np.round(weight / (2 ** n)))) == 0:
-            break
-        n -= 1
-    n -= is_signed
-    num_weight_bits = int(8 - scale_bits - n)
-    weight_exp = int(-scale_bits)
-    w = np.left_shift(weight.astype(np.int32), int(scale_bits)).astype(int)
-
-    # Lava Dense model: sign mode determined from the optimized weights.
-    if np.min(w) >= 0:
-        lava_mode = "excitatory"
-    elif np.max(w) <= 0:
-        lava_mode = "inhibitory"
-    else:
-        lava_mode = "mixed"
-    mixed = int(lava_mode == "mixed")
-    w = w.astype(np.int32)
-    if lava_mode == "inhibitory":
-        w = -w
-    w = np.clip(w, (-2 ** 8) * mixed, 2 ** 8 - 1)  # clip_weights(num_bits=8)
-    truncate = 8 - num_weight_bits + mixed       # truncate_weights
-    w = (w >> truncate) << truncate
-    if lava_mode == "inhibitory":
-        w = -w
-    return w.astype(np.int64), weight_exp
+    printed = io.StringIO()
+    # netx prints its clipping warnings; a one-signed matrix divides by zero harmlessly
+    with contextlib.redirect_stdout(printed), np.errstate(divide="ignore"):
+        w, num_weight_bits, weight_exp, _ = optimize_weight_bits(weight)
+    if printed.getvalue().strip():
+        warnings.warn(f"layer {layer}: netx: {' '.join(printed.getvalue().split())}")
+    sign_mode = determine_sign_mode(w)
+    w = clip_weights(w, sign_mode, num_bits=LOIHI2.weight_clip_bits)
+    w = truncate_weights(w, sign_mode, num_weight_bits)
+    return np.asarray(w).astype(np.int64), int(weight_exp)
 
 
 def _dense_exact(weight: np.ndarray, layer: str) -> None:

