@@ -18,6 +18,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from hardware.errors import ToolkitError
 
 log = logging.getLogger("pipeline")
@@ -76,7 +78,10 @@ def _run(args: argparse.Namespace) -> dict:
     from pipeline import stages
 
     fn_name = STAGES[args.command][0]
-    return getattr(stages, fn_name)(cfg)
+    # log lines go above the progress bars instead of through them (after the stages'
+    # import: tqdm's lock fixes the multiprocessing start method Lava sets on import)
+    with logging_redirect_tqdm():
+        return getattr(stages, fn_name)(cfg)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
