@@ -16,8 +16,8 @@ exact arithmetic, so ``s_l`` is free; it is the largest value that
 * keeps the bias in its 13-bit mantissa:        s ≤ 4095 / max|b|
 * cannot overflow the 24-bit u and v in one step: the worst-case synaptic input
   of any neuron (all positive or all negative weights active at full input),
-  plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits):
-  s ≤ 131071 / (max_i Σ_j max(±W_ij, 0) + θ + max|b|).
+  plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits),
+  rounding included: s ≤ (131071 − ½·(fan_in·x_max + 2)) / (max_i Σ_j max(±W_ij, 0) + θ + max|b|).
 
 All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
 the limit that set the scale and the quantization error of each quantity.
@@ -97,17 +97,22 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
         scale = limits[limited_by]
         if not math.isfinite(scale):
             raise QuantizationError(f"layer {layer.name}: no finite scale (all weights zero?)")
-        w_int = np.rint(weight * scale).astype(np.int64)
-        b_int = np.rint(bias * scale).astype(np.int64)
-        vth = int(np.rint(theta * scale))
+        w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+        # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight,
+        # times the input's maximum): shrink the scale until the rounded network fits.
+        for _ in range(50):
+            total = worst_int + vth + int(np.abs(b_int).max(initial=0))
+            if total <= spec.activation_max:
+                break
+            scale *= spec.activation_max / total * (1 - 1e-6)
+            limited_by = "24-bit state"
+            w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+        else:
+            raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
+                                    f"+ threshold {vth} exceeds {spec.activation_max} at every scale")
         _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
         _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
         _check_range(layer.name, "threshold", np.array([vth]), 1, spec.threshold_max)
-        worst_int = int(round(_worst_case_input(w_int * x_max)))
-        if worst_int + vth + int(np.abs(b_int).max(initial=0)) > spec.activation_max:
-            # rounding pushed the worst case over the limit: a silent wrap is never acceptable
-            raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
-                                    f"+ threshold {vth} exceeds {spec.activation_max}")
         neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
                         bias_exp=spec.netx_bias_exp)
         if isinstance(layer, Conv):
@@ -131,6 +136,14 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
     metadata["quantization"] = [asdict(r) for r in reports]
     return Network(input=Input(shape=tuple(net.input.shape)), layers=layers, integer=True,
                    input_bits=input_bits, metadata=metadata)
+
+
+def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_max: int):
+    """Integer weights, biases, threshold at ``scale`` and the worst-case synaptic input."""
+    w_int = np.rint(weight * scale).astype(np.int64)
+    b_int = np.rint(bias * scale).astype(np.int64)
+    vth = int(np.rint(theta * scale))
+    return w_int, b_int, vth, int(round(_worst_case_input(w_int * x_max)))
 
 
 def _check_range(layer: str, what: str, values: np.ndarray, low: int, high: int) -> None:
