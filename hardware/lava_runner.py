@@ -140,6 +140,8 @@ class LavaRunResult:
     layer_step_spikes: Optional[list] = None
     layer_spike_trains: Optional[list] = None
     probe_mechanism: Optional[str] = None
+    #: on a board with lava-loihi: measured power and time per step (see board_measurement)
+    board_measurement: Optional[dict] = None
 
     @property
     def output_counts(self) -> np.ndarray:
@@ -153,6 +155,47 @@ class LavaRunResult:
         if self.layer_counts is None:
             raise LavaBackendError("this run recorded no probes (run_lava(..., probes=True))")
         return activity_from_sim(net, self, input_int, source="lava")
+
+
+def board_profilers_available() -> tuple[bool, str]:
+    """(ok, reason): whether lava-loihi's power/time profilers can be used here."""
+    try:
+        from lava.utils import loihi2_profiler  # noqa: F401  (ships with lava-loihi only)
+    except ImportError:
+        return False, ("lava-loihi is not installed: its loihi2_profiler (board power and "
+                       "execution-time measurement) is unavailable; energy stays an estimate")
+    return True, "lava-loihi's loihi2_profiler is available"
+
+
+def board_profilers(num_steps: int):
+    """lava-loihi's (Loihi2Power, Loihi2ExecutionTime) for a run of ``num_steps``, or None.
+
+    They are passed to ``Loihi2HwCfg(callback_fxs=...)`` as lava-dl's own
+    benchmark notebooks do; selected automatically whenever lava-loihi is installed.
+    """
+    ok, _ = board_profilers_available()
+    if not ok:
+        return None
+    from lava.utils import loihi2_profiler  # pragma: no cover - board only
+    return (loihi2_profiler.Loihi2Power(num_steps=num_steps),  # pragma: no cover
+            loihi2_profiler.Loihi2ExecutionTime())
+
+
+def board_measurement(power_logger, time_logger, timesteps: int) -> dict:  # pragma: no cover
+    """Measured figures from lava-loihi's profilers (as lava-dl's benchmark notebooks read them).
+
+    ``time_per_step_us`` from ``avg_time_per_step``; ``total_power_w`` the mean of
+    ``total_power``; ``static_power_w`` ``static_total_power``; energy per sample =
+    total power × time per step × T (dynamic: with static power removed).
+    """
+    time_per_step_us = float(time_logger.avg_time_per_step)
+    total_w = float(np.mean(power_logger.total_power))
+    static_w = float(power_logger.static_total_power)
+    sample_s = time_per_step_us * 1e-6 * timesteps
+    return {"source": "lava-loihi loihi2_profiler (measured on the board)",
+            "time_per_step_us": time_per_step_us, "samples_per_s": 1.0 / sample_s if sample_s else None,
+            "total_power_w": total_w, "static_power_w": static_w, "dynamic_power_w": total_w - static_w,
+            "energy_per_sample_j": total_w * sample_s, "dynamic_energy_per_sample_j": (total_w - static_w) * sample_s}
 
 
 def total_steps(n_samples: int, timesteps: int, n_layers: int) -> int:
@@ -406,6 +449,7 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     data = _source_data(net, x, steps)
     lnet, loader = _build(net, timesteps, net_path)
     out_shape = tuple(lnet.out.shape)
+    profilers = None
     if backend == "loihi2-sim":
         src = io.source.RingBuffer(data=data)
         sink = io.sink.RingBuffer(shape=out_shape, buffer=steps)
@@ -415,7 +459,11 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     else:  # pragma: no cover - needs a Loihi 2 board
         from lava.magma.core.run_configs import Loihi2HwCfg
         src, sink = _hw_io(lnet, data, out_shape, steps, int(net.input_bits))
-        run_cfg = Loihi2HwCfg(select_sub_proc_model=True)
+        profilers = board_profilers(steps)
+        if profilers is not None:
+            chunk_steps = steps  # the profilers measure one run call
+        run_cfg = Loihi2HwCfg(select_sub_proc_model=True,
+                              callback_fxs=list(profilers) if profilers is not None else [])
 
     recorder = probe_sinks = None
     if probes:
@@ -490,6 +538,8 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     result = LavaRunResult(output_spikes=out, wall_time_s=wall, steps_run=steps,
                            samples_per_s=n_samples / wall if wall > 0 else float("inf"),
                            backend=backend, loader=loader, models=models)
+    if backend == "loihi2-hw" and profilers is not None:  # pragma: no cover - board only
+        result.board_measurement = board_measurement(*profilers, timesteps=timesteps)
     if recorder is not None:
         recorder.check(out)
         result.layer_names = list(recorder.names)

@@ -208,6 +208,16 @@ def _activity_section(report: dict, probes: Optional[dict], firing: Optional[Pat
     return lines
 
 
+def _measured_energy_section(measured: Optional[dict]) -> list[str]:
+    """Board measurement by lava-loihi's profilers (runs with run.backend = loihi2-hw)."""
+    lines = ["### Measured on a Loihi 2 board", ""]
+    if not measured:
+        return lines + ["Not measured: this run did not use a Loihi 2 board with lava-loihi "
+                        "(`run.backend: loihi2-hw`); the figures above are estimates.", ""]
+    rows = [[key.replace("_", " "), value] for key, value in measured.items() if key != "source"]
+    return lines + [f"Source: {measured.get('source')}.", ""] + _table(["", "value"], rows)
+
+
 def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
     lines = ["## Energy per inference (ESTIMATE)", "", f"> **{LOIHI2_CAVEAT}**", ""]
     ref = (energy or {}).get("reference") or PILOTNET_LOIHI2_REFERENCE
@@ -362,6 +372,7 @@ def render_report(run_dir: Path) -> dict:
     lines += _training_section(report, pngs["training"], run_dir)
     lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], run_dir)
     lines += _energy_section(energy, pngs["energy"], run_dir)
+    lines += _measured_energy_section(report.get("energy_measured"))
     lines += _resources_section(resources)
     lines += _quantization_section(report)
     md = run_dir / REPORT_MD

@@ -204,6 +204,8 @@ def run(cfg, progress: bool = True) -> dict:
         ref_activity = activity_from_sim(net, simulate(net, torch.as_tensor(x_int[:n]), steps), x_int[:n]).to_dict()
         result["lava"]["probes"] = lava_activity
         result["lava"]["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
+    if lava.board_measurement is not None:
+        result["energy_measured"] = lava.board_measurement
     result["resources"] = fit.to_dict()
     if activity is not None:
         result["probes"] = activity.to_dict()

@@ -228,3 +228,16 @@ def test_error_inside_run_stops_runtime(monkeypatch, exc):
     with pytest.raises(exc, match="boom"):
         run_lava(net, x, 3, chunk_steps=2)
     assert _no_children()
+
+
+def test_board_measurement_path_is_selected_only_with_lava_loihi():
+    """On a board, lava-loihi's loihi2_profiler measures power and time; without it the
+    path reports why it is unavailable (and the energy stays an estimate)."""
+    from hardware.lava_runner import board_profilers, board_profilers_available
+
+    ok, reason = board_profilers_available()
+    if not ok:
+        assert "lava-loihi" in reason and board_profilers(10) is None
+        pytest.skip(reason)
+    power, timer = board_profilers(10)  # pragma: no cover - needs lava-loihi
+    assert hasattr(power, "attach") or callable(power)
