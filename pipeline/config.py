@@ -202,6 +202,8 @@ class RunConfig:
     lava_samples: int = _f(100, _Rule("int", lo=1, hi=10_000_000),
                            "test samples run through Lava")
     probes: bool = _f(True, _Rule("bool"), "record spikes/ops per layer and step")
+    net: Optional[str] = _f(None, _Rule("str", nullable=True),
+                            "the .net file `run` executes (null: <run.dir>/model.net)")
 
 
 _ENERGY_VALUE = _Rule("float", lo=0.0, lo_open=True)

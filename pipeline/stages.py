@@ -3,7 +3,9 @@ each writes its results into ``run.dir`` (``report.json`` is updated, never
 replaced, so stages can run one at a time)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,6 +34,19 @@ from .training import (CHECKPOINT, ann_accuracy, load_checkpoint, model_from_che
 from .training import train as train_model
 
 log = logging.getLogger(__name__)
+
+
+def _import_netx_quietly() -> None:
+    """lava-dl's slayer prints a warning about an optional Prophesee toolbox (irrelevant
+    here) on stdout at import; keep it off the user's terminal but in the debug log."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        import lava.lib.dl.netx  # noqa: F401
+    if printed.getvalue().strip():
+        log.debug("lava-dl import said: %s", " ".join(printed.getvalue().split()))
+
+
+_import_netx_quietly()
 
 REPORT_JSON = "report.json"
 NET_FILE = "model.net"
@@ -95,8 +110,7 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
 
 
 def net_path(cfg) -> Path:
-    explicit = getattr(cfg.run, "net", None)
-    return Path(explicit) if explicit else Path(cfg.run.dir) / NET_FILE
+    return Path(cfg.run.net) if cfg.run.net else Path(cfg.run.dir) / NET_FILE
 
 
 # --------------------------------------------------------------------------- stages
@@ -161,7 +175,11 @@ def run(cfg, progress: bool = True) -> dict:
         raise NetxFormatError(f"no network file at {path}; run `python -m pipeline export` first "
                               "or set run.net to a .net file")
     net = read_net(path)
-    _, x, y = _test_tensors(cfg)
+    data, x, y = _test_tensors(cfg)
+    if tuple(net.input.shape) != tuple(data.input_shape) or net.input_bits is None:
+        raise NetxFormatError(f"{path}: the network takes input {tuple(net.input.shape)} as graded spikes "
+                              f"(input_bits={net.input_bits}), but data.name={cfg.data.name} gives images "
+                              f"of shape {tuple(data.input_shape)}; run it with the dataset it was exported for")
     labels = y.numpy()
     x_int = encode_input(x.numpy(), net.input_bits)
     steps = cfg.eval.timesteps
