@@ -65,3 +65,33 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == full["history"][0]
     assert resumed["history"][1]["loss"] == pytest.approx(full["history"][1]["loss"])
+
+
+class _Payload:
+    def __reduce__(self):  # would run code if it were unpickled
+        import os
+        return (os.mkdir, ("/tmp/nqloihi-should-not-exist",))
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle"])
+def test_corrupt_or_malicious_checkpoint_is_refused(tmp_path, content):
+    import os
+    import pickle
+
+    path = tmp_path / CHECKPOINT
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save({"format_version": 1, "evil": _Payload()}, path, pickle_module=pickle)
+    from pipeline.training import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not os.path.exists("/tmp/nqloihi-should-not-exist")
+
+
+def test_missing_checkpoint_says_what_to_run(tmp_path):
+    from pipeline.training import CheckpointError
+
+    with pytest.raises(CheckpointError, match="pipeline train"):
+        load_checkpoint(tmp_path / CHECKPOINT)
