@@ -18,6 +18,7 @@ from pathlib import Path
 import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401,E402
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hardware.activity import activity_from_sim, save_raster
 from hardware.energy import count_macs, energy_estimate
@@ -131,7 +132,7 @@ def evaluate(cfg, progress: bool = True) -> dict:
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
     net = to_ir(model, data.input_shape, cfg.snn.neuron)
     start = time.perf_counter()
-    snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size)
+    snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size, progress)
     sim_time = time.perf_counter() - start
     result = {"accuracy": {"ann": ann, "snn_float": snn_float},
               "test_samples": len(data.test),
@@ -191,7 +192,8 @@ def run(cfg, progress: bool = True) -> dict:
     start = time.perf_counter()
     out_spikes = []
     activity = None
-    for begin in range(0, len(x_int), cfg.eval.batch_size):
+    for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, T={steps}",
+                      leave=False, disable=not progress):
         batch = x_int[begin:begin + cfg.eval.batch_size]
         res = simulate(net, torch.as_tensor(batch), steps, record_spikes=cfg.run.probes)
         out_spikes.append(res.output_spikes.numpy().transpose(1, 0, 2))

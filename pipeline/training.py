@@ -82,18 +82,20 @@ def ann_accuracy(model: nn.Module, dataset, batch_size: int, device: torch.devic
 
 
 @torch.no_grad()
-def snn_predictions(net: Network, dataset, timesteps: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def snn_predictions(net: Network, dataset, timesteps: int, batch_size: int,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, N) predictions at every t ≤ T from the float reference simulator, and the labels."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     preds, labels = [], []
-    for x, y in loader:
+    for x, y in tqdm(loader, desc=f"SNN float, T={timesteps}", leave=False, disable=not progress):
         preds.append(simulate(net, x.double(), timesteps).predictions())
         labels.append(y)
     return torch.cat(preds, 1), torch.cat(labels)
 
 
-def snn_accuracy_by_t(net: Network, dataset, timesteps: int, batch_size: int) -> dict[str, float]:
-    preds, labels = snn_predictions(net, dataset, timesteps, batch_size)
+def snn_accuracy_by_t(net: Network, dataset, timesteps: int, batch_size: int,
+                      progress: bool = False) -> dict[str, float]:
+    preds, labels = snn_predictions(net, dataset, timesteps, batch_size, progress)
     acc = (preds == labels.unsqueeze(0)).double().mean(1)
     return {str(t + 1): float(acc[t]) for t in range(timesteps)}
 
