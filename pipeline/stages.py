@@ -209,23 +209,23 @@ def run(cfg, progress: bool = True) -> dict:
     n = min(cfg.run.lava_samples, len(x_int))
     # Lava-side probes exist on the CPU simulation; on a board lava-loihi's own counters apply
     lava_probes = "counts" if cfg.run.probes and cfg.run.backend == "loihi2-sim" else False
-    lava = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress,
+    lava_run = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress,
                     probes=lava_probes)
-    agree = np.all(lava.output_spikes == ref_spikes[:n], axis=(1, 2))
-    lava_acc = _accuracy_by_t(_predictions_from_spikes(lava.output_spikes), labels[:n])
+    agree = np.all(lava_run.output_spikes == ref_spikes[:n], axis=(1, 2))
+    lava_acc = _accuracy_by_t(_predictions_from_spikes(lava_run.output_spikes), labels[:n])
     result = {"accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc},
-              "lava": {"samples": int(n), "agreement": float(agree.mean()), "backend": lava.backend,
-                       "steps_per_sample": steps, "wall_time_s": lava.wall_time_s,
-                       "samples_per_s": lava.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
+              "lava": {"samples": int(n), "agreement": float(agree.mean()), "backend": lava_run.backend,
+                       "steps_per_sample": steps, "wall_time_s": lava_run.wall_time_s,
+                       "samples_per_s": lava_run.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": _sha256(path)}}
     if lava_probes:
-        lava_activity = lava.activity(net, x_int[:n]).to_dict()
+        lava_activity = lava_run.activity(net, x_int[:n]).to_dict()
         ref_activity = activity_from_sim(net, simulate(net, torch.as_tensor(x_int[:n]), steps), x_int[:n]).to_dict()
         result["lava"]["probes"] = lava_activity
         result["lava"]["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
-    if lava.board_measurement is not None:
-        result["energy_measured"] = lava.board_measurement
+    if lava_run.board_measurement is not None:
+        result["energy_measured"] = lava_run.board_measurement
     result["resources"] = fit.to_dict()
     if activity is not None:
         result["probes"] = activity.to_dict()
@@ -284,8 +284,8 @@ def format_summary(report: dict) -> str:
     if energy.get("total_pj") is not None:
         lines.append(f"estimated energy per inference: {energy['total_pj'] / 1e6:.4g} µJ (estimate from Loihi 1 "
                      "per-operation figures; Intel has published none for Loihi 2)")
-    lava = report.get("lava", {})
-    if lava:
-        lines.append(f"Lava ({lava.get('backend')}): {lava.get('samples')} test samples, agreement with the "
-                     f"bit-accurate reference simulator: {lava.get('agreement'):.3f}")
+    lava_report = report.get("lava", {})
+    if lava_report:
+        lines.append(f"Lava ({lava_report.get('backend')}): {lava_report.get('samples')} test samples, agreement with the "
+                     f"bit-accurate reference simulator: {lava_report.get('agreement'):.3f}")
     return "\n".join(lines)

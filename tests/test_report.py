@@ -1,7 +1,6 @@
 """report.md and plots render from a hand-written report.json, complete or partial."""
 import json
 
-import numpy as np
 import pytest
 
 from hardware.activity import layer_activity, save_raster, spiking_layers
