@@ -30,6 +30,13 @@ the run; the difference is at most one step of spikes per layer).
 A graded message is sent for a non-zero input value only (a zero payload
 carries nothing on Loihi 2's sparse messaging).
 
+Potential readout (``net.readout == 'potential'``): the output layer is a
+non-firing integrator. It stays in the list of recorded layers (its synapses
+and neurons do work: it receives ``synops_binary`` like any layer and makes
+``neurons · T`` neuron updates, all inactive) but is flagged ``readout``: it
+sends no spikes or messages, has no firing rate (``None`` in ``to_dict``), and
+its fan-out is 0.
+
 Spike raster file (``raster.npz``, written by the run stage, read by the
 report): plain numpy arrays, loadable with ``np.load(allow_pickle=False)``:
 ``layer_names`` a unicode string array of the spiking layers in order, and for
@@ -64,6 +71,7 @@ class SpikingLayer:
     kind: str                 # "input" | "conv" | "dense"
     shape: tuple
     layer_index: Optional[int]  # index in net.layers (None for the input neuron layer)
+    readout: bool = False       # the non-firing output integrator of a potential readout
 
     @property
     def neurons(self) -> int:
@@ -75,10 +83,11 @@ def spiking_layers(net: Network) -> list[SpikingLayer]:
     out = []
     if net.input.neuron is not None:
         out.append(SpikingLayer(net.input.name, "input", tuple(net.input.shape), None))
+    readout = net.weighted_layers[-1] if net.readout == "potential" else None
     for i, (layer, shape) in enumerate(zip(net.layers, net.shapes())):
         if isinstance(layer, WEIGHTED):
             out.append(SpikingLayer(layer.name, "conv" if isinstance(layer, Conv) else "dense",
-                                    tuple(shape), i))
+                                    tuple(shape), i, readout=layer is readout))
     return out
 
 
@@ -193,6 +202,7 @@ class LayerActivity:
     graded_messages: int          # graded input messages received
     fan_in_max: int
     fan_out_max: int
+    readout: bool = False         # non-firing output integrator (module docstring)
 
     @property
     def spikes(self) -> int:
@@ -228,11 +238,13 @@ class ActivityReport:
         layers = []
         for la in self.layers:
             spikes = la.spikes / n
+            rate = spikes / (la.neurons * t) if la.neurons and t else 0.0
             layers.append({
                 "name": la.name, "kind": la.kind, "shape": list(la.shape), "neurons": la.neurons,
+                "readout": la.readout,
                 "spikes_per_step": [float(v) / n for v in la.spikes_per_step],
                 "spikes": spikes,
-                "firing_rate": spikes / (la.neurons * t) if la.neurons and t else 0.0,
+                "firing_rate": None if la.readout else rate,
                 "synops_binary": la.synops_binary / n,
                 "synops_graded": la.synops_graded / n,
                 "graded_messages": la.graded_messages / n,
@@ -347,7 +359,8 @@ def layer_activity(net: Network, spikes: Sequence, input_int=None, *,
             synops_graded=graded if first_weighted else 0,
             graded_messages=messages if first_weighted else 0,
             fan_in_max=int(fan_ins[i].max()) if fan_ins[i].size else 0,
-            fan_out_max=int(fan_outs[i].max()) if fan_outs[i].size else 0))
+            fan_out_max=int(fan_outs[i].max()) if fan_outs[i].size else 0,
+            readout=sl.readout))
     return ActivityReport(source, int(batch), int(timesteps), result)
 
 

@@ -25,16 +25,28 @@ with δu = (du + 1)/4096 and δv = dv/4096 (du, dv are Loihi's 12-bit decays;
 the IF neuron uses du = 4095, dv = 0). In the integer form θ is the threshold
 mantissa (compared as ``θ << 6``), ``b`` the bias mantissa (applied as
 ``b << bias_exp``) and all arithmetic follows :mod:`hardware.spec`.
+
+Readout (``Network.readout``)::
+
+    potential (the paper's):  the last weighted layer is a non-firing integrator, a
+                              ``cuba`` neuron with du = 4095, dv = 0 and a threshold it
+                              never reaches (float: +inf; integer: the largest mantissa,
+                              the quantizer guarantees |v| stays below it), so
+                              v[T] = Σ_{t≤T} (W·s_t + b) and the class is argmax v[T]
+    spikes:                   the class with the most output spikes (ties: lowest index)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 import numpy as np
 
-IR_VERSION = "1.0"
+IR_VERSION = "1.1"
 NEURON_KINDS = ("if_soft", "cuba")
+#: How the SNN's class is read out (see :class:`Network`).
+READOUTS = ("potential", "spikes")
 
 
 from .errors import IRError  # noqa: E402  (re-exported)
@@ -138,6 +150,9 @@ class Network:
     ``input_bits``: bits of the graded input spikes (integer form only).
     ``metadata``: provenance (config, checkpoint hash, quantization report);
     JSON-serialisable values only.
+    ``readout``: ``'potential'`` (the last weighted layer is a non-firing
+    integrator whose membrane is read at the end of a sample; see
+    :func:`readout_neuron`) or ``'spikes'`` (output spike counts).
     """
 
     input: Input
@@ -146,9 +161,20 @@ class Network:
     input_bits: Optional[int] = None
     metadata: dict = field(default_factory=dict)
     version: str = IR_VERSION
+    readout: str = "spikes"
 
     def __post_init__(self) -> None:
         self.shapes()  # validates the chain of shapes
+        if self.readout not in READOUTS:
+            raise IRError(f"readout {self.readout!r} is not one of {READOUTS}")
+        if self.readout == "potential":
+            weighted = self.weighted_layers
+            if not weighted or not isinstance(self.layers[-1], WEIGHTED):
+                raise IRError("readout 'potential' needs a network that ends with a conv/dense layer")
+            want = readout_neuron(self.integer)
+            if weighted[-1].neuron != want:
+                raise IRError(f"layer {weighted[-1].name}: a potential readout layer must be a "
+                              f"non-firing integrator {want}, got {weighted[-1].neuron}")
 
     @property
     def weighted_layers(self) -> list:
@@ -173,10 +199,21 @@ class Network:
         return replace(self, **changes)
 
 
+def readout_neuron(integer: bool) -> Neuron:
+    """The output layer of a potential readout: on Loihi 2 a CUBA compartment with
+    du = 4095 (u = synaptic input, no memory), dv = 0 (v integrates) and a threshold it
+    never reaches: +inf in the float form, the largest threshold mantissa in the integer
+    form (the quantizer keeps |v| below it for every T it was quantized for)."""
+    from .spec import LOIHI2
+
+    return Neuron(kind="cuba", threshold=LOIHI2.threshold_max if integer else math.inf,
+                  du=LOIHI2.if_du, dv=LOIHI2.if_dv, bias_exp=LOIHI2.netx_bias_exp)
+
+
 def networks_equal(a: Network, b: Network) -> bool:
     """Exact structural and numerical equality (integers compared with ==)."""
-    if (a.integer, a.input_bits, tuple(a.input.shape), len(a.layers)) != (
-            b.integer, b.input_bits, tuple(b.input.shape), len(b.layers)):
+    if (a.integer, a.input_bits, tuple(a.input.shape), len(a.layers), a.readout) != (
+            b.integer, b.input_bits, tuple(b.input.shape), len(b.layers), b.readout):
         return False
     if (a.input.neuron is None) != (b.input.neuron is None):
         return False

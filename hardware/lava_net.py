@@ -31,6 +31,14 @@ What netx does and this module mirrors (lava-dl 0.6, ``hdf5.py``):
 * a Flatten after a conv connects ``prev.out.transpose([2, 1, 0]).flatten()``
   to the dense block, i.e. the (W, H, C) output is read in (C, H, W) C order,
   which is the IR's ``Flatten``.
+
+Neuron processes are chosen per layer, from that layer's kind: an ``if_soft``
+network with a potential readout (``net.readout == 'potential'``) has
+:class:`IFSoftReset` hidden layers and a ``cuba`` output layer, which becomes
+the stock ``LIF``/``LIFReset`` with vth = 131071, du = 4095, dv = 0 (the
+non-firing integrator of :func:`hardware.ir.readout_neuron`), exactly what
+stock netx builds for that layer of the file. Its membrane is read by
+:mod:`hardware.lava_runner` through ``LavaNetwork.out_layer.neuron.v``.
 """
 from __future__ import annotations
 

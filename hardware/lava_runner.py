@@ -51,13 +51,35 @@ With this schedule the result equals
 ``simulate(net, inputs, T, pipelined=False).output_spikes`` transposed to
 (N, T, n_out), sample by sample, bit for bit.
 
+Potential readout (``net.readout == 'potential'``)
+--------------------------------------------------
+The output layer is a non-firing integrator (a LIFReset with vth = 131071,
+du = 4095, dv = 0): the class is argmax of its membrane v after step T, which
+it never sends. The output block holds sample k's v[T] after Lava step
+(k+1)·T + L (its last step of the window) and LIFReset zeroes u and v at the
+start of the next step (inside ``run_spk``, before the update), so the run is
+split into RunSteps chunks that end exactly at those steps
+(:func:`readout_window_ends`, merged into :func:`chunk_ends`) and
+``out_layer.neuron.v.get()`` is read after each of them. Measured on a tiny
+conv net (2 cores shared): each extra RunSteps call plus ``Var.get`` costs
+~10 ms (T = 8, N = 100: 4.2 s against 3.3 s for the same net in ~100-step
+chunks; T = 32, N = 32: within the ±20 % noise), while a
+``lava.proc.io.sink.Read`` process reading v at every step through a RefPort
+(one management phase per step) made the run ~1.8x slower; v at T only is
+therefore what is recorded.
+On the board the same ``Var.get`` is used (unverified here: no board), and
+lava-loihi's profilers then see one run call per sample; their per-step time and
+mean power are averages, which is assumed (not checked) to survive the split.
+
 Probes (``run_lava(..., probes=True)``)
 ---------------------------------------
-Every block's neuron output (``block.out``) additionally feeds a sink
-RingBuffer of ``chunk_steps`` columns, read back (``data.get()``) after every
-RunSteps chunk, so host memory in Lava stays bounded however long the run.
-Block i emits sample k, step τ at Lava step ``kT + 1 + i + τ`` (above), i.e.
-ring column ``(kT + i + τ) mod chunk_steps``: each layer's window is offset by
+Every block's neuron output (``block.out``) additionally feeds a recorder
+(one :class:`hardware.lava_procs.spike_recorder.SpikeRecorder` by default, or a
+sink RingBuffer per block) whose ring holds as many columns as the longest
+RunSteps chunk and is read back (``data.get()``) after every chunk, so host
+memory in Lava stays bounded however long the run. Step t is stored in ring
+column (t − 1) mod ring. Block i emits sample k, step τ at Lava step
+``kT + 1 + i + τ`` (above): each layer's window is offset by
 its own latency i + 1, exactly as the output layer's (i = L − 1). From those
 columns the runner keeps, per layer, the per-neuron counts ``(N, *shape)``,
 the spikes per step ``(T, N)`` and (``probes='trains'``/``True``) the spike
@@ -79,8 +101,9 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -90,7 +113,8 @@ from .errors import LavaBackendError, QuantizationError
 from .lava_net import build_lava_network, chw_to_whc
 
 __all__ = ["LavaRunResult", "run_lava", "RESET_OFFSET", "BACKENDS", "PROBE_MODES",
-           "PROBE_MECHANISMS", "total_steps", "hardware_available", "sim_run_config"]
+           "PROBE_MECHANISMS", "total_steps", "hardware_available", "sim_run_config",
+           "readout_window_ends", "chunk_ends"]
 
 BACKENDS = ("loihi2-sim", "loihi2-hw")
 #: netx ``reset_offset`` argument that aligns block windows with samples
@@ -123,6 +147,13 @@ class LavaRunResult:
     ``layer_spike_trains``: (T, N, *shape) bool (``probes='trains'``/``True``
     only; ``'counts'`` keeps host memory at O(N·neurons)).
     ``probe_mechanism``: how they were recorded.
+
+    ``readout``: the network's readout. ``output_potential`` (potential readout
+    only): (N, n_out) int64, the output layer's membrane v at the end of each
+    sample's window (after step T), in Lava's units (the 24-bit register, i.e.
+    already ``<< 6``), n_out in the IR's C order; it equals
+    ``simulate(net, x, T).output_potential[T − 1]``. ``output_spikes`` of a
+    potential readout are all zero (the layer never fires).
     """
 
     output_spikes: np.ndarray
@@ -142,11 +173,36 @@ class LavaRunResult:
     probe_mechanism: Optional[str] = None
     #: on a board with lava-loihi: measured power and time per step (see board_measurement)
     board_measurement: Optional[dict] = None
+    readout: str = "spikes"
+    output_potential: Optional[np.ndarray] = None
 
     @property
     def output_counts(self) -> np.ndarray:
         """(N, n_out) total spikes per output neuron."""
         return self.output_spikes.sum(axis=1)
+
+    def predictions(self, readout: Optional[str] = None) -> np.ndarray:
+        """(N,) class of each sample after T steps, by the run's readout (or ``readout``):
+        argmax of ``output_potential`` or of the output spike counts; ties go to the
+        lowest index (numpy's argmax returns the first maximum), as in
+        :meth:`hardware.simulator.SimResult.predictions`."""
+        readout = readout or self.readout
+        if readout not in ir.READOUTS:
+            raise LavaBackendError(f"readout {readout!r} is not one of {ir.READOUTS}")
+        if readout == "potential":
+            if self.output_potential is None:
+                raise LavaBackendError("this run recorded no output potential (the network's "
+                                       "readout is not 'potential')")
+            return np.argmax(self.output_potential, axis=1)
+        return np.argmax(self.output_counts, axis=1)
+
+    def accuracy(self, labels, readout: Optional[str] = None) -> float:
+        """Fraction of samples whose :meth:`predictions` equal ``labels`` (N,)."""
+        labels = np.asarray(labels).reshape(-1)
+        pred = self.predictions(readout)
+        if labels.shape != pred.shape:
+            raise LavaBackendError(f"{labels.size} labels for {pred.size} samples")
+        return float(np.mean(pred == labels))
 
     def activity(self, net: ir.Network, input_int=None):
         """:func:`hardware.activity.activity_from_sim` of the probed spikes
@@ -377,38 +433,112 @@ def _hw_io(lnet, data: np.ndarray, out_shape: tuple, steps: int, input_bits: int
     return src, sink
 
 
-def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
-             backend: str = "loihi2-sim", net_path: Optional[str] = None,
-             progress: bool = True, chunk_steps: Optional[int] = None,
-             probes: Union[bool, str] = False,
-             probe_mechanism: str = "recorder") -> LavaRunResult:
-    """Stream N encoded samples through one Lava run and return their output spikes.
+def readout_window_ends(n_samples: int, timesteps: int, n_layers: int) -> list:
+    """Lava steps after which the output block holds sample k's final state:
+    (k+1)·T + L for k = 0..N−1 (the last one is the last step of the run)."""
+    return [(k + 1) * timesteps + n_layers for k in range(n_samples)]
 
-    ``inputs``: (N, *input_shape) integer graded-spike payloads held for T
-    steps (or (N, T, *input_shape), time-varying). Every block resets every
-    ``timesteps`` steps, staggered as netx does, with user offset
-    :data:`RESET_OFFSET` so that each block's window holds exactly one sample
-    (derivation in the module docstring). The run lasts ``N·T + L`` steps,
-    executed in chunks of ``chunk_steps`` RunSteps (progress bar per chunk).
-    The runtime is always stopped, also on errors and KeyboardInterrupt.
 
-    For a ``cuba`` network with ``net_path`` the file is loaded by stock
-    ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
-    otherwise :func:`hardware.lava_net.build_lava_network` builds it.
+def chunk_ends(steps: int, chunk_steps: Optional[int], window_ends: Sequence[int] = ()) -> list:
+    """Ends of the RunSteps chunks: every multiple of ``chunk_steps`` (if given), every
+    window end (potential readout) and the last step; no chunk is longer than ``chunk_steps``."""
+    ends = {int(steps)} | {int(e) for e in window_ends}
+    if chunk_steps:
+        ends |= set(range(int(chunk_steps), int(steps), int(chunk_steps)))
+    return sorted(e for e in ends if 0 < e <= steps)
 
-    ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
-    spikes per step and spike trains) or ``'counts'`` (no trains); see the
-    module docstring and :class:`LavaRunResult`. ``probe_mechanism``:
-    ``'ringbuffer'`` (default, the cheaper one measured) or ``'monitor'``.
-    Probes are supported on ``'loihi2-sim'`` only.
+
+class _PotentialReader:
+    """The output block's membrane v at the end of every sample window.
+
+    The output block finishes sample k, step T at Lava step (k+1)·T + L and the
+    LIFReset reset at the start of the next step wipes it, so the run stops at
+    exactly those steps (:func:`chunk_ends`) and ``Var.get`` reads v then: Lava's
+    v after the step's update (and before any reset), in Lava's units (already
+    ``<< 6``), the same register as ``SimResult.output_potential``.
     """
+
+    def __init__(self, var, n_samples: int, timesteps: int, n_layers: int, n_out: int):
+        self.var = var
+        self.sample_at = {end: k for k, end in
+                          enumerate(readout_window_ends(n_samples, timesteps, n_layers))}
+        self.values = np.zeros((n_samples, n_out), dtype=np.int64)
+        self.read = np.zeros(n_samples, dtype=bool)
+
+    def after_chunk(self, end_step: int) -> None:
+        k = self.sample_at.get(end_step)
+        if k is None:
+            return
+        v = np.asarray(self.var.get())
+        self.values[k] = _lava_rows(v[..., None])[0].reshape(-1)
+        self.read[k] = True
+
+    def result(self) -> np.ndarray:
+        if not self.read.all():  # pragma: no cover - chunk_ends always holds every window end
+            raise LavaBackendError("the output potential of some samples was never read")
+        return self.values
+
+
+class _ProbeTaps:
+    """Lava side of the probes: per-layer recorders attached to the blocks, read
+    back after every chunk into a :class:`_LayerProbes`.
+
+    The recorder and the ring-buffer sinks store step t in ring column
+    (t − 1) mod ``ring``; no chunk is longer than ``ring``, so a chunk covering
+    steps done+1 .. done+n is read at columns (done + j) mod ring, j < n.
+    """
+
+    def __init__(self, lnet, recorder: _LayerProbes, mechanism: str, ring: int, steps: int):
+        from lava.proc import io
+        self.recorder, self.mechanism, self.ring = recorder, mechanism, ring
+        self.lava_shapes = [tuple(b.out.shape) for b in lnet.layers]
+        for name, lava_shape, shape in zip(recorder.names, self.lava_shapes, recorder.shapes):
+            if lava_shape != chw_to_whc(shape):
+                raise LavaBackendError(f"layer {name}: Lava block output {lava_shape} is not "
+                                       f"the IR shape {shape} as (W, H, C)")
+        self.sinks = []
+        if mechanism == "recorder":
+            from .lava_procs.spike_recorder import SpikeRecorder
+            self.proc = SpikeRecorder(shapes=self.lava_shapes, buffer=ring)
+            for j, block in enumerate(lnet.layers):
+                block.out.connect(self.proc.port(j))
+            return
+        for block, lava_shape in zip(lnet.layers, self.lava_shapes):
+            if mechanism == "ringbuffer":
+                probe = io.sink.RingBuffer(shape=lava_shape, buffer=ring)
+                block.out.connect(probe.a_in)
+            else:
+                from lava.proc.monitor.process import Monitor
+                probe = Monitor()  # one port per Monitor (lava 0.10 limitation)
+                probe.probe(block.out, steps)
+            self.sinks.append(probe)
+
+    def after_chunk(self, done: int, n: int) -> None:
+        cols = (done + np.arange(n)) % self.ring
+        if self.mechanism == "recorder":
+            from .lava_procs.spike_recorder import unpack
+            words = np.asarray(self.proc.data.get())[:, cols]
+            for i, rows in enumerate(unpack(words, self.lava_shapes)):
+                self.recorder.add(i, done, _lava_rows(rows, step_axis_last=False))
+        elif self.mechanism == "ringbuffer":
+            for i, probe in enumerate(self.sinks):
+                self.recorder.add(i, done, _lava_rows(np.asarray(probe.data.get())[..., cols]))
+
+    def after_run(self) -> None:
+        if self.mechanism == "monitor":
+            for i, probe in enumerate(self.sinks):
+                rows = _lava_rows(np.asarray(probe.out_read_0.get()), step_axis_last=False)
+                self.recorder.add(i, 0, rows)
+
+
+def _check_options(net: ir.Network, timesteps, backend: str, probes, probe_mechanism: str) -> int:
+    """Validate run_lava's options (board availability included); return T as an int."""
     if backend not in BACKENDS:
         raise LavaBackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if not net.integer:
         raise LavaBackendError("run_lava needs the integer IR (quantize it first)")
     if int(timesteps) != timesteps or timesteps < 1:
         raise LavaBackendError(f"timesteps must be a positive integer, got {timesteps!r}")
-    timesteps = int(timesteps)
     if backend == "loihi2-hw":
         if "if_soft" in _neuron_kinds(net):
             raise LavaBackendError(
@@ -420,7 +550,6 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
         ok, reason = hardware_available()
         if not ok:
             raise LavaBackendError(reason)
-
     if not (isinstance(probes, bool) or probes in ("counts", "trains")):
         raise LavaBackendError(f"probes={probes!r}; choose one of {PROBE_MODES}")
     if probe_mechanism not in PROBE_MECHANISMS:
@@ -430,121 +559,157 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
         raise LavaBackendError(
             "probes are implemented for backend 'loihi2-sim' only: on the board every layer "
             "would need its own lava-loihi NxToPyAdapter, which is untested here")
+    return int(timesteps)
 
-    x = _validate_inputs(net, inputs, timesteps)
-    n_samples = x.shape[0]
+
+def _schedule(net: ir.Network, n_samples: int, timesteps: int, chunk_steps) -> tuple:
+    """(total steps, chunk ends, window ends or ()) of one run."""
     n_layers = len(net.weighted_layers)
     steps = total_steps(n_samples, timesteps, n_layers)
-    if chunk_steps is None:
+    windows = (readout_window_ends(n_samples, timesteps, n_layers)
+               if net.readout == "potential" else ())
+    if chunk_steps is None and not windows:
         # ~100 steps per RunSteps call: few enough calls that their overhead
         # is small, often enough for a useful progress bar.
         chunk_steps = timesteps * max(1, math.ceil(100 / timesteps))
-    if int(chunk_steps) < 1:
+    if chunk_steps is not None and int(chunk_steps) < 1:
         raise LavaBackendError(f"chunk_steps must be >= 1, got {chunk_steps}")
-    chunk_steps = int(chunk_steps)
+    return steps, chunk_ends(steps, chunk_steps, windows), windows
 
-    from lava.magma.core.run_conditions import RunSteps
+
+def _io(lnet, data: np.ndarray, backend: str, steps: int, input_bits: int):
+    """(source, sink, run config, board profilers or None) of one run."""
     from lava.proc import io
-
-    data = _source_data(net, x, steps)
-    lnet, loader = _build(net, timesteps, net_path)
     out_shape = tuple(lnet.out.shape)
-    profilers = None
     if backend == "loihi2-sim":
         src = io.source.RingBuffer(data=data)
         sink = io.sink.RingBuffer(shape=out_shape, buffer=steps)
         src.s_out.connect(lnet.inp)
         lnet.out.connect(sink.a_in)
-        run_cfg = sim_run_config()
-    else:  # pragma: no cover - needs a Loihi 2 board
-        from lava.magma.core.run_configs import Loihi2HwCfg
-        src, sink = _hw_io(lnet, data, out_shape, steps, int(net.input_bits))
-        profilers = board_profilers(steps)
-        if profilers is not None:
-            chunk_steps = steps  # the profilers measure one run call
-        run_cfg = Loihi2HwCfg(select_sub_proc_model=True,
-                              callback_fxs=list(profilers) if profilers is not None else [])
+        return src, sink, sim_run_config(), None
+    from lava.magma.core.run_configs import Loihi2HwCfg  # pragma: no cover - needs a board
+    src, sink = _hw_io(lnet, data, out_shape, steps, input_bits)  # pragma: no cover
+    profilers = board_profilers(steps)  # pragma: no cover
+    return src, sink, Loihi2HwCfg(  # pragma: no cover
+        select_sub_proc_model=True,
+        callback_fxs=list(profilers) if profilers is not None else []), profilers
 
-    recorder = probe_sinks = None
+
+def _output_spikes(net: ir.Network, sink_data: np.ndarray, n_samples: int,
+                   timesteps: int) -> np.ndarray:
+    """Sink -> (N, T, n_out): sample k, step τ is Lava step kT + L + τ (module docstring)."""
+    flat = _output_flat(net, sink_data)  # (steps, n_out), row t-1 = Lava step t
+    idx = (np.arange(n_samples)[:, None] * timesteps + len(net.weighted_layers)
+           + np.arange(timesteps)[None, :])  # kT + L + τ − 1
+    return flat[idx]
+
+
+def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
+             backend: str = "loihi2-sim", net_path: Optional[str] = None,
+             progress: bool = True, chunk_steps: Optional[int] = None,
+             probes: Union[bool, str] = False,
+             probe_mechanism: str = "recorder") -> LavaRunResult:
+    """Stream N encoded samples through one Lava run and return their outputs.
+
+    ``inputs``: (N, *input_shape) integer graded-spike payloads held for T
+    steps (or (N, T, *input_shape), time-varying). Every block resets every
+    ``timesteps`` steps, staggered as netx does, with user offset
+    :data:`RESET_OFFSET` so that each block's window holds exactly one sample
+    (derivation in the module docstring). The run lasts ``N·T + L`` steps,
+    executed in RunSteps chunks of at most ``chunk_steps`` steps (progress bar
+    per chunk); with a potential readout (``net.readout == 'potential'``) a
+    chunk also ends at every sample's window end, where the output layer's v is
+    read (``LavaRunResult.output_potential``). The runtime is always stopped,
+    also on errors and KeyboardInterrupt.
+
+    For a ``cuba`` network with ``net_path`` the file is loaded by stock
+    ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
+    otherwise :func:`hardware.lava_net.build_lava_network` builds it.
+
+    ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
+    spikes per step and spike trains) or ``'counts'`` (no trains); see the
+    module docstring and :class:`LavaRunResult`. ``probe_mechanism``:
+    ``'recorder'`` (default), ``'ringbuffer'`` or ``'monitor'``.
+    Probes are supported on ``'loihi2-sim'`` only.
+    """
+    timesteps = _check_options(net, timesteps, backend, probes, probe_mechanism)
+    x = _validate_inputs(net, inputs, timesteps)
+    n_samples = x.shape[0]
+    steps, ends, windows = _schedule(net, n_samples, timesteps, chunk_steps)
+    from lava.magma.core.run_conditions import RunSteps
+
+    lnet, loader = _build(net, timesteps, net_path)
+    src, sink, run_cfg, profilers = _io(lnet, _source_data(net, x, steps), backend, steps,
+                                        int(net.input_bits))
+    if profilers is not None:  # pragma: no cover - board only
+        # as few run calls as the readout allows: the profilers measure per call
+        ends = chunk_ends(steps, None, windows)
+    taps = reader = None
     if probes:
-        names = [layer.name for layer in net.weighted_layers]
-        shapes = [tuple(int(v) for v in s) for s, layer in zip(net.shapes(), net.layers)
-                  if isinstance(layer, (ir.Conv, ir.Dense))]
-        recorder = _LayerProbes(names, shapes, n_samples, timesteps,
+        recorder = _LayerProbes([layer.name for layer in net.weighted_layers],
+                                _weighted_shapes(net), n_samples, timesteps,
                                 keep_trains=probes is True or probes == "trains")
-        probe_sinks = []
-        for block, shape in zip(lnet.layers, shapes):
-            lava_shape = tuple(block.out.shape)
-            if lava_shape != chw_to_whc(shape):
-                raise LavaBackendError(f"layer {names[len(probe_sinks)]}: Lava block output "
-                                       f"{lava_shape} is not the IR shape {shape} as (W, H, C)")
-            if probe_mechanism == "recorder":
-                continue
-            if probe_mechanism == "ringbuffer":
-                # a ring of one chunk, emptied after every chunk: bounded memory
-                probe = io.sink.RingBuffer(shape=lava_shape, buffer=chunk_steps)
-                block.out.connect(probe.a_in)
-            else:
-                from lava.proc.monitor.process import Monitor
-                probe = Monitor()  # one port per Monitor (lava 0.10 limitation)
-                probe.probe(block.out, steps)
-            probe_sinks.append(probe)
-        if probe_mechanism == "recorder":
-            from .lava_procs.spike_recorder import SpikeRecorder
-            recorder_proc = SpikeRecorder(shapes=[tuple(b.out.shape) for b in lnet.layers],
-                                          buffer=chunk_steps)
-            for j, block in enumerate(lnet.layers):
-                block.out.connect(recorder_proc.port(j))
-
+        ring = int(np.diff([0] + ends).max())
+        taps = _ProbeTaps(lnet, recorder, probe_mechanism, ring, steps)
+    if windows:
+        reader = _PotentialReader(lnet.out_layer.neuron.v, n_samples, timesteps,
+                                  len(net.weighted_layers), net.output_size)
     bar = tqdm(total=steps, desc=f"lava {backend}", unit="step", disable=not progress,
                leave=False)
     started = False
     t0 = time.perf_counter()
     try:
         done = 0
-        while done < steps:
-            n = min(chunk_steps, steps - done)
+        for end in ends:
             started = True
-            sink.run(condition=RunSteps(num_steps=n), run_cfg=run_cfg)
-            if recorder is not None and probe_mechanism == "recorder":
-                from .lava_procs.spike_recorder import unpack
-                words = np.asarray(recorder_proc.data.get())[:, :n]
-                for i, rows in enumerate(unpack(words, [tuple(b.out.shape) for b in lnet.layers])):
-                    recorder.add(i, done, _lava_rows(rows, step_axis_last=False))
-            if recorder is not None and probe_mechanism == "ringbuffer":
-                # chunks start at multiples of chunk_steps = the ring length,
-                # so this chunk's steps are ring columns 0 .. n-1
-                for i, probe in enumerate(probe_sinks):
-                    rows = _lava_rows(np.asarray(probe.data.get())[..., :n])
-                    recorder.add(i, done, rows)
-            done += n
-            bar.update(n)
+            sink.run(condition=RunSteps(num_steps=end - done), run_cfg=run_cfg)
+            if taps is not None:
+                taps.after_chunk(done, end - done)
+            if reader is not None:
+                reader.after_chunk(end)
+            bar.update(end - done)
+            done = end
         sink_data = np.asarray(sink.data.get())
-        if recorder is not None and probe_mechanism == "monitor":
-            for i, probe in enumerate(probe_sinks):
-                rows = _lava_rows(np.asarray(probe.out_read_0.get()), step_axis_last=False)
-                recorder.add(i, 0, rows)
+        if taps is not None:
+            taps.after_run()
         models = _selected_models(lnet, src, sink)
     finally:
         bar.close()
         if started and sink.runtime is not None:
             sink.stop()
     wall = time.perf_counter() - t0
+    return _result(net, _output_spikes(net, sink_data, n_samples, timesteps), wall, steps,
+                   backend, loader, models, profilers, taps, reader, timesteps)
 
-    flat = _output_flat(net, sink_data)  # (steps, n_out), row t-1 = Lava step t
-    idx = (np.arange(n_samples)[:, None] * timesteps + n_layers
-           + np.arange(timesteps)[None, :])  # kT + L + τ − 1
-    out = flat[idx]  # (N, T, n_out)
+
+def _weighted_shapes(net: ir.Network) -> list:
+    return [tuple(int(v) for v in s) for s, layer in zip(net.shapes(), net.layers)
+            if isinstance(layer, (ir.Conv, ir.Dense))]
+
+
+def _result(net: ir.Network, out: np.ndarray, wall: float, steps: int, backend: str,
+            loader: str, models: dict, profilers, taps, reader, timesteps: int) -> LavaRunResult:
+    n_samples = out.shape[0]
     result = LavaRunResult(output_spikes=out, wall_time_s=wall, steps_run=steps,
                            samples_per_s=n_samples / wall if wall > 0 else float("inf"),
-                           backend=backend, loader=loader, models=models)
-    if backend == "loihi2-hw" and profilers is not None:  # pragma: no cover - board only
+                           backend=backend, loader=loader, models=models, readout=net.readout)
+    if reader is not None:
+        result.output_potential = reader.result()
+        if out.any():
+            # the quantizer bounds |v| below the threshold for T ≤ readout_steps; a spike
+            # means that bound does not hold here and v was reset: the potential is wrong
+            fired = np.flatnonzero(out.any(axis=(1, 2))).tolist()
+            warnings.warn(f"the non-firing readout layer {net.weighted_layers[-1].name} fired "
+                          f"(samples {fired[:10]}): its accumulated input reached the threshold "
+                          f"(was the network quantized for T >= {timesteps}?), so its output "
+                          f"potential is not the accumulated input", RuntimeWarning, stacklevel=3)
+    if profilers is not None:  # pragma: no cover - board only
         result.board_measurement = board_measurement(*profilers, timesteps=timesteps)
-    if recorder is not None:
-        recorder.check(out)
-        result.layer_names = list(recorder.names)
-        result.layer_counts = recorder.counts
-        result.layer_step_spikes = recorder.steps
-        result.layer_spike_trains = recorder.trains
-        result.probe_mechanism = probe_mechanism
+    if taps is not None:
+        taps.recorder.check(out)
+        result.layer_names = list(taps.recorder.names)
+        result.layer_counts = taps.recorder.counts
+        result.layer_step_spikes = taps.recorder.steps
+        result.layer_spike_trains = taps.recorder.trains
+        result.probe_mechanism = taps.mechanism
     return result

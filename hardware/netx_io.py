@@ -19,8 +19,17 @@ them back). Neuron parameters: ``vThMant = threshold``, ``iDecay = du + 1``,
 uses ``bias_exp = 6``). Everything netx does not read is kept in HDF5
 attributes, which netx ignores: on the root ``format_version``
 (:data:`NETX_FORMAT_VERSION`), ``project`` (``'nqloihi'``), ``ir_version``,
-``input_bits`` and ``provenance`` (a JSON string); on every layer group
-``name``, ``neuron_kind``, ``weight_exp`` and ``bias_exp``.
+``input_bits``, ``readout`` and ``provenance`` (a JSON string); on every layer
+group ``name``, ``neuron_kind``, ``weight_exp`` and ``bias_exp``.
+
+Readout: ``readout`` is one of :data:`hardware.ir.READOUTS`. Files without it
+(IR 1.0 files of this project, every file written by others) read back as
+``'spikes'``. A ``'potential'`` readout layer is stored as an ordinary CUBA
+layer (``vThMant`` 131071, ``iDecay`` 4096, ``vDecay`` 0, see
+:func:`hardware.ir.readout_neuron`), so a ``cuba`` network with it still loads
+and runs in stock netx unchanged; only this project knows to read its membrane
+instead of its (never emitted) spikes. IR versions read:
+:data:`READABLE_IR_VERSIONS`.
 
 Neuron kinds: ``cuba`` is written as netx type ``'CUBA'`` and runs unchanged
 in stock netx (Lava ``LIF``/``LIFReset``). ``if_soft`` (reset by subtraction,
@@ -67,16 +76,20 @@ import h5py
 import numpy as np
 
 from .errors import IRError, NetxFormatError
-from .ir import IR_VERSION, Conv, Dense, Flatten, Input, Network, Neuron
+from .ir import IR_VERSION, READOUTS, Conv, Dense, Flatten, Input, Network, Neuron
 from .spec import LOIHI2
 
 __all__ = [
-    "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND",
+    "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
     "write_net", "read_net", "netx_dense_effective",
 ]
 
 NETX_FORMAT_VERSION = "1"
 PROJECT_NAME = "nqloihi"
+#: IR versions this reader understands: 1.0 (no readout attribute: spike-count
+#: readout) and 1.1 (``readout`` attribute). A newer file may carry meaning this
+#: reader would silently drop, so it is refused.
+READABLE_IR_VERSIONS = ("1.0", "1.1")
 
 #: netx neuron ``type`` string written for each IR neuron kind. ``IF_SOFT`` is
 #: deliberately unknown to stock netx (see module docstring).
@@ -223,6 +236,7 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None) -
             f.attrs["format_version"] = NETX_FORMAT_VERSION
             f.attrs["project"] = PROJECT_NAME
             f.attrs["ir_version"] = net.version
+            f.attrs["readout"] = net.readout
             if net.input_bits is not None:
                 if not 0 < int(net.input_bits) <= LOIHI2.graded_spike_max_bits:
                     raise IRError(f"input_bits {net.input_bits} outside "
@@ -366,6 +380,17 @@ class _Reader:
                       du=cfg["iDecay"] - LOIHI2.current_decay_offset,
                       dv=cfg["vDecay"], bias_exp=bias_exp)
 
+    def version_and_readout(self) -> tuple[str, str]:
+        """Root attributes of this project's files (1.0 files have no readout: spikes)."""
+        version = _attr_str(self.f.attrs.get("ir_version", IR_VERSION))
+        if version not in READABLE_IR_VERSIONS:
+            raise self.fail(f"IR version {version!r} is not supported (this reader reads "
+                            f"{', '.join(READABLE_IR_VERSIONS)})")
+        readout = _attr_str(self.f.attrs.get("readout", "spikes"))
+        if readout not in READOUTS:
+            raise self.fail(f"readout attribute {readout!r} is not one of {READOUTS}")
+        return version, readout
+
     def name(self, group: h5py.Group, default: str) -> str:
         if self.ours and "name" in group.attrs:
             return _attr_str(group.attrs["name"])
@@ -486,15 +511,16 @@ class _Reader:
             except json.JSONDecodeError as e:
                 raise self.fail(f"provenance attribute is not valid JSON ({e})") from None
             input_bits = int(f.attrs["input_bits"]) if "input_bits" in f.attrs else None
-            version = _attr_str(f.attrs.get("ir_version", IR_VERSION))
+            version, readout = self.version_and_readout()
         else:
             metadata = {"source": "netx", "file": self.path.name}
             if input_meta:
                 metadata["input_transform_unused_by_netx"] = input_meta
-            input_bits, version = None, IR_VERSION
+            input_bits, version, readout = None, IR_VERSION, "spikes"
         try:
             return Network(input=net_input, layers=layers, integer=True,
-                           input_bits=input_bits, metadata=metadata, version=version)
+                           input_bits=input_bits, metadata=metadata, version=version,
+                           readout=readout)
         except IRError as e:
             raise self.fail(f"inconsistent network: {e}") from None
 

@@ -19,6 +19,18 @@ exact arithmetic, so ``s_l`` is free; it is the largest value that
   plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits),
   rounding included: s ≤ (131071 − ½·(fan_in·x_max + 2)) / (max_i Σ_j max(±W_ij, 0) + θ + max|b|).
 
+The output layer of a potential readout (``net.readout == 'potential'``) is a
+non-firing integrator: its threshold is the largest mantissa (it must never be
+reached) and the scale instead keeps the accumulated membrane below it for every
+T up to ``readout_steps``::
+
+    |v[T]| ≤ T · (max_i Σ_j |W_ij·x_j| + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
+    =>  s ≤ 131071 / (readout_steps · (worst-case input + max|b|))      (rounding included)
+
+so the neuron never spikes, v never clips and u never wraps. If that scale would
+leave the readout weights fewer than :data:`MIN_READOUT_WEIGHT_BITS` signed bits,
+the quantizer refuses (fewer steps, or fewer input bits, fit).
+
 All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
 the limit that set the scale and the quantization error of each quantity.
 """
@@ -30,8 +42,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import QuantizationError
-from .ir import WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron
+from .ir import WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
 from .spec import LOIHI2, Loihi2Spec
+
+#: A potential-readout layer whose accumulation bound leaves its largest weight
+#: fewer signed bits than this is refused rather than quantized to noise.
+MIN_READOUT_WEIGHT_BITS = 4
 
 
 @dataclass
@@ -42,11 +58,12 @@ class LayerQuantReport:
     weight_bits_used: int
     weight_max_abs_error: float      # in float units (after dividing by the scale)
     weight_rms_rel_error: float      # rms error / max |W|
-    threshold_float: float
+    threshold_float: float | None    # None for a potential-readout layer (never fires)
     threshold_mantissa: int
     threshold_rel_error: float
     bias_max_abs_error: float
     worst_case_input: int            # max |synaptic input| per step, in integer units
+    readout_steps: int | None = None  # potential readout: T up to which |v| provably fits
 
 
 def _worst_case_input(weight: np.ndarray) -> float:
@@ -56,8 +73,14 @@ def _worst_case_input(weight: np.ndarray) -> float:
                      np.clip(-flat, 0, None).sum(axis=1).max(initial=0.0)))
 
 
-def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOIHI2) -> Network:
-    """Quantize a float IR to the integer IR Loihi 2 (and Lava's fixed_pt models) execute."""
+def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOIHI2,
+             readout_steps: int | None = None) -> Network:
+    """Quantize a float IR to the integer IR Loihi 2 (and Lava's fixed_pt models) execute.
+
+    ``readout_steps``: for a potential readout, the largest T the network will be run
+    for (the accumulated output is guaranteed to fit for every T up to it); required
+    when ``net.readout == 'potential'``.
+    """
     if net.integer:
         raise QuantizationError("network is already in integer form")
     if net.input.neuron is not None:
@@ -66,6 +89,11 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
     if not 1 <= input_bits <= spec.graded_spike_max_bits:
         raise QuantizationError(f"input_bits = {input_bits} is outside 1..{spec.graded_spike_max_bits} "
                                 "(graded spike payload bits)")
+    readout_layer = net.weighted_layers[-1] if net.readout == "potential" else None
+    if readout_layer is not None and (not isinstance(readout_steps, int) or isinstance(readout_steps, bool)
+                                      or readout_steps < 1):
+        raise QuantizationError(f"a potential readout needs readout_steps (the largest T it will run "
+                                f"for) as a positive integer, got {readout_steps!r}")
     layers = []
     reports = []
     first = True
@@ -79,6 +107,11 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
         first = False
         weight = np.asarray(layer.weight, dtype=np.float64) / x_max
         bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
+        if layer is readout_layer:
+            q_layer, report = _quantize_readout(layer, weight, bias, x_max, readout_steps, spec)
+            layers.append(q_layer)
+            reports.append(report)
+            continue
         theta = float(layer.neuron.threshold)
         if not math.isfinite(theta) or theta <= 0:
             raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
@@ -135,7 +168,62 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
     metadata = dict(net.metadata)
     metadata["quantization"] = [asdict(r) for r in reports]
     return Network(input=Input(shape=tuple(net.input.shape)), layers=layers, integer=True,
-                   input_bits=input_bits, metadata=metadata)
+                   input_bits=input_bits, metadata=metadata, readout=net.readout)
+
+
+def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, steps: int,
+                      spec: Loihi2Spec):
+    """The non-firing output integrator (see the module docstring)."""
+    if not np.all(np.isfinite(weight)) or not np.all(np.isfinite(bias)):
+        raise QuantizationError(f"layer {layer.name}: weights or biases are not finite")
+    w_abs = float(np.abs(weight).max(initial=0.0))
+    if w_abs == 0:
+        raise QuantizationError(f"layer {layer.name}: all readout weights are zero")
+    b_abs = float(np.abs(bias).max(initial=0.0))
+    worst = _worst_case_input(weight * x_max)
+    limits = {
+        "weight range": spec.weight_max / w_abs,
+        "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
+        f"readout accumulation over T={steps}": spec.threshold_max / (steps * (worst + b_abs)),
+    }
+    limited_by = min(limits, key=limits.get)
+    scale = limits[limited_by]
+    w_int, b_int, _, worst_int = _round(weight, bias, 0.0, scale, x_max)
+    for _ in range(50):  # rounding may add up to half a unit per weight: shrink until it fits
+        total = steps * (worst_int + int(np.abs(b_int).max(initial=0)))
+        if total <= spec.threshold_max:
+            break
+        scale *= spec.threshold_max / total * (1 - 1e-6)
+        limited_by = f"readout accumulation over T={steps}"
+        w_int, b_int, _, worst_int = _round(weight, bias, 0.0, scale, x_max)
+    else:  # pragma: no cover - the loop converges for any finite input
+        raise QuantizationError(f"layer {layer.name}: no scale keeps the readout inside the threshold")
+    w_max = int(np.abs(w_int).max(initial=0))
+    if w_max < 1 << (MIN_READOUT_WEIGHT_BITS - 1):
+        raise QuantizationError(
+            f"layer {layer.name}: to keep the accumulated output of the readout inside Loihi 2's "
+            f"24-bit membrane for T up to {steps}, its weights would shrink to at most ±{w_max} "
+            f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits); use fewer time steps "
+            f"(eval.timesteps) or fewer input bits")
+    _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
+    _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
+    neuron = readout_neuron(integer=True)
+    if isinstance(layer, Conv):
+        q_layer = Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
+                       padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
+                       weight_exp=0, name=layer.name)
+    else:
+        q_layer = Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
+    w_err = w_int / scale - weight
+    report = LayerQuantReport(
+        name=layer.name, scale=float(scale), limited_by=limited_by,
+        weight_bits_used=int(np.ceil(np.log2(w_max + 1))) + 1,
+        weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
+        weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs),
+        threshold_float=None, threshold_mantissa=int(neuron.threshold), threshold_rel_error=0.0,
+        bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
+        worst_case_input=worst_int, readout_steps=int(steps))
+    return q_layer, report
 
 
 def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_max: int):

@@ -37,7 +37,9 @@ receptive fields, which can exceed one neuron's fan-in; the check here is per
 neuron (a necessary condition, not a sufficient one). The analog input of
 this project's networks is sent by the host as graded spikes and occupies no
 neuro-core; an input *neuron* layer (nets written by others) is mapped like
-any other layer without incoming synapses.
+any other layer without incoming synapses. The output integrator of a potential
+readout (flagged ``readout``) is mapped like any other layer: its neurons and
+incoming synapses need cores; it sends no spikes (fan-out 0).
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ class LayerFit:
     cores: int
     limited_by: str              # "neurons per core" | "synaptic memory per core" | "-"
     problem: Optional[str] = None
+    readout: bool = False        # the non-firing output integrator of a potential readout
 
     @property
     def fits(self) -> bool:
@@ -160,7 +163,8 @@ def check_fit(net: Network, spec: Loihi2Spec = LOIHI2, *, weight_bits: Optional[
             problems.append(problem)
         layers.append(LayerFit(sl.name, sl.kind, sl.neurons, synapses, synapses * bits, fi_max,
                                int(fo.max()) if fo.size else 0, cores,
-                               limited if sl.kind != "input" else "-", problem))
+                               limited if sl.kind != "input" else "-", problem,
+                               readout=sl.readout))
 
     neurons = sum(la.neurons for la in layers)
     synapses = sum(la.synapses for la in layers)

@@ -63,8 +63,9 @@ def plot_accuracy(accuracy: Optional[Mapping], out_dir: Path, lava_samples: Opti
                    label=f"ANN ({accuracy['ann']:.4f})")
     style = {"snn_float": ("SNN float (reference simulator)", "o-", "tab:blue"),
              "snn_fixed": ("SNN fixed point (bit-accurate simulator)", "s-", "tab:orange"),
-             "lava": ("Lava" + (f" ({lava_samples} samples)" if lava_samples else ""), "x",
-                      "tab:green")}
+             "lava": ("Lava" + (f" ({lava_samples} samples)" if lava_samples else "")
+                      + (f", T={curves['lava'][0][0]} only" if len(curves["lava"][0]) == 1 else ""),
+                      "x", "tab:green")}
     for key, (ts, vs) in curves.items():
         if ts:
             label, fmt, color = style[key]
@@ -82,10 +83,14 @@ def plot_accuracy(accuracy: Optional[Mapping], out_dir: Path, lava_samples: Opti
 
 
 def plot_firing_rates(probes: Optional[Mapping], out_dir: Path) -> Optional[Path]:
-    """Mean firing rate (spikes per neuron per step) of each spiking layer."""
+    """Mean firing rate (spikes per neuron per step) of each spiking layer (the non-firing
+    output integrator of a potential readout has no firing rate and is left out)."""
     if not probes or not probes.get("layers"):
         return None
-    layers = probes["layers"]
+    layers = [la for la in probes["layers"]
+              if not la.get("readout") and la.get("firing_rate") is not None]
+    if not layers:
+        return None
     names = [la["name"] for la in layers]
     rates = [la["firing_rate"] for la in layers]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 3.8))

@@ -94,6 +94,20 @@ def _load_net(report: dict, run_dir: Path, notes: list):
         return None
 
 
+#: how each readout is described in report.md
+READOUT_TEXT = {
+    "potential": ("potential: the output layer is a non-firing integrator (the paper's readout); "
+                  "the class is the argmax of its accumulated membrane after T steps"),
+    "spikes": "spikes: the class is the output neuron with the most spikes",
+}
+
+
+def _readout(report: dict) -> Optional[str]:
+    """The run's readout: stored by the run stage, else the configured one (None if unknown)."""
+    return (report.get("readout") or (report.get("lava") or {}).get("readout")
+            or ((report.get("config") or {}).get("snn") or {}).get("readout"))
+
+
 # --------------------------------------------------------------------------- sections
 def _config_section(report: dict) -> list[str]:
     lines = ["## Configuration", ""]
@@ -126,6 +140,11 @@ def _accuracy_section(report: dict, png: Optional[Path], run_dir: Path) -> list[
         rows = [["–", acc.get("ann"), None, None, None]]
     lines += [f"Test split: {_fmt(report.get('test_samples'))} samples (Lava: the first "
               f"{_fmt(lava_n)} of them). ANN is evaluated once (no time steps).", ""]
+    readout = _readout(report)
+    if readout:
+        lines += [f"Readout: {READOUT_TEXT.get(readout, readout)}."
+                  + (" Lava is read at T only (the membrane is read at the end of each "
+                     "sample)." if readout == "potential" else ""), ""]
     lines += _table(header, rows)
     for key, what, stage in (("snn_float", "float-SNN accuracy", "evaluate"),
                              ("snn_fixed", "fixed-point SNN accuracy", "run"),
@@ -140,9 +159,11 @@ def _agreement_section(report: dict) -> list[str]:
     lava = report.get("lava")
     if not lava:
         return lines + _missing("the Lava run", "run")
+    agreement = ("agreement (identical output membrane at T and hidden-layer spikes)"
+                 if _readout(report) == "potential" else "agreement (identical output spike trains)")
     rows = [["backend", lava.get("backend")], ["samples", lava.get("samples")],
             ["steps per sample", lava.get("steps_per_sample")],
-            ["agreement (identical output spike trains)", lava.get("agreement")],
+            [agreement, lava.get("agreement")],
             ["wall time (s)", lava.get("wall_time_s")], ["samples / s", lava.get("samples_per_s")]]
     if "probes_equal_reference" in lava:
         rows.append(["Lava probes (spikes, synops, updates per layer and step) equal the reference's",
@@ -189,7 +210,8 @@ def _activity_section(report: dict, probes: Optional[dict], firing: Optional[Pat
         lines += [f"Source: {probes.get('source')}; mean per sample over {probes.get('samples')} "
                   f"samples, T = {probes.get('timesteps')} steps. Synaptic ops are attributed to "
                   "the receiving layer; graded ops are the input image sent as graded spikes.", ""]
-        rows = [[la["name"], la["neurons"], la["spikes"], la["firing_rate"], la["synops_binary"],
+        rows = [[la["name"] + (" (readout, no spikes)" if la.get("readout") else ""),
+                 la["neurons"], la["spikes"], la.get("firing_rate"), la["synops_binary"],
                  la["synops_graded"], la["neuron_updates"], la["active_updates"], la["fan_in_max"],
                  la["fan_out_max"]] for la in probes["layers"]]
         t = probes.get("totals") or {}
@@ -270,7 +292,8 @@ def _resources_section(resources: Optional[dict]) -> list[str]:
               f"{_fmt(resources['synapses'])} synapses, {_fmt(resources['synaptic_memory_bits'])} bits "
               f"of synaptic memory at {resources['weight_bits']}-bit weights.", "",
               f"Model: {resources.get('model', resources.get('conv_synapses'))}.", ""]
-    rows = [[la["name"], la["kind"], la["neurons"], la["synapses"], la["synaptic_memory_bits"],
+    rows = [[la["name"], la["kind"] + (" (readout)" if la.get("readout") else ""), la["neurons"],
+             la["synapses"], la["synaptic_memory_bits"],
              la["fan_in_max"], la["fan_out_max"], la["cores"], la["limited_by"],
              "yes" if la["fits"] else "**no**"] for la in resources["layers"]]
     lines += _table(["layer", "kind", "neurons", "synapses", "synaptic memory (bits)", "max fan-in",
@@ -294,6 +317,8 @@ def _quantization_section(report: dict) -> list[str]:
             "weight_rms_rel_error", "threshold_float", "threshold_mantissa", "threshold_rel_error",
             "bias_max_abs_error", "worst_case_input"]
     layers = q if isinstance(q, list) else q.get("layers", [])
+    if any(la.get("readout_steps") is not None for la in layers):
+        keys.append("readout_steps")  # the T up to which the output integrator provably fits
     lines += _table(keys, [[la.get(k) for k in keys] for la in layers])
     exp = report.get("export") or {}
     if exp:

@@ -220,3 +220,27 @@ def test_raster_round_trip(tmp_path):
     assert list(raster) == ["conv", "dense"]
     assert raster["conv"].shape == (4, 12) and raster["conv"].dtype == bool
     assert np.array_equal(raster["conv"], trains[0][:, 1].reshape(4, -1))
+
+
+def test_potential_readout_layer_works_but_never_spikes():
+    """tiny_dense with d2 the non-firing integrator: d2 receives the same 6 binary synops and
+    makes 2·2 neuron updates, all inactive; it sends nothing and has no firing rate.
+    E = 6·23.6 + 6·23.6 + 3·81 + (3 + 4)·52 + (3 + 2)·1.7 = 283.2 + 243 + 364 + 8.5 = 898.7 pJ."""
+    from hardware.ir import readout_neuron
+    plain = tiny_dense()
+    d2 = Dense(np.ones((2, 3), np.int64), None, readout_neuron(True), name="d2")
+    net = plain.replace(layers=[plain.layers[0], d2], readout="potential")
+    d1_spikes = np.array([[[1, 0, 1]], [[0, 1, 0]]])
+    act = layer_activity(net, [d1_spikes, np.zeros((2, 1, 2), np.int64)], np.array([[5, 0]]))
+    d = act.to_dict()
+    first, out = d["layers"]
+    assert (first["readout"], out["readout"]) == (False, True)
+    assert (out["synops_binary"], out["neuron_updates"], out["active_updates"], out["spikes"]) == (6, 4, 0, 0)
+    assert out["firing_rate"] is None and out["fan_out_max"] == 0
+    assert first["firing_rate"] == pytest.approx(3 / 6)
+    e = energy_estimate(act, {}, count_macs(net))
+    assert e["total_pj"] == pytest.approx(898.7)
+    row = e["layers"][1]
+    assert row["spike_routing"] == 0 and row["neuron_update_active"] == 0
+    assert row["synaptic_binary"] == pytest.approx(6 * 23.6)
+    assert row["neuron_update_inactive"] == pytest.approx(4 * 52)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from hardware.errors import QuantizationError
-from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
+from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
 from hardware.quantize import quantize
 from hardware.spec import LOIHI2
 
@@ -94,3 +94,39 @@ def test_input_bits_out_of_range():
     net = _net(np.ones((1, 2)), np.zeros(1), np.ones((1, 1)), 1.0, 1.0)
     with pytest.raises(QuantizationError, match="input_bits"):
         quantize(net, input_bits=LOIHI2.graded_spike_max_bits + 1)
+
+
+# --------------------------------------------------------------------------- potential readout
+def _readout_net(w1, w2, b2, theta1=1.0):
+    layers = [Dense(weight=w1, bias=np.zeros(w1.shape[0]), neuron=Neuron("if_soft", theta1), name="d0"),
+              Dense(weight=w2, bias=b2, neuron=readout_neuron(integer=False), name="out")]
+    return Network(input=Input(shape=(w1.shape[1],)), layers=layers, readout="potential")
+
+
+@settings(max_examples=60, deadline=None)
+@given(w1=arrays(np.float64, (6, 5), elements=finite), w2=arrays(np.float64, (3, 6), elements=finite),
+       b2=arrays(np.float64, (3,), elements=finite), steps=st.integers(1, 64))
+def test_readout_accumulation_fits_for_every_T(w1, w2, b2, steps):
+    if not np.any(w1) or not np.any(w2):
+        return
+    try:
+        q = quantize(_readout_net(w1, w2, b2), input_bits=8, readout_steps=steps)
+    except QuantizationError as exc:
+        assert "fewer than" in str(exc) or "threshold" in str(exc)
+        return
+    out = q.layers[-1]
+    assert q.readout == "potential" and out.neuron == readout_neuron(integer=True)
+    worst = max(np.clip(out.weight, 0, None).sum(1).max(), np.clip(-out.weight, 0, None).sum(1).max())
+    # binary spikes in: |v[T]| <= T·(worst + |b|) mantissa units stays at or below the threshold
+    assert steps * (worst + np.abs(out.bias).max()) <= LOIHI2.threshold_max
+    assert (LOIHI2.threshold_max << LOIHI2.threshold_shift) < LOIHI2.state_max
+    assert q.metadata["quantization"][-1]["readout_steps"] == steps
+
+
+def test_readout_quantizer_refuses_what_cannot_fit():
+    rng = np.random.default_rng(0)
+    net = _readout_net(rng.normal(size=(64, 5)), rng.normal(size=(3, 64)), np.zeros(3))
+    with pytest.raises(QuantizationError, match="T up to 100000"):
+        quantize(net, input_bits=8, readout_steps=100_000)
+    with pytest.raises(QuantizationError, match="readout_steps"):
+        quantize(net, input_bits=8)

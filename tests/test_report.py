@@ -122,3 +122,33 @@ def test_empty_accuracy_and_missing_report(tmp_path):
     out = render_report(tmp_path)
     assert all(v is None for v in out["plots"].values())
     assert "Not available" in (tmp_path / "report.md").read_text()
+
+
+def test_potential_readout_report_with_lava_at_T_only(tmp_path, rng):
+    """The paper's readout: Lava accuracy exists at T only, the output layer sends no spikes
+    (no firing rate, left out of the firing-rate plot) and report.md says so."""
+    from hardware.ir import readout_neuron
+
+    report = full_report(rng, tmp_path)
+    plain = small_net(rng)
+    fc = Dense(plain.layers[-1].weight, None, readout_neuron(True), name="fc")
+    net = plain.replace(layers=plain.layers[:-1] + [fc], readout="potential")
+    layers = spiking_layers(net)
+    trains = [rng.random((T, 4) + sl.shape) < (0 if sl.readout else 0.2) for sl in layers]
+    act = layer_activity(net, trains, rng.integers(0, 256, (4, 1, 8, 8)))
+    report["readout"] = "potential"
+    report["lava"]["readout"] = "potential"
+    report["accuracy"]["lava"] = {str(T): 0.75}
+    report["probes"] = act.to_dict()
+    report["energy"] = energy_estimate(act, {}, count_macs(net))
+    report["resources"] = check_fit(net).to_dict()
+    report["quantization"][-1].update(threshold_float=None, threshold_mantissa=131071, readout_steps=T)
+    write(tmp_path, report)
+    out = render_report(tmp_path)
+    assert out["missing"] == [] and out["plots"]["accuracy"] and out["plots"]["firing_rate"]
+    md = (tmp_path / "report.md").read_text()
+    for text in ("Readout: potential", "identical output membrane at T and hidden-layer spikes",
+                 "fc (readout, no spikes)", "dense (readout)", "readout_steps"):
+        assert text in md, text
+    rows = [line for line in md.splitlines() if line.startswith(("| 1 | 0.9500", f"| {T} | 0.9500"))]
+    assert len(rows) == 2 and rows[0].endswith("| – |") and rows[1].endswith("| 0.7500 |")

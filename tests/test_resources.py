@@ -86,3 +86,15 @@ def test_input_neuron_layer_is_mapped_without_synapses():
     fit = check_fit(dense_net([20, 3], input_neuron=True))
     assert [la.kind for la in fit.layers] == ["input", "dense"]
     assert fit.layers[0].synapses == 0 and fit.layers[0].cores == 1 and fit.layers[0].fan_out_max == 3
+
+
+def test_potential_readout_layer_is_mapped_like_any_layer():
+    from hardware.ir import readout_neuron
+    net = dense_net([784, 512, 10])
+    out = dataclasses.replace(net.layers[-1], neuron=readout_neuron(True))
+    pot = net.replace(layers=[net.layers[0], out], readout="potential")
+    plain, fit = check_fit(net).to_dict(), check_fit(pot).to_dict()
+    assert [la["readout"] for la in fit["layers"]] == [False, True]
+    for key in ("neurons", "synapses", "fan_in_max", "fan_out_max", "cores"):
+        assert fit["layers"][1][key] == plain["layers"][1][key], key
+    assert fit["layers"][1]["fan_out_max"] == 0 and fit["cores"] == plain["cores"]

@@ -5,15 +5,17 @@ soft-reset IF neuron, Lava's integer edge cases (checked against Lava itself),
 pipelined timing, and the result helpers.
 """
 from fractions import Fraction
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 
+import hardware.simulator as simulator
 from hardware.errors import IRError, QuantizationError
-from hardware.ir import Conv, Dense, Input, Network, Neuron
-from hardware.simulator import SimResult, encode_input, simulate
+from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
+from hardware.simulator import SimResult, encode_input, kernel_plan, simulate
 from hardware.spec import LOIHI2
 
 
@@ -218,7 +220,6 @@ def test_simulate_shapes_and_records():
     rng = np.random.default_rng(0)
     conv = Conv(weight=rng.normal(size=(4, 2, 3, 3)), bias=np.zeros(4),
                 neuron=Neuron("if_soft", 1.0), padding=(1, 1), name="c0")
-    from hardware.ir import Flatten
     net = Network(input=Input(shape=(2, 5, 5)),
                   layers=[conv, Flatten(), Dense(weight=rng.normal(size=(3, 100)), bias=None,
                                                  neuron=Neuron("cuba", 1.0), name="d1")])
@@ -322,3 +323,220 @@ def test_encode_input():
         encode_input(np.array([1.01]), 8)
     with pytest.raises(QuantizationError):
         encode_input(np.array([np.nan]), 8)
+
+
+# ---------------------------------------------------------------------------
+# 6. fast kernels == the float64/int64 reference path (kernel="exact64")
+# ---------------------------------------------------------------------------
+
+def _results_equal(a, b):
+    assert torch.equal(a.output_spikes, b.output_spikes)
+    assert torch.equal(a.output_potential, b.output_potential)
+    assert a.output_potential.dtype == b.output_potential.dtype == torch.int64
+    for x, y in zip(a.layer_counts, b.layer_counts):
+        assert x.dtype == y.dtype == torch.int64 and torch.equal(x, y)
+    for x, y in zip(a.layer_step_spikes, b.layer_step_spikes):
+        assert torch.equal(x, y)
+    for x, y in zip(a.layer_spike_trains, b.layer_spike_trains):
+        assert torch.equal(x, y)
+
+
+def _neuron(draw, kind, theta):
+    if kind == "if_soft":
+        return Neuron("if_soft", theta, du=LOIHI2.if_du, dv=LOIHI2.if_dv,
+                      bias_exp=draw(st.integers(0, 6)))
+    # leaky cuba: decays exercise the trunc(x·k/4096) products
+    return Neuron("cuba", theta, du=draw(st.integers(0, LOIHI2.decay_max)),
+                  dv=draw(st.sampled_from([0, draw(st.integers(1, LOIHI2.decay_max))])),
+                  bias_exp=draw(st.integers(0, 6)))
+
+
+def _kernel(rng, shape, wmax, pool):
+    """Random integer kernel; with pool > 1 constant on pool×pool blocks (kron)."""
+    o, i, kh, kw = shape
+    small = rng.integers(-wmax // 2, wmax + 1, size=(o, i, kh, kw))
+    return np.kron(small, np.ones((1, 1, pool, pool), dtype=np.int64)) if pool > 1 else small
+
+
+@st.composite
+def integer_nets(draw):
+    """Random integer IR: [conv (maybe a folded-pool kernel)] → flatten → dense (maybe
+    block-constant over the map, the folded avg-pool + linear) → dense readout, plus
+    graded inputs. Input bits and weight ranges are drawn so that some layers run
+    the int8/float32 kernels, some the float64 ones and some the int64 wrap emulation."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["if_soft", "cuba"]))
+    bits = draw(st.sampled_from([1, 4, 8, 8, 12, 20]))  # 12, 20 bits: float64 sums
+    wmax = draw(st.sampled_from([3, 127, 127, 4000]))  # 4000: wraps possible
+    c0, h, w = draw(st.integers(1, 3)), draw(st.integers(4, 9)), draw(st.integers(4, 9))
+    layers, shape = [], (c0, h, w)
+    if draw(st.booleans()):
+        p = draw(st.sampled_from([1, 2, 2, 3]))
+        k = draw(st.integers(1, 3)) if p == 1 else draw(st.integers(1, 2))
+        pad = draw(st.integers(0, k * p - 1))  # not a multiple of P: the pre-pad path
+        stride = p * draw(st.integers(1, 2))
+        if (h + 2 * pad - k * p) >= 0 and (w + 2 * pad - k * p) >= 0:
+            c1 = draw(st.integers(1, 4))
+            layers.append(Conv(weight=_kernel(rng, (c1, c0, k, k), wmax, p),
+                               bias=rng.integers(-50, 51, size=c1), padding=(pad, pad),
+                               stride=(stride, stride), name="conv0",
+                               neuron=_neuron(draw, kind, 1)))
+            shape = layers[-1].output_shape(shape)
+    layers.append(Flatten(name="flat"))
+    c, hh, ww = shape
+    n1 = draw(st.integers(1, 6))
+    dense_w = rng.integers(-wmax // 2, wmax + 1, size=(n1, c, hh, ww))
+    p = draw(st.sampled_from([1, 2]))
+    if p == 2 and hh >= 2 and ww >= 2:  # the converter's pooled linear: spread, floor-cropped
+        grid = rng.integers(-wmax // 2, wmax + 1, size=(n1, c, hh // 2, ww // 2))
+        dense_w = np.zeros_like(dense_w)
+        dense_w[:, :, :hh // 2 * 2, :ww // 2 * 2] = np.kron(grid, np.ones((1, 1, 2, 2), int))
+    layers.append(Dense(weight=dense_w.reshape(n1, -1), bias=rng.integers(-50, 51, size=n1),
+                        weight_exp=draw(st.integers(-3, 3)), name="dense1",
+                        neuron=_neuron(draw, kind, 1)))
+    layers.append(Dense(weight=rng.integers(-wmax // 2, wmax + 1, size=(3, n1)), bias=None,
+                        name="dense2", neuron=_neuron(draw, kind, 1)))
+    net = Network(input=Input(shape=(c0, h, w)), layers=layers, integer=True, input_bits=bits)
+    x = rng.integers(0, 1 << bits, size=(draw(st.integers(1, 5)), c0, h, w))
+    # thresholds below the largest positive synaptic input, so layers fire
+    x_max = (1 << bits) - 1
+    for layer in net.weighted_layers:
+        pos = int(np.clip(layer.weight, 0, None).reshape(len(layer.weight), -1).sum(1).max())
+        top = max(1, min(LOIHI2.threshold_max, x_max * pos // 3))
+        layer.neuron.threshold = int(rng.integers(1, top + 1))
+        x_max = 1
+    return net, x
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=integer_nets(), T=st.integers(1, 6), pipelined=st.booleans(),
+       chunk_values=st.sampled_from([None, 1, 37]))
+def test_fast_kernels_equal_exact64(case, T, pipelined, chunk_values):
+    """Every fast path (int8/float32/float64 synapses, pooling fold, exact float neuron
+    state, batch chunks) gives the same integers as the float64/int64 reference path."""
+    net, x = case
+    try:
+        ref = simulate(net, x, T, pipelined=pipelined, record_spikes=True, kernel="exact64")
+    except QuantizationError:  # beyond exact float64 or Lava's float32 conv: both refuse
+        with pytest.raises(QuantizationError):
+            simulate(net, x, T, pipelined=pipelined, kernel="fast")
+        return
+    # small chunk budgets: one or a few samples per chunk, a short last chunk
+    with mock.patch.object(simulator, "_CHUNK_VALUES", chunk_values or simulator._CHUNK_VALUES):
+        fast = simulate(net, x, T, pipelined=pipelined, record_spikes=True)
+    _results_equal(fast, ref)
+    for p in kernel_plan(net, x, T):  # which paths ran (pytest --hypothesis-show-statistics)
+        event(f"{p['synapse']} pool={p['pool']} {p['neuron_mode']} {p['state_dtype']}")
+    event(f"spiking layers: {sum(int(c.sum()) > 0 for c in ref.layer_counts)}")
+
+
+def _converter_like_net(kind="if_soft"):
+    """conv0 → conv1 whose 6×6 stride-2 kernel is a folded 2×2 avg-pool + 3×3 conv →
+    flatten → dense over the pooled map (folded) → readout; 8-bit graded input."""
+    rng = np.random.default_rng(3)
+    neuron = Neuron(kind, 200, du=LOIHI2.if_du, dv=LOIHI2.if_dv)
+    conv0 = Conv(weight=rng.integers(-60, 100, size=(4, 1, 3, 3)), bias=rng.integers(-9, 9, 4),
+                 padding=(1, 1), name="conv0", neuron=neuron)
+    k1 = np.kron(rng.integers(-60, 100, size=(6, 4, 3, 3)), np.ones((1, 1, 2, 2), int))
+    conv1 = Conv(weight=k1, bias=None, stride=(2, 2), padding=(2, 2), name="conv1",
+                 neuron=Neuron(kind, 150, du=LOIHI2.if_du, dv=LOIHI2.if_dv))
+    grid = rng.integers(-60, 100, size=(5, 6, 1, 1))
+    spread = np.zeros((5, 6, 3, 3), dtype=np.int64)
+    # a 3×3 map: the pooling's floor drops row and column 2
+    spread[:, :, :2, :2] = np.kron(grid, np.ones((1, 1, 2, 2), int))
+    dense = Dense(weight=spread.reshape(5, -1), bias=rng.integers(-9, 9, 5), name="dense2",
+                  neuron=Neuron(kind, 40, du=LOIHI2.if_du, dv=LOIHI2.if_dv))
+    net = Network(input=Input(shape=(1, 6, 6)), layers=[conv0, conv1, Flatten(), dense],
+                  integer=True, input_bits=8)
+    return net, rng.integers(0, 256, size=(7, 1, 6, 6))
+
+
+def test_kernel_plan_picks_fast_exact_kernels():
+    net, x = _converter_like_net()
+    plan = kernel_plan(net, x, 4)
+    assert [p["pool"] for p in plan] == [1, 2, 2]
+    # binary spikes into 8-bit weights: the int8 kernels where oneDNN has them (x86)
+    fast = {"int8", "float32"}
+    assert plan[0]["synapse"] == "float32"  # 8-bit graded pixels: int16 pairs could saturate
+    assert all(p["synapse"] in fast and p["neuron_mode"] == "exact"
+               and p["state_dtype"] == torch.float32 for p in plan)
+    ref = kernel_plan(net, x, 4, kernel="exact64")
+    assert all(p["pool"] == 1 and p["synapse"] == "float64"
+               and p["neuron_mode"] == "lava" for p in ref)
+    res = simulate(net, x, 4, record_spikes=True)
+    assert 0 < int(res.layer_counts[1].sum()) < res.layer_counts[1].numel() * 4
+    _results_equal(res, simulate(net, x, 4, record_spikes=True, kernel="exact64"))
+
+
+def test_kernel_plan_falls_back_where_the_bound_says_so():
+    # 20-bit graded input into 100·127: sums beyond 2**24 -> float64 synapse; a·64
+    # may pass 2**23 -> the int64 wrap emulation
+    net = _one_dense("if_soft", 1000, weight=np.full((2, 100), 127), integer=True,
+                     input_bits=20)
+    x = np.full((2, 100), (1 << 20) - 1)
+    (layer,) = kernel_plan(net, x, 3)
+    assert layer["synapse"] == "float64" and layer["neuron_mode"] == "lava"
+    _results_equal(simulate(net, x, 3, record_spikes=True),
+                   simulate(net, x, 3, record_spikes=True, kernel="exact64"))
+    # small graded sums but a leaky neuron whose u·k exceeds 2**24 -> exact in float64
+    # (|u| ≤ 64·255·4096/11 < 2**23: no wrap; u·4085 > 2**24: float64)
+    net = _one_dense("cuba", 50, weight=[[1]], integer=True, input_bits=8, du=10, dv=7)
+    x = np.array([[255], [3], [0]])
+    (layer,) = kernel_plan(net, x, 3)
+    assert layer["synapse"] in ("int8", "float32")  # 2·255·1 cannot saturate int16
+    assert (layer["neuron_mode"], layer["state_dtype"]) == ("exact", torch.float64)
+    _results_equal(simulate(net, x, 9, record_spikes=True),
+                   simulate(net, x, 9, record_spikes=True, kernel="exact64"))
+
+
+def test_float32_mode_folds_and_matches_float64_on_exact_values():
+    """Float IR with dyadic weights (multiples of 1/64, small): every sum is exact in
+    float32 and float64 alike, so the float32 path (pooling fold, float32 state)
+    equals the float64 reference; the potential comes back in the chosen dtype."""
+    net, x = _converter_like_net()
+    scale = {"conv0": 64.0 * 255, "conv1": 64.0, "dense2": 64.0}
+    layers = [layer if isinstance(layer, Flatten) else
+              layer.__class__(**{**layer.__dict__, "weight": layer.weight / scale[layer.name],
+                                 "bias": None if layer.bias is None else layer.bias / 8.0,
+                                 "neuron": Neuron(layer.neuron.kind, 1.0)})
+              for layer in net.layers]
+    fnet = Network(input=net.input, layers=layers, integer=False)
+    xf = x / 255.0
+    assert [p["pool"] for p in kernel_plan(fnet, xf, 6, dtype=torch.float32)] == [1, 2, 2]
+    r64 = simulate(fnet, xf, 6, record_spikes=True)
+    r32 = simulate(fnet, torch.as_tensor(xf, dtype=torch.float32), 6, record_spikes=True,
+                   dtype=torch.float32)
+    assert r64.output_potential.dtype == torch.float64
+    assert r32.output_potential.dtype == torch.float32
+    for a, b in zip(r64.layer_spike_trains, r32.layer_spike_trains):
+        assert torch.equal(a, b)
+    assert torch.equal(r64.output_potential, r32.output_potential.double())
+    assert int(r64.layer_counts[0].sum()) > 0
+    with pytest.raises(IRError):
+        simulate(fnet, xf, 2, dtype=torch.float16)
+    with pytest.raises(IRError):
+        simulate(fnet, xf, 2, kernel="fastest")
+
+
+def test_input_neurons_with_per_sample_bias_in_chunks():
+    """An input neuron layer (a_in = the input, per-sample bias) runs on the fast path
+    in one-sample chunks and equals the reference."""
+    rng = np.random.default_rng(5)
+    net = Network(input=Input(shape=(2, 4, 4), neuron=Neuron("if_soft", 3)),
+                  layers=[Conv(weight=rng.integers(-5, 9, size=(3, 2, 3, 3)), bias=None,
+                               padding=(1, 1), name="c0", neuron=Neuron("cuba", 4)),
+                          Flatten(), Dense(weight=rng.integers(-5, 9, size=(4, 48)),
+                                           bias=rng.integers(-3, 3, 4), name="d1",
+                                           neuron=Neuron("if_soft", 6))],
+                  integer=True)
+    x = rng.integers(-2, 4, size=(5, 6, 2, 4, 4))
+    bias = rng.integers(-2, 3, size=(5, 2, 4, 4))
+    assert kernel_plan(net, x, 6)[0]["neuron_mode"] == "exact"
+    ref = simulate(net, x, 6, input_bias=bias, record_spikes=True, kernel="exact64")
+    with mock.patch.object(simulator, "_CHUNK_VALUES", 1):
+        for piped in (False, True):
+            _results_equal(simulate(net, x, 6, input_bias=bias, record_spikes=True,
+                                    pipelined=piped),
+                           simulate(net, x, 6, input_bias=bias, record_spikes=True,
+                                    pipelined=piped, kernel="exact64"))
+    assert int(ref.layer_counts[0].sum()) > 0 and int(ref.layer_counts[2].sum()) > 0
