@@ -4,7 +4,8 @@ Every architecture is an ``nn.Sequential`` over a closed set of module types
 (Conv2d, BatchNorm2d, Linear, BatchNorm1d, NQActivation, AvgPool2d, Flatten)
 so that :mod:`models.converter` can fold it into the SNN IR. Max-pooling is
 replaced by average pooling, which is linear and folds into the next layer.
-The last layer is also an NQ layer: the SNN classifies by output spike counts.
+The last layer is a plain Linear (no activation, no noise), as in the paper: its
+outputs are the logits, and the SNN reads the accumulated input of that layer.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ARCH_FOR_DATASET = {"digits": "cnn-small", "fashion-mnist": "vgg-small", "mnist"
 
 
 def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
-                noise: bool = True) -> nn.Sequential:
+                noise: bool = True, init_threshold: float = 8.0) -> nn.Sequential:
     if arch not in CONV_PLANS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(CONV_PLANS)}")
     conv_plan, hidden = CONV_PLANS[arch]
@@ -36,14 +37,14 @@ def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
             height, width = height // 2, width // 2
         else:
             modules += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
-                        NQActivation(levels, noise)]
+                        NQActivation(levels, noise, init_threshold)]
             channels = item
     modules.append(nn.Flatten())
     features = channels * height * width
     for size in hidden:
-        modules += [nn.Linear(features, size), NQActivation(levels, noise)]
+        modules += [nn.Linear(features, size), NQActivation(levels, noise, init_threshold)]
         features = size
-    modules += [nn.Linear(features, num_classes), NQActivation(levels, noise)]
+    modules.append(nn.Linear(features, num_classes))
     return nn.Sequential(*modules)
 
 

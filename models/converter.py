@@ -13,17 +13,26 @@ Folding rules (all exact, linear algebra only):
   spreads each weight over its P×P window (rows/columns that the floor of the
   pooling drops get weight 0).
 
+* The last layer is a plain Linear (no NQ activation): it becomes the SNN's
+  output layer. ``readout='potential'`` (the paper's) makes it a non-firing
+  integrator (:func:`hardware.ir.readout_neuron`), so Σ_t (W·s_t + b) / T tends to
+  the ANN's logits. ``readout='spikes'`` makes it a spiking layer of the configured
+  neuron with threshold ``output_threshold`` (calibrated on data by the training
+  loop: a high percentile of the ANN's positive logits), counted by spike votes.
+
 The IR's float forward with QCFS (:func:`ir_quantized_forward`) equals the
 ANN's forward with noise off.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardware.ir import Conv, Dense, Flatten, Input, IRError, Network, Neuron
+from hardware.ir import READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, readout_neuron
 from hardware.spec import LOIHI2
 
 from .nq import NQActivation
@@ -45,8 +54,16 @@ def _neuron(kind: str, threshold: float) -> Neuron:
 
 
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
-            metadata: dict | None = None) -> Network:
-    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`) into a float IR."""
+            metadata: dict | None = None, readout: str = "potential",
+            output_threshold: float | None = None) -> Network:
+    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`) into a float IR.
+
+    ``readout``/``output_threshold``: how the final plain Linear is read (module docstring).
+    """
+    if readout not in READOUTS:
+        raise IRError(f"readout {readout!r} is not one of {READOUTS}")
+    if readout == "spikes" and not (output_threshold is not None and float(output_threshold) > 0):
+        raise IRError("a spike-count readout needs a positive output_threshold for the output layer")
     modules = list(model)
     layers: list = []
     shape = tuple(input_shape)         # shape of the current activation (after pending pooling)
@@ -83,13 +100,22 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
         if j < len(modules) and isinstance(modules[j], NQActivation):
             nq = modules[j]
             j += 1
-        if nq is None:
+        is_output = j == len(modules)
+        if nq is None and not is_output:
             raise IRError(f"module {index} ({type(module).__name__}) is not followed by an NQ activation")
+        if nq is not None and is_output:
+            raise IRError("the last layer has an NQ activation; the paper's output layer is a plain "
+                          "Linear (rebuild the model with models.architectures.build_model)")
         weight, bias = _fold_bn(module.weight, module.bias, bn)
         weight = weight * spike_scale
-        threshold = float(nq.threshold.detach())
-        if threshold <= 0:
-            raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
+        if is_output:
+            threshold = math.inf if readout == "potential" else float(output_threshold)
+            layer_neuron = readout_neuron(False) if readout == "potential" else _neuron(neuron, threshold)
+        else:
+            threshold = float(nq.threshold.detach())
+            if threshold <= 0:
+                raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
+            layer_neuron = _neuron(neuron, threshold)
         name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(layers)}"
         if isinstance(module, nn.Conv2d):
             if flatten_pending:
@@ -105,7 +131,7 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
                 stride = (stride[0] * pool, stride[1] * pool)
                 padding = (padding[0] * pool, padding[1] * pool)
                 shape = pre_pool_shape
-            layer = Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=_neuron(neuron, threshold),
+            layer = Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=layer_neuron,
                          stride=stride, padding=padding, dilation=dilation, groups=module.groups, name=name)
         else:
             if flatten_pending:
@@ -121,28 +147,29 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
                     shape = pre_pool_shape
             elif pool > 1:
                 raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
-            layer = Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=_neuron(neuron, threshold), name=name)
+            layer = Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=layer_neuron, name=name)
         layers.append(layer)
         pool = 1
         spike_scale = threshold
         shape = layer.output_shape((int(np.prod(shape)),) if isinstance(layer, Dense) else shape)
         index = j
     if pool > 1 or flatten_pending:
-        raise IRError("the network ends with pooling or flatten; the last layer must be conv/linear + NQ")
+        raise IRError("the network ends with pooling or flatten; the last layer must be a plain Linear")
     return Network(input=Input(shape=tuple(input_shape)), layers=layers, integer=False,
-                   metadata=dict(metadata or {}))
+                   metadata=dict(metadata or {}), readout=readout)
 
 
 def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Tensor:
     """The IR's float forward with QCFS activations: the ANN function it was folded from.
 
-    Layer l computes ``q_l = clip(floor((W_l q_{l−1} + b_l)·L/θ_l + 1/2)/L, 0, 1)``
-    (``q_0`` is the input) and the result is ``θ_last · q_last``.
+    Hidden layer l computes ``q_l = clip(floor((W_l q_{l−1} + b_l)·L/θ_l + 1/2)/L, 0, 1)``
+    (``q_0`` is the input); the output layer is affine: the result is the logits
+    ``W_out q + b_out``, whatever the readout.
     """
     if net.integer:
         raise IRError("ir_quantized_forward needs the float IR")
     q = x.double()
-    threshold = 1.0
+    last = net.weighted_layers[-1]
     for layer in net.layers:
         if isinstance(layer, Flatten):
             q = q.flatten(1)
@@ -154,9 +181,11 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Te
                          groups=layer.groups)
         else:
             h = q @ w.T + b
+        if layer is last:
+            return h
         threshold = float(layer.neuron.threshold)
         q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
-    return q * threshold
+    raise IRError("the network has no weighted layer")
 
 
 @torch.no_grad()

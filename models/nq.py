@@ -35,10 +35,12 @@ def qcfs(x: torch.Tensor, threshold: torch.Tensor, levels: int) -> torch.Tensor:
 class NQActivation(nn.Module):
     """QCFS activation with learnable threshold λ and optional training noise σ·N(0,1)."""
 
-    def __init__(self, levels: int, noise: bool = True, init_threshold: float = 4.0):
+    def __init__(self, levels: int, noise: bool = True, init_threshold: float = 8.0):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
+        if not init_threshold > 0:
+            raise ValueError(f"init_threshold must be positive, got {init_threshold}")
         self.levels = int(levels)
         self.noise = bool(noise)
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))

@@ -33,6 +33,7 @@ import yaml
 
 from hardware.errors import ToolkitError
 from hardware.energy import ENERGY_CONSTANT_NAMES
+from hardware.ir import READOUTS
 from hardware.spec import LOIHI2
 
 
@@ -158,7 +159,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class NQConfig:
-    levels: int = _f(8, _Rule("int", lo=1, hi=256), "quantization levels L of the QCFS activation")
+    levels: int = _f(4, _Rule("int", lo=1, hi=256), "quantization levels L of the QCFS activation")
+    init_threshold: float = _f(8.0, _Rule("float", lo=0.0, hi=1e6, lo_open=True),
+                               "initial value of every layer's learnable threshold lambda")
     noise: bool = _f(True, _Rule("bool"), "inject residual noise during training")
     sigma_samples: int = _f(512, _Rule("int", lo=16, hi=10_000_000),
                             "validation samples used to estimate sigma each epoch")
@@ -172,13 +175,26 @@ class TrainConfig:
     momentum: float = _f(0.9, _Rule("float", lo=0.0, hi=1.0, hi_open=True), "SGD momentum")
     weight_decay: float = _f(5e-4, _Rule("float", lo=0.0, hi=1.0), "L2 weight decay")
     seed: int = _f(0, _Rule("int", lo=0, hi=2**32 - 1), "seed of every random choice")
+    augment: bool = _f(False, _Rule("bool"),
+                       "random crop with padding (and horizontal flip where the dataset allows it)")
+    select_samples: Optional[int] = _f(None, _Rule("int", lo=16, hi=10_000_000, nullable=True),
+                                       "fixed validation subset for model selection (null: all)")
 
 
 @dataclass(frozen=True)
 class SNNConfig:
     timesteps: int = _f(4, _Rule("int", lo=1, hi=100_000),
-                        "T used for sigma estimation and model selection")
+                        "T used for model selection (and sigma, unless sigma_timesteps is set)")
+    sigma_timesteps: Optional[int] = _f(None, _Rule("int", lo=1, hi=100_000, nullable=True),
+                                        "T at which sigma is measured (null: snn.timesteps)")
     neuron: str = _f("if_soft", _Rule("choice", choices=("if_soft", "cuba")), "SNN neuron model")
+    readout: str = _f("potential", _Rule("choice", choices=READOUTS),
+                      "how the SNN's class is read out")
+
+    @property
+    def sigma_t(self) -> int:
+        """The T at which sigma is measured."""
+        return self.timesteps if self.sigma_timesteps is None else self.sigma_timesteps
 
 
 @dataclass(frozen=True)

@@ -347,3 +347,32 @@ def load_dataset(data_cfg, seed: int) -> DatasetSplits:
 def available_datasets() -> Sequence[str]:
     """Names :func:`load_dataset` understands."""
     return ("digits", "fashion-mnist", "mnist", "cifar10")
+
+
+# --------------------------------------------------------------------------
+# Training augmentation
+# --------------------------------------------------------------------------
+
+#: Datasets whose classes survive a horizontal flip (a flipped digit is not a digit).
+FLIP_SAFE = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
+
+
+def augment_batch(x: torch.Tensor, dataset: str, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding (pad = H // 8: 4 px on 32×32, 3 on 28×28, 1 on 8×8)
+    and, where :data:`FLIP_SAFE` allows it, a horizontal flip with probability 1/2.
+
+    ``x``: (B, C, H, W) on any device; the random draws come from ``generator`` (CPU)
+    so a run is reproducible from ``train.seed``."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)        # (B, H)
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)        # (B, W)
+    if FLIP_SAFE.get(dataset, False):
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # gather (B, C, H, W) from padded with per-sample row/col index grids
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

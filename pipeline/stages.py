@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hardware.activity import activity_from_sim, save_raster
+from hardware.activity import activity_from_sim, save_raster, spiking_layers
 from hardware.energy import count_macs, energy_estimate
 from hardware.errors import NetxFormatError
 from hardware.resources import check_fit, require_fit
@@ -110,6 +110,77 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
     return np.cumsum(spikes, axis=1).argmax(axis=2).T
 
 
+def _fixed_point_run(cfg, net, x_int: np.ndarray, labels: np.ndarray, run_dir: Path, progress: bool):
+    """Bit-accurate simulator over the test split: ({t: accuracy} for t ≤ eval.timesteps by the
+    net's readout, summed activity or None, wall time); writes sample 0's raster (probes on)."""
+    steps = cfg.eval.timesteps
+    start = time.perf_counter()
+    predictions = []
+    activity = None
+    for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, T={steps}",
+                      leave=False, disable=not progress):
+        batch = x_int[begin:begin + cfg.eval.batch_size]
+        res = simulate(net, torch.as_tensor(batch), steps, record_spikes=cfg.run.probes)
+        predictions.append(res.predictions().numpy())  # (T, B), by net.readout
+        if cfg.run.probes:
+            if begin == 0:
+                _save_spike_raster(run_dir, net, res)
+            batch_activity = activity_from_sim(net, res, batch)
+            activity = batch_activity if activity is None else activity.merge(batch_activity)
+    sim_time = time.perf_counter() - start
+    return _accuracy_by_t(np.concatenate(predictions, axis=1), labels), activity, sim_time
+
+
+def _warn_if_readout_unbounded(net, steps: int) -> None:
+    """The quantizer keeps the output integrator below its threshold only up to the T it was
+    quantized for; beyond it the layer may fire and reset, and argmax v means nothing."""
+    if net.readout != "potential":
+        return
+    bounded = [q.get("readout_steps") for q in net.metadata.get("quantization") or []
+               if isinstance(q, dict) and q.get("readout_steps") is not None]
+    if bounded and steps > min(bounded):
+        log.warning("eval.timesteps=%d exceeds the %d steps the readout layer of this network was "
+                    "quantized for: its membrane may reach the threshold, fire and reset", steps,
+                    min(bounded))
+
+
+def _save_spike_raster(run_dir: Path, net, res) -> None:
+    """Sample 0's spike trains of the layers that spike (a potential readout's output
+    integrator never does: its all-empty panel would only mislead)."""
+    keep = [i for i, sl in enumerate(spiking_layers(net)) if not sl.readout]
+    if keep:
+        save_raster(run_dir / "raster.npz", [res.layer_names[i] for i in keep],
+                    [res.layer_spike_trains[i] for i in keep], sample=0)
+    else:  # no layer spikes: a raster left by an earlier run would describe another network
+        (run_dir / "raster.npz").unlink(missing_ok=True)
+
+
+def _lava_agreement(lava_run, ref) -> np.ndarray:
+    """(n,) bool: Lava's sample equals the bit-accurate simulator's ``ref`` (same samples).
+
+    Output spikes at every step always (none for a potential readout); for a potential readout
+    also the output membrane after T (``==``); and, where Lava recorded them (probes), every
+    layer's spikes per neuron and per step.
+    """
+    agree = np.all(lava_run.output_spikes == ref.output_spikes.numpy().transpose(1, 0, 2), axis=(1, 2))
+    if lava_run.readout == "potential":
+        agree &= np.all(lava_run.output_potential == ref.output_potential[-1].numpy(), axis=1)
+    for name, counts, per_step in zip(lava_run.layer_names or [], lava_run.layer_counts or [],
+                                      lava_run.layer_step_spikes or []):
+        i = ref.layer_names.index(name)
+        agree &= np.all((counts == ref.layer_counts[i].numpy()).reshape(len(agree), -1), axis=1)
+        agree &= np.all(per_step == ref.layer_step_spikes[i].numpy(), axis=0)
+    return agree
+
+
+def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]:
+    """{t: accuracy} of the Lava run: every t for a spike readout, T only for a potential
+    readout (the membrane is read once, at the end of each sample)."""
+    if lava_run.readout == "potential":
+        return {str(steps): lava_run.accuracy(labels)}
+    return _accuracy_by_t(_predictions_from_spikes(lava_run.output_spikes), labels)
+
+
 def net_path(cfg) -> Path:
     return Path(cfg.run.net) if cfg.run.net else Path(cfg.run.dir) / NET_FILE
 
@@ -130,11 +201,12 @@ def evaluate(cfg, progress: bool = True) -> dict:
     model = model_from_checkpoint(ckpt)
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
-    net = to_ir(model, data.input_shape, cfg.snn.neuron)
+    net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
+                output_threshold=ckpt["output_threshold"])
     start = time.perf_counter()
     snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size, progress)
     sim_time = time.perf_counter() - start
-    result = {"accuracy": {"ann": ann, "snn_float": snn_float},
+    result = {"accuracy": {"ann": ann, "snn_float": snn_float}, "readout": cfg.snn.readout,
               "test_samples": len(data.test),
               "simulator": {"float_samples_per_s": len(data.test) / sim_time if sim_time > 0 else None},
               "checkpoint": {"epoch": ckpt["epoch"], "sigma": ckpt["sigma"], "lambda": ckpt["lambda"],
@@ -151,14 +223,16 @@ def export(cfg, progress: bool = True) -> dict:
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron)
-    qnet = quantize(net, input_bits=cfg.quant.input_bits)
+    net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
+                output_threshold=ckpt["output_threshold"])
+    # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
+    qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     provenance = {"config": cfg.to_dict(), "checkpoint_sha256": _sha256(ckpt_path),
                   "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
                   "checkpoint_epoch": ckpt["epoch"], "quantization": qnet.metadata["quantization"]}
     path = write_net(qnet, run_dir / NET_FILE, provenance=provenance)
     result = {"export": {"path": str(path), "sha256": _sha256(path), "neuron": cfg.snn.neuron,
-                         "input_bits": qnet.input_bits},
+                         "readout": qnet.readout, "input_bits": qnet.input_bits},
               "quantization": qnet.metadata["quantization"]}
     update_report(run_dir, result)
     log.info("wrote %s", path)
@@ -189,39 +263,26 @@ def run(cfg, progress: bool = True) -> dict:
     if cfg.run.backend == "loihi2-hw":
         require_fit(net)
 
-    start = time.perf_counter()
-    out_spikes = []
-    activity = None
-    for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, T={steps}",
-                      leave=False, disable=not progress):
-        batch = x_int[begin:begin + cfg.eval.batch_size]
-        res = simulate(net, torch.as_tensor(batch), steps, record_spikes=cfg.run.probes)
-        out_spikes.append(res.output_spikes.numpy().transpose(1, 0, 2))
-        if cfg.run.probes:
-            if begin == 0:
-                save_raster(run_dir / "raster.npz", res.layer_names, res.layer_spike_trains, sample=0)
-            batch_activity = activity_from_sim(net, res, batch)
-            activity = batch_activity if activity is None else activity.merge(batch_activity)
-    sim_time = time.perf_counter() - start
-    ref_spikes = np.concatenate(out_spikes, axis=0)           # (N, T, n_out)
-    snn_fixed = _accuracy_by_t(_predictions_from_spikes(ref_spikes), labels)
+    _warn_if_readout_unbounded(net, steps)
+    snn_fixed, activity, sim_time = _fixed_point_run(cfg, net, x_int, labels, run_dir, progress)
 
     n = min(cfg.run.lava_samples, len(x_int))
     # Lava-side probes exist on the CPU simulation; on a board lava-loihi's own counters apply
     lava_probes = "counts" if cfg.run.probes and cfg.run.backend == "loihi2-sim" else False
     lava_run = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress,
                     probes=lava_probes)
-    agree = np.all(lava_run.output_spikes == ref_spikes[:n], axis=(1, 2))
-    lava_acc = _accuracy_by_t(_predictions_from_spikes(lava_run.output_spikes), labels[:n])
-    result = {"accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc},
+    ref = simulate(net, torch.as_tensor(x_int[:n]), steps)  # the reference for Lava's samples
+    agree = _lava_agreement(lava_run, ref)
+    result = {"readout": net.readout,
+              "accuracy": {"snn_fixed": snn_fixed, "lava": _lava_accuracy(lava_run, labels[:n], steps)},
               "lava": {"samples": int(n), "agreement": float(agree.mean()), "backend": lava_run.backend,
-                       "steps_per_sample": steps, "wall_time_s": lava_run.wall_time_s,
+                       "readout": net.readout, "steps_per_sample": steps, "wall_time_s": lava_run.wall_time_s,
                        "samples_per_s": lava_run.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": _sha256(path)}}
     if lava_probes:
         lava_activity = lava_run.activity(net, x_int[:n]).to_dict()
-        ref_activity = activity_from_sim(net, simulate(net, torch.as_tensor(x_int[:n]), steps), x_int[:n]).to_dict()
+        ref_activity = activity_from_sim(net, ref, x_int[:n]).to_dict()
         result["lava"]["probes"] = lava_activity
         result["lava"]["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
     if lava_run.board_measurement is not None:
@@ -266,7 +327,8 @@ def run_all(cfg, progress: bool = True) -> dict:
 def format_summary(report: dict) -> str:
     acc = report.get("accuracy", {})
     steps = sorted({int(t) for key in ("snn_float", "snn_fixed", "lava") for t in acc.get(key, {})})
-    shown = [t for t in (1, 2, 4, 8, 16, 32) if t in steps] or steps
+    # the powers of two and the largest T (where a potential readout's Lava accuracy lives)
+    shown = sorted({t for t in (1, 2, 4, 8, 16, 32) if t in steps} | set(steps[-1:]))
     lines = ["", f"{'T':>4} | {'ANN':>6} | {'SNN float':>9} | {'SNN fixed':>9} | {'Lava':>6}"]
     lines.append("-" * len(lines[-1]))
 

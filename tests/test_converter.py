@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from hardware.errors import IRError
-from hardware.ir import Conv, Dense, Flatten
+from hardware.ir import Conv, Dense, Flatten, readout_neuron
+from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from hardware.energy import count_macs
 from models.converter import convert, ir_quantized_forward
@@ -63,7 +64,7 @@ def test_pool_folds_into_conv_and_dense():
 
 
 def test_threshold_folds_into_next_layer():
-    model = nn.Sequential(nn.Linear(3, 2, bias=False), NQActivation(4), nn.Linear(2, 2, bias=False), NQActivation(4))
+    model = nn.Sequential(nn.Linear(3, 2, bias=False), NQActivation(4), nn.Linear(2, 2, bias=False))
     with torch.no_grad():
         model[0].weight.copy_(torch.eye(2, 3))
         model[1].threshold.fill_(2.0)
@@ -71,11 +72,71 @@ def test_threshold_folds_into_next_layer():
     net = convert(model, (3,))
     np.testing.assert_array_equal(net.layers[1].weight, np.array([[2.0, 1.0], [0.0, 2.0]]))
     assert net.layers[0].neuron.threshold == 2.0 and net.layers[0].neuron.kind == "if_soft"
+    # the output layer is the paper's non-firing integrator
+    assert net.readout == "potential" and net.layers[1].neuron == readout_neuron(integer=False)
+
+
+def _one_hidden_layer(kind: str, levels: int, seed: int) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 12), NQActivation(levels), nn.Linear(12, 5)).double()
+    with torch.no_grad():
+        for lin in (model[0], model[2]):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g, dtype=torch.float64))
+            lin.bias.copy_(0.3 * torch.randn(lin.bias.shape, generator=g, dtype=torch.float64))
+        model[1].threshold.fill_(1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_potential_readout_is_T_times_the_logits(levels, seed):
+    """QCFS equivalence extended to the readout: with constant input and T = L the IF
+    neuron's count is exactly the QCFS level, so the accumulated output is T · logits."""
+    model = _one_hidden_layer("if_soft", levels, seed)
+    x = torch.rand(64, 6, generator=torch.Generator().manual_seed(seed + 10), dtype=torch.float64) * 2
+    with torch.no_grad():
+        logits = model(x)
+    net = convert(model, (6,))
+    result = simulate(net, x, levels)
+    assert result.layer_counts[0].sum() > 0, "vacuous: the hidden layer never fires"
+    assert not result.output_spikes.any(), "the readout layer must never fire"
+    torch.testing.assert_close(result.output_potential[-1], levels * logits, rtol=1e-12, atol=1e-9)
+    expected = logits.argmax(1)
+    assert torch.equal(result.predictions()[-1], expected)
+
+
+def test_spike_vote_readout_stays_available():
+    model = _one_hidden_layer("if_soft", 4, 3)
+    x = torch.rand(200, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 2
+    net = convert(model, (6,), readout="spikes", output_threshold=2.0)
+    assert net.readout == "spikes"
+    out = net.layers[-1].neuron
+    assert out.kind == "if_soft" and out.threshold == 2.0
+    result = simulate(net, x, 16)
+    counts = result.output_spikes.sum(0)
+    assert counts.sum() > 0
+    votes = result.predictions()[-1]
+    # ties go to the lowest index; otherwise the class with the most spikes
+    best = counts.max(1, keepdim=True).values
+    first = torch.tensor([int(torch.nonzero(row == b)[0]) for row, b in zip(counts, best)])
+    assert torch.equal(votes, first)
+    # with enough steps the vote mostly agrees with the ANN's argmax
+    with torch.no_grad():
+        agree = float((votes == model(x).argmax(1)).double().mean())
+    assert agree > 0.7
+    with pytest.raises(IRError, match="output_threshold"):
+        convert(model, (6,), readout="spikes")
+
+
+def test_last_layer_with_activation_is_refused():
+    model = nn.Sequential(nn.Linear(3, 2), NQActivation(4), nn.Linear(2, 2), NQActivation(4))
+    with pytest.raises(IRError, match="plain Linear"):
+        convert(model, (3,))
 
 
 def test_odd_pooled_map_before_conv_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), NQActivation(4), nn.AvgPool2d(2),
-                          nn.Conv2d(2, 2, 3, padding=1), NQActivation(4))
+                          nn.Conv2d(2, 2, 3, padding=1), NQActivation(4), nn.Flatten(), nn.Linear(18, 2))
     with pytest.raises(IRError, match="not divisible"):
         convert(model, (1, 7, 7))
 

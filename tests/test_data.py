@@ -242,3 +242,34 @@ def test_cifar10_missing_and_malformed(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02}q")
     with pytest.raises(DatasetError, match="malformed"):
         load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
+
+
+def test_augmentation_crops_flips_only_where_allowed_and_is_seeded():
+    import torch
+
+    from pipeline.data import augment_batch
+
+    x = torch.rand(64, 1, 28, 28)
+    a = augment_batch(x, "fashion-mnist", torch.Generator().manual_seed(3))
+    b = augment_batch(x, "fashion-mnist", torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b)          # reproducible from the seed
+    assert not torch.equal(a, x)
+    pad = 28 // 8
+    padded = torch.nn.functional.pad(x, (pad,) * 4)
+    flipped = 0
+    for img, src in zip(a, padded):
+        # every output is a 28×28 window of the zero-padded input, mirrored or not
+        windows = [src[:, i:i + 28, j:j + 28] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+        plain = any(torch.equal(img, w) for w in windows)
+        mirrored = any(torch.equal(img, w.flip(-1)) for w in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 10 < flipped < 54
+    # digits: a mirrored digit is another symbol, so no flip
+    d = augment_batch(torch.rand(32, 1, 8, 8), "digits", torch.Generator().manual_seed(0))
+    assert d.shape == (32, 1, 8, 8)
+    src = torch.rand(32, 1, 8, 8)
+    d = augment_batch(src, "digits", torch.Generator().manual_seed(1))
+    pd = torch.nn.functional.pad(src, (1,) * 4)
+    for img, p in zip(d, pd):
+        assert any(torch.equal(img, p[:, i:i + 8, j:j + 8]) for i in range(3) for j in range(3))
