@@ -1,0 +1,244 @@
+"""Seeded comparison: plain QCFS against NQ (residual noise), σ measured at T = 4 and at a target T.
+
+Every arm trains with the same seeds (paired: seed s of one arm and seed s of
+another share initialisation, shuffling, augmentation draws and validation split)
+through the pipeline's own training loop, then is evaluated in Loihi 2 fixed
+point (quantizer + bit-accurate reference simulator, the paper's potential
+readout) on the whole test split at T = 1, 2, 4, 8, both at the selected epoch
+(best SNN validation accuracy at ``snn.timesteps``) and at the last epoch. Per
+run it also records the ANN test accuracy, the spike-count readout on the same
+weights (``snn.readout: spikes``), the per-epoch cost split (train / σ /
+selection seconds) and, on a sample, the agreement of Lava with the simulator.
+
+Each finished run is appended to the results file (JSON lines) as soon as it
+ends; a restarted benchmark skips the runs already there (and resumes an
+interrupted training from its ``train_state.pt``). ``--lava`` runs the Lava
+check on the finished runs (its own results file, also resumable); ``--report``
+prints the markdown tables from the results files without running anything.
+
+    nohup .venv/bin/python bench/nq_vs_qcfs.py > runs/nq_vs_qcfs.log 2>&1 &
+    .venv/bin/python bench/nq_vs_qcfs.py --lava
+    .venv/bin/python bench/nq_vs_qcfs.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardware.quantize import quantize
+from hardware.simulator import encode_input, simulate
+from pipeline.config import load_config
+from pipeline.data import load_dataset
+from pipeline.training import (CHECKPOINT, TRAIN_STATE, ann_accuracy, load_checkpoint, model_from_checkpoint,
+                               to_ir, train)
+
+STEPS = (1, 2, 4, 8)
+
+
+def arms(target_t: int) -> dict[str, list[str]]:
+    return {"qcfs": ["nq.noise=false"],
+            "nq-sigma-T4": ["nq.noise=true", "snn.sigma_timesteps=4"],
+            f"nq-sigma-T{target_t}": ["nq.noise=true", f"snn.sigma_timesteps={target_t}"]}
+
+
+def fixed_point_accuracy(model, data, neuron: str, readout: str, output_threshold: float,
+                         input_bits: int, batch: int = 1000) -> dict[str, float]:
+    """Loihi 2 fixed point (quantizer + bit-accurate simulator) on the whole test split."""
+    net = quantize(to_ir(model, data.input_shape, neuron, readout=readout, output_threshold=output_threshold),
+                   input_bits=input_bits, readout_steps=max(STEPS))
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    y = torch.stack([data.test[i][1] for i in range(len(data.test))])
+    preds = []
+    for begin in range(0, len(x), batch):
+        payload = torch.as_tensor(encode_input(x[begin:begin + batch].numpy(), input_bits))
+        preds.append(simulate(net, payload, max(STEPS)).predictions())
+    correct = (torch.cat(preds, 1) == y.unsqueeze(0)).double().mean(1)
+    return {str(t): float(correct[t - 1]) for t in STEPS}
+
+
+def lava_agreement(model, data, neuron: str, input_bits: int, samples: int) -> dict:
+    """Lava (loihi2-sim) against the bit-accurate simulator on the first test samples."""
+    from hardware.lava_runner import run_lava
+
+    net = quantize(to_ir(model, data.input_shape, neuron), input_bits=input_bits, readout_steps=max(STEPS))
+    x = torch.stack([data.test[i][0] for i in range(samples)]).numpy()
+    payload = encode_input(x, input_bits)
+    lava = run_lava(net, payload, max(STEPS), progress=False)
+    ref = simulate(net, torch.as_tensor(payload), max(STEPS))
+    ref_v = ref.output_potential[-1].numpy()
+    equal = np.all(np.asarray(lava.output_potential) == ref_v, axis=1)
+    return {"samples": samples, "agreement": float(equal.mean()), "lava_samples_per_s": lava.samples_per_s}
+
+
+def last_epoch_model(run_dir: Path, ckpt: dict):
+    state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)  # our own file
+    model = model_from_checkpoint(ckpt)
+    model.load_state_dict(state["model"])
+    return model.eval(), state["history"][-1]
+
+
+def run_one(args, arm: str, overrides: list[str], seed: int, data) -> dict:
+    run_dir = Path(args.out) / f"{arm}-s{seed}"
+    cfg = load_config(args.config, [f"data.name={args.dataset}", f"model.arch={args.arch}",
+                                    f"train.epochs={args.epochs}", f"train.seed={seed}",
+                                    f"train.batch_size={args.batch_size}", f"snn.neuron={args.neuron}",
+                                    f"train.select_samples={args.select_samples}",
+                                    f"run.dir={run_dir}", *overrides])
+    started = time.perf_counter()
+    result = train(cfg, progress=False, data=data)
+    train_wall = time.perf_counter() - started
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    best_model = model_from_checkpoint(ckpt)
+    last_model, last_record = last_epoch_model(run_dir, ckpt)
+    bits, neuron = cfg.quant.input_bits, cfg.snn.neuron
+    cpu = torch.device("cpu")
+    history = result["history"]
+    record = {
+        "arm": arm, "seed": seed, "overrides": overrides, "arch": cfg.arch, "epochs": cfg.train.epochs,
+        "dataset": args.dataset, "neuron": neuron, "best_epoch": ckpt["epoch"],
+        "selected": {"ann": ann_accuracy(best_model, data.test, 1000, cpu),
+                     "snn_fixed": fixed_point_accuracy(best_model, data, neuron, "potential",
+                                                       ckpt["output_threshold"], bits),
+                     "snn_fixed_spike_vote": fixed_point_accuracy(best_model, data, neuron, "spikes",
+                                                                  ckpt["output_threshold"], bits)},
+        "last": {"ann": ann_accuracy(last_model, data.test, 1000, cpu),
+                 "snn_fixed": fixed_point_accuracy(last_model, data, neuron, "potential",
+                                                   last_record["output_threshold"], bits)},
+        "sigma_selected": ckpt["sigma"],
+        "cost_s": {k: statistics.mean(r[k] for r in history) for k in ("train_s", "sigma_s", "select_s")},
+        "train_wall_s": train_wall,
+    }
+    record["wall_s"] = time.perf_counter() - started
+    return record
+
+
+def lava_pass(args, results_path: Path, lava_path: Path) -> None:
+    """Lava agreement for every finished run that has none yet (a separate, resumable pass:
+    Lava is slow on CPU and is run on a sample only)."""
+    checked = {(r["arm"], r["seed"]) for r in load_results(lava_path)}
+    for record in load_results(results_path):
+        if (record["arm"], record["seed"]) in checked:
+            continue
+        run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
+        cfg = load_config(args.config, [f"data.name={record['dataset']}"])
+        data = load_dataset(cfg.data, seed=record["seed"])
+        model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
+        lava = lava_agreement(model, data, record["neuron"], cfg.quant.input_bits, args.lava_samples)
+        with open(lava_path, "a") as f:
+            f.write(json.dumps({"arm": record["arm"], "seed": record["seed"], **lava}, sort_keys=True) + "\n")
+        print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} "
+              f"on {lava['samples']} samples", flush=True)
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def report(results: list[dict], lava_results: list[dict] = ()) -> str:
+    """Markdown: accuracy per arm (mean ± sd over seeds, %) and paired differences against QCFS."""
+    lava_by_run = {(r["arm"], r["seed"]): r for r in lava_results}
+    results = [dict(r, lava=lava_by_run[(r["arm"], r["seed"])]) if (r["arm"], r["seed"]) in lava_by_run else r
+               for r in results]
+    names = list(dict.fromkeys(r["arm"] for r in results))
+    lines = []
+    for where in ("selected", "last"):
+        lines += [f"\n**{where} epoch** (SNN fixed point, potential readout, whole test split; % mean ± sd "
+                  "over seeds)\n", "| arm | seeds | ANN | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|---|---|"]
+        for arm in names:
+            rows = [r for r in results if r["arm"] == arm]
+            cells = [_mean_sd([r[where]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
+            lines.append(f"| {arm} | {len(rows)} | {_mean_sd([r[where]['ann'] for r in rows])} | "
+                         + " | ".join(cells) + " |")
+        lines += [f"\nPaired difference arm − qcfs ({where} epoch, points, mean ± sd over seeds)\n",
+                  "| arm | pairs | ANN | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|---|---|"]
+        base = {r["seed"]: r for r in results if r["arm"] == "qcfs"}
+        for arm in names[1:] if names and names[0] == "qcfs" else [n for n in names if n != "qcfs"]:
+            pairs = [(r, base[r["seed"]]) for r in results if r["arm"] == arm and r["seed"] in base]
+            ann = [a[where]["ann"] - b[where]["ann"] for a, b in pairs]
+            cells = [_mean_sd([a[where]["snn_fixed"][str(t)] - b[where]["snn_fixed"][str(t)] for a, b in pairs])
+                     for t in STEPS]
+            lines.append(f"| {arm} | {len(pairs)} | {_mean_sd(ann)} | " + " | ".join(cells) + " |")
+    lines += ["\nReadout gain on the same (selected) weights: potential − spike vote, points\n",
+              "| arm | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|"]
+    for arm in names:
+        rows = [r for r in results if r["arm"] == arm]
+        lines.append(f"| {arm} | " + " | ".join(
+            _mean_sd([r["selected"]["snn_fixed"][str(t)] - r["selected"]["snn_fixed_spike_vote"][str(t)]
+                      for r in rows]) for t in STEPS) + " |")
+    lines += ["\nPer-epoch cost (s, mean over epochs and seeds) and Lava agreement\n",
+              "| arm | train_s | sigma_s | select_s | (sigma+select)/epoch | Lava agreement (samples) |",
+              "|---|---|---|---|---|---|"]
+    for arm in names:
+        rows = [r for r in results if r["arm"] == arm]
+        cost = {k: statistics.mean(r["cost_s"][k] for r in rows) for k in ("train_s", "sigma_s", "select_s")}
+        share = (cost["sigma_s"] + cost["select_s"]) / sum(cost.values())
+        lava = [r["lava"] for r in rows if "lava" in r]
+        agree = (f"{statistics.mean(x['agreement'] for x in lava):.3f} ({sum(x['samples'] for x in lava)})"
+                 if lava else "–")
+        lines.append(f"| {arm} | {cost['train_s']:.1f} | {cost['sigma_s']:.2f} | {cost['select_s']:.2f} | "
+                     f"{100 * share:.1f} % | {agree} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--arch", default="cnn-small")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--target-t", type=int, default=1, help="T of the third arm's σ measurement")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--select-samples", type=int, default=2000)
+    ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
+    ap.add_argument("--lava-samples", type=int, default=16)
+    ap.add_argument("--lava", action="store_true",
+                    help="only check Lava against the simulator on the finished runs (resumable)")
+    ap.add_argument("--config", default="deploy.yaml")
+    ap.add_argument("--out", default="runs/nq_vs_qcfs")
+    ap.add_argument("--results", default="bench/results/nq_vs_qcfs.jsonl")
+    ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
+    args = ap.parse_args(argv)
+    results_path = Path(args.results)
+    lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
+    if args.report:
+        print(report(load_results(results_path), load_results(lava_path)))
+        return
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.lava:
+        lava_pass(args, results_path, lava_path)
+        print(report(load_results(results_path), load_results(lava_path)))
+        return
+    for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
+        data = None
+        for arm, overrides in arms(args.target_t).items():
+            done = {(r["arm"], r["seed"], r["epochs"], r["arch"], r["dataset"], r["neuron"])
+                    for r in load_results(results_path)}
+            if (arm, seed, args.epochs, args.arch, args.dataset, args.neuron) in done:
+                continue
+            data = data or load_dataset(load_config(args.config, [f"data.name={args.dataset}"]).data, seed=seed)
+            record = run_one(args, arm, overrides, seed, data)
+            with open(results_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+            print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
+                f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
+                + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
+    print(report(load_results(results_path), load_results(lava_path)))
+
+
+if __name__ == "__main__":
+    main()
