@@ -188,6 +188,9 @@ def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, s
     }
     limited_by = min(limits, key=limits.get)
     scale = limits[limited_by]
+    if not math.isfinite(scale):
+        raise QuantizationError(f"layer {layer.name}: no finite scale (weights of magnitude {w_abs:.3g} "
+                                f"are too small to represent)")
     w_int, b_int, _, worst_int = _round(weight, bias, 0.0, scale, x_max)
     for _ in range(50):  # rounding may add up to half a unit per weight: shrink until it fits
         total = steps * (worst_int + int(np.abs(b_int).max(initial=0)))

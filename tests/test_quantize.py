@@ -112,7 +112,7 @@ def test_readout_accumulation_fits_for_every_T(w1, w2, b2, steps):
     try:
         q = quantize(_readout_net(w1, w2, b2), input_bits=8, readout_steps=steps)
     except QuantizationError as exc:
-        assert "fewer than" in str(exc) or "threshold" in str(exc)
+        assert "fewer than" in str(exc) or "threshold" in str(exc) or "no finite scale" in str(exc)
         return
     out = q.layers[-1]
     assert q.readout == "potential" and out.neuron == readout_neuron(integer=True)
