@@ -866,7 +866,7 @@ class _Recorder:
 
     def layer(self, idx: int, t: int, s: torch.Tensor) -> None:
         # a float sum of 0/1 is exact below 2**24 terms
-        exact = s.dtype == torch.bool or int(np.prod(s.shape[1:])) < _FLOAT32_EXACT
+        exact = s.dtype == torch.bool or math.prod(s.shape[1:]) < _FLOAT32_EXACT
         n = s.sum(dim=tuple(range(1, s.dim())), dtype=None if exact else torch.float64)
         self.step_spikes[idx][t, self.b0:self.b1] = n
         self.acc[idx].add_(s)
