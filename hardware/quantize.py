@@ -148,13 +148,7 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
         _check_range(layer.name, "threshold", np.array([vth]), 1, spec.threshold_max)
         neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
                         bias_exp=spec.netx_bias_exp)
-        if isinstance(layer, Conv):
-            q_layer = Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
-                           padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
-                           weight_exp=0, name=layer.name)
-        else:
-            q_layer = Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
-        layers.append(q_layer)
+        layers.append(_integer_layer(layer, w_int, b_int, neuron))
         w_err = w_int / scale - weight
         reports.append(LayerQuantReport(
             name=layer.name, scale=float(scale), limited_by=limited_by,
@@ -211,12 +205,7 @@ def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, s
     _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
     _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
     neuron = readout_neuron(integer=True)
-    if isinstance(layer, Conv):
-        q_layer = Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
-                       padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
-                       weight_exp=0, name=layer.name)
-    else:
-        q_layer = Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
+    q_layer = _integer_layer(layer, w_int, b_int, neuron)
     w_err = w_int / scale - weight
     report = LayerQuantReport(
         name=layer.name, scale=float(scale), limited_by=limited_by,
@@ -227,6 +216,15 @@ def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, s
         bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
         worst_case_input=worst_int, readout_steps=int(steps))
     return q_layer, report
+
+
+def _integer_layer(layer, w_int: np.ndarray, b_int: np.ndarray, neuron: Neuron):
+    """The integer counterpart of a float Conv/Dense layer (same geometry, weight_exp 0)."""
+    if isinstance(layer, Conv):
+        return Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
+                    padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
+                    weight_exp=0, name=layer.name)
+    return Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
 
 
 def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_max: int):
