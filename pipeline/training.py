@@ -99,21 +99,22 @@ OUTPUT_THRESHOLD_PERCENTILE = 99.0
 
 @torch.no_grad()
 def snn_predictions(net: Network, dataset, timesteps: int, batch_size: int,
-                    progress: bool = False, dtype: torch.dtype = torch.float64
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    progress: bool = False, dtype: torch.dtype = torch.float64,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, N) predictions at every t ≤ T from the float reference simulator (by the
-    network's readout), and the labels."""
+    network's readout, on ``device``: the training device during training), and the labels."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     preds, labels = [], []
     for x, y in tqdm(loader, desc=f"SNN float, T={timesteps}", leave=False, disable=not progress):
-        preds.append(simulate(net, x.to(dtype), timesteps, dtype=dtype).predictions().cpu())
+        preds.append(simulate(net, x.to(device=device, dtype=dtype), timesteps, dtype=dtype).predictions().cpu())
         labels.append(y)
     return torch.cat(preds, 1), torch.cat(labels)
 
 
 def snn_accuracy_by_t(net: Network, dataset, timesteps: int, batch_size: int,
-                      progress: bool = False, dtype: torch.dtype = torch.float64) -> dict[str, float]:
-    preds, labels = snn_predictions(net, dataset, timesteps, batch_size, progress, dtype)
+                      progress: bool = False, dtype: torch.dtype = torch.float64,
+                      device: torch.device | None = None) -> dict[str, float]:
+    preds, labels = snn_predictions(net, dataset, timesteps, batch_size, progress, dtype, device)
     acc = (preds == labels.unsqueeze(0)).double().mean(1)
     return {str(t + 1): float(acc[t]) for t in range(timesteps)}
 
@@ -198,7 +199,7 @@ def _end_of_epoch(model, data: DatasetSplits, cfg, sigma_x: torch.Tensor, select
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=output_threshold)
     snn_val = snn_accuracy_by_t(net, select_set, cfg.snn.timesteps, cfg.eval.batch_size,
-                                dtype=TRAINING_SIM_DTYPE)[str(cfg.snn.timesteps)]
+                                dtype=TRAINING_SIM_DTYPE, device=device)[str(cfg.snn.timesteps)]
     select_s = time.perf_counter() - start
     return {"snn_val": snn_val, "sigma": sigmas, "mean_abs_gap": gaps, "output_threshold": output_threshold,
             "sigma_s": sigma_s, "select_s": select_s}
