@@ -53,6 +53,25 @@ def _neuron(kind: str, threshold: float) -> Neuron:
                   bias_exp=LOIHI2.netx_bias_exp)
 
 
+def _layer_neuron(index: int, module: nn.Module, nq: NQActivation | None, is_output: bool, neuron: str,
+                  readout: str, output_threshold: float | None) -> tuple[float, Neuron]:
+    """(θ, neuron) of a conv/linear layer: hidden layers take their NQ activation's λ; the
+    output layer (a plain Linear) is the readout integrator or a spiking vote layer."""
+    if nq is None and not is_output:
+        raise IRError(f"module {index} ({type(module).__name__}) is not followed by an NQ activation")
+    if nq is not None and is_output:
+        raise IRError("the last layer has an NQ activation; the paper's output layer is a plain "
+                      "Linear (rebuild the model with models.architectures.build_model)")
+    if is_output:
+        if readout == "potential":
+            return math.inf, readout_neuron(False)
+        return float(output_threshold), _neuron(neuron, float(output_threshold))
+    threshold = float(nq.threshold.detach())
+    if threshold <= 0:
+        raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
+    return threshold, _neuron(neuron, threshold)
+
+
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
             metadata: dict | None = None, readout: str = "potential",
             output_threshold: float | None = None) -> Network:
@@ -100,22 +119,10 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
         if j < len(modules) and isinstance(modules[j], NQActivation):
             nq = modules[j]
             j += 1
-        is_output = j == len(modules)
-        if nq is None and not is_output:
-            raise IRError(f"module {index} ({type(module).__name__}) is not followed by an NQ activation")
-        if nq is not None and is_output:
-            raise IRError("the last layer has an NQ activation; the paper's output layer is a plain "
-                          "Linear (rebuild the model with models.architectures.build_model)")
         weight, bias = _fold_bn(module.weight, module.bias, bn)
         weight = weight * spike_scale
-        if is_output:
-            threshold = math.inf if readout == "potential" else float(output_threshold)
-            layer_neuron = readout_neuron(False) if readout == "potential" else _neuron(neuron, threshold)
-        else:
-            threshold = float(nq.threshold.detach())
-            if threshold <= 0:
-                raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
-            layer_neuron = _neuron(neuron, threshold)
+        threshold, layer_neuron = _layer_neuron(index, module, nq, j == len(modules), neuron, readout,
+                                                output_threshold)
         name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(layers)}"
         if isinstance(module, nn.Conv2d):
             if flatten_pending:
