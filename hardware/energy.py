@@ -12,7 +12,7 @@ Per sample (counts from :mod:`hardware.activity`, means over samples)::
     E = synops_binary · E_synop + synops_graded · E_graded_synop
       + active_updates · E_update_active + (neuron_updates − active_updates) · E_update_inactive
       + (spikes + graded_messages) · E_spike
-      + P_static · t_sample                   (only when P_static and t_sample are known)
+      + P_static · t_step · steps_per_sample  (only when P_static and t_step are both set)
 
     ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
 
@@ -20,6 +20,13 @@ Tile-hop energies are listed for reference but not used: the placement of
 cores on the mesh (hence the hops per spike) is not known before mapping, so
 each spike is charged the within-tile routing energy only (a lower bound on
 routing energy).
+
+Static energy needs two figures nobody has published for a given network on
+Loihi 2: the static power of the cores it occupies (``static_power_w``) and
+the chip's time per algorithmic step (``step_time_s``, which depends on the
+network and its placement; lava-loihi's profiler measures it on a board, see
+``energy_measured``). Both default to 0 (unknown); only when both are set is
+the static term added, and the result says whether it was.
 """
 from __future__ import annotations
 
@@ -74,8 +81,13 @@ ENERGY_CONSTANTS: tuple = (
     EnergyConstant("ann_mac_int8_pj", 0.23, "pJ",
                    HOROWITZ_2014 + ": 8-bit integer multiply 0.2 pJ + add 0.03 pJ"),
     EnergyConstant("static_power_w", 0.0, "W",
-                   "no published Loihi 2 static power per core; 0 = static energy not counted. "
-                   "Set a positive value to add P_static × time per sample"),
+                   "no published Loihi 2 static power per core; 0 = unknown, static energy not "
+                   "counted. With step_time_s set, adds static_power_w × step_time_s × steps "
+                   "per sample"),
+    EnergyConstant("step_time_s", 0.0, "s",
+                   "no published Loihi 2 time per algorithmic step (it depends on the network "
+                   "and its placement; lava-loihi's profiler measures it on a board); 0 = "
+                   "unknown, static energy not counted"),
 )
 ENERGY_CONSTANT_NAMES: tuple = tuple(c.name for c in ENERGY_CONSTANTS)
 
@@ -94,7 +106,23 @@ PILOTNET_LOIHI2_REFERENCE = {
 FORMULA = ("E = synops_binary·synop_pj + synops_graded·graded_synop_pj "
            "+ active_updates·neuron_update_active_pj "
            "+ (neuron_updates − active_updates)·neuron_update_inactive_pj "
-           "+ (spikes + graded_messages)·spike_pj [+ static_power_w·time_per_sample_s]")
+           "+ (spikes + graded_messages)·spike_pj "
+           "[+ static_power_w·step_time_s·steps_per_sample]")
+
+
+def check_override(name: str, value) -> float:
+    """``value`` as a float if ``energy.<name>`` is a valid override, else raise
+    :class:`EnergyConfigError` naming the key (unknown name, or not a finite number > 0)."""
+    if name not in ENERGY_CONSTANT_NAMES:
+        close = difflib.get_close_matches(str(name), ENERGY_CONSTANT_NAMES, n=1, cutoff=0.6)
+        hint = f" (did you mean energy.{close[0]}?)" if close else ""
+        raise EnergyConfigError(f"energy.{str(name)[:60]}: unknown energy constant{hint}; known: "
+                                f"{', '.join(ENERGY_CONSTANT_NAMES)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
+        raise EnergyConfigError(f"energy.{name} must be a number > 0, got {shown}")
+    return float(value)
 
 
 def resolve_constants(overrides: Optional[Mapping] = None) -> dict[str, float]:
@@ -102,15 +130,7 @@ def resolve_constants(overrides: Optional[Mapping] = None) -> dict[str, float]:
     naming the key (``energy.<name>``) for an unknown name or a non-positive value."""
     values = {c.name: c.value for c in ENERGY_CONSTANTS}
     for name, value in (overrides or {}).items():
-        if name not in values:
-            close = difflib.get_close_matches(str(name), ENERGY_CONSTANT_NAMES, n=1, cutoff=0.6)
-            hint = f" (did you mean energy.{close[0]}?)" if close else ""
-            raise EnergyConfigError(f"energy.{name}: unknown energy constant{hint}; known: "
-                                    f"{', '.join(ENERGY_CONSTANT_NAMES)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise EnergyConfigError(f"energy.{name}: must be a positive number, got {value!r}")
-        values[name] = float(value)
+        values[name] = check_override(name, value)
     return values
 
 
@@ -126,84 +146,101 @@ def count_macs(net: Network) -> list[int]:
     return macs
 
 
+_OPERATIONS = ("synaptic_binary", "synaptic_graded", "neuron_update_active",
+               "neuron_update_inactive", "spike_routing")
+
+
+def _layer_row(la: Mapping, k: Mapping[str, float], macs: Optional[int]) -> dict:
+    """One layer's energy by operation (pJ per sample), with its ANN MACs where known."""
+    row = {
+        "name": la["name"],
+        "synaptic_binary": la["synops_binary"] * k["synop_pj"],
+        "synaptic_graded": la["synops_graded"] * k["graded_synop_pj"],
+        "neuron_update_active": la["active_updates"] * k["neuron_update_active_pj"],
+        "neuron_update_inactive": (la["neuron_updates"] - la["active_updates"])
+        * k["neuron_update_inactive_pj"],
+        "spike_routing": (la["spikes"] + la.get("graded_messages", 0.0)) * k["spike_pj"],
+    }
+    row["total"] = sum(row[op] for op in _OPERATIONS)
+    if macs is not None:
+        row["ann_macs"] = int(macs)
+        row["ann_fp32"] = macs * k["ann_mac_fp32_pj"]
+        row["ann_int8"] = macs * k["ann_mac_int8_pj"]
+    return row
+
+
+def _static_energy(k: Mapping[str, float], steps_per_sample: Optional[int]
+                   ) -> tuple[Optional[float], str]:
+    """(static pJ per sample or None, a sentence saying what was or was not included)."""
+    missing = [name for name in ("static_power_w", "step_time_s") if k[name] <= 0]
+    if missing:
+        return None, (f"static energy not included: {' and '.join('energy.' + m for m in missing)} "
+                      f"not set (no published Loihi 2 figure)")
+    if steps_per_sample is None or steps_per_sample <= 0:
+        return None, "static energy not included: the steps per sample are not known"
+    pj = k["static_power_w"] * k["step_time_s"] * steps_per_sample * 1e12   # W·s -> pJ
+    return pj, (f"static energy included: static_power_w × step_time_s × {steps_per_sample} "
+                f"steps per sample")
+
+
+def _ann_baseline(macs_per_layer: Sequence[int], k: Mapping[str, float], snn_total: float) -> dict:
+    total_macs = int(sum(macs_per_layer))
+    fp32 = total_macs * k["ann_mac_fp32_pj"]
+    int8 = total_macs * k["ann_mac_int8_pj"]
+    return {"macs": total_macs, "fp32_pj": fp32, "int8_pj": int8,
+            "source": HOROWITZ_2014, "estimate": True,
+            "fp32_over_snn": fp32 / snn_total if snn_total > 0 else None,
+            "int8_over_snn": int8 / snn_total if snn_total > 0 else None}
+
+
+def _weighted_macs(probes: Mapping, macs_per_layer: Optional[Sequence[int]]) -> dict[str, int]:
+    weighted = [la["name"] for la in probes["layers"] if la.get("kind") != "input"]
+    if macs_per_layer is None:
+        return {}
+    if len(macs_per_layer) != len(weighted):
+        raise EnergyConfigError(f"{len(macs_per_layer)} MAC counts given for "
+                                f"{len(weighted)} weighted layers")
+    return dict(zip(weighted, macs_per_layer))
+
+
 def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
                     macs_per_layer: Optional[Sequence[int]] = None, *,
-                    time_per_sample_s: Optional[float] = None) -> dict:
+                    steps_per_sample: Optional[int] = None) -> dict:
     """Energy estimate per sample, per layer and per operation (pJ), with the ANN baseline.
 
     ``activity``: an :class:`hardware.activity.ActivityReport` or its
     ``to_dict()`` form (``report.json["probes"]``). ``macs_per_layer``: one
     entry per weighted (non-input) layer, e.g. :func:`count_macs`; without it
-    the ANN baseline is omitted. ``time_per_sample_s``: wall time per sample on
-    the chip, used only for static energy when ``static_power_w`` is set.
+    the ANN baseline is omitted. ``steps_per_sample``: algorithmic steps the
+    chip runs per sample; with ``static_power_w`` and ``step_time_s`` set it
+    gives the static term (``static_included`` and ``static_note`` say whether).
     """
     k = resolve_constants(constants_overrides)
     probes = activity.to_dict() if hasattr(activity, "to_dict") else activity
-    weighted = [la for la in probes["layers"] if la.get("kind") != "input"]
-    if macs_per_layer is not None and len(macs_per_layer) != len(weighted):
-        raise EnergyConfigError(f"{len(macs_per_layer)} MAC counts given for "
-                                f"{len(weighted)} weighted layers")
-    macs = dict(zip([la["name"] for la in weighted], macs_per_layer or []))
-
-    layers = []
-    ops = dict.fromkeys(("synaptic_binary", "synaptic_graded", "neuron_update_active",
-                         "neuron_update_inactive", "spike_routing"), 0.0)
-    for la in probes["layers"]:
-        row = {
-            "name": la["name"],
-            "synaptic_binary": la["synops_binary"] * k["synop_pj"],
-            "synaptic_graded": la["synops_graded"] * k["graded_synop_pj"],
-            "neuron_update_active": la["active_updates"] * k["neuron_update_active_pj"],
-            "neuron_update_inactive": (la["neuron_updates"] - la["active_updates"])
-            * k["neuron_update_inactive_pj"],
-            "spike_routing": (la["spikes"] + la.get("graded_messages", 0.0)) * k["spike_pj"],
-        }
-        for op in ops:
-            ops[op] += row[op]
-        row["total"] = sum(row[op] for op in ops)
-        if la["name"] in macs:
-            row["ann_macs"] = int(macs[la["name"]])
-            row["ann_fp32"] = macs[la["name"]] * k["ann_mac_fp32_pj"]
-            row["ann_int8"] = macs[la["name"]] * k["ann_mac_int8_pj"]
-        layers.append(row)
-
-    static = None
-    if k["static_power_w"] > 0 and time_per_sample_s is not None:
-        static = k["static_power_w"] * time_per_sample_s * 1e12      # W·s -> pJ
+    macs = _weighted_macs(probes, macs_per_layer)
+    layers = [_layer_row(la, k, macs.get(la["name"])) for la in probes["layers"]]
+    ops = {op: sum(row[op] for row in layers) for op in _OPERATIONS}
+    static, static_note = _static_energy(k, steps_per_sample)
+    if static is not None:
         ops["static"] = static
     total = sum(ops.values())
-
     result = {
-        "estimate": True,
-        "unit": "pJ per sample",
-        "caveat": LOIHI2_CAVEAT,
-        "formula": FORMULA,
-        "source": probes.get("source"),
-        "samples": probes.get("samples"),
-        "timesteps": probes.get("timesteps"),
+        "estimate": True, "unit": "pJ per sample", "caveat": LOIHI2_CAVEAT, "formula": FORMULA,
+        "source": probes.get("source"), "samples": probes.get("samples"),
+        "timesteps": probes.get("timesteps"), "steps_per_sample": steps_per_sample,
         "constants": [{"name": c.name, "value": k[c.name], "unit": c.unit, "source": c.source,
                        "overridden": c.name in (constants_overrides or {})}
                       for c in ENERGY_CONSTANTS],
-        "layers": layers,
-        "by_operation": ops,
-        "static_included": static is not None,
-        "total_pj": total,
-        "total_uj": total * 1e-6,
+        "layers": layers, "by_operation": ops,
+        "static_included": static is not None, "static_note": static_note,
+        "total_pj": total, "total_uj": total * 1e-6,
         "reference": dict(PILOTNET_LOIHI2_REFERENCE),
     }
     if macs_per_layer is not None:
-        total_macs = int(sum(macs_per_layer))
-        fp32 = total_macs * k["ann_mac_fp32_pj"]
-        int8 = total_macs * k["ann_mac_int8_pj"]
-        result["ann_baseline"] = {
-            "macs": total_macs, "fp32_pj": fp32, "int8_pj": int8,
-            "source": HOROWITZ_2014, "estimate": True,
-            "fp32_over_snn": fp32 / total if total > 0 else None,
-            "int8_over_snn": int8 / total if total > 0 else None,
-        }
+        result["ann_baseline"] = _ann_baseline(macs_per_layer, k, total)
     return result
 
 
 __all__ = ["EnergyConstant", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
-           "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "FORMULA", "resolve_constants",
+           "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "FORMULA", "check_override", "resolve_constants",
            "count_macs", "energy_estimate"]

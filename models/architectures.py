@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from hardware.errors import ToolkitError
+
 from .nq import NQActivation
+
+
+class ArchitectureError(ToolkitError, ValueError):
+    """An architecture name, or an input shape the architecture cannot process."""
+
 
 # "A" = 2x2 average pooling; an int = 3x3 conv with that many channels.
 CONV_PLANS = {
@@ -20,27 +27,60 @@ CONV_PLANS = {
     "vgg16": ([64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A",
                512, 512, 512, "A"], [4096, 4096]),
 }
-ARCH_FOR_DATASET = {"digits": "cnn-small", "fashion-mnist": "vgg-small", "mnist": "vgg-small",
-                    "cifar10": "vgg16"}
+
+
+def min_input_side(arch: str) -> int:
+    """The smallest image height/width ``arch`` accepts: each 2×2 pooling halves it (floor)."""
+    return 2 ** CONV_PLANS[arch][0].count("A")
+
+
+def feature_map_shapes(arch: str, input_shape: tuple) -> list[tuple[int, int, int]]:
+    """(C, H, W) after every conv/pool of ``arch`` for ``input_shape``, computed without
+    building anything; raise :class:`ArchitectureError` naming ``model.arch`` and the input
+    shape when the shape is not (C, H, W) of positive ints or the pooling shrinks it below
+    one pixel."""
+    if arch not in CONV_PLANS:
+        raise ArchitectureError(f"model.arch: unknown architecture {arch!r}; choose one of "
+                                f"{', '.join(sorted(CONV_PLANS))}")
+    if len(input_shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                         for d in input_shape):
+        raise ArchitectureError(f"model.arch {arch}: input shape {tuple(input_shape)} is not "
+                                f"(channels, height, width) of positive integers")
+    channels, height, width = input_shape
+    shapes = []
+    for item in CONV_PLANS[arch][0]:
+        if item == "A":
+            height, width = height // 2, width // 2
+            if height < 1 or width < 1:
+                side = min_input_side(arch)
+                raise ArchitectureError(
+                    f"model.arch {arch} needs images of at least {side}×{side} pixels (its "
+                    f"pooling halves them {CONV_PLANS[arch][0].count('A')} times) but the "
+                    f"dataset's input shape is {tuple(input_shape)}; choose a smaller "
+                    f"architecture (e.g. model.arch: auto)")
+        else:
+            channels = item
+        shapes.append((channels, height, width))
+    return shapes
 
 
 def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
                 noise: bool = True, init_threshold: float = 8.0) -> nn.Sequential:
-    if arch not in CONV_PLANS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(CONV_PLANS)}")
+    """The ``arch`` network for (C, H, W) inputs; the shape is checked before any layer is
+    allocated (:func:`feature_map_shapes`)."""
+    shapes = feature_map_shapes(arch, tuple(input_shape))
     conv_plan, hidden = CONV_PLANS[arch]
-    channels, height, width = input_shape
+    channels = input_shape[0]
     modules: list[nn.Module] = []
     for item in conv_plan:
         if item == "A":
             modules.append(nn.AvgPool2d(2))
-            height, width = height // 2, width // 2
         else:
             modules += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
                         NQActivation(levels, noise, init_threshold)]
             channels = item
     modules.append(nn.Flatten())
-    features = channels * height * width
+    features = shapes[-1][0] * shapes[-1][1] * shapes[-1][2]
     for size in hidden:
         modules += [nn.Linear(features, size), NQActivation(levels, noise, init_threshold)]
         features = size

@@ -1,40 +1,66 @@
 """The pipeline's configuration: typed, frozen, validated before any work.
 
 A config file (``deploy.yaml``) is a YAML mapping of sections to mappings of
-keys. It is read with :func:`yaml.safe_load` (no arbitrary Python objects),
-then every key is checked against the schema below:
+keys. It is read defensively, before any schema check:
+
+* at most :data:`MAX_CONFIG_BYTES`, a regular file, UTF-8 text without NUL bytes;
+* with a :class:`yaml.SafeLoader` subclass (no arbitrary Python objects) that
+  refuses anchors and aliases (a "billion laughs" file stops at its first
+  anchor, before anything is expanded), refuses nesting deeper than
+  :data:`MAX_YAML_DEPTH` (instead of a RecursionError), and refuses a key that
+  appears twice in one mapping (naming both lines: a second ``train:`` section
+  would otherwise silently replace the first).
+
+Then every key is checked against the schema below:
 
 * an unknown section or key is an error that names it and suggests the
   closest known name (``difflib``);
 * a value of the wrong type is an error (ints must be ints, and ``bool`` is
   not an int; floats accept ints; strings must be strings);
-* a value out of range is an error that states the allowed range or choices.
+* a value out of range is an error that states the allowed range or choices;
+* a path (``data.root``, ``run.dir``, ``run.net``) must be a non-empty string
+  without NUL characters, within the operating system's length limits.
+  Whether it exists, or is a directory, is checked by the stage that uses it.
 
-All problems found are reported together in one :class:`ConfigError`, each
-naming its key as ``section.key``. Command-line overrides
+All problems found are reported together in one :class:`ConfigError` (one
+line; each problem names its key as ``section.key``). Command-line overrides
 (``--set section.key=value``) are applied before validation; their value is
-parsed with :func:`yaml.safe_load`, so ``nq.noise=false`` is a bool and
+parsed by the same YAML loader, so ``nq.noise=false`` is a bool and
 ``train.lr=0.1`` a float.
 
-Relative paths (``data.root``, ``run.dir``) are relative to the current
-working directory.
+Relative paths are relative to the current working directory.
+:func:`json_schema` gives a JSON Schema of the file for editors
+(``deploy.schema.json``, kept up to date by a test).
 """
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
+from hardware.energy import ENERGY_CONSTANTS, EnergyConfigError, check_override
 from hardware.errors import ToolkitError
-from hardware.energy import ENERGY_CONSTANT_NAMES
 from hardware.ir import READOUTS
 from hardware.spec import LOIHI2
+
+#: deploy.yaml is 4 kB; a file 16 times that is not a config (and is not read into memory,
+#: nor handed to the pure-Python YAML parser, which needs seconds for a few hundred kB).
+MAX_CONFIG_BYTES = 64 << 10
+#: Longest ``--set`` override accepted.
+MAX_OVERRIDE_CHARS = 4096
+#: Deepest YAML nesting accepted (a config needs 3: file, section, value).
+MAX_YAML_DEPTH = 16
+#: Linux limits (PATH_MAX includes the terminating NUL; NAME_MAX per component), in bytes.
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
 
 
 class ConfigError(ToolkitError, ValueError):
@@ -59,11 +85,35 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters: a 5000-character value must not become the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _path_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a path on this OS, or None."""
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long; paths are limited to {MAX_PATH_BYTES} bytes"
+    for part in value.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            return (f"has a component {_short_repr(part, 30)} longer than {MAX_NAME_BYTES} bytes "
+                    f"(the file-name limit)")
+    return None
+
+
+_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a non-empty string", "path": "a path (non-empty string)"}
+
+
 @dataclass(frozen=True)
 class _Rule:
     """How one key is checked.
 
-    kind: 'int' | 'float' | 'bool' | 'str' | 'choice'
+    kind: 'int' | 'float' | 'bool' | 'str' | 'path' | 'choice'
     lo/hi: bounds (inclusive unless lo_open/hi_open); choices for 'choice'.
     nullable: ``null`` is allowed (means "use the default location").
     """
@@ -79,43 +129,48 @@ class _Rule:
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        base = {"int": "an integer", "float": "a number", "bool": "true or false",
-                "str": "a non-empty string"}[self.kind]
         parts = []
         if self.lo is not None:
             parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
         if self.hi is not None:
             parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
-        if parts:
-            base += " " + " and ".join(parts)
-        if self.nullable:
-            base += " or null"
-        return base
+        base = " ".join([_KIND_NAMES[self.kind]] + [" and ".join(parts)] * bool(parts))
+        return base + " or null" if self.nullable else base
 
     def check(self, value: Any) -> Any:
         """Return the (possibly converted) value or raise :class:`_Invalid`."""
         if value is None and self.nullable:
             return None
-        bad = _Invalid(f"must be {self.describe()}, got {value!r} ({_type_name(value)})")
+        bad = _Invalid(f"must be {self.describe()}, got {_short_repr(value)} ({_type_name(value)})")
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise bad
             return value
-        if self.kind in ("str", "choice"):
-            if not isinstance(value, str) or not value:
-                raise bad
-            if self.kind == "choice" and value not in self.choices:
-                close = difflib.get_close_matches(value, self.choices, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise _Invalid(f"must be {self.describe()}, got {value!r}{hint}")
-            return value
-        # numbers: bool is a subclass of int but never a valid number here
+        if self.kind in ("str", "path", "choice"):
+            return self._check_text(value, bad)
+        return self._check_number(value, bad)
+
+    def _check_text(self, value: Any, bad: _Invalid) -> str:
+        if not isinstance(value, str) or not value:
+            raise bad
+        if self.kind == "path":
+            problem = _path_problem(value)
+            if problem:
+                raise _Invalid(f"{problem} (got {_short_repr(value)})")
+        if self.kind == "choice" and value not in self.choices:
+            close = difflib.get_close_matches(value, self.choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _Invalid(f"must be {self.describe()}, got {_short_repr(value)}{hint}")
+        return value
+
+    def _check_number(self, value: Any, bad: _Invalid) -> Any:
+        # bool is a subclass of int but never a valid number here
         if isinstance(value, bool):
             raise bad
         if self.kind == "int":
             if not isinstance(value, int):
                 raise bad
-        elif self.kind == "float":
+        else:
             if not isinstance(value, (int, float)):
                 raise bad
             value = float(value)
@@ -126,6 +181,24 @@ class _Rule:
         if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
             raise bad
         return value
+
+    def json_schema(self) -> dict[str, Any]:
+        """This rule as a JSON Schema fragment (for editor completion)."""
+        if self.kind == "choice":
+            return {"enum": list(self.choices)}
+        out: dict[str, Any] = {"type": {"int": "integer", "float": "number", "bool": "boolean",
+                                        "str": "string", "path": "string"}[self.kind]}
+        if self.kind in ("str", "path"):
+            out["minLength"] = 1
+        if self.kind == "path":
+            out.update(maxLength=MAX_PATH_BYTES, pattern="^[^\\u0000]*$")
+        if self.lo is not None:
+            out["exclusiveMinimum" if self.lo_open else "minimum"] = self.lo
+        if self.hi is not None:
+            out["exclusiveMaximum" if self.hi_open else "maximum"] = self.hi
+        if self.nullable:
+            out["type"] = [out["type"], "null"]
+        return out
 
 
 def _f(default: Any, rule: _Rule, doc: str) -> Any:
@@ -146,7 +219,7 @@ DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _f("digits", _Rule("choice", choices=DATASETS), "dataset")
-    root: Optional[str] = _f(None, _Rule("str", nullable=True),
+    root: Optional[str] = _f(None, _Rule("path", nullable=True),
                              "dataset directory; null = the dataset's default location")
     val_fraction: float = _f(0.1, _Rule("float", lo=0.0, hi=0.5, lo_open=True, hi_open=True),
                              "fraction of the training set held out for validation")
@@ -212,17 +285,16 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    dir: str = _f("runs/digits", _Rule("str"), "output directory of this run")
+    dir: str = _f("runs/digits", _Rule("path"), "output directory of this run")
     backend: str = _f("loihi2-sim", _Rule("choice", choices=("loihi2-sim", "loihi2-hw")),
                       "Lava backend")
     lava_samples: int = _f(100, _Rule("int", lo=1, hi=10_000_000),
                            "test samples run through Lava")
     probes: bool = _f(True, _Rule("bool"), "record spikes/ops per layer and step")
-    net: Optional[str] = _f(None, _Rule("str", nullable=True),
+    net: Optional[str] = _f(None, _Rule("path", nullable=True),
                             "the .net file `run` executes (null: <run.dir>/model.net)")
 
 
-_ENERGY_VALUE = _Rule("float", lo=0.0, lo_open=True)
 _ENERGY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -230,9 +302,8 @@ _ENERGY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class EnergyConfig(Mapping):
     """Read-only mapping of energy-constant overrides, name -> positive float.
 
-    Names are checked by the energy model (which knows its constants); here
-    only their form (identifier) and the values (finite, > 0) are checked.
-    Stored as a sorted tuple so the config stays hashable and picklable."""
+    Names and values are checked by the energy model (which knows its
+    constants). Stored as a sorted tuple so the config stays hashable."""
 
     constants: tuple = ()
 
@@ -303,7 +374,132 @@ class Config:
 
 
 # --------------------------------------------------------------------------
-# Loading and validation
+# Reading YAML defensively
+# --------------------------------------------------------------------------
+
+class _Refused(yaml.YAMLError):
+    """Internal: YAML that parses but that a config must not contain."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases and with bounded nesting.
+
+    Refusing at compose time means nothing is expanded or built before the
+    refusal: a billion-laughs document fails at its first anchor."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    # Nesting is refused while scanning, at the first bracket or indentation too deep: the
+    # scanner's cost grows with the depth (simple-key bookkeeping per flow level).
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise _Refused(self._too_deep(self.line + 1))
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column):
+        if self.indent < column and len(self.indents) >= MAX_YAML_DEPTH:
+            raise _Refused(self._too_deep(self.line + 1))
+        return super().add_indent(column)
+
+    @staticmethod
+    def _too_deep(line: int) -> str:
+        return (f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels; a config is a "
+                f"mapping of sections to mappings of keys")
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(f"line {line}: YAML anchors and aliases (&{event.anchor}, "
+                           f"*{event.anchor}) are not allowed in a config; write the value out")
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(self._too_deep(line))
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> Optional[str]:
+    """The first key that appears twice in one mapping of ``node``, described, or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                ident = (key_node.tag, key_node.value)
+                name = f"{path}{key_node.value}"
+                if ident in seen:
+                    return (f"duplicate key {name!r} at lines {seen[ident]} and {line} (the "
+                            f"second would silently replace the first; merge them)")
+                seen[ident] = line
+                sub = _duplicate_keys(value_node, name + ".")
+            else:
+                sub = _duplicate_keys(value_node, path)
+            if sub:
+                return sub
+    elif isinstance(node, yaml.SequenceNode):
+        return next(filter(None, (_duplicate_keys(item, path) for item in node.value)), None)
+    return None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line (PyYAML's own messages span several)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f"{exc.context}: " if exc.context else ""
+        return f"{context}{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+def _parse_yaml(text: str) -> Any:
+    """Parse one YAML document with :class:`_ConfigLoader`; raise :class:`_Refused`
+    or another :class:`yaml.YAMLError` for anything a config must not be."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicate = _duplicate_keys(node)
+        if duplicate:
+            raise _Refused(duplicate)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _read_config_text(p: Path) -> str:
+    """The file's text, after checking it is a regular, not-too-large, UTF-8, NUL-free file."""
+    try:
+        info = p.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config {p} is not a regular file"
+                              f"{' (it is a directory)' if stat.S_ISDIR(info.st_mode) else ''}")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {p} is {info.st_size} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        with p.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p} (pass --config PATH)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:  # the file grew after stat
+        raise ConfigError(f"config {p} is larger than {MAX_CONFIG_BYTES} bytes")
+    if b"\x00" in data:
+        raise ConfigError(f"config {p} contains NUL bytes: it is a binary file, not YAML text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start})") from None
+
+
+# --------------------------------------------------------------------------
+# Validation
 # --------------------------------------------------------------------------
 
 def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
@@ -311,47 +507,56 @@ def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
+def _parse_override_value(text: str, rhs: str) -> Any:
+    if len(rhs) > MAX_OVERRIDE_CHARS:
+        raise ConfigError(f"override {text[:40]!r}…: value is {len(rhs)} characters; at most "
+                          f"{MAX_OVERRIDE_CHARS}")
+    try:
+        return _parse_yaml(rhs) if rhs.strip() else None
+    except _Refused as exc:
+        raise ConfigError(f"override {_short_repr(text)}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {_short_repr(text)}: value {_short_repr(rhs)} is not valid YAML "
+                          f"({_yaml_problem(exc)})") from None
+
+
 def _parse_override(text: str) -> tuple[str, str, Any]:
     """``section.key=value`` -> (section, key, yaml-parsed value)."""
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"malformed override {text!r}: expected section.key=value "
+        raise ConfigError(f"malformed override {_short_repr(text)}: expected section.key=value "
                           f"(e.g. train.lr=0.1)")
     lhs, rhs = text.split("=", 1)
     parts = lhs.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"malformed override {text!r}: the key must be section.key "
-                          f"(e.g. nq.noise=false), got {lhs.strip()!r}")
+        raise ConfigError(f"malformed override {_short_repr(text)}: the key must be section.key "
+                          f"(e.g. nq.noise=false), got {_short_repr(lhs.strip())}")
     section, key = parts
     if section not in _SECTIONS:
-        raise ConfigError(f"override {text!r}: unknown section {section!r}"
+        raise ConfigError(f"override {_short_repr(text)}: unknown section {section!r}"
                           f"{_suggest(section, list(_SECTIONS))}; sections are "
                           f"{', '.join(_SECTIONS)}")
     cls = _SECTIONS[section]
     if cls is not EnergyConfig:
         known = [f.name for f in fields(cls)]
         if key not in known:
-            raise ConfigError(f"override {text!r}: unknown key {section}.{key}"
+            raise ConfigError(f"override {_short_repr(text)}: unknown key {section}.{key}"
                               f"{_suggest(key, known, section + '.')}; keys of {section} "
                               f"are {', '.join(known)}")
-    try:
-        value = yaml.safe_load(rhs) if rhs.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value {rhs!r} is not valid YAML ({exc})") from None
-    return section, key, value
+    return section, key, _parse_override_value(text, rhs)
 
 
-def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
-    where = f"{source}: " if source else ""
+def _raw_sections(raw: Any, where: str, problems: list[str]) -> dict[str, dict[Any, Any]]:
+    """``{section: {key: value}}`` from the parsed file; structural problems go to ``problems``."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}the config must be a mapping of sections "
                           f"({', '.join(_SECTIONS)}), got {_type_name(raw)}")
-    problems: list[str] = []
-    merged: dict[str, dict[str, Any]] = {}
+    merged: dict[str, dict[Any, Any]] = {}
     for sec, body in raw.items():
         if not isinstance(sec, str) or sec not in _SECTIONS:
-            problems.append(f"unknown section {sec!r}{_suggest(str(sec), list(_SECTIONS))}; "
+            problems.append(f"unknown section {_short_repr(sec)}"
+                            f"{_suggest(str(sec), list(_SECTIONS))}; "
                             f"sections are {', '.join(_SECTIONS)}")
             continue
         if body is None:  # "energy:" with everything commented out
@@ -360,87 +565,94 @@ def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
             problems.append(f"section {sec} must be a mapping of keys, got {_type_name(body)}")
             continue
         merged[sec] = dict(body)
+    return merged
+
+
+def _energy_section(body: Mapping, problems: list[str]) -> EnergyConfig:
+    items = []
+    for name, value in body.items():
+        if not isinstance(name, str) or not _ENERGY_NAME.match(name):
+            problems.append(f"energy.{str(name)[:60]}: an energy constant name must be an "
+                            f"identifier (letters, digits, _)")
+            continue
+        try:
+            items.append((name, check_override(name, value)))
+        except EnergyConfigError as exc:
+            problems.append(str(exc))
+    return EnergyConfig(tuple(sorted(items)))
+
+
+def _typed_section(sec: str, cls: type, body: Mapping, problems: list[str]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in body.items():
+        if key not in known:
+            hint = _suggest(str(key), list(known), sec + ".")
+            problems.append(f"unknown key {sec}.{str(key)[:60]}{hint}; "
+                            f"keys of {sec} are {', '.join(known)}")
+            continue
+        try:
+            kwargs[key] = known[key].metadata["rule"].check(value)
+        except _Invalid as exc:
+            problems.append(f"{sec}.{key} {exc}")
+    return None if problems else cls(**kwargs)
+
+
+def _cross_key_problems(cfg: Config) -> list[str]:
+    if cfg.eval.timesteps < cfg.snn.timesteps:
+        return [f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps "
+                f"({cfg.snn.timesteps}): the largest reported T must cover the T used for "
+                f"model selection"]
+    return []
+
+
+def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
+    where = f"{source}: " if source else ""
+    problems: list[str] = []
+    merged = _raw_sections(raw, where, problems)
     if isinstance(overrides, str):  # a lone string would be iterated per character
         overrides = [overrides]
     for ov in overrides:
         section, key, value = _parse_override(ov)
         merged.setdefault(section, {})[key] = value
-
-    sections: dict[str, Any] = {}
+    sections = {}
     for sec, cls in _SECTIONS.items():
         body = merged.get(sec, {})
         if cls is EnergyConfig:
-            items = []
-            for name, value in body.items():
-                if not isinstance(name, str) or not _ENERGY_NAME.match(name):
-                    problems.append(f"energy.{name}: an energy constant name must be an "
-                                    f"identifier (letters, digits, _)")
-                    continue
-                if name not in ENERGY_CONSTANT_NAMES:
-                    close = difflib.get_close_matches(name, ENERGY_CONSTANT_NAMES, n=1, cutoff=0.6)
-                    hint = f" (did you mean energy.{close[0]}?)" if close else ""
-                    problems.append(f"energy.{name}: unknown energy constant{hint}; known: "
-                                    f"{', '.join(ENERGY_CONSTANT_NAMES)}")
-                    continue
-                try:
-                    items.append((name, _ENERGY_VALUE.check(value)))
-                except _Invalid as exc:
-                    problems.append(f"energy.{name} {exc}")
-            sections[sec] = EnergyConfig(tuple(sorted(items)))
-            continue
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, value in body.items():
-            if key not in known:
-                hint = _suggest(str(key), list(known), sec + ".")
-                problems.append(f"unknown key {sec}.{key}{hint}; "
-                                f"keys of {sec} are {', '.join(known)}")
-                continue
-            try:
-                kwargs[key] = known[key].metadata["rule"].check(value)
-            except _Invalid as exc:
-                problems.append(f"{sec}.{key} {exc}")
-        if not problems:
-            sections[sec] = cls(**kwargs)
-
+            sections[sec] = _energy_section(body, problems)
+        else:
+            sections[sec] = _typed_section(sec, cls, body, problems)
     if not problems:
         cfg = Config(**sections, source=source)
-        # Cross-key rule: the reported T sweep must include the selection T.
-        if cfg.eval.timesteps < cfg.snn.timesteps:
-            problems.append(f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps "
-                            f"({cfg.snn.timesteps}): the largest reported T must cover the T "
-                            f"used for model selection")
-        else:
+        problems = _cross_key_problems(cfg)
+        if not problems:
             return cfg
     if len(problems) == 1:
         raise ConfigError(where + problems[0], problems)
-    raise ConfigError(f"{where}{len(problems)} problems in the config:\n  - "
-                      + "\n  - ".join(problems), problems)
+    # one line: the CLI prints every error as a single "error: ..." line
+    raise ConfigError(f"{where}{len(problems)} problems in the config: " + "; ".join(problems),
+                      problems)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read ``path`` (YAML), apply ``section.key=value`` overrides, validate.
 
     Missing keys take their defaults; an empty file is the default config.
-    Raises :class:`ConfigError` naming the offending key or override."""
+    Raises :class:`ConfigError` naming the file and the offending key or override."""
     p = Path(path)
+    text = _read_config_text(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p} (pass --config PATH)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = _parse_yaml(text)
+    except _Refused as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
     return _build(raw, overrides, str(p))
 
 
-def default_config() -> Config:
-    """The config with every key at its default."""
-    return Config()
-
+# --------------------------------------------------------------------------
+# Schema descriptions
+# --------------------------------------------------------------------------
 
 def describe_schema() -> dict[str, dict[str, tuple[Any, str, str]]]:
     """``{section: {key: (default, allowed, doc)}}``: used to check that
@@ -453,3 +665,41 @@ def describe_schema() -> dict[str, dict[str, tuple[Any, str, str]]]:
         out[sec] = {f.name: (f.default, f.metadata["rule"].describe(), f.metadata["doc"])
                     for f in fields(cls)}
     return out
+
+
+def _energy_json_schema() -> dict[str, Any]:
+    props = {c.name: {"type": "number", "exclusiveMinimum": 0,
+                      "description": f"{c.unit}; default {c.value:g}; {c.source}"}
+             for c in ENERGY_CONSTANTS}
+    return {"type": ["object", "null"], "additionalProperties": False, "properties": props,
+            "description": "energy-constant overrides (name: positive number)"}
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) of deploy.yaml, for editor completion and checks.
+
+    The validator above is the authority; this schema mirrors its rules (it
+    cannot express the cross-key rule eval.timesteps >= snn.timesteps)."""
+    sections: dict[str, Any] = {}
+    for sec, cls in _SECTIONS.items():
+        if cls is EnergyConfig:
+            sections[sec] = _energy_json_schema()
+            continue
+        props = {}
+        for f in fields(cls):
+            rule: _Rule = f.metadata["rule"]
+            default = None if f.default is MISSING else f.default
+            props[f.name] = {**rule.json_schema(), "default": default,
+                             "description": f.metadata["doc"]}
+        sections[sec] = {"type": ["object", "null"], "additionalProperties": False,
+                         "properties": props}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "nqloihi pipeline configuration (deploy.yaml)",
+            "type": ["object", "null"], "additionalProperties": False, "properties": sections}
+
+
+def json_schema_text() -> str:
+    """:func:`json_schema` as the text of ``deploy.schema.json`` (regenerate that file with
+    ``python -c "from pipeline.config import json_schema_text as t; open('deploy.schema.json',
+    'w').write(t())"``)."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from hardware.errors import ToolkitError
+from models.architectures import CONV_PLANS, min_input_side
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,13 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+#: Largest IDX payload read, in bytes (Fashion-MNIST's training images are 47 MB).
+MAX_IDX_BYTES = 1 << 28
+#: Largest CIFAR-10 batch file read, in bytes (the real ones are 31 MB).
+MAX_CIFAR_BATCH_BYTES = 1 << 27
+#: The smallest image side any architecture accepts (its pooling must leave at least a pixel).
+MIN_IMAGE_SIDE = min(min_input_side(arch) for arch in CONV_PLANS)
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/ format description):
 # data are big-endian.
@@ -128,33 +138,75 @@ def _make_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
 # IDX (MNIST, Fashion-MNIST)
 # --------------------------------------------------------------------------
 
+def _open_maybe_gzip(fh: BinaryIO) -> BinaryIO:
+    """``fh`` itself, or a decompressing reader over it if it starts with the gzip magic.
+
+    The reader decompresses only as much as is read from it, so a gzip bomb
+    costs no more than the (capped) size its IDX header declares."""
+    magic = fh.read(2)
+    fh.seek(0)
+    return gzip.GzipFile(fileobj=fh, mode="rb") if magic == b"\x1f\x8b" else fh
+
+
+def _idx_header(stream: BinaryIO, p: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{p} is not an IDX file (bad magic {head.hex() or 'empty'})")
+    dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+    dims = stream.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
+        raise DatasetError(f"{p}: truncated IDX header ({4 + len(dims)} bytes, ndim={ndim})")
+    return dtype, tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+
+
+def _read_up_to(stream: BinaryIO, size: int, chunk: int = 1 << 20) -> bytes:
+    """At most ``size`` bytes, read in chunks: memory follows what the file really holds, not
+    what its header claims (``read(size)`` would allocate ``size`` bytes up front)."""
+    out = bytearray()
+    while len(out) < size:
+        part = stream.read(min(chunk, size - len(out)))
+        if not part:
+            break
+        out += part
+    return bytes(out)
+
+
+def _idx_payload(stream: BinaryIO, p: Path, expected: int, shape: tuple, dtype: np.dtype) -> bytes:
+    if expected > MAX_IDX_BYTES:
+        raise DatasetError(f"{p}: the IDX header declares shape {shape} of {dtype.name}, "
+                           f"{expected} bytes, more than the {MAX_IDX_BYTES}-byte limit "
+                           f"of one dataset file")
+    raw = _read_up_to(stream, expected)
+    extra = len(stream.read(1))   # one byte more is enough to know the file is too long
+    if len(raw) != expected or extra:
+        raise DatasetError(f"{p}: IDX payload is {len(raw) + extra}{'+' * extra} bytes but the "
+                           f"header (shape {shape}, {dtype.name}) needs {expected}: the file is "
+                           f"{'too long' if extra else 'truncated'}")
+    return raw
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed, detected by its magic).
 
     Layout: 2 zero bytes, a type code, the number of dimensions d, d
     big-endian uint32 sizes, then prod(sizes) big-endian values. A file whose
-    payload is shorter or longer than its header says is malformed."""
+    payload is shorter or longer than its header says is malformed; a header
+    declaring more than :data:`MAX_IDX_BYTES` is refused before anything is
+    allocated or decompressed."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        if not p.is_file():
+            raise DatasetError(f"IDX file {p} is not a regular file")
+        with p.open("rb") as fh:
+            stream = _open_maybe_gzip(fh)
+            dtype, shape = _idx_header(stream, p)
+            expected = math.prod(shape) * dtype.itemsize   # Python ints: no overflow
+            raw = _idx_payload(stream, p, expected, shape, dtype)
+    except DatasetError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"cannot read IDX file {p}: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{p} is not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DatasetError(f"{p}: truncated IDX header ({len(raw)} bytes, ndim={ndim})")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DatasetError(f"{p}: IDX payload is {len(raw) - header} bytes but the header "
-                           f"(shape {shape}, {dtype.name}) needs {expected}: the file is "
-                           f"{'truncated' if len(raw) - header < expected else 'too long'}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(
-        dtype.newbyteorder("="))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _idx_candidates(root: Path, stem: str) -> list[Path]:
@@ -173,6 +225,23 @@ def _how_to_get(name: str) -> str:
                 f"{FASHION_MNIST_DEFAULT_ROOT}) or place the IDX files in a directory and "
                 "set data.root to it")
     return "place the IDX files (as .gz or uncompressed) in a directory and set data.root to it"
+
+
+def _check_idx_pair(x: np.ndarray, y: np.ndarray, x_path: Path, y_path: Path) -> None:
+    """Images (N, H, W) uint8, at least one, each side >= :data:`MIN_IMAGE_SIDE`;
+    N integer labels in 0..9."""
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise DatasetError(f"{x_path}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
+    if len(x) == 0:
+        raise DatasetError(f"{x_path}: the file holds no images (shape {x.shape})")
+    if min(x.shape[1:]) < MIN_IMAGE_SIDE:
+        raise DatasetError(f"{x_path}: images are {x.shape[1]}×{x.shape[2]} pixels; every "
+                           f"architecture needs at least {MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}")
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise DatasetError(f"{y_path}: expected {len(x)} integer labels, got {y.dtype} "
+                           f"shape {y.shape}")
+    if y.min() < 0 or y.max() > 9:
+        raise DatasetError(f"{y_path}: labels must be 0..9, found {int(y.min())}..{int(y.max())}")
 
 
 def load_idx_dataset(root: str | Path, name: str) -> tuple[np.ndarray, ...]:
@@ -194,16 +263,8 @@ def load_idx_dataset(root: str | Path, name: str) -> tuple[np.ndarray, ...]:
             f"Nothing is downloaded.")
     arrays = {k: read_idx(p) for k, p in found.items()}
     for part in ("train", "test"):
-        x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-        if x.ndim != 3 or x.dtype != np.uint8:
-            raise DatasetError(f"{found[part + '_images']}: expected uint8 images (N, H, W), "
-                               f"got {x.dtype} {x.shape}")
-        if y.ndim != 1 or len(y) != len(x):
-            raise DatasetError(f"{found[part + '_labels']}: expected {len(x)} labels, got "
-                               f"shape {y.shape}")
-        if len(y) and (y.min() < 0 or y.max() > 9):
-            raise DatasetError(f"{found[part + '_labels']}: labels must be 0..9, found "
-                               f"{int(y.min())}..{int(y.max())}")
+        _check_idx_pair(arrays[f"{part}_images"], arrays[f"{part}_labels"],
+                        found[part + "_images"], found[part + "_labels"])
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DatasetError(f"{name}: train images {arrays['train_images'].shape[1:]} and test "
                            f"images {arrays['test_images'].shape[1:]} differ in size")
@@ -255,10 +316,16 @@ def _latin1_encode(text, encoding="utf-8"):
 
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        size = path.stat().st_size
+        if size > MAX_CIFAR_BATCH_BYTES:
+            raise DatasetError(f"{path}: {size} bytes, more than the {MAX_CIFAR_BATCH_BYTES}-byte "
+                               f"limit of a CIFAR-10 batch (the real ones are 31 MB)")
         with path.open("rb") as fh:
             # The official batches were written by Python 2: encoding="bytes"
             # keeps their str keys as bytes instead of guessing a codec.
             obj = _RestrictedUnpickler(fh, encoding="bytes").load()
+    except DatasetError:
+        raise
     except OSError as exc:
         raise DatasetError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
     except _Refused as exc:
@@ -342,11 +409,6 @@ def load_dataset(data_cfg, seed: int) -> DatasetSplits:
         xtr, ytr, xte, yte = load_cifar10(root)
         return _make_splits(name, xtr, ytr, xte, yte, 255.0, 10, frac, seed)
     raise DatasetError(f"unknown dataset {name!r}")
-
-
-def available_datasets() -> Sequence[str]:
-    """Names :func:`load_dataset` understands."""
-    return ("digits", "fashion-mnist", "mnist", "cifar10")
 
 
 # --------------------------------------------------------------------------

@@ -164,3 +164,176 @@ def test_arch_auto_resolves_per_dataset():
         assert Config.from_dict({"data": {"name": name}}).arch == arch
     assert Config.from_dict({"data": {"name": "cifar10"},
                              "model": {"arch": "cnn-small"}}).arch == "cnn-small"
+
+
+# ------------------------------------------------------------------ hostile YAML
+
+def one_line_error(path, overrides=()):
+    with pytest.raises(ConfigError) as ei:
+        load_config(path, list(overrides))
+    msg = str(ei.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("train:\n  lr: 0.1\nnq:\n  levels: 4\ntrain:\n  epochs: 3\n",
+     ["duplicate key 'train'", "lines 1 and 5"]),
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", ["duplicate key 'train.lr'", "lines 2 and 4"]),
+    ("train: {lr: 0.1, lr: 0.2}\n", ["duplicate key 'train.lr'", "lines 1 and 1"]),
+    ("energy:\n  synop_pj: 1\n  synop_pj: 2\n", ["'energy.synop_pj'", "lines 2 and 3"]),
+    ("train:\n  lr: 0.1\n'train':\n  epochs: 3\n", ["duplicate key 'train'", "lines 1 and 3"]),
+])
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path, text, needles):
+    msg = one_line_error(write(tmp_path, text))
+    for n in needles:
+        assert n in msg, (n, msg)
+    assert "c.yaml" in msg
+
+
+BILLION_LAUGHS = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n" + \
+    "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n"
+            for i in range(9))
+
+
+def bounded(fn):
+    """(seconds, peak bytes allocated by Python) while ``fn`` runs."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return elapsed, peak
+
+
+@pytest.mark.parametrize("text, needle", [
+    (BILLION_LAUGHS, "anchors and aliases"),
+    ("train:\n  lr: &x 0.1\n", "anchors and aliases"),
+    ("base: &b {lr: 0.1}\ntrain:\n  <<: *b\n", "anchors and aliases"),
+    ("train:\n  lr: " + "[" * 30_000 + "]" * 30_000 + "\n", "nested deeper than"),
+    ("".join(" " * i + f"k{i}:\n" for i in range(300)), "nested deeper than"),
+    ("a:\n" + "".join(" " * (i + 1) + "- \n" for i in range(300)), "nested deeper than"),
+    ("train: " + "{a: " * 15_000, "nested deeper than"),
+    ("train: [\n", "line 2"),
+    ("\ttrain: 1\n", "line 1"),
+], ids=["billion-laughs", "anchor", "merge-key", "deep-flow", "deep-block", "deep-list",
+        "deep-mapping", "unclosed", "tab"])
+def test_hostile_yaml_fails_fast_in_one_line(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    box = {}
+    elapsed, peak = bounded(lambda: box.setdefault("msg", one_line_error(path)))
+    assert needle in box["msg"] and "c.yaml" in box["msg"], box["msg"]
+    assert elapsed < 1.0 and peak < 64 << 20, (elapsed, peak)
+
+
+def test_file_that_is_not_a_yaml_text_file(tmp_path):
+    assert "not UTF-8" in one_line_error(write_bytes(tmp_path, b"train:\n  lr: \xff\xfe\n"))
+    assert "binary" in one_line_error(write_bytes(tmp_path, b"\x7fELF\x02\x01\x00\x00"))
+    assert "not a regular file" in one_line_error(tmp_path)
+    assert "not a regular file" in one_line_error(Path("/dev/zero"))
+    assert "not found" in one_line_error(tmp_path / "missing.yaml")
+    big = write(tmp_path, "# " + "x" * (64 << 10) + "\n", name="big.yaml")
+    assert "at most" in one_line_error(big) and "big.yaml" in one_line_error(big)
+    sparse = tmp_path / "sparse.yaml"
+    with sparse.open("wb") as fh:   # 10 GB of holes: refused by its size, never read
+        fh.truncate(10 << 30)
+    elapsed, _ = bounded(lambda: one_line_error(sparse))
+    assert elapsed < 0.5
+
+
+def write_bytes(tmp_path, data):
+    p = tmp_path / "b.yaml"
+    p.write_bytes(data)
+    return p
+
+
+def test_unreadable_file(tmp_path):
+    import os
+
+    p = write(tmp_path, "train: {}\n")
+    p.chmod(0)
+    if os.access(p, os.R_OK):  # running as root: permissions do not apply
+        pytest.skip("root can read a mode-000 file")
+    assert "cannot read config file" in one_line_error(p)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("energy.synop_pj={a: 1, a: 2}", "duplicate key 'a'"),
+    ("train.lr=&a 1", "anchors and aliases"),
+    ("train.lr=" + "[" * 2000 + "]" * 2000, "nested deeper than"),
+    ("train.lr=" + "1" * 5000, "at most 4096"),
+], ids=["duplicate", "anchor", "deep", "long"])
+def test_overrides_get_the_same_yaml_rules(override, needle):
+    msg = one_line_error(DEPLOY, [override])
+    assert needle in msg, msg
+
+
+def test_several_problems_are_one_line(tmp_path):
+    msg = one_line_error(write(tmp_path, "train:\n  lr: x\n  epochs: 0\n"))
+    assert msg.count("train.") >= 2 and "2 problems" in msg
+
+
+@pytest.mark.parametrize("section, key", [("run", "dir"), ("run", "net"), ("data", "root")])
+@pytest.mark.parametrize("value, needle", [
+    ('""', "non-empty"),
+    ('"runs/a\\0b"', "NUL"),
+    ('"' + "a/" * 2100 + '"', "4095 bytes"),
+    ('"runs/' + "x" * 300 + '"', "longer than 255 bytes"),
+    ("3", "path"),
+    ("[a, b]", "path"),
+])
+def test_path_values_are_checked_and_name_the_key(tmp_path, section, key, value, needle):
+    msg = one_line_error(write(tmp_path, f"{section}:\n  {key}: {value}\n"))
+    assert f"{section}.{key}" in msg and needle in msg, msg
+    assert len(msg) < 400  # a huge value is not echoed whole
+
+
+def test_valid_paths_are_kept():
+    cfg = load_config(DEPLOY, ["run.dir=/tmp/some dir/ü", "run.net=model.net",
+                               "data.root=" + "d/" * 100])
+    assert cfg.run.dir == "/tmp/some dir/ü" and cfg.run.net == "model.net"
+    assert load_config(DEPLOY, ["run.dir=" + "a" * 255]).run.dir == "a" * 255
+
+
+# ------------------------------------------------------------------ JSON Schema for editors
+
+SCHEMA_FILE = Path(DEPLOY).with_name("deploy.schema.json")
+
+
+def test_json_schema_file_is_up_to_date():
+    from pipeline.config import json_schema_text
+
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == json_schema_text(), (
+        "deploy.schema.json is stale; regenerate it: .venv/bin/python -c \"from pipeline.config "
+        "import json_schema_text as t; open('deploy.schema.json', 'w').write(t())\"")
+
+
+def test_json_schema_mirrors_the_validator():
+    from hardware.energy import ENERGY_CONSTANT_NAMES
+    from pipeline.config import DATASETS, json_schema
+
+    schema = json_schema()
+    props = schema["properties"]
+    assert schema["additionalProperties"] is False
+    for sec, keys in describe_schema().items():
+        assert props[sec]["additionalProperties"] is False
+        if sec == "energy":
+            assert set(props[sec]["properties"]) == set(ENERGY_CONSTANT_NAMES)
+            continue
+        assert set(props[sec]["properties"]) == set(keys)
+        for key, (default, _, doc) in keys.items():
+            assert props[sec]["properties"][key]["default"] == default
+            assert props[sec]["properties"][key]["description"] == doc
+    assert props["data"]["properties"]["name"]["enum"] == list(DATASETS)
+    levels = props["nq"]["properties"]["levels"]
+    assert (levels["type"], levels["minimum"], levels["maximum"]) == ("integer", 1, 256)
+    assert props["data"]["properties"]["val_fraction"]["exclusiveMaximum"] == 0.5
+    assert props["run"]["properties"]["net"]["type"] == ["string", "null"]
+    assert open(DEPLOY).readline().strip() == \
+        "# yaml-language-server: $schema=./deploy.schema.json"

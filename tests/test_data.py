@@ -148,7 +148,7 @@ def test_malformed_idx_files(tmp_path, payload, needle):
 def test_label_count_mismatch(tmp_path):
     write_idx_dir(tmp_path, gz=False)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
-    with pytest.raises(DatasetError, match="expected 10 labels"):
+    with pytest.raises(DatasetError, match="expected 10 integer labels"):
         load_dataset(data_cfg(name="mnist", root=str(tmp_path)), seed=0)
 
 
@@ -273,3 +273,175 @@ def test_augmentation_crops_flips_only_where_allowed_and_is_seeded():
     pd = torch.nn.functional.pad(src, (1,) * 4)
     for img, p in zip(d, pd):
         assert any(torch.equal(img, p[:, i:i + 8, j:j + 8]) for i in range(3) for j in range(3))
+
+
+# ------------------------------------------------------------------ hostile IDX files
+
+def idx_header(code: int, shape) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def fast_and_small(fn):
+    """Run ``fn``; return (seconds, peak bytes allocated by Python meanwhile)."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return elapsed, peak
+
+
+@pytest.mark.parametrize("shape", [(10**6, 10**4, 10**4), (2**32 - 1,) * 3, (2**32 - 1,) * 8])
+@pytest.mark.parametrize("gz", [False, True])
+def test_absurd_idx_header_is_refused_before_reading(tmp_path, shape, gz):
+    p = tmp_path / "train-images-idx3-ubyte"
+    raw = idx_header(0x08, shape) + b"\x00" * 64
+    p.write_bytes(gzip.compress(raw) if gz else raw)
+    box = {}
+
+    def read():
+        with pytest.raises(DatasetError) as ei:
+            read_idx(p)
+        box["msg"] = str(ei.value)
+
+    elapsed, peak = fast_and_small(read)
+    assert str(p) in box["msg"] and "limit" in box["msg"]
+    assert elapsed < 0.5 and peak < 1 << 20, (elapsed, peak)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_larger_than_the_file_is_truncated_not_allocated(tmp_path, gz):
+    p = tmp_path / "x"
+    raw = idx_header(0x08, (300_000, 28, 28)) + b"\x01" * 10   # claims 235 MB, holds 10 bytes
+    p.write_bytes(gzip.compress(raw) if gz else raw)
+    box = {}
+
+    def read():
+        with pytest.raises(DatasetError, match="truncated") as ei:
+            read_idx(p)
+        box["msg"] = str(ei.value)
+
+    elapsed, peak = fast_and_small(read)
+    assert str(p) in box["msg"] and peak < 8 << 20, peak
+
+
+def test_gzip_bomb_is_not_decompressed_beyond_the_declared_size(tmp_path):
+    # first gzip member: a valid header and payload for 10 images of 8x8; then 300 members of
+    # 1 MiB of zeros each (a 300 MiB stream in a file of a few hundred kB)
+    zeros = gzip.compress(b"\x00" * (1 << 20), compresslevel=9)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    p.write_bytes(gzip.compress(idx_header(0x08, (10, 8, 8)) + b"\x07" * 640) + zeros * 300)
+    assert p.stat().st_size < 1 << 20
+    box = {}
+
+    def read():
+        with pytest.raises(DatasetError) as ei:
+            read_idx(p)
+        box["msg"] = str(ei.value)
+
+    elapsed, peak = fast_and_small(read)
+    assert "too long" in box["msg"] and str(p) in box["msg"]
+    assert elapsed < 1.0 and peak < 8 << 20, (elapsed, peak)
+
+
+def test_zero_byte_bomb_without_header_fails_at_the_magic(tmp_path):
+    p = tmp_path / "bomb.gz"
+    p.write_bytes(gzip.compress(b"\x00" * (1 << 20)) * 100)
+    elapsed, _ = fast_and_small(lambda: pytest.raises(DatasetError, read_idx, p))
+    assert elapsed < 1.0
+
+
+def _mnist_dir_with(tmp_path, name, payload):
+    write_idx_dir(tmp_path, gz=False, hw=(8, 8))
+    (tmp_path / name).write_bytes(payload)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("name, payload, needle", [
+    ("t10k-images-idx3-ubyte", idx_header(0x08, (0, 8, 8)), "no images"),
+    ("train-images-idx3-ubyte", idx_header(0x08, (0, 8, 8)), "no images"),
+    ("train-images-idx3-ubyte", idx_header(0x08, (40, 2, 2)) + bytes(160), "2×2 pixels"),
+    ("train-images-idx3-ubyte", idx_header(0x08, (40, 8, 3)) + bytes(960), "8×3 pixels"),
+    ("train-images-idx3-ubyte", idx_header(0x0D, (40, 8, 8)) + bytes(40 * 64 * 4), "uint8 images"),
+    ("train-images-idx3-ubyte", idx_header(0x08, (40, 64)) + bytes(40 * 64), "uint8 images"),
+    ("train-labels-idx1-ubyte", idx_header(0x0D, (40,)) + bytes(160), "integer labels"),
+    ("train-labels-idx1-ubyte", idx_header(0x08, (40,)) + bytes([12] * 40), "0..9"),
+    ("train-labels-idx1-ubyte", b"\x00\x00\x07\x01" + bytes(44), "not an IDX"),
+    ("train-labels-idx1-ubyte", gzip.compress(idx_header(0x08, (40,)) + bytes(40))[:-9],
+     "cannot read IDX"),
+])
+def test_bad_idx_dataset_files_name_the_file(tmp_path, name, payload, needle):
+    bad = _mnist_dir_with(tmp_path, name, payload)
+    with pytest.raises(DatasetError) as ei:
+        load_dataset(data_cfg(name="mnist", root=str(tmp_path)), seed=0)
+    msg = str(ei.value)
+    assert needle in msg and str(bad) in msg and "\n" not in msg, msg
+
+
+def test_idx_path_that_is_a_directory(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DatasetError, match="not a regular file"):
+        read_idx(tmp_path / "d")
+
+
+def test_oversized_cifar_batch_is_refused_by_size(tmp_path):
+    write_cifar(tmp_path)
+    big = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    with big.open("r+b") as fh:   # sparse: nothing is written, the size is what is checked
+        fh.truncate(1 << 30)
+    with pytest.raises(DatasetError, match="limit") as ei:
+        load_dataset(data_cfg(name="cifar10", root=str(tmp_path)), seed=0)
+    assert str(big) in str(ei.value)
+
+
+# ------------------------------------------------------------------ architecture vs. input shape
+
+def test_feature_map_shapes_without_building():
+    from models.architectures import feature_map_shapes, min_input_side
+
+    assert feature_map_shapes("cnn-small", (1, 8, 8)) == [
+        (16, 8, 8), (32, 8, 8), (32, 4, 4), (32, 4, 4), (32, 2, 2)]
+    assert feature_map_shapes("vgg-small", (1, 28, 28))[-1] == (128, 3, 3)
+    assert (min_input_side("cnn-small"), min_input_side("vgg-small"),
+            min_input_side("vgg16")) == (4, 8, 32)
+
+
+@pytest.mark.parametrize("arch, shape", [("vgg16", (1, 8, 8)), ("vgg16", (3, 31, 32)),
+                                         ("vgg-small", (1, 7, 28)), ("cnn-small", (1, 2, 2))])
+def test_arch_too_deep_for_the_input_is_refused_before_building(monkeypatch, arch, shape):
+    from models import architectures
+
+    def no_layers(*_a, **_k):
+        raise AssertionError("a layer was built before the shape check")
+
+    monkeypatch.setattr(architectures.nn, "Conv2d", no_layers)
+    monkeypatch.setattr(architectures.nn, "Linear", no_layers)
+    with pytest.raises(architectures.ArchitectureError) as ei:
+        architectures.build_model(arch, shape, 10, 4)
+    msg = str(ei.value)
+    assert f"model.arch {arch}" in msg and str(shape) in msg and "\n" not in msg
+    assert isinstance(ei.value, ToolkitError)
+
+
+@pytest.mark.parametrize("arch, shape, needle", [("resnet", (1, 8, 8), "unknown architecture"),
+                                                 ("cnn-small", (8, 8), "(channels, height"),
+                                                 ("cnn-small", (1, 8.5, 8), "positive integers"),
+                                                 ("cnn-small", (0, 8, 8), "positive integers")])
+def test_bad_arch_or_shape(arch, shape, needle):
+    from models.architectures import ArchitectureError, build_model
+
+    with pytest.raises(ArchitectureError, match=needle.replace("(", r"\(")):
+        build_model(arch, shape, 10, 4)
+
+
+def test_smallest_accepted_inputs_build():
+    from models.architectures import build_model
+
+    assert build_model("cnn-small", (1, 4, 4), 10, 4)[-1].in_features == 32
+    assert build_model("vgg-small", (1, 8, 8), 10, 4)[-1].in_features == 256

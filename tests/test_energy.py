@@ -89,9 +89,42 @@ def test_override_changes_result_as_expected():
     assert e["ann_baseline"]["int8_pj"] == pytest.approx(12.0)
     flags = {c["name"]: c["overridden"] for c in e["constants"]}
     assert flags["synop_pj"] and not flags["spike_pj"]
-    static = energy_estimate(act, {"static_power_w": 0.5}, time_per_sample_s=1e-3)
-    assert static["by_operation"]["static"] == pytest.approx(0.5 * 1e-3 * 1e12)
-    assert "ann_baseline" not in static
+
+
+def test_static_energy_needs_power_step_time_and_steps():
+    _, act = tiny_activity()
+    both = {"static_power_w": 0.5, "step_time_s": 2e-6}
+    e = energy_estimate(act, both, steps_per_sample=7)
+    # 0.5 W × 2 µs × 7 steps = 7 µJ = 7e6 pJ, on top of the dynamic hand total
+    assert e["by_operation"]["static"] == pytest.approx(0.5 * 2e-6 * 7 * 1e12)
+    assert e["total_pj"] == pytest.approx(HAND_TOTAL + 7e6)
+    assert e["static_included"] is True and "included" in e["static_note"]
+    assert e["steps_per_sample"] == 7 and "ann_baseline" not in e
+    # doubling the steps doubles the static term only
+    assert energy_estimate(act, both, steps_per_sample=14)["total_pj"] == \
+        pytest.approx(HAND_TOTAL + 14e6)
+    for overrides, steps, missing in [({"static_power_w": 0.5}, 7, "energy.step_time_s"),
+                                      ({"step_time_s": 2e-6}, 7, "energy.static_power_w"),
+                                      ({}, 7, "energy.static_power_w and energy.step_time_s"),
+                                      (both, None, "steps per sample")]:
+        off = energy_estimate(act, overrides, steps_per_sample=steps)
+        assert off["total_pj"] == pytest.approx(HAND_TOTAL)
+        assert "static" not in off["by_operation"] and off["static_included"] is False
+        assert off["static_note"].startswith("static energy not included") and \
+            missing in off["static_note"], off["static_note"]
+
+
+def test_static_overrides_through_the_config_reach_the_estimate(tmp_path):
+    from pipeline.config import load_config
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("energy:\n  static_power_w: 0.25\n  step_time_s: 1.0e-5\n")
+    cfg = load_config(cfg_path, ["eval.timesteps=8"])
+    _, act = tiny_activity()
+    e = energy_estimate(act, dict(cfg.energy), steps_per_sample=cfg.eval.timesteps)
+    assert e["total_pj"] - HAND_TOTAL == pytest.approx(0.25 * 1e-5 * 8 * 1e12)
+    flags = {c["name"]: c["overridden"] for c in e["constants"]}
+    assert flags["static_power_w"] and flags["step_time_s"] and not flags["synop_pj"]
 
 
 @pytest.mark.parametrize("overrides, key", [({"synop_pjj": 1.0}, "energy.synop_pjj"),
