@@ -18,6 +18,17 @@ class NetxFormatError(ToolkitError, ValueError):
     """A .net (netx HDF5) file that is missing, corrupt or not loadable."""
 
 
+class LoihiRangeError(IRError, QuantizationError):
+    """An integer network value or shape that Loihi 2 (or netx + Lava) cannot hold.
+
+    The one error :mod:`hardware.validate` raises; its message names the layer,
+    the field, the value and the limit. It is an :class:`IRError` and a
+    :class:`QuantizationError` so that ``except`` sites written for either keep
+    working; :func:`hardware.netx_io.read_net` re-raises it as a
+    :class:`NetxFormatError` naming the file (the original is its ``__cause__``).
+    """
+
+
 class LavaBackendError(ToolkitError, RuntimeError):
     """A Lava backend that cannot run the requested network here."""
 

@@ -50,6 +50,7 @@ READOUTS = ("potential", "spikes")
 
 
 from .errors import IRError  # noqa: E402  (re-exported)
+from .spec import LOIHI2  # noqa: E402
 
 
 @dataclass
@@ -63,9 +64,9 @@ class Neuron:
 
     kind: str
     threshold: Union[float, int]
-    du: int = 4095
-    dv: int = 0
-    bias_exp: int = 6
+    du: int = LOIHI2.if_du
+    dv: int = LOIHI2.if_dv
+    bias_exp: int = LOIHI2.netx_bias_exp
 
     def __post_init__(self) -> None:
         if self.kind not in NEURON_KINDS:
@@ -105,12 +106,23 @@ class Conv:
 
     def output_shape(self, in_shape: tuple) -> tuple:
         c, h, w = in_shape
+        if np.ndim(self.weight) != 4:
+            raise IRError(f"layer {self.name}: conv weight must be 4-D, got shape "
+                          f"{np.shape(self.weight)}")
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0 \
+                or self.groups < 1:
+            raise IRError(f"layer {self.name}: stride {tuple(self.stride)}, dilation "
+                          f"{tuple(self.dilation)} and groups {self.groups} must be >= 1 and "
+                          f"padding {tuple(self.padding)} >= 0")
         kh, kw = self.weight.shape[2:]
         oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if c != self.weight.shape[1] * self.groups:
             raise IRError(f"layer {self.name}: input has {c} channels, weight expects "
                           f"{self.weight.shape[1] * self.groups}")
+        if oh < 1 or ow < 1:
+            raise IRError(f"layer {self.name}: a {kh}x{kw} kernel does not fit the input "
+                          f"{tuple(in_shape)}")
         return (self.weight.shape[0], oh, ow)
 
 
@@ -204,8 +216,6 @@ def readout_neuron(integer: bool) -> Neuron:
     du = 4095 (u = synaptic input, no memory), dv = 0 (v integrates) and a threshold it
     never reaches: +inf in the float form, the largest threshold mantissa in the integer
     form (the quantizer keeps |v| below it for every T it was quantized for)."""
-    from .spec import LOIHI2
-
     return Neuron(kind="cuba", threshold=LOIHI2.threshold_max if integer else math.inf,
                   du=LOIHI2.if_du, dv=LOIHI2.if_dv, bias_exp=LOIHI2.netx_bias_exp)
 

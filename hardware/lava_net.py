@@ -56,6 +56,7 @@ from . import ir
 from .errors import LavaBackendError
 from .lava_procs.if_soft.process import IFSoftReset
 from .spec import LOIHI2
+from .validate import check_neuron, project_limits, validate_network
 
 __all__ = ["LavaNetwork", "build_lava_network", "chw_to_whc", "neuron_params"]
 
@@ -71,25 +72,16 @@ class LavaNetwork:
 
     ``inp``: the first block's InPort (connect a source to it); ``out``: the
     last block's OutPort (connect a sink); ``layers``: the netx blocks in
-    order. ``reset_offsets[i]`` is the offset layer i resets at.
+    order. The same members as a stock ``netx.hdf5.Network`` that the runner uses.
     """
 
     inp: InPort
     out: OutPort
     layers: list
-    reset_interval: Optional[int]
-    reset_offsets: list
-
-    @property
-    def in_layer(self):
-        return self.layers[0]
 
     @property
     def out_layer(self):
         return self.layers[-1]
-
-    def __len__(self) -> int:
-        return len(self.layers)
 
 
 def neuron_params(layer_name: str, neuron: ir.Neuron, reset_interval: Optional[int],
@@ -97,21 +89,12 @@ def neuron_params(layer_name: str, neuron: ir.Neuron, reset_interval: Optional[i
     """netx's ``get_neuron_params`` dictionary for one IR neuron.
 
     ``cuba`` → ``LIF`` (no reset interval) or ``LIFReset``; ``if_soft`` →
-    :class:`IFSoftReset`. Values are checked against :data:`LOIHI2` so a
-    value that does not fit raises instead of being wrapped by Lava.
+    :class:`IFSoftReset`. Values are checked by :func:`hardware.validate.check_neuron`
+    (:func:`~hardware.validate.project_limits`) so a value that does not fit raises
+    :class:`LoihiRangeError` instead of being wrapped by Lava.
     """
+    check_neuron(neuron, layer_name, project_limits())
     vth = int(neuron.threshold)
-    if vth != neuron.threshold or not 0 <= vth <= LOIHI2.threshold_max:
-        raise LavaBackendError(f"layer {layer_name}: threshold mantissa {neuron.threshold!r} "
-                               f"is not an integer in [0, {LOIHI2.threshold_max}]")
-    for key in ("du", "dv"):
-        value = getattr(neuron, key)
-        if int(value) != value or not 0 <= int(value) <= LOIHI2.decay_max:
-            raise LavaBackendError(f"layer {layer_name}: {key}={value!r} is not an integer "
-                                   f"in [0, {LOIHI2.decay_max}]")
-    if neuron.bias_exp != LOIHI2.netx_bias_exp:
-        raise LavaBackendError(f"layer {layer_name}: bias_exp={neuron.bias_exp} but netx "
-                               f"always loads biases with exponent {LOIHI2.netx_bias_exp}")
     if neuron.kind == "cuba":
         proc = LIF if reset_interval is None else LIFReset
     elif neuron.kind == "if_soft":
@@ -130,36 +113,39 @@ def neuron_params(layer_name: str, neuron: ir.Neuron, reset_interval: Optional[i
     return params
 
 
-def _bias(layer, n_out: int) -> Optional[np.ndarray]:
-    if layer.bias is None:
-        return None
-    bias = np.asarray(layer.bias)
-    if not np.array_equal(bias, np.round(bias)):
-        raise LavaBackendError(f"layer {layer.name}: bias is not integer")
-    bias = bias.astype(int)  # NetDict casts 'bias' with astype(int)
-    if bias.min(initial=0) < LOIHI2.bias_min or bias.max(initial=0) > LOIHI2.bias_max:
-        raise LavaBackendError(f"layer {layer.name}: bias mantissa range "
-                               f"[{bias.min()}, {bias.max()}] exceeds "
-                               f"[{LOIHI2.bias_min}, {LOIHI2.bias_max}]")
-    return bias
+def _bias_kwargs(layer) -> dict:
+    return {} if layer.bias is None else {"bias": np.asarray(layer.bias).astype(int)}
 
 
-def _int_weight(layer) -> np.ndarray:
-    w = np.asarray(layer.weight)
-    if not np.array_equal(w, np.round(w)):
-        raise LavaBackendError(f"layer {layer.name}: weights are not integer")
-    w = w.astype(int)  # NetDict casts 'weight' with astype(int)
-    if w.min(initial=0) < LOIHI2.weight_min or w.max(initial=0) > LOIHI2.weight_max:
-        raise LavaBackendError(f"layer {layer.name}: weight range [{w.min()}, {w.max()}] "
-                               f"exceeds [{LOIHI2.weight_min}, {LOIHI2.weight_max}]")
-    if layer.weight_exp != 0:
-        # netx files carry no weight exponent for dense/conv layers (netx
-        # derives one itself from the weights), so a network that needs one
-        # cannot be expressed as netx loads it.
-        raise LavaBackendError(f"layer {layer.name}: weight_exp={layer.weight_exp} cannot be "
-                               f"expressed in a netx network (netx ignores a file weight "
-                               f"exponent); quantize with weight_exp 0")
-    return w
+def _block(layer, out_shape: tuple, params: dict, lava_in_shape: tuple,
+           input_message_bits: int):
+    """The netx Conv/Dense block of one IR layer, with netx's parameter transformations."""
+    w = np.asarray(layer.weight).astype(int)  # NetDict casts 'weight' with astype(int)
+    if isinstance(layer, ir.Conv):
+        return ConvBlock(
+            input_shape=lava_in_shape,
+            shape=chw_to_whc(out_shape),
+            neuron_params=params,
+            weight=w[:, :, ::-1, ::-1].transpose((0, 3, 2, 1)),
+            stride=np.asarray(layer.stride)[::-1],
+            padding=np.asarray(layer.padding)[::-1],
+            dilation=np.asarray(layer.dilation)[::-1],
+            groups=int(layer.groups),
+            input_message_bits=input_message_bits,
+            **_bias_kwargs(layer),
+        )
+    weight, num_weight_bits, weight_exponent, sign_mode = optimize_weight_bits(w)
+    return DenseBlock(
+        shape=(int(np.prod(out_shape)),),
+        neuron_params=params,
+        weight=weight,
+        num_weight_bits=num_weight_bits,
+        weight_exponent=weight_exponent,
+        sign_mode=sign_mode,
+        input_message_bits=input_message_bits,
+        sparse_synapse=False,
+        **_bias_kwargs(layer),
+    )
 
 
 def build_lava_network(net: ir.Network, reset_interval: Optional[int],
@@ -168,17 +154,15 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
 
     Layer i (0-based among Conv/Dense) resets at the start of steps ``t`` with
     ``t % reset_interval == (reset_offset + 1 + i) % reset_interval``
-    (``reset_interval=None``: never; cuba layers then use ``LIF``).
+    (``reset_interval=None``: never; cuba layers then use ``LIF``). Every value is
+    checked first by :func:`hardware.validate.validate_network` (``project_limits``:
+    8-bit weights, weight exponent 0 since netx derives the dense exponent itself).
     """
-    if not net.integer:
-        raise LavaBackendError("build_lava_network needs the integer IR (quantize it first)")
     if net.input.neuron is not None:
         raise LavaBackendError("this loader feeds the input straight into the first weighted "
                                "layer; an IR with an input neuron layer must be loaded with "
                                "stock netx (lava.lib.dl.netx.hdf5.Network)")
-    if net.input_bits is None or not 0 < int(net.input_bits) <= LOIHI2.graded_spike_max_bits:
-        raise LavaBackendError(f"input_bits={net.input_bits!r} must be in "
-                               f"[1, {LOIHI2.graded_spike_max_bits}]")
+    validate_network(net, project_limits())
     if reset_interval is not None and int(reset_interval) < 1:
         raise LavaBackendError(f"reset_interval must be >= 1, got {reset_interval}")
     if reset_offset < 0:
@@ -190,42 +174,15 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
     offset = reset_offset + 1  # netx: "time starts from 1 in hardware"
     flatten_next = False
     layers: list = []
-    offsets: list = []
     shapes = net.shapes()
     for layer, out_shape in zip(net.layers, shapes):
         if isinstance(layer, ir.Flatten):
             flatten_next = True
             continue
         params = neuron_params(layer.name, layer.neuron, reset_interval, offset)
-        w = _int_weight(layer)
-        if isinstance(layer, ir.Conv):
-            block = ConvBlock(
-                input_shape=layers[-1].shape if layers else lava_in_shape,
-                shape=chw_to_whc(out_shape),
-                neuron_params=params,
-                weight=w[:, :, ::-1, ::-1].transpose((0, 3, 2, 1)),
-                stride=np.asarray(layer.stride)[::-1],
-                padding=np.asarray(layer.padding)[::-1],
-                dilation=np.asarray(layer.dilation)[::-1],
-                groups=int(layer.groups),
-                input_message_bits=input_message_bits,
-                **({} if layer.bias is None else {"bias": _bias(layer, out_shape[0])}),
-            )
-        else:
-            weight, num_weight_bits, weight_exponent, sign_mode = optimize_weight_bits(w)
-            block = DenseBlock(
-                shape=(int(np.prod(out_shape)),),
-                neuron_params=params,
-                weight=weight,
-                num_weight_bits=num_weight_bits,
-                weight_exponent=weight_exponent,
-                sign_mode=sign_mode,
-                input_message_bits=input_message_bits,
-                sparse_synapse=False,
-                **({} if layer.bias is None else {"bias": _bias(layer, out_shape[0])}),
-            )
+        block = _block(layer, out_shape, params,
+                       layers[-1].shape if layers else lava_in_shape, input_message_bits)
         layers.append(block)
-        offsets.append(offset)
         offset += 1
         input_message_bits = block.output_message_bits
         if len(layers) > 1:
@@ -238,5 +195,4 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
         flatten_next = False
     if not layers:
         raise LavaBackendError("the network has no Conv/Dense layer")
-    return LavaNetwork(inp=layers[0].inp, out=layers[-1].out, layers=layers,
-                       reset_interval=reset_interval, reset_offsets=offsets)
+    return LavaNetwork(inp=layers[0].inp, out=layers[-1].out, layers=layers)

@@ -19,8 +19,21 @@ them back). Neuron parameters: ``vThMant = threshold``, ``iDecay = du + 1``,
 uses ``bias_exp = 6``). Everything netx does not read is kept in HDF5
 attributes, which netx ignores: on the root ``format_version``
 (:data:`NETX_FORMAT_VERSION`), ``project`` (``'nqloihi'``), ``ir_version``,
-``input_bits``, ``readout`` and ``provenance`` (a JSON string); on every layer
-group ``name``, ``neuron_kind``, ``weight_exp`` and ``bias_exp``.
+``input_bits``, ``readout`` and ``provenance`` (a JSON object as a string); on
+every layer group ``name``, ``neuron_kind``, ``weight_exp`` and ``bias_exp``.
+
+Self-describing for stock netx users: the root also carries the arguments
+stock ``netx.hdf5.Network`` needs and cannot find in the layers:
+``input_message_bits`` (the graded input's bits; netx's default 0 would
+silently turn the graded input into binary spikes), ``reset_interval`` (steps
+per sample, when the writer was told it) and ``reset_offset``
+(:data:`STOCK_RESET_OFFSET`), plus ``stock_netx_call``, the exact call as
+text, and ``stock_netx_note`` (how to feed and read the network).
+:func:`hardware.stock_netx.stock_network` builds that network.
+
+Writing is atomic: the file is written under a temporary name in the same
+directory, flushed to disk and renamed over the target, so a writer killed at
+any moment leaves the previous complete file or the new complete one.
 
 Readout: ``readout`` is one of :data:`hardware.ir.READOUTS`. Files without it
 (IR 1.0 files of this project, every file written by others) read back as
@@ -55,12 +68,22 @@ scaled to -256, which Lava's inhibitory clip turns into -255). :func:`write_net`
 checks exactly this and raises for the layers it cannot represent.
 
 Reading (:func:`read_net`): files written by :func:`write_net` come back as
-an identical IR. Other netx files (lava-dl's ``tiny.net``, ``mnist.net``,
+an identical IR. Every file is checked before anything large is read: only
+the expected keys are visited, links other than hard links (soft links, link
+cycles, external links) are refused, every dataset's type and declared size
+is checked against what it should hold, against what the file can store and
+against :data:`MAX_DATASET_ELEMENTS` / :data:`MAX_TOTAL_ELEMENTS`, and the
+layer shapes are checked against each other; then the network read is checked
+by :func:`hardware.validate.validate_network`, with
+:func:`~hardware.validate.project_limits` for this project's files and
+:func:`~hardware.validate.netx_limits` for others. Values are never truncated:
+a weight of 0.5, a bool or complex weight or a threshold of 1.5 is an error.
+Other netx files (lava-dl's ``tiny.net``, ``mnist.net``,
 PilotNet LIF) are mapped onto what netx + Lava actually compute: an input
 layer with a neuron becomes ``Input(shape, neuron=...)``; dense weights are
 the effective Lava integers ``W_eff`` with ``weight_exp`` = netx's weight
-exponent; conv weights and all biases are cast with ``astype(int)`` as
-``NetDict`` does; a dense layer without a neuron gets netx's default neuron.
+exponent; conv weights and biases must hold integers (``NetDict`` would
+truncate them with ``astype(int)``); a dense layer without a neuron gets netx's default neuron.
 Nothing is ever unpickled.
 """
 from __future__ import annotations
@@ -68,19 +91,23 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import h5py
 import numpy as np
 
-from .errors import IRError, NetxFormatError
+from .errors import IRError, LoihiRangeError, NetxFormatError
 from .ir import IR_VERSION, READOUTS, Conv, Dense, Flatten, Input, Network, Neuron
 from .spec import LOIHI2
+from .validate import (check_conv_geometry, integer_array, integer_scalar, netx_limits,
+                       project_limits, validate_network)
 
 __all__ = [
     "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
+    "STOCK_RESET_OFFSET", "MAX_DATASET_ELEMENTS", "MAX_TOTAL_ELEMENTS",
     "write_net", "read_net", "netx_dense_effective",
 ]
 
@@ -107,6 +134,28 @@ _UNSUPPORTED_LAYER_TYPES = ("pool", "average", "concat", "convT", "unpool",
 #: own expression ``1 << 18 - 1`` is ``1 << 17``.
 _NETX_DEFAULT_DENSE_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": 4096,
                               "vThMant": 1 << 17}
+#: what netx's slayer-style writers put in the neuron group besides the parameters
+#: (netx ignores ``refDelay``; ``gradedSpike`` False means binary output spikes).
+_NETX_REF_DELAY = 1
+
+#: ``reset_offset`` a stock netx user passes with ``reset_interval = T`` when
+#: sample k occupies source columns kT .. kT+T-1 (a RingBuffer sends column c at
+#: step c + 1): netx resets block i at steps t = offset + 1 + i (mod T), which is
+#: then the first step of block i's window (see :mod:`hardware.lava_runner`).
+STOCK_RESET_OFFSET = 1
+
+#: Sane limits checked before anything is read: no dataset (weights, biases) may
+#: declare more elements than this, nor all of them together more than
+#: MAX_TOTAL_ELEMENTS (a 784-512-512-10 net holds 0.7 M, a VGG-16 for CIFAR 15 M;
+#: one Loihi 2 chip holds 120 M synapses); a layer may not have more neurons than
+#: MAX_DATASET_ELEMENTS either.
+MAX_DATASET_ELEMENTS = 1 << 25
+MAX_TOTAL_ELEMENTS = 1 << 26
+#: at most this many layers, characters in a string attribute or dataset and
+#: values in a small dataset (shape, stride, a neuron parameter).
+_MAX_LAYERS = 4096
+_MAX_TEXT = 1 << 24
+_SMALL = 8
 
 PathLike = Union[str, Path]
 
@@ -133,7 +182,7 @@ def netx_dense_effective(weight: np.ndarray, layer: str = "dense"
     from lava.lib.dl.netx.utils import optimize_weight_bits
     from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
-    weight = np.asarray(weight).astype(int)  # as NetDict reads 'weight'
+    weight = integer_array(weight, layer, "weight")
     if not np.any(weight):
         raise NetxFormatError(
             f"layer {layer}: all-zero dense weight matrix; netx's "
@@ -155,32 +204,46 @@ def _dense_exact(weight: np.ndarray, layer: str) -> None:
     try:
         w_eff, exp = netx_dense_effective(weight, layer)
     except NetxFormatError as e:
-        raise IRError(str(e)) from None
-    if exp > 0 or not np.array_equal(w_eff, np.asarray(weight, dtype=np.int64) << -exp):
-        bad = np.argwhere(w_eff != (np.asarray(weight, dtype=np.int64) << max(-exp, 0)))
-        where = tuple(int(i) for i in bad[0]) if len(bad) else ()
-        raise IRError(
-            f"layer {layer}: netx + Lava cannot represent these dense weights "
-            f"exactly (weight{list(where)} = "
-            f"{int(np.asarray(weight)[where]) if where else '?'} becomes "
-            f"{int(w_eff[where]) if where else '?'} * 2**{exp}); a weight matrix "
-            f"without positive weights whose minimum is a negative power of two "
-            f"is scaled to -256 and clipped to -255 by Lava")
+        raise LoihiRangeError(str(e)) from None
+    w = np.asarray(weight, dtype=np.int64)
+    if exp <= 0 and np.array_equal(w_eff, w << -exp):
+        return
+    bad = np.argwhere(w_eff != (w << max(-exp, 0)))
+    where = tuple(int(i) for i in bad[0]) if len(bad) else ()
+    raise LoihiRangeError(
+        f"layer {layer}: netx + Lava cannot represent these dense weights "
+        f"exactly (weight{list(where)} = {int(w[where]) if where else '?'} becomes "
+        f"{int(w_eff[where]) if where else '?'} * 2**{exp}); a weight matrix "
+        f"without positive weights whose minimum is a negative power of two "
+        f"is scaled to -256 and clipped to -255 by Lava")
 
 
 # --------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------
 
-def _check_int_array(a: np.ndarray, what: str, layer: str, lo: int, hi: int) -> np.ndarray:
-    a = np.asarray(a)
-    if a.size and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
-        raise IRError(f"layer {layer}: {what} must be integers (integer IR)")
-    a = a.astype(np.int64)
-    if a.size and (a.min() < lo or a.max() > hi):
-        v = a.min() if a.min() < lo else a.max()
-        raise IRError(f"layer {layer}: {what} value {int(v)} outside [{lo}, {hi}]")
-    return a
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path``; renamed over it, durably, only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _write_str(group: h5py.Group, key: str, value: str) -> None:
@@ -188,117 +251,125 @@ def _write_str(group: h5py.Group, key: str, value: str) -> None:
     group.create_dataset(key, (1,), "S10", [value.encode("ascii")])
 
 
-def _write_neuron(group: h5py.Group, neuron: Neuron, layer: str) -> None:
-    if neuron.bias_exp != LOIHI2.netx_bias_exp:
-        raise IRError(f"layer {layer}: bias_exp {neuron.bias_exp} is not "
-                      f"{LOIHI2.netx_bias_exp}, the only bias exponent netx uses")
-    th = _check_int_array(neuron.threshold, "threshold (vThMant)", layer, 0, LOIHI2.threshold_max)
-    du = _check_int_array(neuron.du, "du", layer, 0, LOIHI2.decay_max)
-    dv = _check_int_array(neuron.dv, "dv", layer, 0, LOIHI2.decay_max)
+def _write_neuron(group: h5py.Group, neuron: Neuron) -> None:
     g = group.create_group("neuron")
     g.create_dataset("type", data=NEURON_TYPE_OF_KIND[neuron.kind])
-    g.create_dataset("vThMant", data=int(th))
-    g.create_dataset("iDecay", data=int(du) + LOIHI2.current_decay_offset)
-    g.create_dataset("vDecay", data=int(dv))
-    g.create_dataset("refDelay", data=1)
+    g.create_dataset("vThMant", data=int(neuron.threshold))
+    g.create_dataset("iDecay", data=int(neuron.du) + LOIHI2.current_decay_offset)
+    g.create_dataset("vDecay", data=int(neuron.dv))
+    g.create_dataset("refDelay", data=_NETX_REF_DELAY)
     g.create_dataset("gradedSpike", data=False)
     group.attrs["neuron_kind"] = neuron.kind
     group.attrs["bias_exp"] = int(neuron.bias_exp)
 
 
-def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None) -> Path:
-    """Write an integer IR to a netx HDF5 file; return the path.
+def _check_netx_representable(net: Network) -> None:
+    """What netx + Lava cannot load as the IR says, beyond the value ranges."""
+    in_shape, prev_is_input = tuple(net.input.shape), True
+    for layer, out_shape in zip(net.layers, net.shapes()):
+        if isinstance(layer, Flatten) and len(in_shape) != 3 \
+                and not (prev_is_input and net.input.neuron is None):
+            # netx flattens by transposing the previous block's WHC output port
+            raise LoihiRangeError(f"layer {layer.name}: netx can only flatten a (C, H, W) "
+                                  f"output, got {in_shape}")
+        if isinstance(layer, Dense):
+            _dense_exact(layer.weight, layer.name)
+        in_shape, prev_is_input = out_shape, False
+
+
+def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
+    """Root attributes that tell a stock netx user the arguments the layers cannot."""
+    attrs: dict = {}
+    args = ["net_config=<this file>"]
+    if net.input_bits is not None:
+        attrs["input_message_bits"] = int(net.input_bits)
+        args.append(f"input_message_bits={int(net.input_bits)}")
+    if steps_per_sample is not None:
+        attrs["reset_interval"] = integer_scalar(steps_per_sample, "input", "steps_per_sample", 1)
+        attrs["reset_offset"] = STOCK_RESET_OFFSET
+        args += [f"reset_interval={attrs['reset_interval']}", f"reset_offset={STOCK_RESET_OFFSET}"]
+    attrs["stock_netx_call"] = f"lava.lib.dl.netx.hdf5.Network({', '.join(args)})"
+    kinds = {layer.neuron.kind for layer in net.weighted_layers}
+    notes = ["Feed sample k as the graded input of steps kT+1 .. kT+T (a RingBuffer column c "
+             "is sent at step c+1); every block resets at the start of its window."]
+    if kinds != {"cuba"}:
+        notes.append("This network has IF_SOFT (reset-by-subtraction) layers, which stock netx "
+                     "refuses; run it with this project's hardware.lava_net loader.")
+    if net.readout == "potential":
+        notes.append("Readout 'potential': the class is the argmax of the output block's "
+                     "neuron.v at the last step of each sample's window (it never spikes).")
+    attrs["stock_netx_note"] = " ".join(notes)
+    return attrs
+
+
+def _write_root(f: h5py.File, net: Network, meta_json: str,
+                steps_per_sample: Optional[int]) -> None:
+    f.attrs["format_version"] = NETX_FORMAT_VERSION
+    f.attrs["project"] = PROJECT_NAME
+    f.attrs["ir_version"] = net.version
+    f.attrs["readout"] = net.readout
+    if net.input_bits is not None:
+        f.attrs["input_bits"] = int(net.input_bits)
+    f.attrs["provenance"] = meta_json
+    for key, value in _stock_netx_attrs(net, steps_per_sample).items():
+        f.attrs[key] = value
+
+
+def _write_layer(g: h5py.Group, layer, out_shape: tuple) -> None:
+    g.attrs["name"] = layer.name
+    if isinstance(layer, Flatten):
+        _write_str(g, "type", "flatten")
+        return
+    _write_str(g, "type", "conv" if isinstance(layer, Conv) else "dense")
+    g.create_dataset("shape", data=np.asarray(out_shape, dtype=np.int64))
+    g.create_dataset("weight", data=np.asarray(layer.weight, dtype=np.int32))
+    if layer.bias is not None:
+        g.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.int32))
+    if isinstance(layer, Conv):
+        for key in ("stride", "padding", "dilation"):
+            g.create_dataset(key, data=np.asarray(getattr(layer, key), dtype=np.int64))
+        g.create_dataset("groups", data=int(layer.groups))
+    g.attrs["weight_exp"] = int(layer.weight_exp)
+    _write_neuron(g, layer.neuron)
+
+
+def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *,
+              steps_per_sample: Optional[int] = None) -> Path:
+    """Write an integer IR to a netx HDF5 file, atomically; return the path.
 
     ``provenance`` (config, checkpoint sha256, quantization report, ...) is
     merged over ``net.metadata`` and stored as a JSON string attribute;
-    :func:`read_net` returns it as the IR's ``metadata``.
+    :func:`read_net` returns it as the IR's ``metadata``. ``steps_per_sample``
+    (T) is stored as the ``reset_interval`` a stock netx user needs.
 
-    Raises :class:`IRError` (naming the layer) for anything netx + Lava cannot
-    run exactly as the IR says: a float IR, weight or bias outside the 8-bit /
-    13-bit ranges, a ``weight_exp`` other than 0 (netx picks the dense exponent
-    itself and Lava's Conv ignores it), ``bias_exp`` other than 6, dense
-    weights netx would rescale inexactly (see module docstring), a Flatten
-    whose input is not (C, H, W).
+    Raises :class:`LoihiRangeError` (an :class:`IRError`, naming the layer) for
+    anything netx + Lava cannot run exactly as the IR says: every limit of
+    :func:`hardware.validate.project_limits` (a float IR, weight or bias
+    outside the 8-bit / 13-bit ranges, a ``weight_exp`` other than 0 (netx picks
+    the dense exponent itself and Lava's Conv ignores it), ``bias_exp`` other
+    than 6, ...), dense weights netx would rescale inexactly (see module
+    docstring), a Flatten whose input is not (C, H, W).
     """
-    if not net.integer:
-        raise IRError("write_net needs an integer IR (quantize the network first)")
+    validate_network(net, project_limits())
+    _check_netx_representable(net)
     meta = {**(net.metadata or {}), **(provenance or {})}
     try:
-        meta_json = json.dumps(meta, sort_keys=True)
-    except (TypeError, ValueError) as e:
+        meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
         raise IRError(f"provenance/metadata is not JSON-serialisable: {e}") from None
-    shapes = net.shapes()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with _atomic_target(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = NETX_FORMAT_VERSION
-            f.attrs["project"] = PROJECT_NAME
-            f.attrs["ir_version"] = net.version
-            f.attrs["readout"] = net.readout
-            if net.input_bits is not None:
-                if not 0 < int(net.input_bits) <= LOIHI2.graded_spike_max_bits:
-                    raise IRError(f"input_bits {net.input_bits} outside "
-                                  f"[1, {LOIHI2.graded_spike_max_bits}]")
-                f.attrs["input_bits"] = int(net.input_bits)
-            f.attrs["provenance"] = meta_json
+            _write_root(f, net, meta_json, steps_per_sample)
             layers = f.create_group("layer")
-
             g = layers.create_group("0")
             _write_str(g, "type", "input")
             g.create_dataset("shape", data=np.asarray(net.input.shape, dtype=np.int64))
             g.attrs["name"] = net.input.name
             if net.input.neuron is not None:
-                _write_neuron(g, net.input.neuron, net.input.name)
-
-            in_shape = tuple(net.input.shape)
-            prev_is_input = True
-            for i, (layer, out_shape) in enumerate(zip(net.layers, shapes), start=1):
-                g = layers.create_group(str(i))
-                g.attrs["name"] = layer.name
-                if isinstance(layer, Flatten):
-                    # netx flattens by transposing the previous block's WHC
-                    # output port; that needs a 3-D previous block.
-                    if len(in_shape) != 3 and not (prev_is_input and net.input.neuron is None):
-                        raise IRError(f"layer {layer.name}: netx can only flatten a "
-                                      f"(C, H, W) output, got {in_shape}")
-                    _write_str(g, "type", "flatten")
-                elif isinstance(layer, (Conv, Dense)):
-                    if layer.weight_exp != 0:
-                        raise IRError(
-                            f"layer {layer.name}: weight_exp {layer.weight_exp} != 0 cannot "
-                            f"be stored: netx chooses the dense exponent itself and "
-                            f"Lava's Conv ignores it")
-                    w = _check_int_array(layer.weight, "weight", layer.name,
-                                         LOIHI2.weight_min, LOIHI2.weight_max)
-                    if isinstance(layer, Dense):
-                        _dense_exact(w, layer.name)
-                    _write_str(g, "type", "conv" if isinstance(layer, Conv) else "dense")
-                    g.create_dataset("shape", data=np.asarray(out_shape, dtype=np.int64))
-                    g.create_dataset("weight", data=w.astype(np.int32))
-                    if layer.bias is not None:
-                        b = _check_int_array(layer.bias, "bias", layer.name,
-                                             LOIHI2.bias_min, LOIHI2.bias_max)
-                        if b.shape != (out_shape[0],):
-                            raise IRError(f"layer {layer.name}: bias shape {b.shape} is "
-                                          f"not ({out_shape[0]},)")
-                        g.create_dataset("bias", data=b.astype(np.int32))
-                    if isinstance(layer, Conv):
-                        g.create_dataset("stride", data=np.asarray(layer.stride, dtype=np.int64))
-                        g.create_dataset("padding", data=np.asarray(layer.padding, dtype=np.int64))
-                        g.create_dataset("dilation", data=np.asarray(layer.dilation, dtype=np.int64))
-                        g.create_dataset("groups", data=int(layer.groups))
-                    g.attrs["weight_exp"] = int(layer.weight_exp)
-                    _write_neuron(g, layer.neuron, layer.name)
-                else:
-                    raise IRError(f"layer {i}: unknown IR layer {type(layer).__name__}")
-                in_shape = out_shape
-                prev_is_input = False
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                _write_neuron(g, net.input.neuron)
+            for i, (layer, out_shape) in enumerate(zip(net.layers, net.shapes()), start=1):
+                _write_layer(layers.create_group(str(i)), layer, out_shape)
     return path
 
 
@@ -306,260 +377,409 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None) -
 # reading
 # --------------------------------------------------------------------------
 
-class _Reader:
-    """Reads one open file; every missing/invalid item becomes NetxFormatError."""
+def _shape_only(shape: tuple) -> np.ndarray:
+    """A zero-strided array of ``shape``: lets shape checks run before any data is read."""
+    return np.broadcast_to(np.int8(0), tuple(shape))
+
+
+class _Access:
+    """Bounded access to one open file: only hard links, checked types and sizes.
+
+    Every problem becomes a :class:`NetxFormatError` naming the file and where."""
 
     def __init__(self, f: h5py.File, path: Path) -> None:
-        self.f = f
-        self.path = path
-        self.ours = _attr_str(f.attrs.get("project")) == PROJECT_NAME
+        self.f, self.path = f, path
+        self.file_size = path.stat().st_size
+        self.budget = MAX_TOTAL_ELEMENTS
 
     def fail(self, msg: str) -> NetxFormatError:
         return NetxFormatError(f"{self.path}: {msg}")
 
-    def get(self, group: h5py.Group, key: str, where: str) -> Any:
-        if key not in group:
-            raise self.fail(f"{where}: missing key '{key}'")
+    @staticmethod
+    def ints(values: Any, where: str, field: str, low: Optional[int] = None,
+             high: Optional[int] = None) -> np.ndarray:
+        """:func:`hardware.validate.integer_array` for a value found at ``where``."""
+        return integer_array(values, where.removeprefix("layer "), field, low, high)
+
+    @staticmethod
+    def int1(value: Any, where: str, field: str, low: Optional[int] = None,
+             high: Optional[int] = None) -> int:
+        return integer_scalar(value, where.removeprefix("layer "), field, low, high)
+
+    def child(self, group: h5py.Group, key: str, where: str, kind: type = h5py.Dataset,
+              required: bool = True) -> Any:
+        link = group.get(key, getlink=True)
+        if link is None:
+            if required:
+                raise self.fail(f"{where}: missing key '{key}'")
+            return None
+        if not isinstance(link, h5py.HardLink):
+            raise self.fail(f"{where}: '{key}' is a {type(link).__name__}; only objects stored "
+                            f"in this file are read")
         obj = group[key]
-        if not isinstance(obj, h5py.Dataset):
-            raise self.fail(f"{where}: '{key}' is not a dataset")
-        return obj[()]
+        if not isinstance(obj, kind):
+            raise self.fail(f"{where}: '{key}' is not a {'group' if kind is h5py.Group else 'dataset'}")
+        return obj
 
-    def get_str(self, group: h5py.Group, key: str, where: str) -> str:
-        v = self.get(group, key, where)
-        if isinstance(v, np.ndarray):
-            if v.size != 1:
-                raise self.fail(f"{where}: '{key}' is not a single string")
-            v = v.reshape(-1)[0]
-        if isinstance(v, bytes):
-            return v.decode("ascii")
-        if isinstance(v, str):
-            return v
-        raise self.fail(f"{where}: '{key}' is not a string")
+    def check_dataset(self, ds: h5py.Dataset, key: str, where: str, max_elements: int) -> None:
+        """Type and declared size against the caps and against what the file stores."""
+        n = int(ds.size)
+        if n > max_elements:
+            raise self.fail(f"{where}: '{key}' declares {n} values (shape {ds.shape}); at most "
+                            f"{max_elements} are accepted")
+        if ds.dtype.kind not in "iufbS" and h5py.check_string_dtype(ds.dtype) is None:
+            raise self.fail(f"{where}: '{key}' has unsupported type {ds.dtype}")
+        if ds.chunks is None and ds.id.get_storage_size() < ds.nbytes:
+            raise self.fail(f"{where}: '{key}' declares {ds.nbytes} bytes but the file stores "
+                            f"{ds.id.get_storage_size()} (truncated or corrupt)")
+        self.budget -= n
+        if self.budget < 0:
+            raise self.fail(f"the datasets hold more than {MAX_TOTAL_ELEMENTS} values in total")
 
-    def get_int(self, group: h5py.Group, key: str, where: str) -> int:
-        v = np.asarray(self.get(group, key, where))
+    def values(self, group: h5py.Group, key: str, where: str, max_elements: int = _SMALL,
+               required: bool = True) -> Optional[np.ndarray]:
+        ds = self.child(group, key, where, h5py.Dataset, required)
+        if ds is None:
+            return None
+        self.check_dataset(ds, key, where, max_elements)
+        return np.asarray(ds[()])
+
+    def number(self, group: h5py.Group, key: str, where: str, required: bool = True):
+        """One integer (several equal values count as one, as slayer sometimes stores them)."""
+        v = self.values(group, key, where, required=required)
+        if v is None:
+            return None
+        v = v.reshape(-1)
+        if v.size > 1 and v.dtype.kind in "iuf" and np.all(v == v[0]):
+            v = v[:1]
+        return self.int1(v, where, key)
+
+    def text(self, group: h5py.Group, key: str, where: str) -> str:
+        v = self.values(group, key, where, max_elements=1)
         if v.size != 1:
-            if v.size > 1 and np.all(v == v.reshape(-1)[0]):
-                v = v.reshape(-1)[:1]
-            else:
-                raise self.fail(f"{where}: '{key}' must be one value, got shape {v.shape}")
-        return int(v.reshape(-1)[0])
+            raise self.fail(f"{where}: '{key}' is not a single string")
+        return self._as_text(v.reshape(-1)[0], f"{where}: '{key}'")
+
+    def _as_text(self, v: Any, what: str) -> str:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.fail(f"{what} is not UTF-8 text") from None
+        if not isinstance(v, str):
+            raise self.fail(f"{what} is not a string")
+        if len(v) > _MAX_TEXT:
+            raise self.fail(f"{what} is longer than {_MAX_TEXT} characters")
+        return v
+
+    def attr(self, obj: Any, key: str, where: str) -> Any:
+        """One attribute value (None if absent), its type and size checked first."""
+        if key not in obj.attrs:
+            return None
+        aid = obj.attrs.get_id(key)
+        if aid.shape not in ((), (1,)):
+            raise self.fail(f"{where}: attribute '{key}' has shape {aid.shape}, expected one value")
+        if aid.dtype.kind not in "iufS" and h5py.check_string_dtype(aid.dtype) is None \
+                or aid.dtype.itemsize > _MAX_TEXT:
+            raise self.fail(f"{where}: attribute '{key}' has unsupported type {aid.dtype}")
+        v = obj.attrs[key]
+        return v.reshape(-1)[0] if isinstance(v, np.ndarray) else v
+
+    def attr_text(self, obj: Any, key: str, where: str, default: Optional[str] = None) -> Optional[str]:
+        v = self.attr(obj, key, where)
+        return default if v is None else self._as_text(v, f"{where}: attribute '{key}'")
+
+    def attr_int(self, obj: Any, key: str, where: str, low: Optional[int] = None,
+                 high: Optional[int] = None) -> Optional[int]:
+        v = self.attr(obj, key, where)
+        if v is None:
+            return None
+        if isinstance(v, (str, bytes)):
+            raise self.fail(f"{where}: attribute '{key}' is text, expected an integer")
+        return self.int1(v, where, f"attribute '{key}'", low, high)
+
+
+class _Reader(_Access):
+    """Reads the layer chain of one open file, checking sizes before reading data."""
+
+    def __init__(self, f: h5py.File, path: Path) -> None:
+        super().__init__(f, path)
+        self.ours = self.attr_text(f, "project", "root") == PROJECT_NAME
+        self.net_input: Optional[Input] = None
+        self.layers: list = []
+        self.shape: Optional[tuple] = None
+        self.input_meta: dict = {}
+
+    def name(self, group: h5py.Group, default: str) -> str:
+        if self.ours:
+            return self.attr_text(group, "name", default, default) or default
+        return default
+
+    def shape_of(self, group: h5py.Group, where: str) -> tuple:
+        shape = self.ints(self.values(group, "shape", where), where, "shape", 1).reshape(-1)
+        if shape.size == 0 or int(np.prod(shape, dtype=object)) > MAX_DATASET_ELEMENTS:
+            raise self.fail(f"{where}: shape {shape.tolist()} is empty or holds more than "
+                            f"{MAX_DATASET_ELEMENTS} neurons")
+        return tuple(int(s) for s in shape)
 
     def pair(self, group: h5py.Group, key: str, where: str) -> tuple:
-        v = np.asarray(self.get(group, key, where)).astype(int).reshape(-1)
-        if v.size == 1:
-            return (int(v[0]), int(v[0]))
-        if v.size != 2:
+        v = self.ints(self.values(group, key, where), where, key).reshape(-1)
+        if v.size not in (1, 2):
             raise self.fail(f"{where}: '{key}' must have 1 or 2 values, got {v.tolist()}")
-        return (int(v[0]), int(v[1]))  # stored (h, w)
+        return (int(v[0]), int(v[-1]))  # stored (h, w)
 
-    def neuron(self, group: h5py.Group, where: str) -> Neuron:
-        if "neuron" in group:
-            g = group["neuron"]
+    def neuron(self, group: h5py.Group, where: str, ltype: str) -> Neuron:
+        g = self.child(group, "neuron", where, h5py.Group, required=False)
+        if g is not None:
             where_n = f"{where} neuron"
-            ntype = self.get_str(g, "type", where_n)
+            ntype = self.text(g, "type", where_n)
             if ntype not in _KIND_OF_NEURON_TYPE:
                 raise self.fail(f"{where}: neuron type '{ntype}' is not supported "
                                 f"(supported: {sorted(_KIND_OF_NEURON_TYPE)})")
-            if "messageBits" in g and self.get_int(g, "messageBits", where_n) != 0:
+            if self.number(g, "messageBits", where_n, required=False) not in (None, 0):
                 raise self.fail(f"{where}: graded output spikes (messageBits) are not "
                                 f"supported by the IR")
-            cfg = {k: self.get_int(g, k, where_n) for k in ("vThMant", "iDecay", "vDecay")}
-        elif group.get("type") is not None and self.get_str(group, "type", where) == "dense":
+            cfg = {k: self.number(g, k, where_n) for k in ("vThMant", "iDecay", "vDecay")}
+        elif ltype == "dense":
             ntype, cfg = "CUBA", dict(_NETX_DEFAULT_DENSE_NEURON)
         else:
             raise self.fail(f"{where}: missing key 'neuron'")
-        bias_exp = LOIHI2.netx_bias_exp
-        if self.ours and "bias_exp" in group.attrs:
-            bias_exp = int(group.attrs["bias_exp"])
         kind = _KIND_OF_NEURON_TYPE[ntype]
-        if self.ours and "neuron_kind" in group.attrs and _attr_str(group.attrs["neuron_kind"]) != kind:
-            raise self.fail(f"{where}: neuron_kind attribute disagrees with neuron type '{ntype}'")
+        bias_exp = LOIHI2.netx_bias_exp
+        if self.ours:
+            bias_exp = self.attr_int(group, "bias_exp", where)
+            bias_exp = LOIHI2.netx_bias_exp if bias_exp is None else bias_exp
+            if self.attr_text(group, "neuron_kind", where, kind) != kind:
+                raise self.fail(f"{where}: neuron_kind attribute disagrees with neuron type '{ntype}'")
         return Neuron(kind=kind, threshold=cfg["vThMant"],
                       du=cfg["iDecay"] - LOIHI2.current_decay_offset,
                       dv=cfg["vDecay"], bias_exp=bias_exp)
 
+    def bias(self, group: h5py.Group, n_out: int, where: str) -> Optional[np.ndarray]:
+        ds = self.child(group, "bias", where, required=False)
+        if ds is None:
+            return None
+        if ds.size not in (n_out, 1) or (ds.size == 1 and self.ours and n_out != 1):
+            raise self.fail(f"{where}: bias has {ds.size} values, expected {n_out} "
+                            f"(per output channel)")
+        b = self.ints(self.values(group, "bias", where, n_out), where, "bias").reshape(-1)
+        return np.full(n_out, b[0], dtype=np.int64) if b.size != n_out else b
+
+    def weight_exp(self, group: h5py.Group, where: str) -> int:
+        exp = self.attr_int(group, "weight_exp", where) if self.ours else None
+        return 0 if exp is None else exp
+
+    def no_delays(self, group: h5py.Group, where: str) -> None:
+        if self.child(group, "delay", where, required=False) is not None:
+            raise self.fail(f"{where}: synaptic delays are not supported by the IR")
+
+    # -- layers ------------------------------------------------------------
+
+    def read_input(self, i: int, g: h5py.Group, where: str) -> None:
+        if i != 0:
+            raise self.fail(f"{where}: an input layer must be layer 0")
+        self.shape = self.shape_of(g, where)
+        has_neuron = self.child(g, "neuron", where, h5py.Group, required=False) is not None
+        neuron = self.neuron(g, where, "input") if has_neuron else None
+        for k in ("weight", "bias"):  # netx keeps them as an unused 'transform'
+            v = self.values(g, k, where, max_elements=1, required=False)
+            if v is not None and v.dtype.kind in "iuf" and np.all(np.isfinite(v)):
+                x = float(v.reshape(-1)[0])
+                self.input_meta[k] = int(x) if x.is_integer() else x
+        self.net_input = Input(shape=self.shape, neuron=neuron, name=self.name(g, "input"))
+
+    def read_conv(self, i: int, g: h5py.Group, where: str) -> Conv:
+        if self.shape is None:
+            raise self.fail(f"{where}: input shape unknown (no input layer before the first conv)")
+        wds = self.child(g, "weight", where)
+        wshape = tuple(wds.shape)
+        if len(wshape) == 5 and wshape[4] == 1:
+            wshape = wshape[:4]  # slayer's (out, in, kh, kw, 1)
+        if len(wshape) != 4:
+            raise self.fail(f"{where}: conv weight must be 4-D, got shape {tuple(wds.shape)}")
+        self.no_delays(g, where)
+        geometry = dict(stride=self.pair(g, "stride", where), padding=self.pair(g, "padding", where),
+                        dilation=self.pair(g, "dilation", where),
+                        groups=self.number(g, "groups", where))
+        probe = Conv(weight=_shape_only(wshape), bias=None, neuron=Neuron("cuba", 1),
+                     name=where.removeprefix("layer "), **geometry)
+        out = check_conv_geometry(probe, self.shape)
+        stored = self.shape_of(g, where)
+        if stored != out:
+            raise self.fail(f"{where}: stored shape {stored} (C, H, W) does not match "
+                            f"the computed output shape {out}")
+        w = self.values(g, "weight", where, MAX_DATASET_ELEMENTS)
+        w = self.ints(w, where, "weight").reshape(wshape)
+        self.shape = out
+        return Conv(weight=w, bias=self.bias(g, out[0], where),
+                    neuron=self.neuron(g, where, "conv"), weight_exp=self.weight_exp(g, where),
+                    name=self.name(g, f"conv{i}"), **geometry)
+
+    def dense_inputs(self, wshape: tuple, n_out: int, where: str) -> int:
+        """Number of inputs of a dense layer, checked against its weight's declared shape."""
+        if self.shape is not None and len(self.shape) != 1:
+            raise self.fail(f"{where}: a dense layer needs a flat input, got {self.shape} "
+                            f"(a flatten layer is missing)")
+        if self.shape is not None:
+            n_in = self.shape[0]
+        elif len(wshape) == 2:
+            n_in = wshape[1]  # no input layer: inferred from the weights
+        else:
+            raise self.fail(f"{where}: input size unknown (no input layer, 1-D weight)")
+        if wshape not in ((n_out, n_in), (n_out * n_in,)):
+            raise self.fail(f"{where}: weight shape {wshape} does not match {n_out} outputs "
+                            f"and {n_in} inputs")
+        return n_in
+
+    def read_dense(self, i: int, g: h5py.Group, where: str) -> Dense:
+        n_out = int(np.prod(self.shape_of(g, where)))
+        n_in = self.dense_inputs(tuple(self.child(g, "weight", where).shape), n_out, where)
+        self.no_delays(g, where)
+        w = self.values(g, "weight", where, MAX_DATASET_ELEMENTS)
+        w = self.ints(w, where, "weight").reshape(n_out, n_in)
+        if self.ours:
+            w_ir, exp = w, self.weight_exp(g, where)
+        else:
+            w_ir, exp = netx_dense_effective(w, where.removeprefix("layer "))
+        if self.net_input is None:
+            self.net_input = Input(shape=(n_in,))
+        self.shape = (n_out,)
+        return Dense(weight=w_ir, bias=self.bias(g, n_out, where),
+                     neuron=self.neuron(g, where, "dense"), weight_exp=exp,
+                     name=self.name(g, f"dense{i}"))
+
+    def read_layer(self, i: int, g: h5py.Group) -> None:
+        ltype = self.text(g, "type", f"layer {i}")
+        where = f"layer {i} ({ltype})"
+        if ltype in _UNSUPPORTED_LAYER_TYPES:
+            raise self.fail(f"{where}: layer type '{ltype}' is not supported "
+                            f"(stock netx or the IR cannot represent it)")
+        if ltype == "input":
+            self.read_input(i, g, where)
+        elif ltype == "flatten":
+            self.layers.append(Flatten(name=self.name(g, f"flatten{i}")))
+            if self.shape is not None:
+                self.shape = (int(np.prod(self.shape)),)
+        elif ltype == "conv":
+            self.layers.append(self.read_conv(i, g, where))
+        elif ltype == "dense":
+            self.layers.append(self.read_dense(i, g, where))
+        else:
+            raise self.fail(f"{where}: unknown layer type '{ltype}'")
+
+    # -- the file ------------------------------------------------------------
+
+    def layer_groups(self) -> list:
+        layers_g = self.child(self.f, "layer", "file", h5py.Group, required=False)
+        if layers_g is None:
+            raise self.fail("missing group 'layer' (not a netx network file)")
+        if len(layers_g) > _MAX_LAYERS:
+            raise self.fail(f"'layer' holds {len(layers_g)} entries; at most {_MAX_LAYERS} "
+                            f"layers are accepted")
+        keys = list(layers_g.keys())
+        if not keys or sorted(keys, key=lambda k: int(k) if k.isdigit() else -1) != \
+                [str(i) for i in range(len(keys))]:
+            raise self.fail(f"layer group must hold layers 0..N-1, found {sorted(keys)[:20]}")
+        return [self.child(layers_g, str(i), f"layer {i}", h5py.Group) for i in range(len(keys))]
+
+    def provenance(self) -> dict:
+        text = self.attr_text(self.f, "provenance", "root", "{}")
+        try:
+            metadata = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise self.fail(f"provenance attribute is not valid JSON ({type(e).__name__})") from None
+        if not isinstance(metadata, dict):
+            raise self.fail(f"provenance attribute is a JSON {type(metadata).__name__}, not an object")
+        return metadata
+
     def version_and_readout(self) -> tuple[str, str]:
         """Root attributes of this project's files (1.0 files have no readout: spikes)."""
-        version = _attr_str(self.f.attrs.get("ir_version", IR_VERSION))
+        version = self.attr_text(self.f, "ir_version", "root", IR_VERSION)
         if version not in READABLE_IR_VERSIONS:
             raise self.fail(f"IR version {version!r} is not supported (this reader reads "
                             f"{', '.join(READABLE_IR_VERSIONS)})")
-        readout = _attr_str(self.f.attrs.get("readout", "spikes"))
+        readout = self.attr_text(self.f, "readout", "root", "spikes")
         if readout not in READOUTS:
             raise self.fail(f"readout attribute {readout!r} is not one of {READOUTS}")
         return version, readout
 
-    def name(self, group: h5py.Group, default: str) -> str:
-        if self.ours and "name" in group.attrs:
-            return _attr_str(group.attrs["name"])
-        return default
+    def stock_netx_attrs(self, input_bits: Optional[int]) -> None:
+        """The stock-netx arguments the file states must agree with the network."""
+        bits = self.attr_int(self.f, "input_message_bits", "input", 1, LOIHI2.graded_spike_max_bits)
+        if bits is not None and bits != input_bits:
+            raise self.fail(f"attribute input_message_bits = {bits} disagrees with "
+                            f"input_bits = {input_bits}")
+        interval = self.attr_int(self.f, "reset_interval", "input", 1)
+        offset = self.attr_int(self.f, "reset_offset", "input", 0)
+        if (interval is None) != (offset is None):
+            raise self.fail("attributes reset_interval and reset_offset must come together")
 
-    def bias(self, group: h5py.Group, n_out: int, where: str) -> Optional[np.ndarray]:
-        if "bias" not in group:
-            return None
-        b = np.asarray(self.get(group, "bias", where)).astype(int).reshape(-1)
-        if b.size == 1 and n_out != 1 and not self.ours:
-            b = np.full(n_out, int(b[0]), dtype=int)  # netx broadcasts a scalar bias
-        if b.shape != (n_out,):
-            raise self.fail(f"{where}: bias has {b.size} values, expected {n_out} "
-                            f"(per output channel)")
-        return b.astype(np.int64)
+    def ours_root(self) -> tuple:
+        """(metadata, input_bits, version, readout) of a file this project wrote."""
+        version = self.attr_text(self.f, "format_version", "root")
+        if version != NETX_FORMAT_VERSION:
+            raise self.fail(f"format version {version!r} is not supported "
+                            f"(this reader reads version {NETX_FORMAT_VERSION})")
+        input_bits = self.attr_int(self.f, "input_bits", "input")
+        self.stock_netx_attrs(input_bits)
+        return (self.provenance(), input_bits) + self.version_and_readout()
 
     def read(self) -> Network:
-        f = self.f
-        if "layer" not in f or not isinstance(f["layer"], h5py.Group):
-            raise self.fail("missing group 'layer' (not a netx network file)")
-        layers_g = f["layer"]
-        keys = list(layers_g.keys())
-        if not keys or sorted(keys, key=lambda k: int(k) if k.isdigit() else -1) != \
-                [str(i) for i in range(len(keys))]:
-            raise self.fail(f"layer group must hold layers 0..N-1, found {sorted(keys)}")
-
-        net_input: Optional[Input] = None
-        layers: list = []
-        shape: Optional[tuple] = None
-        input_meta: dict = {}
-        for i in range(len(keys)):
-            g = layers_g[str(i)]
-            if not isinstance(g, h5py.Group):
-                raise self.fail(f"layer {i}: not a group")
-            ltype = self.get_str(g, "type", f"layer {i}")
-            where = f"layer {i} ({ltype})"
-            if ltype in _UNSUPPORTED_LAYER_TYPES:
-                raise self.fail(f"{where}: layer type '{ltype}' is not supported "
-                                f"(stock netx or the IR cannot represent it)")
-            if ltype == "input":
-                if i != 0:
-                    raise self.fail(f"{where}: an input layer must be layer 0")
-                shape = tuple(int(s) for s in np.asarray(self.get(g, "shape", where)).reshape(-1))
-                neuron = self.neuron(g, where) if "neuron" in g else None
-                for k in ("weight", "bias"):
-                    if k in g:  # netx keeps them as an unused 'transform'
-                        input_meta[k] = int(np.asarray(g[k][()]).reshape(-1)[0])
-                net_input = Input(shape=shape, neuron=neuron, name=self.name(g, "input"))
-            elif ltype == "flatten":
-                layers.append(Flatten(name=self.name(g, f"flatten{i}")))
-                if shape is not None:
-                    shape = (int(np.prod(shape)),)
-            elif ltype == "conv":
-                if shape is None:
-                    raise self.fail(f"{where}: input shape unknown (no input layer before "
-                                    f"the first conv)")
-                w = np.asarray(self.get(g, "weight", where)).astype(int)
-                if w.ndim == 5 and w.shape[4] == 1:
-                    w = w.reshape(w.shape[:4])  # slayer's (out, in, kh, kw, 1)
-                if w.ndim != 4:
-                    raise self.fail(f"{where}: conv weight must be 4-D, got shape {w.shape}")
-                out_c = w.shape[0]
-                layer = Conv(weight=w.astype(np.int64), bias=self.bias(g, out_c, where),
-                             neuron=self.neuron(g, where),
-                             stride=self.pair(g, "stride", where),
-                             padding=self.pair(g, "padding", where),
-                             dilation=self.pair(g, "dilation", where),
-                             groups=self.get_int(g, "groups", where),
-                             weight_exp=int(g.attrs.get("weight_exp", 0)) if self.ours else 0,
-                             name=self.name(g, f"conv{i}"))
-                if "delay" in g:
-                    raise self.fail(f"{where}: synaptic delays are not supported by the IR")
-                try:
-                    out = layer.output_shape(shape)
-                except IRError as e:
-                    raise self.fail(f"{where}: {e}") from None
-                stored = tuple(int(s) for s in np.asarray(self.get(g, "shape", where)).reshape(-1))
-                if stored != tuple(out):
-                    raise self.fail(f"{where}: stored shape {stored} (C, H, W) does not match "
-                                    f"the computed output shape {tuple(out)}")
-                layers.append(layer)
-                shape = tuple(out)
-            elif ltype == "dense":
-                n_out = int(np.prod(np.asarray(self.get(g, "shape", where))))
-                w = np.asarray(self.get(g, "weight", where)).astype(int)
-                if w.ndim == 1:
-                    w = w.reshape(n_out, -1)
-                if w.ndim != 2 or w.shape[0] != n_out:
-                    raise self.fail(f"{where}: weight shape {w.shape} does not match "
-                                    f"{n_out} outputs")
-                if "delay" in g:
-                    raise self.fail(f"{where}: synaptic delays are not supported by the IR")
-                if self.ours:
-                    exp = int(g.attrs.get("weight_exp", 0))
-                    if exp != 0:
-                        raise self.fail(f"{where}: weight_exp attribute {exp} != 0")
-                    w_ir = w
-                else:
-                    w_ir, exp = netx_dense_effective(w, where)
-                if net_input is None and not layers:
-                    shape = (w.shape[1],)  # no input layer: infer from the weights
-                    net_input = Input(shape=shape)
-                layers.append(Dense(weight=w_ir.astype(np.int64),
-                                    bias=self.bias(g, n_out, where),
-                                    neuron=self.neuron(g, where), weight_exp=exp,
-                                    name=self.name(g, f"dense{i}")))
-                shape = (n_out,)
-            else:
-                raise self.fail(f"{where}: unknown layer type '{ltype}'")
-
-        if net_input is None:
+        for i, g in enumerate(self.layer_groups()):
+            self.read_layer(i, g)
+        if self.net_input is None:
             raise self.fail("no input layer and no layer to infer the input shape from")
-        if not layers:
+        if not self.layers:
             raise self.fail("the network has no weighted layer")
         if self.ours:
-            try:
-                metadata = json.loads(_attr_str(f.attrs.get("provenance", "{}")))
-            except json.JSONDecodeError as e:
-                raise self.fail(f"provenance attribute is not valid JSON ({e})") from None
-            input_bits = int(f.attrs["input_bits"]) if "input_bits" in f.attrs else None
-            version, readout = self.version_and_readout()
+            metadata, input_bits, version, readout = self.ours_root()
         else:
             metadata = {"source": "netx", "file": self.path.name}
-            if input_meta:
-                metadata["input_transform_unused_by_netx"] = input_meta
+            if self.input_meta:
+                metadata["input_transform_unused_by_netx"] = self.input_meta
             input_bits, version, readout = None, IR_VERSION, "spikes"
         try:
-            return Network(input=net_input, layers=layers, integer=True,
-                           input_bits=input_bits, metadata=metadata, version=version,
-                           readout=readout)
+            net = Network(input=self.net_input, layers=self.layers, integer=True,
+                          input_bits=input_bits, metadata=metadata, version=version,
+                          readout=readout)
+        except LoihiRangeError:
+            raise
         except IRError as e:
             raise self.fail(f"inconsistent network: {e}") from None
+        validate_network(net, project_limits() if self.ours else netx_limits())
+        return net
 
 
-def _attr_str(v: Any) -> Optional[str]:
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if v is None:
-        return None
-    return str(v)
+#: what h5py raises, lazily and on access, for damaged or truncated files
+_H5_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+              RuntimeError, RecursionError, OverflowError)
 
 
 def read_net(path: PathLike) -> Network:
     """Read a netx HDF5 file into an integer IR (see module docstring).
 
-    Raises :class:`NetxFormatError` for a missing, non-HDF5, truncated or
-    incomplete file and for layers the IR or stock netx cannot represent
-    (naming the layer index and type).
+    Raises :class:`NetxFormatError` (one line naming the file, and the layer
+    and key where there is one) for a missing, non-HDF5, truncated, corrupt or
+    oversized file, links that leave the file, layers the IR or stock netx
+    cannot represent, and values outside the limits of
+    :mod:`hardware.validate` (its :class:`LoihiRangeError` is the cause).
     """
     path = Path(path)
-    if not path.is_file():
-        raise NetxFormatError(f"{path}: no such file")
     try:
+        if not path.is_file():
+            raise NetxFormatError(f"{path}: no such file")
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise NetxFormatError(f"{path}: not a readable HDF5 file ({e})") from None
-    try:
-        with f:
-            reader = _Reader(f, path)
-            if reader.ours:
-                version = _attr_str(f.attrs.get("format_version"))
-                if version != NETX_FORMAT_VERSION:
-                    raise NetxFormatError(
-                        f"{path}: format version {version!r} is not supported "
-                        f"(this reader reads version {NETX_FORMAT_VERSION})")
-            return reader.read()
     except NetxFormatError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-        # h5py reports damaged/truncated data lazily, on access.
+    except (OSError, ValueError, RuntimeError) as e:
+        raise NetxFormatError(f"{path}: not a readable HDF5 file ({' '.join(str(e).split())})") from None
+    try:
+        with f:
+            return _Reader(f, path).read()
+    except NetxFormatError:
+        raise
+    except LoihiRangeError as e:
+        raise NetxFormatError(f"{path}: {e}") from e
+    except _H5_ERRORS as e:
         raise NetxFormatError(f"{path}: corrupt or incomplete netx file "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({type(e).__name__}: {' '.join(str(e).split())})") from None

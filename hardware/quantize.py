@@ -44,6 +44,7 @@ import numpy as np
 from .errors import QuantizationError
 from .ir import WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
 from .spec import LOIHI2, Loihi2Spec
+from .validate import check_input_bits, project_limits, validate_network
 
 #: A potential-readout layer whose accumulation bound leaves its largest weight
 #: fewer signed bits than this is refused rather than quantized to noise.
@@ -79,97 +80,114 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
 
     ``readout_steps``: for a potential readout, the largest T the network will be run
     for (the accumulated output is guaranteed to fit for every T up to it); required
-    when ``net.readout == 'potential'``.
+    when ``net.readout == 'potential'``. The result is checked by
+    :func:`hardware.validate.validate_network` (``project_limits``), whose
+    :class:`LoihiRangeError` is a :class:`QuantizationError`.
     """
-    if net.integer:
-        raise QuantizationError("network is already in integer form")
-    if net.input.neuron is not None:
-        raise QuantizationError("input layers with neurons are not produced by this project's converter")
-    input_bits = spec.input_bits_default if input_bits is None else int(input_bits)
-    if not 1 <= input_bits <= spec.graded_spike_max_bits:
-        raise QuantizationError(f"input_bits = {input_bits} is outside 1..{spec.graded_spike_max_bits} "
-                                "(graded spike payload bits)")
+    input_bits = _check_arguments(net, input_bits, readout_steps, spec)
     readout_layer = net.weighted_layers[-1] if net.readout == "potential" else None
-    if readout_layer is not None and (not isinstance(readout_steps, int) or isinstance(readout_steps, bool)
-                                      or readout_steps < 1):
-        raise QuantizationError(f"a potential readout needs readout_steps (the largest T it will run "
-                                f"for) as a positive integer, got {readout_steps!r}")
-    layers = []
-    reports = []
-    first = True
+    layers, reports = [], []
+    x_max = spec.input_max(input_bits)  # the first layer's input is the graded payload
     for layer in net.layers:
         if isinstance(layer, Flatten):
             layers.append(Flatten(name=layer.name))
             continue
         if not isinstance(layer, WEIGHTED):
             raise QuantizationError(f"layer {getattr(layer, 'name', layer)} has an unsupported type")
-        x_max = spec.input_max(input_bits) if first else 1
-        first = False
         weight = np.asarray(layer.weight, dtype=np.float64) / x_max
         bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
-        if layer is readout_layer:
-            q_layer, report = _quantize_readout(layer, weight, bias, x_max, readout_steps, spec)
-            layers.append(q_layer)
-            reports.append(report)
-            continue
-        theta = float(layer.neuron.threshold)
-        if not math.isfinite(theta) or theta <= 0:
-            raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
         if not np.all(np.isfinite(weight)) or not np.all(np.isfinite(bias)):
             raise QuantizationError(f"layer {layer.name}: weights or biases are not finite")
-        w_abs = float(np.abs(weight).max(initial=0.0))
-        b_abs = float(np.abs(bias).max(initial=0.0))
-        worst = _worst_case_input(weight * x_max)  # input values in [0, 1] float units
-        limits = {
-            "weight range": spec.weight_max / w_abs if w_abs > 0 else math.inf,
-            "threshold mantissa": spec.threshold_max / theta,
-            "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
-            "24-bit state": spec.activation_max / (worst + theta + b_abs),
-        }
-        limited_by = min(limits, key=limits.get)
-        scale = limits[limited_by]
-        if not math.isfinite(scale):
-            raise QuantizationError(f"layer {layer.name}: no finite scale (all weights zero?)")
-        w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
-        # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight,
-        # times the input's maximum): shrink the scale until the rounded network fits.
-        for _ in range(50):
-            total = worst_int + vth + int(np.abs(b_int).max(initial=0))
-            if total <= spec.activation_max:
-                break
-            scale *= spec.activation_max / total * (1 - 1e-6)
-            limited_by = "24-bit state"
-            w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+        if layer is readout_layer:
+            q_layer, report = _quantize_readout(layer, weight, bias, x_max, readout_steps, spec)
         else:
-            raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
-                                    f"+ threshold {vth} exceeds {spec.activation_max} at every scale")
-        _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
-        _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
-        _check_range(layer.name, "threshold", np.array([vth]), 1, spec.threshold_max)
-        neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
-                        bias_exp=spec.netx_bias_exp)
-        layers.append(_integer_layer(layer, w_int, b_int, neuron))
-        w_err = w_int / scale - weight
-        reports.append(LayerQuantReport(
-            name=layer.name, scale=float(scale), limited_by=limited_by,
-            weight_bits_used=int(np.ceil(np.log2(np.abs(w_int).max(initial=0) + 1))) + 1,
-            weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
-            weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs) if w_abs else 0.0,
-            threshold_float=theta, threshold_mantissa=vth,
-            threshold_rel_error=abs(vth / scale - theta) / theta,
-            bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
-            worst_case_input=worst_int))
+            q_layer, report = _quantize_hidden(layer, weight, bias, x_max, spec)
+        layers.append(q_layer)
+        reports.append(report)
+        x_max = 1  # later layers receive binary spikes
     metadata = dict(net.metadata)
     metadata["quantization"] = [asdict(r) for r in reports]
-    return Network(input=Input(shape=tuple(net.input.shape)), layers=layers, integer=True,
-                   input_bits=input_bits, metadata=metadata, readout=net.readout)
+    q = Network(input=Input(shape=tuple(net.input.shape)), layers=layers, integer=True,
+                input_bits=input_bits, metadata=metadata, readout=net.readout)
+    validate_network(q, project_limits(spec), spec)
+    return q
+
+
+def _check_arguments(net: Network, input_bits, readout_steps, spec: Loihi2Spec) -> int:
+    """The input bits to use; refuses what the quantizer cannot take."""
+    if net.integer:
+        raise QuantizationError("network is already in integer form")
+    if net.input.neuron is not None:
+        raise QuantizationError("input layers with neurons are not produced by this project's converter")
+    bits = check_input_bits(spec.input_bits_default if input_bits is None else input_bits,
+                            required=True, spec=spec)
+    if net.readout == "potential" and (not isinstance(readout_steps, int)
+                                       or isinstance(readout_steps, bool) or readout_steps < 1):
+        raise QuantizationError(f"a potential readout needs readout_steps (the largest T it will run "
+                                f"for) as a positive integer, got {readout_steps!r}")
+    return bits
+
+
+def _hidden_scale(layer, weight: np.ndarray, bias: np.ndarray, theta: float, x_max: int,
+                  spec: Loihi2Spec) -> tuple[float, str]:
+    """The largest scale every limit allows (module docstring) and the limit that set it."""
+    w_abs = float(np.abs(weight).max(initial=0.0))
+    b_abs = float(np.abs(bias).max(initial=0.0))
+    worst = _worst_case_input(weight * x_max)  # input values in [0, 1] float units
+    limits = {
+        "weight range": spec.weight_max / w_abs if w_abs > 0 else math.inf,
+        "threshold mantissa": spec.threshold_max / theta,
+        "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
+        "24-bit state": spec.activation_max / (worst + theta + b_abs),
+    }
+    limited_by = min(limits, key=limits.get)
+    if not math.isfinite(limits[limited_by]):
+        raise QuantizationError(f"layer {layer.name}: no finite scale (all weights zero?)")
+    return limits[limited_by], limited_by
+
+
+def _quantize_hidden(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, spec: Loihi2Spec):
+    """One spiking layer (see the module docstring)."""
+    theta = float(layer.neuron.threshold)
+    if not math.isfinite(theta) or theta <= 0:
+        raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
+    scale, limited_by = _hidden_scale(layer, weight, bias, theta, x_max, spec)
+    w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+    # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight,
+    # times the input's maximum): shrink the scale until the rounded network fits.
+    for _ in range(50):
+        total = worst_int + vth + int(np.abs(b_int).max(initial=0))
+        if total <= spec.activation_max:
+            break
+        scale *= spec.activation_max / total * (1 - 1e-6)
+        limited_by = "24-bit state"
+        w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+    else:
+        raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
+                                f"+ threshold {vth} exceeds {spec.activation_max} at every scale")
+    if vth < 1:
+        raise QuantizationError(f"layer {layer.name}: threshold θ = {theta:.3g} rounds to mantissa "
+                                f"{vth} at scale {scale:.3g} (set by the {limited_by}); Loihi 2 "
+                                f"needs a threshold mantissa of at least 1")
+    neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
+                    bias_exp=spec.netx_bias_exp)
+    w_abs = float(np.abs(weight).max(initial=0.0))
+    w_err = w_int / scale - weight
+    report = LayerQuantReport(
+        name=layer.name, scale=float(scale), limited_by=limited_by,
+        weight_bits_used=int(np.ceil(np.log2(np.abs(w_int).max(initial=0) + 1))) + 1,
+        weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
+        weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs) if w_abs else 0.0,
+        threshold_float=theta, threshold_mantissa=vth,
+        threshold_rel_error=abs(vth / scale - theta) / theta,
+        bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
+        worst_case_input=worst_int)
+    return _integer_layer(layer, w_int, b_int, neuron), report
 
 
 def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, steps: int,
                       spec: Loihi2Spec):
     """The non-firing output integrator (see the module docstring)."""
-    if not np.all(np.isfinite(weight)) or not np.all(np.isfinite(bias)):
-        raise QuantizationError(f"layer {layer.name}: weights or biases are not finite")
     w_abs = float(np.abs(weight).max(initial=0.0))
     if w_abs == 0:
         raise QuantizationError(f"layer {layer.name}: all readout weights are zero")
@@ -202,8 +220,6 @@ def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, s
             f"24-bit membrane for T up to {steps}, its weights would shrink to at most ±{w_max} "
             f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits); use fewer time steps "
             f"(eval.timesteps) or fewer input bits")
-    _check_range(layer.name, "weight", w_int, spec.weight_min, spec.weight_max)
-    _check_range(layer.name, "bias", b_int, spec.bias_min, spec.bias_max)
     neuron = readout_neuron(integer=True)
     q_layer = _integer_layer(layer, w_int, b_int, neuron)
     w_err = w_int / scale - weight
@@ -233,14 +249,3 @@ def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_m
     b_int = np.rint(bias * scale).astype(np.int64)
     vth = int(np.rint(theta * scale))
     return w_int, b_int, vth, int(round(_worst_case_input(w_int * x_max)))
-
-
-def _check_range(layer: str, what: str, values: np.ndarray, low: int, high: int) -> None:
-    if values.size == 0:
-        return
-    vmin, vmax = int(values.min()), int(values.max())
-    if vmin < low or vmax > high:
-        bad = vmin if vmin < low else vmax
-        raise QuantizationError(f"layer {layer}: {what} value {bad} does not fit Loihi 2's range "
-                                f"[{low}, {high}]")
-

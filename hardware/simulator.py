@@ -88,6 +88,7 @@ import torch.nn.functional as F
 from .errors import IRError, QuantizationError
 from .ir import Conv, Dense, Flatten, Network, Neuron
 from .spec import LOIHI2
+from .validate import integer_array, integer_scalar, simulator_limits, validate_network
 
 # IEEE significands: float32 holds every integer below 2**24 exactly, float64
 # below 2**53. A sum of integers stays exact while every partial sum does.
@@ -284,9 +285,7 @@ class _NeuronState:
         if neuron.kind not in ("if_soft", "cuba"):
             raise IRError(f"layer {name}: unknown neuron kind {neuron.kind!r}")
         for field_name, val in (("du", neuron.du), ("dv", neuron.dv)):
-            if not 0 <= int(val) <= LOIHI2.decay_max:
-                raise QuantizationError(f"layer {name}: {field_name}={val} outside "
-                                        f"[0, {LOIHI2.decay_max}]")
+            integer_scalar(val, name, field_name, 0, LOIHI2.decay_max)  # float IR too
         self.du = int(neuron.du) + LOIHI2.current_decay_offset
         self.dv = int(neuron.dv) + LOIHI2.voltage_decay_offset
         self.soft = neuron.kind == "if_soft"
@@ -321,11 +320,7 @@ class _NeuronState:
         self.b = self.bias[b0:b1] if self.bias_batched else self.bias
 
     def _init_integer(self, neuron: Neuron, bias: torch.Tensor, a_bound) -> int:
-        th = neuron.threshold
-        if int(th) != th or not 0 <= int(th) <= LOIHI2.threshold_max:
-            raise QuantizationError(f"layer {self.name}: threshold mantissa {th!r} is not an "
-                                    f"integer in [0, {LOIHI2.threshold_max}]")
-        theta = int(th) << LOIHI2.threshold_shift
+        theta = int(neuron.threshold) << LOIHI2.threshold_shift  # validated in _build
         # Lava's scale_bias: int32 mantissa shifted by bias_exp (right if negative).
         bias = _wrap32(_shift(bias, int(neuron.bias_exp)))
         self.vlim = LOIHI2.state_max - 1
@@ -488,18 +483,6 @@ def _partial_bound(w: np.ndarray, max_in: float, integer: bool) -> float:
     return float(max_in) * float(rows.max(initial=0.0))
 
 
-def _check_integer_layer(layer, w: np.ndarray) -> None:
-    name = layer.name
-    if not np.all(np.isfinite(w)) or np.any(w != np.round(w)):
-        raise QuantizationError(f"layer {name}: integer IR holds non-integer weights")
-    if isinstance(layer, Conv) and int(layer.weight_exp) != 0:
-        raise IRError(f"layer {name}: Lava's fixed-point Conv ignores weight_exp "
-                      f"(= {layer.weight_exp}); fold it into the conv weights")
-    if not LOIHI2.weight_exp_min <= int(layer.weight_exp) <= LOIHI2.weight_exp_max:
-        raise QuantizationError(f"layer {name}: weight_exp {layer.weight_exp} outside "
-                                f"[{LOIHI2.weight_exp_min}, {LOIHI2.weight_exp_max}]")
-
-
 class _Synapse:
     """W ⊛ s for one weighted layer: float, or Lava-exact integer on the fastest
     kernel a static bound proves exact (module docstring, Kernels).
@@ -520,9 +503,7 @@ class _Synapse:
             else torch.contiguous_format
         self.exp = int(layer.weight_exp)
         self.exact_out = False
-        w = np.asarray(layer.weight)
-        if integer:
-            _check_integer_layer(layer, w)
+        w = np.asarray(layer.weight)  # an integer IR's weights are validated in _build
         self.partial_bound = _partial_bound(w, max_in, integer)
         if integer and self.partial_bound >= _FLOAT64_EXACT:
             raise QuantizationError(f"layer {self.name}: synaptic sums may reach "
@@ -716,13 +697,7 @@ def _bias(layer, out_shape: tuple, integer: bool, device) -> torch.Tensor:
     dtype = torch.int64 if integer else torch.float64
     if layer.bias is None:
         return torch.zeros(out_shape, dtype=dtype, device=device)
-    b = np.asarray(layer.bias)
-    if integer:
-        if np.any(b != np.round(b)):
-            raise QuantizationError(f"layer {layer.name}: integer IR holds non-integer biases")
-        if b.min(initial=0) < LOIHI2.bias_min or b.max(initial=0) > LOIHI2.bias_max:
-            raise QuantizationError(f"layer {layer.name}: bias mantissa outside "
-                                    f"[{LOIHI2.bias_min}, {LOIHI2.bias_max}]")
+    b = np.asarray(layer.bias)  # an integer IR's biases are validated in _build
     t = torch.as_tensor(b.astype(np.int64 if integer else np.float64), device=device)
     if isinstance(layer, Conv) and t.dim() == 1 and len(out_shape) == 3:
         t = t.view(-1, 1, 1)  # one bias per output channel
@@ -789,10 +764,9 @@ def _input_state(net: Network, x: torch.Tensor, input_bias, fast: bool,
         if tuple(ib.shape) not in (in_shape, (B,) + in_shape):
             raise IRError(f"input_bias of shape {tuple(ib.shape)} is neither {in_shape} "
                           f"nor {(B,) + in_shape}")
-        if integer and ib.numel() and (int(ib.min()) < LOIHI2.bias_min
-                                       or int(ib.max()) > LOIHI2.bias_max):
-            raise QuantizationError(f"layer {net.input.name}: input bias mantissa outside "
-                                    f"[{LOIHI2.bias_min}, {LOIHI2.bias_max}]")
+        if integer:
+            integer_array(ib.cpu().numpy(), net.input.name, "input bias", LOIHI2.bias_min,
+                          LOIHI2.bias_max)
     a_bound = (int(x.abs().max()) if x.numel() else 0) if (integer and fast) else None
     return _NeuronState(net.input.neuron, ib, in_shape, integer, device,
                         net.input.name, a_bound=a_bound, dtype=dtype)
@@ -803,6 +777,8 @@ def _build(net: Network, x: torch.Tensor, input_bias, max_in: float, fast: bool,
     """(names, states, plan): one neuron state per spiking layer and the layer plan
     [(kind, layer, synapse or None, state index or None)]."""
     integer, device = bool(net.integer), x.device
+    if integer:  # every Loihi 2 limit, in one place
+        validate_network(net, simulator_limits())
     in_neuron = net.input.neuron
     # the fast paths keep conv maps channels-last (mkldnn's fast layout on CPU)
     channels_last = fast or (not integer and dtype == torch.float32)

@@ -58,6 +58,8 @@ class Loihi2Spec:
     bias_mantissa_bits: int = 13
     #: netx always loads biases with this exponent (``bias_exp: 6``).
     netx_bias_exp: int = 6
+    #: Lava's LIF takes an unsigned 3-bit bias exponent (0 .. 7); netx always uses 6.
+    bias_exp_bits: int = 3
 
     # --- messages ----------------------------------------------------------
     #: Lava's fixed-point Dense accumulator, the a_out -> a_in channel and the
@@ -128,13 +130,39 @@ class Loihi2Spec:
         return (1 << (self.bias_mantissa_bits - 1)) - 1
 
     @property
+    def bias_exp_max(self) -> int:
+        return (1 << self.bias_exp_bits) - 1
+
+    @property
     def activation_max(self) -> int:
         """Largest |synaptic input| per step whose << 6 still fits in u."""
         return (self.state_max >> self.activation_shift) - 1
 
     @property
-    def conv_exact_max(self) -> int:
-        return (1 << (self.conv_float_exact_bits - 1)) - 1
+    def weight_clip_min(self) -> int:
+        """Lava's bit-accurate Dense clips mixed-sign weights to [-2**8, 2**8 - 1]
+        (``clip_weights``): the widest weight a netx file can bring into Lava."""
+        return -(1 << self.weight_clip_bits)
+
+    @property
+    def weight_clip_max(self) -> int:
+        return (1 << self.weight_clip_bits) - 1
+
+    @property
+    def netx_threshold_max(self) -> int:
+        """netx's default dense neuron (no ``neuron`` group) has vThMant ``1 << 17``,
+        one beyond the mantissa: ``<< 6`` it is 2**23, which v never exceeds."""
+        return 1 << self.threshold_mantissa_bits
+
+    @property
+    def netx_du_min(self) -> int:
+        """netx reads ``du = iDecay - 1``; a file's iDecay 0 (no current decay) is du = -1."""
+        return -self.current_decay_offset
+
+    @property
+    def netx_dv_max(self) -> int:
+        """A file's vDecay may be 4096 (the voltage decays fully every step)."""
+        return self.decay_unity
 
     def input_max(self, bits: int) -> int:
         """Largest unsigned graded-spike payload with ``bits`` bits."""

@@ -20,7 +20,7 @@ from hardware.spec import LOIHI2
 # --------------------------------------------------------------------------
 
 def _neuron(rng, kind):
-    return Neuron(kind=kind, threshold=int(rng.integers(0, LOIHI2.threshold_max + 1)),
+    return Neuron(kind=kind, threshold=int(rng.integers(1, LOIHI2.threshold_max + 1)),
                   du=int(rng.integers(0, LOIHI2.decay_max + 1)),
                   dv=int(rng.integers(0, LOIHI2.decay_max + 1)),
                   bias_exp=LOIHI2.netx_bias_exp)
@@ -186,8 +186,8 @@ def test_write_rejects_unrepresentable(tmp_path):
     cases = [
         ({"weight": too_big}, "weight value 128 outside"),
         ({"weight": fc.weight + 0.5}, "weight must be integers"),
-        ({"weight_exp": -1}, "weight_exp -1"),
-        ({"neuron": Neuron("cuba", 10, bias_exp=5)}, "bias_exp 5"),
+        ({"weight_exp": -1}, "weight_exp value -1 outside \\[0, 0\\]"),
+        ({"neuron": Neuron("cuba", 10, bias_exp=5)}, "bias_exp value 5 outside \\[6, 6\\]"),
         ({"bias": np.array([0, 5000, 0])}, "bias value 5000 outside"),
         ({"neuron": Neuron("cuba", 1 << 17)}, "threshold .* 131072 outside"),
         ({"neuron": Neuron("cuba", 10, du=4096)}, "du value 4096 outside"),
@@ -198,7 +198,7 @@ def test_write_rejects_unrepresentable(tmp_path):
             write_net(good.replace(layers=[dataclasses.replace(fc, **changes)]), p)
     conv_net = random_ir(0)
     conv = dataclasses.replace(conv_net.layers[0], weight_exp=2)
-    with pytest.raises(IRError, match="^layer conv_a: weight_exp 2"):
+    with pytest.raises(IRError, match="^layer conv_a: weight_exp value 2 outside"):
         write_net(conv_net.replace(layers=[conv] + conv_net.layers[1:]), p)
     assert not p.exists() and not list(tmp_path.glob("*.tmp"))
 

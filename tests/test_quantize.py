@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from hardware.errors import QuantizationError
+from hardware.errors import LoihiRangeError, QuantizationError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
 from hardware.quantize import quantize
 from hardware.spec import LOIHI2
@@ -28,11 +28,9 @@ def test_quantizer_properties(w1, b1, w2, theta1, theta2, bits):
     if not np.any(w1) or not np.any(w2):
         return
     net = _net(w1, b1, w2, theta1, theta2)
-    try:
-        q = quantize(net, input_bits=bits)
-    except QuantizationError:
-        # only acceptable when a threshold would round to zero (tiny θ against huge weights)
-        return
+    # Must succeed: with |W|, |b| <= 4, θ <= 20 and at most 7 inputs every limit allows a
+    # scale of at least 127 / 4 (weight range), so θ >= 0.05 maps to a mantissa >= 2.
+    q = quantize(net, input_bits=bits)
     assert q.integer and q.input_bits == bits
     x_max = [LOIHI2.input_max(bits), 1]
     for layer, float_layer, rep, xm in zip(q.layers, net.layers, q.metadata["quantization"], x_max):
@@ -88,6 +86,28 @@ def test_bad_threshold_is_an_error_naming_the_layer(bad):
     net = _net(np.ones((1, 2)), np.zeros(1), np.ones((1, 1)), bad, 1.0)
     with pytest.raises(QuantizationError, match="d0"):
         quantize(net)
+
+
+def test_threshold_rounding_to_zero_is_refused_naming_the_layer():
+    """θ far below one weight step would become mantissa 0 (a neuron that always fires)."""
+    net = _net(np.full((1, 2), 4.0), np.zeros(1), np.ones((1, 1)), 1e-6, 1.0)
+    with pytest.raises(QuantizationError, match="^layer d0: threshold θ = 1e-06 rounds to mantissa 0"):
+        quantize(net, input_bits=1)
+
+
+def test_quantizer_output_is_checked_by_the_validator(monkeypatch):
+    """A rounding bug that produced an out-of-range weight could not slip through."""
+    import hardware.quantize as quantize_module
+    real_round = quantize_module._round
+
+    def broken_round(*args):
+        w_int, b_int, vth, worst = real_round(*args)
+        return w_int * 2, b_int, vth, worst  # up to 254: beyond the 8-bit mantissa
+
+    monkeypatch.setattr(quantize_module, "_round", broken_round)
+    net = _net(np.ones((1, 2)), np.zeros(1), np.ones((1, 1)), 1.0, 1.0)
+    with pytest.raises(LoihiRangeError, match="^layer d0: weight value 254 outside \\[-128, 127\\]"):
+        quantize(net, input_bits=8)
 
 
 def test_input_bits_out_of_range():

@@ -80,15 +80,17 @@ def test_cuba_vs_if_soft_integer_trace():
 
 def test_integer_decay_rounds_toward_zero():
     """Leaky cuba: du = 2047 (u · 2048/4096), dv = 1 (v · 4095/4096), weight −3,
-    s = 1 at step 1 only, bias_mant 144 with bias_exp 0, vth = 0 (spike if v > 0).
-      step 1: u = −3 << 6 = −192;  v = −192 + 144 = −48          → no spike
+    s = 1 at step 1 only, bias_mant 144 with bias_exp 0, vth = 1 (never reached here).
+      step 1: u = −3 << 6 = −192;  v = −192 + 144 = −48
       step 2: u = −(192·2048 >> 12) = −96
-              v = −(48·4095 >> 12) − 96 + 144 = −(196560 >> 12) + 48 = −47 + 48 = 1 > 0 → spike
-    Lava's sign-magnitude shift rounds toward zero; a floor (−48) would give v = 0: no spike."""
-    net = _one_dense("cuba", 0, weight=[[-3]], integer=True, input_bits=8,
+              v = −(48·4095 >> 12) − 96 + 144 = −(196560 >> 12) + 48 = −47 + 48 = 1
+    Lava's sign-magnitude shift rounds toward zero; a floor (−48) would give v = 0."""
+    net = _one_dense("cuba", 1, weight=[[-3]], integer=True, input_bits=8,
                      du=2047, dv=1, bias=np.array([144]), bias_exp=0)
     x = np.array([1, 0]).reshape(1, 2, 1)
-    assert simulate(net, x, 2).output_spikes[:, 0, 0].tolist() == [0, 1]
+    res = simulate(net, x, 2)
+    assert res.output_potential[:, 0, 0].tolist() == [-48, 1]
+    assert res.output_spikes[:, 0, 0].tolist() == [0, 0]
 
 
 # ---------------------------------------------------------------------------
@@ -182,14 +184,15 @@ def test_integer_edge_cases_match_lava():
 
 def test_negative_weight_exp_floors():
     """weight_exp = −2: a = (W·s) >> 2, arithmetic (floor).
-    Neuron 0: W = 5,  s = 1 → a = 5 >> 2 = 1;   u = 64, v = 64 > 0 → spikes every step.
+    vth = 1, so a neuron spikes when v > 64.
+    Neuron 0: W = 9,  s = 1 → a = 9 >> 2 = 2;   u = 128, v = 128 > 64 → spikes every step.
     Neuron 1: W = −5, s = 1 → a = −5 >> 2 = −2 (truncation would give −1);
-              bias 2 << 6 = 128: v = −128 + 128 = 0, not > 0 → never spikes
-              (with truncation v would grow by 64 per step and spike)."""
-    w = np.array([[5], [-5]])
+              bias 2 << 6 = 128: v = −128 + 128 = 0 every step → never spikes
+              (with truncation v would grow by 64 per step and spike at step 2)."""
+    w = np.array([[9], [-5]])
     net = Network(input=Input(shape=(1,)),
                   layers=[Dense(weight=w, bias=np.array([0, 2]), weight_exp=-2, name="d0",
-                                neuron=Neuron("cuba", 0, du=4095, dv=0, bias_exp=6))],
+                                neuron=Neuron("cuba", 1, du=4095, dv=0, bias_exp=6))],
                   integer=True, input_bits=8)
     out = simulate(net, np.array([[1]]), 4).output_spikes[:, 0].tolist()
     assert out == [[1, 0]] * 4
@@ -259,7 +262,7 @@ def test_pipelined_is_delayed_by_one_step_per_layer():
     assert plain.layer_counts[1].sum() > 0
 
 
-def _conv_net(cin, w_val, vth=0):
+def _conv_net(cin, w_val, vth=1):
     w = np.full((1, cin, 3, 3), w_val, dtype=np.int64)
     return Network(input=Input(shape=(cin, 3, 3)),
                    layers=[Conv(weight=w, bias=None, neuron=Neuron("cuba", vth), name="conv0")],
@@ -287,10 +290,11 @@ def test_integer_conv_beyond_float32_raises():
 def test_input_neuron_layer_gets_input_directly():
     """An IR input neuron receives the input as a_in at step t (no synapse in front)."""
     net = Network(input=Input(shape=(1,), neuron=Neuron("cuba", 1)),
-                  layers=[Dense(weight=np.array([[1]]), bias=None,
-                                neuron=Neuron("cuba", 0), name="d0")],
+                  layers=[Dense(weight=np.array([[2]]), bias=None,
+                                neuron=Neuron("cuba", 1), name="d0")],
                   integer=True)
-    # a_in = 2 → u = v = 128 > 64 → the input layer spikes at step 1 already;
+    # a_in = 2 → u = v = 128 > 64 → the input layer spikes at step 1 already, and so
+    # does d0 (a = 2 → v = 128 > 64);
     # d0 gets it at step 1 (plain) or step 2 (pipelined).
     plain = simulate(net, np.array([[2]]), 3)
     piped = simulate(net, np.array([[2]]), 3, pipelined=True)

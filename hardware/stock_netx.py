@@ -1,0 +1,67 @@
+"""Build a stock ``lava.lib.dl.netx.hdf5.Network`` from this project's .net file.
+
+Stock netx reads the layers of the file but needs three arguments the layers
+cannot tell it; :func:`hardware.netx_io.write_net` stores them as root
+attributes and this helper passes them on:
+
+* ``input_message_bits``: the graded input's bits. netx's default 0 silently
+  turns the graded input into binary spikes and the results are wrong.
+* ``reset_interval``: steps per sample T (stored when the writer was given it).
+* ``reset_offset``: :data:`hardware.netx_io.STOCK_RESET_OFFSET` (1), so every
+  block resets at the start of its window when sample k is fed as source
+  columns kT .. kT+T-1.
+
+The equivalent plain call (also stored as the ``stock_netx_call`` attribute)::
+
+    from lava.lib.dl.netx import hdf5
+    net = hdf5.Network(net_config="model.net", input_message_bits=8,
+                       reset_interval=T, reset_offset=1)
+
+The file is read with :func:`hardware.netx_io.read_net` first, so a file that
+is corrupt, out of range or not this project's raises a one-line
+:class:`NetxFormatError` before netx sees it. Networks with ``if_soft``
+layers cannot run in stock netx (see :mod:`hardware.netx_io`); use
+:func:`hardware.lava_net.build_lava_network` for them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import h5py
+
+from .errors import NetxFormatError
+from .netx_io import STOCK_RESET_OFFSET, read_net
+from .validate import integer_scalar
+
+__all__ = ["stock_netx_arguments", "stock_network"]
+
+
+def stock_netx_arguments(path: Union[str, Path], reset_interval: Optional[int] = None) -> dict:
+    """The keyword arguments of ``netx.hdf5.Network`` for this file.
+
+    ``reset_interval`` overrides (or supplies, for files written without it) the
+    steps per sample stored in the file."""
+    path = Path(path)
+    net = read_net(path)  # validates everything, including the attributes read below
+    if any(layer.neuron.kind != "cuba" for layer in net.weighted_layers):
+        raise NetxFormatError(f"{path}: the network has if_soft layers, which stock netx cannot "
+                              f"run; use hardware.lava_net.build_lava_network")
+    if net.input_bits is None:
+        raise NetxFormatError(f"{path}: no input_bits attribute; not a file this project wrote")
+    with h5py.File(path, "r") as f:
+        stored = {k: int(f.attrs[k]) for k in ("reset_interval", "reset_offset") if k in f.attrs}
+    if reset_interval is not None:
+        stored = {"reset_interval": integer_scalar(reset_interval, "input", "reset_interval", 1),
+                  "reset_offset": stored.get("reset_offset", STOCK_RESET_OFFSET)}
+    if "reset_interval" not in stored:
+        raise NetxFormatError(f"{path}: the file does not state its steps per sample "
+                              f"(reset_interval); pass reset_interval=T")
+    return {"net_config": str(path), "input_message_bits": int(net.input_bits), **stored}
+
+
+def stock_network(path: Union[str, Path], reset_interval: Optional[int] = None):
+    """A stock ``lava.lib.dl.netx.hdf5.Network`` built from ``path`` with the right arguments."""
+    from lava.lib.dl.netx.hdf5 import Network
+
+    return Network(**stock_netx_arguments(path, reset_interval))
