@@ -1,22 +1,34 @@
-"""The run directory: every file a run reads or writes, named in one place.
+"""The run directory: every file a run reads or writes, named in one place, and the typed
+sections of its ``report.json``.
 
 Writes are atomic (a temporary file in the same directory, flushed and fsynced,
 then renamed over the target), so a killed process leaves either the previous
 complete file or the new complete one, never a partial one.
+
+``report.json`` is one JSON object: ``format_version`` plus one section per
+stage result (:class:`Report`). Every section has a typed definition; reading a
+report that is not JSON, not an object, of an unknown ``format_version`` or
+with a section of the wrong type raises :class:`ArtifactError` naming the file
+and the section/key. Unknown top-level keys (e.g. a benchmark's own figures) are
+kept as they are.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Annotated, Any, Iterable, Iterator, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hardware.errors import ToolkitError
 
 
-class ArtifactError(ToolkitError):
+class ArtifactError(ToolkitError, ValueError):
     """A run artifact that is missing, unreadable or does not belong to this run."""
 
 
@@ -27,11 +39,23 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 NET_FILE = "model.net"
 RASTER_NPZ = "raster.npz"
+#: the report's plots: kind -> file name
+PLOT_FILES = {"accuracy": "accuracy_vs_t.png", "training": "training.png",
+              "firing_rate": "firing_rate.png", "energy": "energy.png", "raster": "raster.png"}
 #: files of the format before safetensors: recognised only to refuse them with a clear message
 LEGACY_CHECKPOINT = "checkpoint.pt"
 LEGACY_TRAIN_STATE = "train_state.pt"
 
+#: the report.json format this version reads and writes
+REPORT_FORMAT = 1
+#: a report.json beyond this is not one of ours (read before parsing, so it cannot exhaust memory)
+MAX_REPORT_BYTES = 64 << 20
+#: Linux limits (PATH_MAX, NAME_MAX): longer paths fail deep inside the first write otherwise
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
 
+
+# --------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -41,9 +65,12 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        try:  # mkstemp makes the file private (0600); a run's artifacts get the mode any new file gets
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -51,6 +78,18 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else the common 022."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,11 +115,416 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- path checks
+def _check_path_text(path: Any, key: str) -> Path:
+    """A usable path: a non-empty string without NUL and within the OS length limits."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not text:
+        raise ArtifactError(f"{key} must be a non-empty path, got {path!r}")
+    if "\x00" in text:
+        raise ArtifactError(f"{key} {text!r} contains a NUL character")
+    encoded = os.fsencode(text)
+    if len(encoded) > MAX_PATH_BYTES:
+        raise ArtifactError(f"{key} is too long ({len(encoded)} bytes; the limit is {MAX_PATH_BYTES})")
+    long_parts = [p for p in encoded.split(b"/") if len(p) > MAX_NAME_BYTES]
+    if long_parts:
+        raise ArtifactError(f"{key}: the path component {os.fsdecode(long_parts[0][:40])}… is "
+                            f"{len(long_parts[0])} bytes long (the limit is {MAX_NAME_BYTES})")
+    return Path(text)
+
+
+def _first_existing(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def prepare_run_dir(path: Any, key: str = "run.dir") -> Path:
+    """Check ``path`` can hold a run (create it if needed); raise :class:`ArtifactError` naming
+    ``key`` otherwise: a file, under a file, a NUL, too long, not creatable, not writable."""
+    root = _check_path_text(path, key)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{key} {root} is a file, not a directory")
+    ancestor = _first_existing(root)
+    if not ancestor.is_dir():
+        raise ArtifactError(f"{key} {root} lies under {ancestor}, which is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"{key} {root} cannot be created: {exc.strerror or exc}") from None
+    try:  # the real test (os.access says yes to root on a read-only file system)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ArtifactError(f"{key} {root} is not writable: {exc.strerror or exc}") from None
+    return root
+
+
+def check_input_file(path: Any, key: str, hint: str = "") -> Path:
+    """An existing, readable regular file, else :class:`ArtifactError` naming ``key``."""
+    p = _check_path_text(path, key)
+    if not p.exists():
+        raise ArtifactError(f"{key}: no file at {p}{hint}")
+    if not p.is_file():
+        raise ArtifactError(f"{key} {p} is not a regular file")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ArtifactError(f"{key} {p} is not readable: {exc.strerror or exc}") from None
+    return p
+
+
+# --------------------------------------------------------------------------- report sections
+class _Section(BaseModel):
+    """A report section: the keys listed are typed (strictly: no silent conversion), further
+    keys are kept as they are so a newer writer's additions survive a merge."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+
+
+TimeStep = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*$")]
+Readout = Literal["potential", "spikes"]
+
+
+class Accuracy(_Section):
+    """Test accuracy (fractions); per T as ``{"1": acc, …}``."""
+
+    ann: Optional[float] = None
+    snn_float: Optional[dict[TimeStep, float]] = None
+    snn_fixed: Optional[dict[TimeStep, float]] = None
+    lava: Optional[dict[TimeStep, float]] = None
+
+
+class EpochRecord(_Section):
+    epoch: int
+    loss: Optional[float] = None
+    ann_val: Optional[float] = None
+    snn_val: Optional[float] = None
+    sigma: list[float] = []
+    lambda_: list[float] = Field(default=[], alias="lambda")
+    lr: Optional[float] = None
+
+
+class Training(_Section):
+    best_epoch: Optional[int] = None
+    history: list[EpochRecord] = []
+
+
+class Simulator(_Section):
+    float_samples_per_s: Optional[float] = None
+    fixed_samples_per_s: Optional[float] = None
+
+
+class CheckpointInfo(_Section):
+    epoch: Optional[int] = None
+    sigma: list[float] = []
+    lambda_: list[float] = Field(default=[], alias="lambda")
+    sha256: Optional[str] = None
+
+
+class ExportInfo(_Section):
+    path: str
+    sha256: Optional[str] = None
+    neuron: Optional[str] = None
+    readout: Optional[Readout] = None
+    input_bits: Optional[int] = None
+
+
+class NetworkFile(_Section):
+    path: str
+    sha256: Optional[str] = None
+
+
+class QuantLayer(_Section):
+    name: str
+    scale: Optional[float] = None
+    limited_by: Optional[str] = None
+    weight_bits_used: Optional[int] = None
+    weight_max_abs_error: Optional[float] = None
+    weight_rms_rel_error: Optional[float] = None
+    threshold_float: Optional[float] = None
+    threshold_mantissa: Optional[int] = None
+    threshold_rel_error: Optional[float] = None
+    bias_max_abs_error: Optional[float] = None
+    worst_case_input: Optional[int] = None
+    readout_steps: Optional[int] = None
+
+
+class ProbeLayer(_Section):
+    name: str
+    kind: str
+    neurons: int
+    readout: bool = False
+    spikes: float
+    firing_rate: Optional[float] = None
+    synops_binary: float
+    synops_graded: float
+    graded_messages: float = 0.0
+    neuron_updates: float
+    active_updates: float
+    fan_in_max: int
+    fan_out_max: int
+
+
+class Probes(_Section):
+    """Activity per layer, means per sample (``hardware.activity.ActivityReport.to_dict``)."""
+
+    source: Optional[str] = None
+    samples: int
+    timesteps: int
+    layers: list[ProbeLayer]
+    totals: dict[str, float] = {}
+
+
+class Lava(_Section):
+    samples: int
+    agreement: float
+    backend: str
+    readout: Optional[Readout] = None
+    steps_per_sample: Optional[int] = None
+    wall_time_s: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    disagreeing_samples: list[int] = []
+    probes: Optional[Probes] = None
+    probes_equal_reference: Optional[bool] = None
+
+
+class EnergyLayer(_Section):
+    name: str
+    total: float
+    synaptic_binary: float = 0.0
+    synaptic_graded: float = 0.0
+    neuron_update_active: float = 0.0
+    neuron_update_inactive: float = 0.0
+    spike_routing: float = 0.0
+    ann_fp32: Optional[float] = None
+    ann_int8: Optional[float] = None
+
+
+class EnergyConstant(_Section):
+    name: str
+    value: float
+    unit: str
+    source: str
+    overridden: bool
+
+
+class AnnBaseline(_Section):
+    macs: int
+    fp32_pj: float
+    int8_pj: float
+    fp32_over_snn: Optional[float] = None
+    int8_over_snn: Optional[float] = None
+
+
+class EnergyReference(_Section):
+    network: str
+    total_power_w: float
+    energy_per_inference_mj: float
+    frames_per_s: float
+    steps_per_sample: int
+    source: str
+
+
+class Energy(_Section):
+    """The energy ESTIMATE per inference (``hardware.energy.energy_estimate``)."""
+
+    total_pj: float
+    formula: str
+    by_operation: dict[str, float]
+    layers: list[EnergyLayer]
+    constants: list[EnergyConstant]
+    ann_baseline: Optional[AnnBaseline] = None
+    reference: Optional[EnergyReference] = None
+    source: Optional[str] = None
+    timesteps: Optional[int] = None
+    estimate: bool = True
+    steps_per_sample: Optional[int] = None
+    static_note: Optional[str] = None
+
+
+class EnergyMeasured(_Section):
+    source: Optional[str] = None
+
+
+class ResourceLayer(_Section):
+    name: str
+    kind: str
+    readout: bool = False
+    neurons: int
+    synapses: int
+    synaptic_memory_bits: int
+    fan_in_max: int
+    fan_out_max: int
+    cores: int
+    limited_by: str
+    fits: bool
+
+
+class Resources(_Section):
+    """Loihi 2 resource fit (``hardware.resources.FitReport.to_dict``)."""
+
+    fits: bool
+    cores: int
+    chips: int
+    neurons: int
+    synapses: int
+    synaptic_memory_bits: int
+    weight_bits: int
+    conv_synapses: Optional[str] = None
+    model: Optional[str] = None
+    limits: dict[str, float] = {}
+    problems: list[str] = []
+    layers: list[ResourceLayer]
+
+
+class Raster(_Section):
+    """Which ``raster.npz`` belongs to this report (a raster without a matching hash is not shown)."""
+
+    path: str
+    sha256: str
+    layers: list[str] = []
+
+
+class Report(_Section):
+    """The whole report.json: one optional section per stage result."""
+
+    format_version: int = REPORT_FORMAT
+    config: Optional[dict[str, dict[str, Any]]] = None
+    training: Optional[Training] = None
+    accuracy: Optional[Accuracy] = None
+    readout: Optional[Readout] = None
+    test_samples: Optional[int] = None
+    simulator: Optional[Simulator] = None
+    checkpoint: Optional[CheckpointInfo] = None
+    export: Optional[ExportInfo] = None
+    network_file: Optional[NetworkFile] = None
+    quantization: Optional[list[QuantLayer]] = None
+    lava: Optional[Lava] = None
+    probes: Optional[Probes] = None
+    energy: Optional[Energy] = None
+    energy_measured: Optional[EnergyMeasured] = None
+    resources: Optional[Resources] = None
+    raster: Optional[Raster] = None
+    wall_time_s: Optional[float] = None
+
+    def to_json_dict(self) -> dict:
+        """The JSON form (only the keys that were set; documented key names)."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        out["format_version"] = self.format_version
+        return out
+
+
+#: sections whose dict value is merged key by key (several stages fill them)
+MERGED_SECTIONS = ("accuracy", "simulator")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays become numbers and lists)."""
+    def default(obj):
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+    return json.loads(json.dumps(value, default=default))
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']} (got {got}){more}"
+
+
+def validate_report(raw: Any, source: str) -> Report:
+    """A :class:`Report` from a parsed JSON value; :class:`ArtifactError` naming ``source`` and
+    the section/key otherwise."""
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("format_version", REPORT_FORMAT)
+    if version != REPORT_FORMAT or isinstance(version, bool):
+        raise ArtifactError(f"{source}: format_version {version!r} is not one this version reads "
+                            f"({REPORT_FORMAT}); re-run the stages into a new run.dir")
+    try:
+        return Report.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{source}: section {_describe(exc)}") from None
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"duplicate key {dup!r}")
+    return dict(pairs)
+
+
+def parse_report_json(path: Path) -> Any:
+    """The parsed JSON of ``path`` (size-checked before reading); ArtifactError if it is not JSON."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_REPORT_BYTES:
+            raise ArtifactError(f"{path} is {size} bytes, more than any report.json "
+                                f"({MAX_REPORT_BYTES}); it is not a report of this toolkit")
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except ArtifactError:
+        raise
+    except IsADirectoryError:
+        raise ArtifactError(f"{path} is a directory, not a report file") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path} is not readable: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} is not readable JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise ArtifactError(f"{path} is not readable JSON (nested too deeply)") from None
+    except ValueError as exc:  # json.JSONDecodeError and duplicate keys
+        raise ArtifactError(f"{path} is not readable JSON ({exc}); delete it or re-run the "
+                            "stages into a new run.dir") from None
+
+
+def merge_report(report: Report, updates: Mapping[str, Any], replace: Iterable[str] = ()) -> Report:
+    """``report`` with ``updates`` applied: sections in :data:`MERGED_SECTIONS` merge key by key,
+    every other section is replaced; sections named in ``replace`` and absent from ``updates``
+    are removed (a stage's results that belong together never mix two runs)."""
+    merged = report.to_json_dict()
+    for key in replace:
+        merged.pop(key, None)
+    for key, value in _jsonable(dict(updates)).items():
+        if key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    merged["format_version"] = REPORT_FORMAT
+    try:
+        return Report.model_validate(merged)
+    except ValidationError as exc:  # a stage produced a section its definition does not allow
+        raise ArtifactError(f"{REPORT_JSON} update: section {_describe(exc)}") from None
+
+
+# --------------------------------------------------------------------------- the run directory
 @dataclass(frozen=True)
 class RunDir:
     """The files of one run directory (``run.dir``)."""
 
     root: Path
+
+    @classmethod
+    def prepared(cls, path: Any, key: str = "run.dir") -> "RunDir":
+        """The run directory at ``path``, checked and created (see :func:`prepare_run_dir`)."""
+        return cls(prepare_run_dir(path, key))
 
     @property
     def checkpoint(self) -> Path:
@@ -105,3 +549,37 @@ class RunDir:
     @property
     def raster(self) -> Path:
         return self.root / RASTER_NPZ
+
+    def net_to_run(self, run_net: Optional[str]) -> Path:
+        """The .net file ``run`` executes (``run.net``, else this directory's), checked readable."""
+        if run_net:
+            return check_input_file(run_net, "run.net")
+        return check_input_file(self.net, "run.net", hint="; run `python -m pipeline export` first "
+                                "or set run.net to a .net file")
+
+    def plot(self, kind: str) -> Path:
+        """The PNG of one of the report's plots (a key of :data:`PLOT_FILES`)."""
+        return self.root / PLOT_FILES[kind]
+
+    def read_report(self) -> Report:
+        """The validated report.json (an empty report if there is none yet)."""
+        path = self.report_json
+        if not path.exists() and not path.is_symlink():
+            return Report()
+        return validate_report(parse_report_json(path), str(path))
+
+    def write_report(self, report: Report) -> None:
+        text = json.dumps(report.to_json_dict(), indent=2, sort_keys=True, allow_nan=True)
+        atomic_write_text(self.report_json, text + "\n")
+
+    def update_report(self, updates: Mapping[str, Any], replace: Iterable[str] = ()) -> Report:
+        """Merge ``updates`` into report.json atomically (see :func:`merge_report`)."""
+        report = merge_report(self.read_report(), updates, replace)
+        self.write_report(report)
+        return report
+
+
+__all__ = ["ArtifactError", "RunDir", "Report", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+           "prepare_run_dir", "check_input_file", "validate_report", "merge_report", "sha256_of",
+           "CHECKPOINT", "TRAIN_STATE", "REPORT_JSON", "REPORT_MD", "NET_FILE", "RASTER_NPZ", "PLOT_FILES",
+           "LEGACY_CHECKPOINT", "LEGACY_TRAIN_STATE", "REPORT_FORMAT"]

@@ -3,8 +3,10 @@
 Each subcommand validates the whole config first (so a typo fails before any
 work), then calls the stage of the same name in :mod:`pipeline.stages`
 (``all`` calls ``run_all``). On stdout it prints the accuracy table of the
-run directory's report.json (``--json``: the stage's result dict as JSON
-instead). Logs go to stderr.
+run directory's report.json; with ``--json`` stdout carries exactly one JSON
+document instead, the stage's result (``all``: the whole report), and
+anything else written to stdout while the stage runs goes to stderr. Logs and
+progress bars go to stderr.
 
 Exit codes: 0 success; 2 a :class:`~hardware.errors.ToolkitError` (printed
 as ``error: <message>``, no traceback) or a command-line usage error; 130
@@ -13,10 +15,14 @@ interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import logging
+import math
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -24,15 +30,19 @@ from hardware.errors import ToolkitError
 
 log = logging.getLogger("pipeline")
 
-#: subcommand -> (function name in pipeline.stages, help)
+#: subcommand -> (module, function, help); ``report`` needs neither torch nor Lava, so it
+#: does not import pipeline.stages (seconds instead of half a minute on a busy machine)
 STAGES = {
-    "train": ("train", "train the NQ ANN (sigma re-estimated each epoch), save the checkpoint"),
-    "evaluate": ("evaluate",
+    "train": ("pipeline.stages", "train",
+              "train the NQ ANN (sigma re-estimated each epoch), save the checkpoint"),
+    "evaluate": ("pipeline.stages", "evaluate",
                  "ANN and SNN accuracy for T = 1..eval.timesteps (reference simulator)"),
-    "export": ("export", "convert, quantize to Loihi 2 fixed point and write the netx .net file"),
-    "run": ("run", "run the .net file in Lava and compare it bit for bit with the simulator"),
-    "report": ("report", "write report.json and plots from the stages' outputs"),
-    "all": ("run_all", "train, evaluate, export, run and report in one go"),
+    "export": ("pipeline.stages", "export",
+               "convert, quantize to Loihi 2 fixed point and write the netx .net file"),
+    "run": ("pipeline.stages", "run",
+            "run the .net file in Lava and compare it bit for bit with the simulator"),
+    "report": ("pipeline.report", "report_stage", "write report.md and plots from report.json"),
+    "all": ("pipeline.stages", "run_all", "train, evaluate, export, run and report in one go"),
 }
 
 EXIT_TOOLKIT_ERROR = 2
@@ -56,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Loihi 2 via Lava.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(STAGES) + "}",
                                 required=True)
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, _, help_text) in STAGES.items():
         sub.add_parser(name, parents=[common], help=help_text, description=help_text)
     return parser
 
@@ -67,44 +77,100 @@ def _configure_logging(quiet: bool) -> None:
                         datefmt="%H:%M:%S")
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _run(args: argparse.Namespace) -> tuple[Any, dict]:
+    """(config, the stage's result)."""
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     log.info("config %s valid (data=%s, arch=%s, run.dir=%s)", args.config, cfg.data.name,
              cfg.arch, cfg.run.dir)
-    # Imported here so that config errors are reported even before the heavy
-    # stage modules (torch, lava) are imported.
-    from pipeline import stages
-
-    fn_name = STAGES[args.command][0]
+    _preflight(cfg, args.command)
+    # Imported here so that config and run-directory errors are reported even before the
+    # heavy stage modules (torch, lava) are imported.
+    module, fn_name, _ = STAGES[args.command]
+    stage = getattr(importlib.import_module(module), fn_name)
     # log lines go above the progress bars instead of through them (after the stages'
     # import: tqdm's lock fixes the multiprocessing start method Lava sets on import)
     with logging_redirect_tqdm():
-        return getattr(stages, fn_name)(cfg)
+        return cfg, stage(cfg)
+
+
+def _preflight(cfg, command: str) -> None:
+    """The run directory, its report.json and the .net file to run, checked before any work
+    (the stages check again: they are called from scripts too)."""
+    from pipeline.artifacts import RunDir, check_input_file
+
+    run_dir = RunDir.prepared(cfg.run.dir)
+    run_dir.read_report()
+    if command == "run":
+        run_dir.net_to_run(cfg.run.net)
+    elif command == "all" and cfg.run.net:
+        check_input_file(cfg.run.net, "run.net")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (by Python code, C code or forked Lava workers) to
+    stderr while the stage runs: with --json, stdout carries the one JSON document only."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (embedded): Python-level redirection only
+        saved = None
+    try:
+        if saved is not None:
+            os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as null: the output is standard JSON, not Python's dialect."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _summary(args: argparse.Namespace, cfg, result: dict) -> str:
+    """The accuracy table of the run directory (``all``: with the wall time)."""
+    from pipeline.artifacts import RunDir
+    from pipeline.report import format_summary
+
+    report = result if args.command == "all" else RunDir(cfg.run_dir).read_report().to_json_dict()
+    text = format_summary(report)
+    if args.command == "all" and report.get("wall_time_s") is not None:
+        text += f"\nwall time: {report['wall_time_s']:.0f} s"
+    return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
-        result = _run(args)
+        with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+            cfg, result = _run(args)
+            output = (json.dumps(_strict_json(result), indent=2, sort_keys=True, default=str) if args.json
+                      else _summary(args, cfg, result))
     except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_TOOLKIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    elif args.command != "all":  # run_all prints its own summary
-        from pipeline.stages import format_summary, read_report
-
-        print(format_summary(read_report(result_dir(args))))
+    print(output)
     return 0
 
 
-def result_dir(args: argparse.Namespace):
-    from pipeline.config import load_config
-
-    return load_config(args.config, args.overrides).run_dir
+def _one_line(exc: BaseException) -> str:
+    """The error message on one line (a config with several problems lists them after ';')."""
+    parts = [part.strip(" -") for part in str(exc).splitlines() if part.strip()]
+    return "; ".join(parts).replace(":;", ":")

@@ -1,9 +1,10 @@
 """Plots of a run (PNG files in the run directory), drawn from report.json data only.
 
-Every function takes the part of the report it needs and an output directory,
-writes one PNG and returns its path, or returns ``None`` when its data is
-absent (so a partial report still renders). matplotlib runs on the Agg
-backend (no display needed).
+Every function takes the part of the report it needs (a validated report.json
+section, :mod:`pipeline.artifacts`) and the run directory, writes one PNG
+atomically under the name :class:`~pipeline.artifacts.RunDir` gives it and
+returns its path, or returns ``None`` when its data is absent (so a partial
+report still renders). matplotlib runs on the Agg backend (no display needed).
 """
 from __future__ import annotations
 
@@ -17,12 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .artifacts import RunDir, atomic_path  # noqa: E402
+
 DPI = 110
-ACCURACY_PNG = "accuracy_vs_t.png"
-FIRING_PNG = "firing_rate.png"
-ENERGY_PNG = "energy.png"
-RASTER_PNG = "raster.png"
-TRAINING_PNG = "training.png"
 
 _OP_LABELS = {
     "synaptic_binary": "synaptic ops (binary spikes)",
@@ -34,11 +32,14 @@ _OP_LABELS = {
 }
 
 
-def _save(fig, out_dir: Path, name: str) -> Path:
-    path = Path(out_dir) / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+def _save(fig, run_dir: RunDir, kind: str) -> Path:
+    path = run_dir.plot(kind)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -49,7 +50,7 @@ def _series(curve: Optional[Mapping]) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_accuracy(accuracy: Optional[Mapping], out_dir: Path, lava_samples: Optional[int] = None
+def plot_accuracy(accuracy: Optional[Mapping], run_dir: RunDir, lava_samples: Optional[int] = None
                   ) -> Optional[Path]:
     """Test accuracy vs time steps T: ANN line, float SNN, fixed-point SNN, Lava points."""
     if not accuracy:
@@ -79,10 +80,10 @@ def plot_accuracy(accuracy: Optional[Mapping], out_dir: Path, lava_samples: Opti
     ax.set_title("Accuracy vs time steps")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, out_dir, ACCURACY_PNG)
+    return _save(fig, run_dir, "accuracy")
 
 
-def plot_firing_rates(probes: Optional[Mapping], out_dir: Path) -> Optional[Path]:
+def plot_firing_rates(probes: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:
     """Mean firing rate (spikes per neuron per step) of each spiking layer (the non-firing
     output integrator of a potential readout has no firing rate and is left out)."""
     if not probes or not probes.get("layers"):
@@ -105,10 +106,10 @@ def plot_firing_rates(probes: Optional[Mapping], out_dir: Path) -> Optional[Path
     ax.set_title(f"Firing rate per layer ({probes.get('source', '?')}, "
                  f"{probes.get('samples', '?')} samples, T={probes.get('timesteps', '?')})")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_dir, FIRING_PNG)
+    return _save(fig, run_dir, "firing_rate")
 
 
-def plot_energy(energy: Optional[Mapping], out_dir: Path) -> Optional[Path]:
+def plot_energy(energy: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:
     """Estimated energy per inference: stacked by operation per layer, and totals
     next to the ANN baselines (log scale)."""
     if not energy or not energy.get("layers"):
@@ -150,10 +151,10 @@ def plot_energy(energy: Optional[Mapping], out_dir: Path) -> Optional[Path]:
     ax2.grid(axis="y", alpha=0.3)
     fig.text(0.01, 0.01, "Loihi 1 per-op figures (Davies 2018) applied to counted ops; "
              "no Loihi 2 per-op figures are published.", fontsize=7, color="dimgray")
-    return _save(fig, out_dir, ENERGY_PNG)
+    return _save(fig, run_dir, "energy")
 
 
-def plot_raster(raster: Optional[Mapping[str, np.ndarray]], out_dir: Path,
+def plot_raster(raster: Optional[Mapping[str, np.ndarray]], run_dir: RunDir,
                 max_neurons: int = 2048) -> Optional[Path]:
     """Spike raster of one sample: one panel per layer, time step vs neuron index
     (at most ``max_neurons`` neurons per layer, evenly subsampled, are drawn)."""
@@ -177,10 +178,10 @@ def plot_raster(raster: Optional[Mapping[str, np.ndarray]], out_dir: Path,
     if steps <= 32:
         axes[-1, 0].set_xticks(range(1, steps + 1))
     axes[0, 0].set_title("Spike raster of one sample (black = spike; neuron index per layer)")
-    return _save(fig, out_dir, RASTER_PNG)
+    return _save(fig, run_dir, "raster")
 
 
-def plot_training(training: Optional[Mapping], out_dir: Path) -> Optional[Path]:
+def plot_training(training: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:
     """σ per layer and validation accuracy (ANN, SNN) across training epochs."""
     history = (training or {}).get("history") or []
     if not history:
@@ -213,7 +214,7 @@ def plot_training(training: Optional[Mapping], out_dir: Path) -> Optional[Path]:
     ax2.set_title("Validation accuracy")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8, loc="lower right")
-    return _save(fig, out_dir, TRAINING_PNG)
+    return _save(fig, run_dir, "training")
 
 
 __all__ = ["plot_accuracy", "plot_firing_rates", "plot_energy", "plot_raster", "plot_training"]

@@ -11,7 +11,6 @@ stage produces it.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -22,16 +21,13 @@ from hardware.errors import ToolkitError
 from hardware.resources import check_fit
 
 from . import plots
+from .artifacts import RASTER_NPZ, REPORT_JSON, ArtifactError, RunDir, atomic_write_text, sha256_of
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-RASTER_NPZ = "raster.npz"
 
-
-class ReportError(ToolkitError, ValueError):
-    """A run directory without a readable report.json."""
+class ReportError(ArtifactError):
+    """A run directory without a report.json."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -316,7 +312,7 @@ def _quantization_section(report: dict) -> list[str]:
     keys = ["name", "scale", "limited_by", "weight_bits_used", "weight_max_abs_error",
             "weight_rms_rel_error", "threshold_float", "threshold_mantissa", "threshold_rel_error",
             "bias_max_abs_error", "worst_case_input"]
-    layers = q if isinstance(q, list) else q.get("layers", [])
+    layers = q
     if any(la.get("readout_steps") is not None for la in layers):
         keys.append("readout_steps")  # the T up to which the output integrator provably fits
     lines += _table(keys, [[la.get(k) for k in keys] for la in layers])
@@ -328,83 +324,137 @@ def _quantization_section(report: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- entry point
-def render_report(run_dir: Path) -> dict:
-    """Write ``run_dir/report.md`` and the PNG plots; return what was written and what is missing."""
-    run_dir = Path(run_dir)
-    path = run_dir / REPORT_JSON
-    if not path.exists():
-        raise ReportError(f"no {REPORT_JSON} in {run_dir}; run a pipeline stage first "
-                          "(e.g. `python -m pipeline train`)")
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path} is not readable JSON ({exc})") from None
-    if not isinstance(report, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(report).__name__}")
-
-    notes: list[str] = []
-    probes = report.get("probes")
-    energy = report.get("energy")
-    resources = report.get("resources")
+def _derived_sections(report: dict, run_dir: Path, notes: list) -> tuple[Optional[dict], Optional[dict]]:
+    """(energy, resources): stored, or computed from the probes and the .net file when absent."""
+    probes, energy, resources = report.get("probes"), report.get("energy"), report.get("resources")
     net = None
     if (probes and not energy) or not resources:
         net = _load_net(report, run_dir, notes)
     if probes and not energy:
         overrides = ((report.get("config") or {}).get("energy")) or {}
         try:
-            energy = energy_estimate(probes, overrides, count_macs(net) if net is not None else None)
+            energy = energy_estimate(probes, overrides, count_macs(net) if net is not None else None,
+                                    steps_per_sample=(report.get("lava") or {}).get("steps_per_sample"))
         except ToolkitError as exc:
             notes.append(f"energy estimate not computed: {exc}")
     if not resources and net is not None:
         resources = check_fit(net).to_dict()
+    return energy, resources
 
-    raster = None
-    raster_path = run_dir / RASTER_NPZ
-    if raster_path.exists():
-        try:
-            raster = load_raster(raster_path)
-        except (ToolkitError, OSError, ValueError) as exc:
-            notes.append(f"{RASTER_NPZ} not readable ({exc}); raster omitted")
 
-    lava_n = (report.get("lava") or {}).get("samples")
-    pngs = {
-        "accuracy": plots.plot_accuracy(report.get("accuracy"), run_dir, lava_n),
-        "training": plots.plot_training(report.get("training"), run_dir),
-        "firing_rate": plots.plot_firing_rates(probes, run_dir),
-        "energy": plots.plot_energy(energy, run_dir),
-        "raster": plots.plot_raster(raster, run_dir),
-    }
+def _raster(report: dict, run_dir: RunDir, notes: list) -> Optional[dict]:
+    """raster.npz, if report.json names it by hash (a raster it does not name was left by an
+    interrupted run and may describe another network)."""
+    path = run_dir.raster
+    if not path.exists():
+        return None
+    named = (report.get("raster") or {}).get("sha256")
+    if named is None or named != sha256_of(path):
+        notes.append(f"{RASTER_NPZ} is not the raster {REPORT_JSON} names (left by an interrupted or "
+                     "older run); raster omitted")
+        return None
+    try:
+        return load_raster(path)
+    except (ToolkitError, OSError, ValueError) as exc:
+        notes.append(f"{RASTER_NPZ} not readable ({exc}); raster omitted")
+        return None
 
-    sections = {"config": "config", "training": "training", "accuracy": "accuracy",
-                "lava": "lava", "probes": "probes", "energy": energy, "resources": resources,
-                "quantization": "quantization"}
-    missing = [k for k, v in sections.items()
-               if (report.get(k) if isinstance(v, str) else v) in (None, {}, [])]
 
+def _missing_sections(report: dict, energy, resources) -> list[str]:
+    present = {**report, "energy": energy, "resources": resources}
+    return [k for k in ("config", "training", "accuracy", "lava", "probes", "energy", "resources",
+                        "quantization") if present.get(k) in (None, {}, [])]
+
+
+def _preamble(run_dir: Path, missing: list, notes: list) -> list[str]:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = ["# NQ-SNN → Loihi 2 run report", "",
              f"Run directory `{run_dir}`; rendered {now} from `{REPORT_JSON}` (nothing was re-run).", ""]
     if missing:
         lines += ["**Incomplete run**: no data yet for " + ", ".join(missing) +
                   ". Sections below say which stage produces them.", ""]
-    for n in notes:
-        lines += [f"- Note: {n}"]
-    if notes:
-        lines.append("")
+    lines += [f"- Note: {n}" for n in notes]
+    return lines + ([""] if notes else [])
+
+
+def _read(run_dir: RunDir) -> dict:
+    """The validated report.json as JSON types (every section's shape guaranteed by its definition)."""
+    if not run_dir.report_json.exists():
+        raise ReportError(f"no {REPORT_JSON} in {run_dir.root}; run a pipeline stage first "
+                          "(e.g. `python -m pipeline train`)")
+    return run_dir.read_report().to_json_dict()
+
+
+def render_report(run_dir: Path) -> dict:
+    """Write ``run_dir/report.md`` and the PNG plots; return what was written and what is missing."""
+    rd = RunDir(Path(run_dir))
+    report = _read(rd)
+    notes: list[str] = []
+    energy, resources = _derived_sections(report, rd.root, notes)
+    probes = report.get("probes")
+    pngs = {
+        "accuracy": plots.plot_accuracy(report.get("accuracy"), rd, (report.get("lava") or {}).get("samples")),
+        "training": plots.plot_training(report.get("training"), rd),
+        "firing_rate": plots.plot_firing_rates(probes, rd),
+        "energy": plots.plot_energy(energy, rd),
+        "raster": plots.plot_raster(_raster(report, rd, notes), rd),
+    }
+    missing = _missing_sections(report, energy, resources)
+    lines = _preamble(rd.root, missing, notes)
     lines += _config_section(report)
-    lines += _accuracy_section(report, pngs["accuracy"], run_dir)
+    lines += _accuracy_section(report, pngs["accuracy"], rd.root)
     lines += _agreement_section(report)
-    lines += _training_section(report, pngs["training"], run_dir)
-    lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], run_dir)
-    lines += _energy_section(energy, pngs["energy"], run_dir)
+    lines += _training_section(report, pngs["training"], rd.root)
+    lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], rd.root)
+    lines += _energy_section(energy, pngs["energy"], rd.root)
     lines += _measured_energy_section(report.get("energy_measured"))
     lines += _resources_section(resources)
     lines += _quantization_section(report)
-    md = run_dir / REPORT_MD
-    md.write_text("\n".join(lines) + "\n")
-    log.info("wrote %s", md)
-    return {"report_md": str(md), "plots": {k: (str(v) if v else None) for k, v in pngs.items()},
+    atomic_write_text(rd.report_md, "\n".join(lines) + "\n")
+    log.info("wrote %s", rd.report_md)
+    return {"report_md": str(rd.report_md), "plots": {k: (str(v) if v else None) for k, v in pngs.items()},
             "missing": missing, "notes": notes}
 
 
-__all__ = ["render_report", "ReportError"]
+def report_stage(cfg, progress: bool = True) -> dict:
+    """The ``report`` stage: render ``run.dir``'s report.md and plots (no re-running)."""
+    return render_report(RunDir.prepared(cfg.run.dir).root)
+
+
+# --------------------------------------------------------------------------- terminal summary
+def _summary_table(acc: dict) -> list[str]:
+    steps = sorted({int(t) for key in ("snn_float", "snn_fixed", "lava") for t in acc.get(key) or {}})
+    # the powers of two and the largest T (where a potential readout's Lava accuracy lives)
+    shown = sorted({t for t in (1, 2, 4, 8, 16, 32) if t in steps} | set(steps[-1:]))
+    lines = ["", f"{'T':>4} | {'ANN':>6} | {'SNN float':>9} | {'SNN fixed':>9} | {'Lava':>6}"]
+    lines.append("-" * len(lines[-1]))
+
+    def cell(key, t, width):
+        value = (acc.get(key) or {}).get(str(t))
+        return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+    ann = acc.get("ann")
+    ann_cell = f"{ann:>6.4f}" if ann is not None else f"{'-':>6}"
+    for t in shown:
+        lines.append(f"{t:>4} | {ann_cell} | {cell('snn_float', t, 9)} | {cell('snn_fixed', t, 9)} | "
+                     f"{cell('lava', t, 6)}")
+    if not shown:
+        lines.append("(no accuracies yet: run `python -m pipeline evaluate`)")
+    return lines
+
+
+def format_summary(report: dict) -> str:
+    """The accuracy table (and energy, Lava agreement) printed by the CLI;
+    ``report`` is a validated report's JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
+    lines = _summary_table(report.get("accuracy") or {})
+    energy = report.get("energy") or {}
+    if energy.get("total_pj") is not None:
+        lines.append(f"estimated energy per inference: {energy['total_pj'] / 1e6:.4g} µJ (estimate from Loihi 1 "
+                     "per-operation figures; Intel has published none for Loihi 2)")
+    lava = report.get("lava")
+    if lava:
+        lines.append(f"Lava ({lava['backend']}): {lava['samples']} test samples, agreement with the "
+                     f"bit-accurate reference simulator: {lava['agreement']:.3f}")
+    return "\n".join(lines)
+
+
+__all__ = ["render_report", "report_stage", "format_summary", "ReportError"]

@@ -1,14 +1,17 @@
-"""The pipeline's stages. Each takes the validated config and returns a dict;
-each writes its results into ``run.dir`` (``report.json`` is updated, never
-replaced, so stages can run one at a time)."""
+"""The pipeline's stages. Each takes the validated config and returns the report.json
+sections it produced (plain JSON types); each writes its results into ``run.dir``
+through :class:`pipeline.artifacts.RunDir` (``report.json`` is updated, never
+replaced, so stages can run one at a time).
+
+Every stage checks ``run.dir`` and reads (validates) the existing report.json
+before it does any work, so a bad directory or a corrupt report fails at once,
+not after an epoch of training or a Lava run.
+"""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,11 +30,12 @@ from hardware.resources import check_fit, require_fit
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 
+from .artifacts import ArtifactError, Report, RunDir, atomic_path, check_input_file, merge_report, sha256_of
 from .data import load_dataset
 from models.converter import count_ann_macs
 
-from .training import (CHECKPOINT, ann_accuracy, load_checkpoint, model_from_checkpoint, snn_accuracy_by_t,
-                       to_ir)
+from .checkpoints import load_checkpoint, model_from_checkpoint
+from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .training import train as train_model
 
 log = logging.getLogger(__name__)
@@ -49,48 +53,18 @@ def _import_netx_quietly() -> None:
 
 _import_netx_quietly()
 
-REPORT_JSON = "report.json"
-NET_FILE = "model.net"
-REPORT_FORMAT = 1
+#: the report sections the run stage owns: replaced as a whole by every run, so a run without
+#: probes (or on a .net without a quantization report) leaves none of an earlier run's behind
+RUN_SECTIONS = ("lava", "probes", "energy", "energy_measured", "resources", "network_file", "raster",
+                "quantization")
 
 
 # --------------------------------------------------------------------------- helpers
-def _run_dir(cfg) -> Path:
-    path = Path(cfg.run.dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def read_report(run_dir: Path) -> dict:
-    path = Path(run_dir) / REPORT_JSON
-    if not path.exists():
-        return {"format_version": REPORT_FORMAT}
-    with open(path) as f:
-        return json.load(f)
-
-
-def update_report(run_dir: Path, updates: dict) -> dict:
-    """Merge ``updates`` into report.json (one level deep for dict values), atomically."""
-    report = read_report(run_dir)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(report.get(key), dict):
-            report[key].update(value)
-        else:
-            report[key] = value
-    path = Path(run_dir) / REPORT_JSON
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return report
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def open_run(cfg) -> RunDir:
+    """``run.dir`` checked and created, and its report.json (if any) validated: before any work."""
+    run_dir = RunDir.prepared(cfg.run.dir)
+    run_dir.read_report()
+    return run_dir
 
 
 def _test_tensors(cfg):
@@ -110,13 +84,12 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
     return np.cumsum(spikes, axis=1).argmax(axis=2).T
 
 
-def _fixed_point_run(cfg, net, x_int: np.ndarray, labels: np.ndarray, run_dir: Path, progress: bool):
+def _fixed_point_run(cfg, net, x_int: np.ndarray, labels: np.ndarray, progress: bool):
     """Bit-accurate simulator over the test split: ({t: accuracy} for t ≤ eval.timesteps by the
-    net's readout, summed activity or None, wall time); writes sample 0's raster (probes on)."""
+    net's readout, summed activity or None, sample 0's raster (names, trains) or None, wall time)."""
     steps = cfg.eval.timesteps
     start = time.perf_counter()
-    predictions = []
-    activity = None
+    predictions, activity, raster = [], None, None
     for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, T={steps}",
                       leave=False, disable=not progress):
         batch = x_int[begin:begin + cfg.eval.batch_size]
@@ -124,11 +97,33 @@ def _fixed_point_run(cfg, net, x_int: np.ndarray, labels: np.ndarray, run_dir: P
         predictions.append(res.predictions().numpy())  # (T, B), by net.readout
         if cfg.run.probes:
             if begin == 0:
-                _save_spike_raster(run_dir, net, res)
+                raster = _raster_of_sample0(net, res)
             batch_activity = activity_from_sim(net, res, batch)
             activity = batch_activity if activity is None else activity.merge(batch_activity)
     sim_time = time.perf_counter() - start
-    return _accuracy_by_t(np.concatenate(predictions, axis=1), labels), activity, sim_time
+    return _accuracy_by_t(np.concatenate(predictions, axis=1), labels), activity, raster, sim_time
+
+
+def _raster_of_sample0(net, res):
+    """(names, trains) of the layers that spike, or None (a potential readout's output
+    integrator never does: its all-empty panel would only mislead)."""
+    keep = [i for i, sl in enumerate(spiking_layers(net)) if not sl.readout]
+    if not keep:
+        return None
+    return [res.layer_names[i] for i in keep], [res.layer_spike_trains[i] for i in keep]
+
+
+def _write_raster(run_dir: RunDir, raster) -> dict | None:
+    """Replace raster.npz atomically; return the report section that vouches for it (its hash).
+
+    Without a raster the old file goes: it would describe another network."""
+    if raster is None:
+        run_dir.raster.unlink(missing_ok=True)
+        return None
+    names, trains = raster
+    with atomic_path(run_dir.raster, suffix=".npz") as tmp:
+        save_raster(tmp, names, trains, sample=0)
+    return {"path": run_dir.raster.name, "sha256": sha256_of(run_dir.raster), "layers": list(names)}
 
 
 def _warn_if_readout_unbounded(net, steps: int) -> None:
@@ -142,17 +137,6 @@ def _warn_if_readout_unbounded(net, steps: int) -> None:
         log.warning("eval.timesteps=%d exceeds the %d steps the readout layer of this network was "
                     "quantized for: its membrane may reach the threshold, fire and reset", steps,
                     min(bounded))
-
-
-def _save_spike_raster(run_dir: Path, net, res) -> None:
-    """Sample 0's spike trains of the layers that spike (a potential readout's output
-    integrator never does: its all-empty panel would only mislead)."""
-    keep = [i for i, sl in enumerate(spiking_layers(net)) if not sl.readout]
-    if keep:
-        save_raster(run_dir / "raster.npz", [res.layer_names[i] for i in keep],
-                    [res.layer_spike_trains[i] for i in keep], sample=0)
-    else:  # no layer spikes: a raster left by an earlier run would describe another network
-        (run_dir / "raster.npz").unlink(missing_ok=True)
 
 
 def _lava_agreement(lava_run, ref) -> np.ndarray:
@@ -181,23 +165,20 @@ def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]
     return _accuracy_by_t(_predictions_from_spikes(lava_run.output_spikes), labels)
 
 
-def net_path(cfg) -> Path:
-    return Path(cfg.run.net) if cfg.run.net else Path(cfg.run.dir) / NET_FILE
-
-
-# --------------------------------------------------------------------------- stages
+# --------------------------------------------------------------------------- train, evaluate, export
 def train(cfg, progress: bool = True) -> dict:
-    run_dir = _run_dir(cfg)
+    run_dir = open_run(cfg)
     result = train_model(cfg, progress=progress)
-    update_report(run_dir, {"config": cfg.to_dict(),
-                            "training": {"best_epoch": result["best_epoch"], "history": result["history"]}})
+    run_dir.update_report({"config": cfg.to_dict(),
+                           "training": {"best_epoch": result["best_epoch"], "history": result["history"]}})
     return result
 
 
 def evaluate(cfg, progress: bool = True) -> dict:
     """ANN accuracy (noise off) and float-SNN accuracy at every t ≤ eval.timesteps on the test split."""
-    run_dir = _run_dir(cfg)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    run_dir = open_run(cfg)
+    ckpt = load_checkpoint(run_dir.checkpoint)
+    ckpt_sha = sha256_of(run_dir.checkpoint)
     model = model_from_checkpoint(ckpt)
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
@@ -210,144 +191,155 @@ def evaluate(cfg, progress: bool = True) -> dict:
               "test_samples": len(data.test),
               "simulator": {"float_samples_per_s": len(data.test) / sim_time if sim_time > 0 else None},
               "checkpoint": {"epoch": ckpt["epoch"], "sigma": ckpt["sigma"], "lambda": ckpt["lambda"],
-                             "sha256": _sha256(run_dir / CHECKPOINT)}}
-    update_report(run_dir, result)
-    return result
+                             "sha256": ckpt_sha}}
+    return _sections_written(run_dir, result)
+
+
+def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model, qnet) -> dict:
+    """What the .net records about its making: the network is the checkpoint's (its arch and
+    levels, whatever the config says now); neuron, readout and quantization are this export's."""
+    config = cfg.to_dict()
+    config["model"]["arch"] = ckpt["arch"]
+    config["nq"]["levels"] = ckpt["levels"]
+    return {"config": config, "checkpoint_sha256": ckpt_sha, "arch": ckpt["arch"], "levels": ckpt["levels"],
+            "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
+            "checkpoint_epoch": ckpt["epoch"], "quantization": qnet.metadata["quantization"]}
 
 
 def export(cfg, progress: bool = True) -> dict:
-    """Checkpoint -> float IR -> Loihi 2 fixed point -> model.net (netx HDF5)."""
+    """Checkpoint -> float IR -> Loihi 2 fixed point -> model.net (netx HDF5), written atomically."""
     from hardware.netx_io import write_net
 
-    run_dir = _run_dir(cfg)
-    ckpt_path = run_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path)
+    run_dir = open_run(cfg)
+    ckpt = load_checkpoint(run_dir.checkpoint)
+    ckpt_sha = sha256_of(run_dir.checkpoint)
     model = model_from_checkpoint(ckpt)
     net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"])
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
-    provenance = {"config": cfg.to_dict(), "checkpoint_sha256": _sha256(ckpt_path),
-                  "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
-                  "checkpoint_epoch": ckpt["epoch"], "quantization": qnet.metadata["quantization"]}
-    path = write_net(qnet, run_dir / NET_FILE, provenance=provenance)
-    result = {"export": {"path": str(path), "sha256": _sha256(path), "neuron": cfg.snn.neuron,
+    with atomic_path(run_dir.net, suffix=".net") as tmp:
+        write_net(qnet, tmp, provenance=_export_provenance(cfg, ckpt, ckpt_sha, model, qnet),
+                  steps_per_sample=cfg.eval.timesteps)
+    result = {"export": {"path": str(run_dir.net), "sha256": sha256_of(run_dir.net), "neuron": cfg.snn.neuron,
                          "readout": qnet.readout, "input_bits": qnet.input_bits},
               "quantization": qnet.metadata["quantization"]}
-    update_report(run_dir, result)
-    log.info("wrote %s", path)
-    return result
+    log.info("wrote %s", run_dir.net)
+    return _sections_written(run_dir, result)
 
 
-def run(cfg, progress: bool = True) -> dict:
-    """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
-    from hardware.lava_runner import run_lava
+def _sections_written(run_dir: RunDir, result: dict, replace=()) -> dict:
+    """Merge ``result`` into report.json; return the stage's own sections, validated, in JSON types."""
+    own = merge_report(Report(), result).to_json_dict()
+    run_dir.update_report(result, replace=replace)
+    return {key: own[key] for key in result}
+
+
+def read_report(run_dir) -> dict:
+    """report.json of ``run_dir`` as validated JSON types (for scripts such as bench/)."""
+    return RunDir(Path(run_dir)).read_report().to_json_dict()
+
+
+def update_report(run_dir, updates: dict) -> dict:
+    """Merge ``updates`` into ``run_dir``'s report.json (for scripts such as bench/)."""
+    return RunDir(Path(run_dir)).update_report(updates).to_json_dict()
+
+
+# --------------------------------------------------------------------------- run
+def _load_net_and_data(cfg, path: Path):
+    """(net, integer test inputs, labels), refusing a dataset the network was not made for."""
     from hardware.netx_io import read_net
 
-    run_dir = _run_dir(cfg)
-    path = net_path(cfg)
-    if not path.exists():
-        raise NetxFormatError(f"no network file at {path}; run `python -m pipeline export` first "
-                              "or set run.net to a .net file")
     net = read_net(path)
     data, x, y = _test_tensors(cfg)
     if tuple(net.input.shape) != tuple(data.input_shape) or net.input_bits is None:
         raise NetxFormatError(f"{path}: the network takes input {tuple(net.input.shape)} as graded spikes "
                               f"(input_bits={net.input_bits}), but data.name={cfg.data.name} gives images "
                               f"of shape {tuple(data.input_shape)}; run it with the dataset it was exported for")
-    labels = y.numpy()
-    x_int = encode_input(x.numpy(), net.input_bits)
+    return net, encode_input(x.numpy(), net.input_bits), y.numpy()
+
+
+def _lava_sections(cfg, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
+    """Run the first ``run.lava_samples`` samples in Lava and compare them with the reference:
+    (lava section, Lava accuracy by t, board measurement or None)."""
+    from hardware.lava_runner import run_lava
+
     steps = cfg.eval.timesteps
-
-    fit = check_fit(net)
-    if cfg.run.backend == "loihi2-hw":
-        require_fit(net)
-
-    _warn_if_readout_unbounded(net, steps)
-    snn_fixed, activity, sim_time = _fixed_point_run(cfg, net, x_int, labels, run_dir, progress)
-
     n = min(cfg.run.lava_samples, len(x_int))
     # Lava-side probes exist on the CPU simulation; on a board lava-loihi's own counters apply
     lava_probes = "counts" if cfg.run.probes and cfg.run.backend == "loihi2-sim" else False
     lava_run = run_lava(net, x_int[:n], steps, backend=cfg.run.backend, net_path=str(path), progress=progress,
-                    probes=lava_probes)
+                        probes=lava_probes)
     ref = simulate(net, torch.as_tensor(x_int[:n]), steps)  # the reference for Lava's samples
     agree = _lava_agreement(lava_run, ref)
-    result = {"readout": net.readout,
-              "accuracy": {"snn_fixed": snn_fixed, "lava": _lava_accuracy(lava_run, labels[:n], steps)},
-              "lava": {"samples": int(n), "agreement": float(agree.mean()), "backend": lava_run.backend,
-                       "readout": net.readout, "steps_per_sample": steps, "wall_time_s": lava_run.wall_time_s,
-                       "samples_per_s": lava_run.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()},
-              "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
-              "network_file": {"path": str(path), "sha256": _sha256(path)}}
+    lava = {"samples": int(n), "agreement": float(agree.mean()), "backend": lava_run.backend,
+            "readout": net.readout, "steps_per_sample": steps, "wall_time_s": lava_run.wall_time_s,
+            "samples_per_s": lava_run.samples_per_s, "disagreeing_samples": np.flatnonzero(~agree).tolist()}
     if lava_probes:
         lava_activity = lava_run.activity(net, x_int[:n]).to_dict()
         ref_activity = activity_from_sim(net, ref, x_int[:n]).to_dict()
-        result["lava"]["probes"] = lava_activity
-        result["lava"]["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
-    if lava_run.board_measurement is not None:
-        result["energy_measured"] = lava_run.board_measurement
-    result["resources"] = fit.to_dict()
+        lava["probes"] = lava_activity
+        lava["probes_equal_reference"] = lava_activity["layers"] == ref_activity["layers"]
+    return lava, _lava_accuracy(lava_run, labels[:n], steps), lava_run.board_measurement
+
+
+def _energy_section(cfg, net, activity) -> dict:
+    """The energy estimate (static energy only where the energy.* constants for it are set)."""
+    # the ANN baseline uses the ANN's own MACs (recorded at export) where known: the IR's
+    # pooled-and-folded kernels would overstate them
+    ann_macs = net.metadata.get("ann_macs") or count_macs(net)
+    return energy_estimate(activity, dict(cfg.energy), ann_macs, steps_per_sample=cfg.eval.timesteps)
+
+
+def run(cfg, progress: bool = True) -> dict:
+    """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
+    run_dir = open_run(cfg)
+    path = run_dir.net_to_run(cfg.run.net)
+    net, x_int, labels = _load_net_and_data(cfg, path)
+    fit = check_fit(net)
+    if cfg.run.backend == "loihi2-hw":
+        require_fit(net)
+    _warn_if_readout_unbounded(net, cfg.eval.timesteps)
+    snn_fixed, activity, raster, sim_time = _fixed_point_run(cfg, net, x_int, labels, progress)
+    lava, lava_acc, board = _lava_sections(cfg, net, path, x_int, labels, progress)
+    result = {"readout": net.readout, "accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc}, "lava": lava,
+              "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
+              "network_file": {"path": str(path), "sha256": sha256_of(path)}, "resources": fit.to_dict()}
+    if board is not None:
+        result["energy_measured"] = board
     if activity is not None:
         result["probes"] = activity.to_dict()
-        # the ANN baseline uses the ANN's own MACs (recorded at export) where known: the IR's
-        # pooled-and-folded kernels would overstate them
-        ann_macs = net.metadata.get("ann_macs") or count_macs(net)
-        result["energy"] = energy_estimate(activity, dict(cfg.energy), ann_macs)
+        result["energy"] = _energy_section(cfg, net, activity)
     if net.metadata.get("quantization"):
         result["quantization"] = net.metadata["quantization"]
-    update_report(run_dir, result)
-    return result
+    # raster first, then the report that vouches for it by hash: a kill in between leaves a raster
+    # the report does not name, which the report stage does not show
+    raster_section = _write_raster(run_dir, raster)
+    if raster_section is not None:
+        result["raster"] = raster_section
+    return _sections_written(run_dir, result, replace=RUN_SECTIONS)
 
 
+# --------------------------------------------------------------------------- report, all
 def report(cfg, progress: bool = True) -> dict:
     """Render report.md and plots from report.json (no re-running)."""
-    from .report import render_report
+    from .report import report_stage
 
-    return render_report(Path(cfg.run.dir))
+    return report_stage(cfg, progress)
 
 
 def run_all(cfg, progress: bool = True) -> dict:
+    """train, evaluate, export, run, report; returns the whole report (the CLI prints it)."""
     started = time.perf_counter()
-    train(cfg, progress)
-    evaluate(cfg, progress)
-    export(cfg, progress)
-    run(cfg, progress)
-    try:
-        report(cfg, progress)
-    except ImportError:
-        log.info("report rendering is not available in this version")
-    summary = read_report(Path(cfg.run.dir))
-    summary["wall_time_s"] = time.perf_counter() - started
-    update_report(Path(cfg.run.dir), {"wall_time_s": summary["wall_time_s"]})
-    print(format_summary(summary) + f"\nwall time: {summary['wall_time_s']:.0f} s")
-    return summary
+    open_run(cfg)
+    if cfg.run.net:  # checked now, not after training
+        check_input_file(cfg.run.net, "run.net")
+    for stage in (train, evaluate, export, run, report):
+        stage(cfg, progress)
+    run_dir = RunDir(Path(cfg.run.dir))
+    return run_dir.update_report({"wall_time_s": time.perf_counter() - started}).to_json_dict()
 
 
-def format_summary(report: dict) -> str:
-    acc = report.get("accuracy", {})
-    steps = sorted({int(t) for key in ("snn_float", "snn_fixed", "lava") for t in acc.get(key, {})})
-    # the powers of two and the largest T (where a potential readout's Lava accuracy lives)
-    shown = sorted({t for t in (1, 2, 4, 8, 16, 32) if t in steps} | set(steps[-1:]))
-    lines = ["", f"{'T':>4} | {'ANN':>6} | {'SNN float':>9} | {'SNN fixed':>9} | {'Lava':>6}"]
-    lines.append("-" * len(lines[-1]))
-
-    def cell(key, t, width):
-        value = acc.get(key, {}).get(str(t))
-        return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
-    ann = acc.get("ann")
-    ann_cell = f"{ann:>6.4f}" if ann is not None else f"{'-':>6}"
-    for t in shown:
-        lines.append(f"{t:>4} | {ann_cell} | {cell('snn_float', t, 9)} | {cell('snn_fixed', t, 9)} | "
-                     f"{cell('lava', t, 6)}")
-    if not shown:
-        lines.append("(no accuracies yet: run `python -m pipeline evaluate`)")
-    energy = report.get("energy", {})
-    if energy.get("total_pj") is not None:
-        lines.append(f"estimated energy per inference: {energy['total_pj'] / 1e6:.4g} µJ (estimate from Loihi 1 "
-                     "per-operation figures; Intel has published none for Loihi 2)")
-    lava_report = report.get("lava", {})
-    if lava_report:
-        lines.append(f"Lava ({lava_report.get('backend')}): {lava_report.get('samples')} test samples, agreement with the "
-                     f"bit-accurate reference simulator: {lava_report.get('agreement'):.3f}")
-    return "\n".join(lines)
+__all__ = ["train", "evaluate", "export", "run", "report", "run_all", "open_run", "read_report",
+           "update_report",
+           "RUN_SECTIONS", "ArtifactError"]

@@ -13,16 +13,18 @@ a fixed ``train.select_samples`` subset) is kept, never judged on the test set.
 Each epoch's record in the history holds ``train_s``, ``sigma_s`` and
 ``select_s``: the wall time of the SGD pass, the σ measurement and the selection.
 
-Artifacts (``run.dir``): ``checkpoint.pt`` (best model) and
-``train_state.pt`` (resume point, rewritten atomically after every epoch), both
-plain tensors/containers loadable with ``torch.load(weights_only=True)``.
+Artifacts (``run.dir``, files in :mod:`pipeline.checkpoints`):
+``checkpoint.safetensors`` (the best epoch's model) and ``train_state.safetensors``
+(the resume point, rewritten atomically after every epoch, so a killed run loses
+at most the epoch in progress). Both are safetensors with a JSON document; nothing
+is ever unpickled.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,38 +37,22 @@ from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from models.converter import convert
 
+from .artifacts import CHECKPOINT, TRAIN_STATE, ArtifactError
+# re-exported: the checkpoint API lived here before pipeline.checkpoints
+from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_model,  # noqa: F401
+                          load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
+                          save_checkpoint, save_train_state)
 from .data import DatasetSplits, augment_batch, load_dataset
 
 log = logging.getLogger(__name__)
 
-#: 2: the output layer is a plain Linear (paper readout); ``output_threshold`` added.
-CHECKPOINT_FORMAT = 2
 
-
-class CheckpointError(ToolkitError):
-    """A missing or unreadable checkpoint."""
-
-
-CHECKPOINT = "checkpoint.pt"
-TRAIN_STATE = "train_state.pt"
+class TrainingError(ToolkitError):
+    """A training run that cannot start (e.g. an architecture too deep for the dataset's images)."""
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_arch(cfg) -> str:
-    return cfg.arch
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _cpu_state(model: nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def to_ir(model: nn.Module, input_shape: tuple, neuron: str, metadata: dict | None = None,
@@ -205,114 +191,123 @@ def _end_of_epoch(model, data: DatasetSplits, cfg, sigma_x: torch.Tensor, select
             "sigma_s": sigma_s, "select_s": select_s}
 
 
-def train(cfg, progress: bool = True, data: DatasetSplits | None = None) -> dict:
-    """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics."""
+@dataclass
+class _Session:
+    """Everything one training run works with (built once, then used by every epoch)."""
+
+    cfg: object
+    data: DatasetSplits
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sigma_x: torch.Tensor
+    select_set: object
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.dir)
+
+
+def _prepare_run_dir(cfg) -> Path:
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = data or load_dataset(cfg.data, seed=cfg.train.seed)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:  # a file in the way, permissions, a NUL byte, a too-long name
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ArtifactError(f"run.dir {str(run_dir)!r}: cannot create the directory ({reason})") from None
+    refuse_legacy(run_dir)
+    for stale in (*run_dir.glob(f".{CHECKPOINT}.*.tmp"), *run_dir.glob(f".{TRAIN_STATE}.*.tmp")):
+        stale.unlink(missing_ok=True)  # left by a killed run; never read
+    return run_dir
+
+
+def _start_session(cfg, data: DatasetSplits) -> _Session:
     device = pick_device()
     torch.manual_seed(cfg.train.seed)
-    arch = resolve_arch(cfg)
-    model = build_model(arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
+    model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
                         cfg.nq.init_threshold).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    history, best, start_epoch = _resume(run_dir / TRAIN_STATE, cfg, model, optimizer, scheduler)
     g = torch.Generator().manual_seed(cfg.train.seed)
     sigma_idx = torch.randperm(len(data.val), generator=g)[:cfg.nq.sigma_samples]
     sigma_x = torch.stack([data.val[int(i)][0] for i in sigma_idx])
     select_set = _subset(data.val, cfg.train.select_samples, cfg.train.seed + 1)
-    loss_fn = nn.CrossEntropyLoss()
+    return _Session(cfg, data, device, model, optimizer, scheduler, sigma_x, select_set)
+
+
+def train(cfg, progress: bool = True, data: DatasetSplits | None = None) -> dict:
+    """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics."""
+    run_dir = _prepare_run_dir(cfg)
+    data = data or load_dataset(cfg.data, seed=cfg.train.seed)
+    s = _start_session(cfg, data)
+    history, best, start_epoch = _resume(s)
     bar = tqdm(range(start_epoch, cfg.train.epochs), desc="epochs", disable=not progress,
                initial=start_epoch, total=cfg.train.epochs)
     for epoch in bar:
-        start = time.perf_counter()
-        loss = _train_epoch(model, optimizer, loss_fn, data, cfg, epoch, device, progress)
-        scheduler.step()
-        train_s = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "loss": loss, "train_s": train_s,
-                  **_end_of_epoch(model, data, cfg, sigma_x, select_set, device)}
-        record["ann_val"] = ann_accuracy(model, data.val, cfg.eval.batch_size, device)
-        record["lambda"] = [float(m.threshold.detach()) for m in nq_layers(model)]
-        record["lr"] = float(optimizer.param_groups[0]["lr"])
+        record = _run_epoch(s, epoch, progress)
         history.append(record)
         if record["snn_val"] > best["snn_val"]:
             best = dict(record)
-            _atomic_save(_checkpoint(model, cfg, arch, data, record, history), run_dir / CHECKPOINT)
-        _atomic_save({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
-                      "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()}, run_dir / TRAIN_STATE)
-        bar.set_postfix(loss=f"{loss:.3f}", ann=f"{record['ann_val']:.3f}", snn=f"{record['snn_val']:.3f}")
-        log.info("epoch %d: loss %.4f, ANN val %.4f, SNN val (T=%d) %.4f, sigma %s; %.1f s train, "
-                 "%.1f s sigma, %.1f s selection", epoch + 1, loss, record["ann_val"], cfg.snn.timesteps,
-                 record["snn_val"], ", ".join(f"{s:.3f}" for s in record["sigma"]), train_s,
-                 record["sigma_s"], record["select_s"])
-    _finish_checkpoint(run_dir, model, cfg, arch, data, history)
+            save_checkpoint(run_dir / CHECKPOINT, _checkpoint(s, record, history))
+        save_train_state(run_dir / TRAIN_STATE, s.model, s.optimizer, s.scheduler, epoch=epoch,
+                         history=history, best=best, config=cfg.to_dict())
+        bar.set_postfix(loss=f"{record['loss']:.3f}", ann=f"{record['ann_val']:.3f}",
+                        snn=f"{record['snn_val']:.3f}")
+        _log_epoch(record, cfg.snn.timesteps)
+    _finish_checkpoint(s, history)
     return {"best_epoch": best.get("epoch"), "best": best, "history": history}
 
 
-def _resume(state_path: Path, cfg, model, optimizer, scheduler) -> tuple[list, dict, int]:
+def _run_epoch(s: _Session, epoch: int, progress: bool) -> dict:
+    """One SGD pass, the scheduler step, σ re-estimation and selection: the epoch's record."""
+    start = time.perf_counter()
+    loss = _train_epoch(s.model, s.optimizer, nn.CrossEntropyLoss(), s.data, s.cfg, epoch, s.device, progress)
+    s.scheduler.step()
+    record = {"epoch": epoch + 1, "loss": loss, "train_s": time.perf_counter() - start,
+              **_end_of_epoch(s.model, s.data, s.cfg, s.sigma_x, s.select_set, s.device)}
+    record["ann_val"] = ann_accuracy(s.model, s.data.val, s.cfg.eval.batch_size, s.device)
+    record["lambda"] = [float(m.threshold.detach()) for m in nq_layers(s.model)]
+    record["lr"] = float(s.optimizer.param_groups[0]["lr"])
+    return record
+
+
+def _log_epoch(record: dict, timesteps: int) -> None:
+    log.info("epoch %d: loss %.4f, ANN val %.4f, SNN val (T=%d) %.4f, sigma %s; %.1f s train, "
+             "%.1f s sigma, %.1f s selection", record["epoch"], record["loss"], record["ann_val"], timesteps,
+             record["snn_val"], ", ".join(f"{x:.3f}" for x in record["sigma"]), record["train_s"],
+             record["sigma_s"], record["select_s"])
+
+
+def _resume(s: _Session) -> tuple[list, dict, int]:
     """(history, best, first epoch to run) from the resume state, if it belongs to this run."""
-    if not state_path.exists():
+    state_path = s.run_dir / TRAIN_STATE
+    point = load_train_state(state_path, s.model, s.optimizer, s.scheduler, config=s.cfg.to_dict(),
+                             epochs=s.cfg.train.epochs)
+    if point is None:
         return [], {"snn_val": -1.0}, 0
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    if _training_identity(state.get("config", {})) != _training_identity(cfg.to_dict()):
-        log.warning("%s was made with a different configuration; starting afresh", state_path)
-        return [], {"snn_val": -1.0}, 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    start_epoch = int(state["epoch"]) + 1
-    log.info("resuming training from %s at epoch %d", state_path, start_epoch + 1)
-    return list(state["history"]), dict(state["best"]), start_epoch
+    if point.start_epoch == s.cfg.train.epochs:
+        log.info("%s: training is already complete (%d epochs); nothing to train", state_path,
+                 s.cfg.train.epochs)
+    else:
+        log.info("resuming training from %s at epoch %d", state_path, point.start_epoch + 1)
+    return point.history, point.best, point.start_epoch
 
 
-def _finish_checkpoint(run_dir: Path, model, cfg, arch, data, history) -> None:
+def _finish_checkpoint(s: _Session, history: list) -> None:
     """Make sure a checkpoint exists and that its history covers every epoch (also those
     after the best one)."""
-    if not (run_dir / CHECKPOINT).exists():
-        _atomic_save(_checkpoint(model, cfg, arch, data, history[-1] if history else {}, history),
-                     run_dir / CHECKPOINT)
-        return
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    ckpt["history"] = history
-    _atomic_save(ckpt, run_dir / CHECKPOINT)
-
-
-def _training_identity(config: dict) -> dict:
-    """The parts of the config that define a training run (resume only into the same run)."""
-    return {k: config.get(k) for k in ("data", "model", "nq", "train", "snn")}
-
-
-def _checkpoint(model, cfg, arch, data, record, history) -> dict:
-    return {"format_version": CHECKPOINT_FORMAT, "state_dict": _cpu_state(model), "config": cfg.to_dict(),
-            "arch": arch, "input_shape": list(data.input_shape), "num_classes": int(data.num_classes),
-            "levels": int(cfg.nq.levels), "epoch": int(record.get("epoch", 0)),
-            "output_threshold": float(record.get("output_threshold", 1.0)),
-            "sigma": [float(m.sigma) for m in nq_layers(model)],
-            "lambda": [float(m.threshold.detach()) for m in nq_layers(model)],
-            "metrics": {k: v for k, v in record.items() if k in ("loss", "ann_val", "snn_val")},
-            "history": history}
-
-
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
+    path = s.run_dir / CHECKPOINT
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}; run `python -m pipeline train` first")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file: never fall back to unpickling
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of format {CHECKPOINT_FORMAT}")
-    return ckpt
+        save_checkpoint(path, _checkpoint(s, history[-1] if history else {}, history))
+        return
+    ckpt = load_checkpoint(path)
+    ckpt["history"] = history
+    save_checkpoint(path, ckpt)
 
 
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    model = build_model(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"], ckpt["levels"],
-                        noise=False)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
+def _checkpoint(s: _Session, record: dict, history: list) -> dict:
+    return checkpoint_from_model(s.model, config=s.cfg.to_dict(), arch=s.cfg.arch,
+                                 input_shape=s.data.input_shape, num_classes=s.data.num_classes,
+                                 levels=s.cfg.nq.levels, record=record, history=history)

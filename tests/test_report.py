@@ -7,6 +7,7 @@ from hardware.activity import layer_activity, save_raster, spiking_layers
 from hardware.energy import count_macs, energy_estimate
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
 from hardware.resources import check_fit
+from pipeline.artifacts import ArtifactError, sha256_of
 from pipeline.report import ReportError, render_report
 
 NEURON = Neuron("if_soft", 64)
@@ -39,8 +40,9 @@ def full_report(rng, run_dir) -> dict:
     trains = [rng.random((T, 4) + sl.shape) < 0.2 for sl in layers]
     x = rng.integers(0, 256, (4, 1, 8, 8))
     act = layer_activity(net, trains, x)
-    save_raster(run_dir / "raster.npz", [sl.name for sl in layers], trains)
+    raster = save_raster(run_dir / "raster.npz", [sl.name for sl in layers], trains)
     report = training_and_eval()
+    report["raster"] = {"path": "raster.npz", "sha256": sha256_of(raster), "layers": [sl.name for sl in layers]}
     report["accuracy"].update({"snn_fixed": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)},
                                "lava": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)}})
     report["lava"] = {"samples": 4, "agreement": 1.0, "backend": "loihi2-sim", "steps_per_sample": T,
@@ -116,7 +118,7 @@ def test_empty_accuracy_and_missing_report(tmp_path):
     with pytest.raises(ReportError, match="no report.json"):
         render_report(tmp_path)
     (tmp_path / "report.json").write_text("{not json")
-    with pytest.raises(ReportError, match="not readable JSON"):
+    with pytest.raises(ArtifactError, match="report.json is not readable JSON"):
         render_report(tmp_path)
     write(tmp_path, {})
     out = render_report(tmp_path)
@@ -152,3 +154,26 @@ def test_potential_readout_report_with_lava_at_T_only(tmp_path, rng):
         assert text in md, text
     rows = [line for line in md.splitlines() if line.startswith(("| 1 | 0.9500", f"| {T} | 0.9500"))]
     assert len(rows) == 2 and rows[0].endswith("| – |") and rows[1].endswith("| 0.7500 |")
+
+
+def test_raster_not_named_by_the_report_is_not_shown(tmp_path, rng):
+    """A raster.npz left by a killed run (its hash is not the one report.json names) may describe
+    another network: the report leaves it out and says why."""
+    report = full_report(rng, tmp_path)
+    report["raster"]["sha256"] = "0" * 64
+    write(tmp_path, report)
+    out = render_report(tmp_path)
+    assert out["plots"]["raster"] is None
+    assert any("raster.npz is not the raster report.json names" in n for n in out["notes"])
+    del report["raster"]
+    write(tmp_path, report)
+    assert render_report(tmp_path)["plots"]["raster"] is None
+
+
+def test_section_of_the_wrong_type_is_a_clean_error_naming_it(tmp_path, rng):
+    report = full_report(rng, tmp_path)
+    report["energy"]["layers"][0]["total"] = "lots"
+    write(tmp_path, report)
+    with pytest.raises(ArtifactError, match=r"report.json: section energy.layers.0.total"):
+        render_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()

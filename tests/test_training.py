@@ -1,7 +1,19 @@
-"""Short NQ training on digits: accuracy, learned sigma, checkpoint, resume."""
+"""Short NQ training on digits: accuracy, learned sigma, checkpoint, resume (also after kill -9)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
 
+# imported before any training: Lava sets the multiprocessing start method on import, which
+# fails once a tqdm progress bar (even a disabled one) has fixed it
+from pipeline import stages
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.training import (CHECKPOINT, TRAIN_STATE, ann_accuracy, load_checkpoint, model_from_checkpoint,
@@ -41,10 +53,20 @@ def test_short_training_reaches_accuracy_and_learns_sigma(trained):
     assert ckpt["output_threshold"] > 0
 
 
-def test_checkpoint_loads_with_weights_only(trained):
+def test_checkpoint_is_safetensors_with_a_json_document(trained):
     cfg, _ = trained
-    obj = torch.load(cfg.run_dir / CHECKPOINT, weights_only=True)
-    assert obj["format_version"] == 2 and "state_dict" in obj and "config" in obj
+    with safe_open(str(cfg.run_dir / CHECKPOINT), "pt") as f:
+        doc = json.loads(f.metadata()["nqloihi"])
+        names = set(f.keys())
+    assert doc["format_version"] == 3 and doc["kind"] == "checkpoint" and doc["arch"] == "cnn-small"
+    assert doc["config"] == cfg.to_dict() and "state_dict" not in doc
+    assert names == set(load_checkpoint(cfg.run_dir / CHECKPOINT)["state_dict"])
+    assert not (cfg.run_dir / "checkpoint.pt").exists() and not (cfg.run_dir / "train_state.pt").exists()
+
+
+def _state_epoch(path) -> int:
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["nqloihi"])["epoch"]
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
@@ -65,7 +87,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.setattr(training_module, "measure_residual", original)
-    assert torch.load(tmp_path / "cut" / TRAIN_STATE, weights_only=True)["epoch"] == 0  # epoch 1 kept
+    assert _state_epoch(tmp_path / "cut" / TRAIN_STATE) == 0  # epoch 1 kept
     resumed = train(cfg, progress=False)
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
     timing = ("train_s", "sigma_s", "select_s")
@@ -77,39 +99,65 @@ def _without(record: dict, keys) -> dict:
     return {k: v for k, v in record.items() if k not in keys}
 
 
-class _Payload:
-    def __reduce__(self):  # would run code if it were unpickled
-        import os
-        return (os.mkdir, ("/tmp/nqloihi-should-not-exist",))
+def test_training_resumes_after_kill_9_mid_epoch(tmp_path):
+    """kill -9 during epoch 2 (of 2): the rerun resumes at epoch 2 (epoch 1 is not repeated), the
+    history covers every epoch once, and nothing half-written is left where a stage would read it."""
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "pipeline", "train", "--config", "deploy.yaml", "--set", f"run.dir={run_dir}",
+            "--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "nq.sigma_samples=16",
+            "--set", "train.select_samples=16"]
+    cwd = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / TRAIN_STATE).exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no resume state after 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+    assert _state_epoch(run_dir / TRAIN_STATE) == 0, "the kill did not land during epoch 2"
+    load_checkpoint(run_dir / CHECKPOINT)  # what the killed run left is complete
+    rerun = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming training" in rerun.stderr and "epoch 1:" not in rerun.stderr, rerun.stderr
+    assert "epoch 2:" in rerun.stderr
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    assert [r["epoch"] for r in ckpt["history"]] == [1, 2]
+    assert _state_epoch(run_dir / TRAIN_STATE) == 1
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("content", ["garbage", "pickle"])
-def test_corrupt_or_malicious_checkpoint_is_refused(tmp_path, content):
-    import os
-    import pickle
-
-    path = tmp_path / CHECKPOINT
-    if content == "garbage":
-        path.write_bytes(b"not a checkpoint")
-    else:
-        torch.save({"format_version": 1, "evil": _Payload()}, path, pickle_module=pickle)
+def test_legacy_run_directory_is_refused_before_training(tmp_path):
     from pipeline.training import CheckpointError
 
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(path)
-    assert not os.path.exists("/tmp/nqloihi-should-not-exist")
+    (tmp_path / "train_state.pt").write_bytes(b"PK\x03\x04 an old torch.save archive")
+    with pytest.raises(CheckpointError, match="older version"):
+        train(_cfg(tmp_path, "train.epochs=1"), progress=False)
+    assert not (tmp_path / CHECKPOINT).exists()
 
 
-def test_missing_checkpoint_says_what_to_run(tmp_path):
-    from pipeline.training import CheckpointError
+def test_architecture_too_deep_for_the_images_is_a_clean_error(tmp_path):
+    from hardware.errors import ToolkitError
 
-    with pytest.raises(CheckpointError, match="pipeline train"):
-        load_checkpoint(tmp_path / CHECKPOINT)
+    with pytest.raises(ToolkitError, match="vgg16 needs images of at least 32×32.*8, 8"):
+        train(_cfg(tmp_path, "train.epochs=1", "model.arch=vgg16"), progress=False)
+
+
+@pytest.mark.parametrize("where", ["f", "f/run"])
+def test_run_dir_that_cannot_be_a_directory_is_a_clean_error(tmp_path, where):
+    from pipeline.artifacts import ArtifactError
+
+    (tmp_path / "f").write_text("a file where run.dir should be")
+    with pytest.raises(ArtifactError, match="run.dir .*cannot create the directory"):
+        train(_cfg(tmp_path, "train.epochs=1", f"run.dir={tmp_path / where}"), progress=False)
 
 
 def test_options_augment_sigma_T_spike_readout_and_selection_subset(tmp_path):
-    from pipeline import stages
-
     cfg = _cfg(tmp_path, "train.epochs=2", "train.augment=true", "snn.sigma_timesteps=1",
                "snn.readout=spikes", "train.select_samples=64", "eval.timesteps=4")
     result = train(cfg, progress=False)
