@@ -12,7 +12,7 @@ selection seconds) and, on a sample, the agreement of Lava with the simulator.
 
 Each finished run is appended to the results file (JSON lines) as soon as it
 ends; a restarted benchmark skips the runs already there (and resumes an
-interrupted training from its ``train_state.pt``). ``--lava`` runs the Lava
+interrupted training from its resume state). ``--lava`` runs the Lava
 check on the finished runs (its own results file, also resumable); ``--report``
 prints the markdown tables from the results files without running anything.
 
@@ -35,8 +35,9 @@ from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from pipeline.config import load_config
 from pipeline.data import load_dataset
-from pipeline.training import (CHECKPOINT, TRAIN_STATE, ann_accuracy, load_checkpoint, model_from_checkpoint,
-                               to_ir, train)
+from pipeline.artifacts import CHECKPOINT, TRAIN_STATE
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, read_train_state
+from pipeline.training import ann_accuracy, to_ir, train
 
 STEPS = (1, 2, 4, 8)
 
@@ -77,10 +78,10 @@ def lava_agreement(model, data, neuron: str, input_bits: int, samples: int) -> d
 
 
 def last_epoch_model(run_dir: Path, ckpt: dict):
-    state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)  # our own file
     model = model_from_checkpoint(ckpt)
-    model.load_state_dict(state["model"])
-    return model.eval(), state["history"][-1]
+    state = read_train_state(run_dir / TRAIN_STATE, model)
+    model.load_state_dict(state.model)
+    return model.eval(), state.history[-1]
 
 
 def run_one(args, arm: str, overrides: list[str], seed: int, data) -> dict:
