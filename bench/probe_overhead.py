@@ -1,6 +1,6 @@
 """Overhead of run_lava's probes: the same network and inputs, probes off vs on.
 
-Mechanisms compared (hardware.lava_runner.PROBE_MECHANISMS): one
+Mechanisms compared (bench/probe_mechanisms.py MECHANISMS): one
 SpikeRecorder process for all layers, bit-packed, read after every chunk
 ("recorder", the default of run_lava(probes=True)); one sink RingBuffer per
 layer read after every chunk ("ringbuffer"); one lava.proc.monitor.Monitor
@@ -20,12 +20,13 @@ import numpy as np
 
 from bench_common import describe, load_net, machine, mean_std, random_inputs, today
 from hardware.lava_runner import run_lava
+from probe_mechanisms import MECHANISMS
 
 MODES = [("off", dict(probes=False)),
-         ("recorder (trains)", dict(probes=True, probe_mechanism="recorder")),
-         ("recorder (counts)", dict(probes="counts", probe_mechanism="recorder")),
-         ("ringbuffer (trains)", dict(probes=True, probe_mechanism="ringbuffer")),
-         ("monitor (trains)", dict(probes=True, probe_mechanism="monitor"))]
+         ("recorder (trains)", dict(probes=True, probe_taps=MECHANISMS["recorder"])),
+         ("recorder (counts)", dict(probes="counts", probe_taps=MECHANISMS["recorder"])),
+         ("ringbuffer (trains)", dict(probes=True, probe_taps=MECHANISMS["ringbuffer"])),
+         ("monitor (trains)", dict(probes=True, probe_taps=MECHANISMS["monitor"]))]
 
 
 def main(argv=None) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from hardware.activity import activity_from_sim
 from hardware.errors import LavaBackendError
+from bench.probe_mechanisms import MECHANISMS
 from hardware.lava_runner import run_lava
 from hardware.simulator import simulate
 from tests.test_lava_runner import random_net
@@ -73,7 +74,7 @@ def test_other_probe_mechanisms_are_exact_too(mechanism):
     T = 4
     net, x = random_net(0, "if_soft", True, n_samples=2, T=T)
     ref = simulate(net, x, T, record_spikes=True)
-    res = run_lava(net, x, T, progress=False, probes=True, probe_mechanism=mechanism,
+    res = run_lava(net, x, T, progress=False, probes=True, probe_taps=MECHANISMS[mechanism],
                    chunk_steps=3)
     assert res.probe_mechanism == mechanism
     _assert_probes_equal(res, ref, net, x)
@@ -87,8 +88,6 @@ def test_no_probes_by_default_and_bad_arguments():
         res.activity(net, x)
     with pytest.raises(LavaBackendError, match="probes="):
         run_lava(net, x, 2, progress=False, probes="all")
-    with pytest.raises(LavaBackendError, match="probe_mechanism"):
-        run_lava(net, x, 2, progress=False, probes=True, probe_mechanism="tap")
     with pytest.raises(LavaBackendError, match="loihi2-sim"):
         run_lava(net, x, 2, progress=False, probes=True, backend="loihi2-hw")
 

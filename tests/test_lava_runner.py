@@ -233,7 +233,7 @@ def test_error_inside_run_stops_runtime(monkeypatch, exc):
 def test_board_measurement_path_is_selected_only_with_lava_loihi():
     """On a board, lava-loihi's loihi2_profiler measures power and time; without it the
     path reports why it is unavailable (and the energy stays an estimate)."""
-    from hardware.lava_runner import board_profilers, board_profilers_available
+    from hardware.lava_board import board_profilers, board_profilers_available
 
     ok, reason = board_profilers_available()
     if not ok:

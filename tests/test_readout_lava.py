@@ -11,10 +11,12 @@ import h5py
 import numpy as np
 import pytest
 
+from bench.probe_mechanisms import MECHANISMS
 from hardware import ir
 from hardware.activity import activity_from_sim
 from hardware.errors import LavaBackendError, NetxFormatError
-from hardware.lava_runner import LavaRunResult, chunk_ends, readout_window_ends, run_lava
+from hardware.lava_runner import LavaRunResult, run_lava
+from hardware.lava_schedule import chunk_ends, readout_window_ends
 from hardware.netx_io import read_net, write_net
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
@@ -208,7 +210,8 @@ def test_probes_and_uneven_chunks_with_potential_readout(mechanism):
     T = 4
     net, x = readout_net(1, "if_soft", True, n_samples=3, T=T)
     ref = simulate(net, x, T, record_spikes=True)
-    res = run_lava(net, x, T, progress=False, probes=True, probe_mechanism=mechanism, chunk_steps=3)
+    res = run_lava(net, x, T, progress=False, probes=True, probe_taps=MECHANISMS[mechanism],
+                   chunk_steps=3)
     _check_against_simulator(net, x, T, res)
     for got, want in zip(res.layer_spike_trains, ref.layer_spike_trains):
         assert np.array_equal(got, want.numpy())

@@ -14,17 +14,13 @@ same ``neuron_params`` dictionary netx uses for ``LIFReset``::
      'reset_interval': T, 'reset_offset': r}
 
 Bit-accurate model (:class:`PyIFSoftResetModelBitAcc`, tags
-``bit_accurate_loihi``/``fixed_pt``) — it subclasses Lava's
-``AbstractPyLifModelFixed`` and so reuses its sub-threshold dynamics, wrap of
-u and clip of v unchanged; only threshold, reset and initial state differ::
-
-    at the start of a step with  t mod reset_interval == reset_offset mod reset_interval:
-        u ← 0,  v ← v0
-    u ← wrap24( sign(u)·(|u·(4096 − (du+1))| >> 12) + (a << 6) )
-    v ← clip24( sign(v)·(|v·(4096 − dv)| >> 12) + u + (bias_mant << bias_exp) )
-    s = v ≥ θ_eff          with θ_eff = vth << 6
-    v ← v − s·θ_eff
-    v0 = θ_eff >> 1        (also the state before the first step)
+``bit_accurate_loihi``/``fixed_pt``): every step is
+:func:`hardware.dynamics.step` of an ``if_soft`` population (the equations are
+in :mod:`hardware.dynamics`; ``tests/test_dynamics.py`` checks this model and
+Lava's stock LIF against them), with the periodic reset to (u, v) = (0, v0) of
+:func:`hardware.dynamics.is_reset_step` at the start of the step. It subclasses
+Lava's ``AbstractPyLifModelFixed`` for its Var and port types, so Lava applies
+the same casts to the synaptic input and the state as for its LIF.
 
 Floating-point model (:class:`PyIFSoftResetModelFloat`, tag ``floating_pt``)
 follows Lava's float LIF conventions (``du``/``dv`` are fractions in [0, 1],
@@ -46,16 +42,12 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.lif.models import AbstractPyLifModelFixed
 
-# Absolute import only: Lava's model discovery executes this file again as a
+# Absolute imports only: Lava's model discovery executes this file again as a
 # top-level module named ``models``, where a relative import fails.
+from hardware import dynamics
 from hardware.lava_procs.if_soft.process import IFSoftReset
 
 __all__ = ["PyIFSoftResetModelBitAcc", "PyIFSoftResetModelFloat"]
-
-
-def _is_reset_step(time_step: int, interval: ty.Optional[int], offset: int) -> bool:
-    """LIFReset's rule: reset at the start of steps with t % I == offset % I."""
-    return interval is not None and time_step % interval == offset % interval
 
 
 @implements(proc=IFSoftReset, protocol=LoihiProtocol)
@@ -74,47 +66,33 @@ class PyIFSoftResetModelBitAcc(AbstractPyLifModelFixed):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.effective_vth = 0
         self.reset_interval = proc_params["reset_interval"]
         self.reset_offset = proc_params["reset_offset"]
         self.v_is_default = proc_params["v_is_default"]
         self.started = False
 
-    def scale_threshold(self):
-        """θ_eff = vth << 6 (MSB alignment with the 24-bit state, as LIF)."""
-        self.effective_vth = np.left_shift(self.vth, self.vth_shift)
-        self.isthrscaled = True
-
-    def v0(self) -> np.ndarray:
-        return np.right_shift(self.effective_vth, 1)
-
-    def spiking_activation(self):
-        """Spike when the voltage reaches the threshold (≥, the paper's IF)."""
-        return self.v >= self.effective_vth
-
-    def reset_voltage(self, spike_vector: np.ndarray):
-        """Reset by subtraction: v ← v − θ_eff where a spike was emitted."""
-        self.v[spike_vector] -= self.effective_vth
+    def _params(self) -> dynamics.NeuronParams:
+        return dynamics.NeuronParams("if_soft", vth=int(self.vth), du=int(self.du),
+                                     dv=int(self.dv), bias_mant=self.bias_mant,
+                                     bias_exp=self.bias_exp)
 
     def run_spk(self):
         a_in_data = self.a_in.recv()
-        if not self.isthrscaled:
-            self.scale_threshold()
+        v0 = dynamics.initial_v("if_soft", int(self.vth))
         if not self.started:
             # The process already initialised v to v0; doing it again here
             # guards against a vth changed with set() before the first run.
             if self.v_is_default:
-                self.v[:] = self.v0()
+                self.v[:] = v0
             self.started = True
         # Checked at the start of the step, exactly where PyLifResetModelBitAcc
         # resets u and v to 0.
-        if _is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
+        if dynamics.is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
             self.u[:] = 0
-            self.v[:] = self.v0()
-        self.scale_bias()
-        self.subthr_dynamics(activation_in=a_in_data)
-        s_out = self.spiking_activation()
-        self.reset_voltage(spike_vector=s_out)
+            self.v[:] = v0
+        u, v, s_out = dynamics.step(self.u, self.v, a_in_data, self._params())
+        self.u[:] = u
+        self.v[:] = v
         self.s_out.send(s_out)
 
 
@@ -148,7 +126,7 @@ class PyIFSoftResetModelFloat(PyLoihiProcessModel):
             if self.v_is_default:
                 self.v[:] = v0
             self.started = True
-        if _is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
+        if dynamics.is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
             self.u[:] = 0
             self.v[:] = v0
         self.u[:] = self.u * (1 - self.du) + a_in_data
