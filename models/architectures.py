@@ -13,7 +13,7 @@ from torch import nn
 
 from hardware.errors import ToolkitError
 
-from .nq import NQActivation
+from .nq import NQActivation, check_activation
 
 
 class ArchitectureError(ToolkitError, ValueError):
@@ -65,9 +65,17 @@ def feature_map_shapes(arch: str, input_shape: tuple) -> list[tuple[int, int, in
 
 
 def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
-                noise: bool = True, init_threshold: float = 8.0) -> nn.Sequential:
+                noise: bool = True, init_threshold: float = 8.0, *, activation: str = "qcfs",
+                timesteps: int | None = None, cuba_shift: str = "none") -> nn.Sequential:
     """The ``arch`` network for (C, H, W) inputs; the shape is checked before any layer is
-    allocated (:func:`feature_map_shapes`)."""
+    allocated (:func:`feature_map_shapes`).
+
+    ``activation``/``timesteps``/``cuba_shift``: every hidden layer's activation
+    (:class:`models.nq.NQActivation`: ``qcfs``, or ``cuba-matched`` to T = ``timesteps``
+    with a drive shift). They change no parameter, so a checkpoint's state_dict loads
+    into the model whatever they are."""
+    check_activation(activation, timesteps, cuba_shift)
+    act = dict(activation=activation, timesteps=timesteps, shift=cuba_shift)
     shapes = feature_map_shapes(arch, tuple(input_shape))
     conv_plan, hidden = CONV_PLANS[arch]
     channels = input_shape[0]
@@ -77,12 +85,12 @@ def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
             modules.append(nn.AvgPool2d(2))
         else:
             modules += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
-                        NQActivation(levels, noise, init_threshold)]
+                        NQActivation(levels, noise, init_threshold, **act)]
             channels = item
     modules.append(nn.Flatten())
     features = shapes[-1][0] * shapes[-1][1] * shapes[-1][2]
     for size in hidden:
-        modules += [nn.Linear(features, size), NQActivation(levels, noise, init_threshold)]
+        modules += [nn.Linear(features, size), NQActivation(levels, noise, init_threshold, **act)]
         features = size
     modules.append(nn.Linear(features, num_classes))
     return nn.Sequential(*modules)
@@ -90,3 +98,13 @@ def build_model(arch: str, input_shape: tuple, num_classes: int, levels: int,
 
 def nq_layers(model: nn.Module) -> list[NQActivation]:
     return [m for m in model.modules() if isinstance(m, NQActivation)]
+
+
+def configure_activations(model: nn.Module, activation: str, timesteps: int | None = None,
+                          cuba_shift: str = "none") -> nn.Module:
+    """Set every NQ layer's activation function in place (λ and σ unchanged), e.g. on a
+    model rebuilt from a checkpoint; returns ``model``."""
+    check_activation(activation, timesteps, cuba_shift)
+    for layer in nq_layers(model):
+        layer.configure(activation, timesteps, cuba_shift)
+    return model

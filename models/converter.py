@@ -20,8 +20,17 @@ Folding rules (all exact, linear algebra only):
   neuron with threshold ``output_threshold`` (calibrated on data by the training
   loop: a high percentile of the ANN's positive logits), counted by spike votes.
 
-The IR's float forward with QCFS (:func:`ir_quantized_forward`) equals the
-ANN's forward with noise off.
+* ``cuba`` shift (:data:`models.nq.CUBA_SHIFTS`): a per-step drive offset θ/(2T)
+  (``half-bias``) is added to the layer's bias, where the stock CUBA neuron takes it
+  (the quantizer then rounds it with the rest of the bias). A ``cuba-matched``
+  activation carries its own shift and T (its ANN function includes the offset, so
+  ANN and SNN agree exactly under constant input); a QCFS-trained model can be
+  shifted at conversion (``convert(..., neuron='cuba', cuba_shift=..., shift_timesteps=T)``),
+  which changes the SNN but not the ANN it came from.
+
+The IR's float forward (:func:`ir_quantized_forward`) with the model's activation
+(QCFS, or the CUBA spike count for a cuba-matched model) equals the ANN's forward
+with noise off.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from torch import nn
 from hardware.ir import READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, readout_neuron
 from hardware.spec import LOIHI2
 
-from .nq import NQActivation
+from .nq import CUBA_SHIFTS, NQActivation, cuba_shift_offset, cuba_spike_count
 
 
 def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module | None):
@@ -72,12 +81,52 @@ def _layer_neuron(index: int, module: nn.Module, nq: NQActivation | None, is_out
     return threshold, _neuron(neuron, threshold)
 
 
+def _layer_shift(index: int, nq: NQActivation, neuron: str, cuba_shift: str | None,
+                 shift_timesteps: int | None) -> tuple[str, int | None]:
+    """(shift, T) of a hidden layer's cuba drive offset: a cuba-matched activation's own,
+    else ``cuba_shift`` (default ``none``) at ``shift_timesteps``."""
+    if nq.activation == "cuba-matched":
+        if neuron != "cuba":
+            raise IRError(f"module {index}: the activation is matched to the stock cuba neuron; "
+                          f"converting it to {neuron!r} neurons would not reproduce the ANN "
+                          f"(convert with neuron='cuba')")
+        if cuba_shift is not None and cuba_shift != nq.shift:
+            raise IRError(f"module {index}: cuba_shift {cuba_shift!r} differs from the shift "
+                          f"{nq.shift!r} the activation was trained with")
+        return nq.shift, nq.timesteps
+    shift = "none" if cuba_shift is None else cuba_shift
+    if shift not in CUBA_SHIFTS:
+        raise IRError(f"cuba_shift {shift!r} is not one of {', '.join(CUBA_SHIFTS)}")
+    if shift != "none" and neuron != "cuba":
+        raise IRError(f"cuba_shift {shift!r} applies to cuba neurons only, not {neuron!r}")
+    if shift != "none" and (isinstance(shift_timesteps, bool) or not isinstance(shift_timesteps, int)
+                            or shift_timesteps < 1):
+        raise IRError(f"cuba_shift {shift!r} needs shift_timesteps (the T it is designed for) as a "
+                      f"positive integer, got {shift_timesteps!r}")
+    return shift, shift_timesteps
+
+
+def _shift_metadata(model: nn.Sequential, neuron: str, cuba_shift, shift_timesteps) -> dict:
+    """What the hidden layers' activation and drive shift were (provenance for the IR)."""
+    layers = [m for m in model if isinstance(m, NQActivation)]
+    if not layers:
+        return {}
+    shift, steps = _layer_shift(0, layers[0], neuron, cuba_shift, shift_timesteps)
+    if layers[0].activation == "qcfs" and shift == "none":
+        return {}
+    return {"ann_activation": layers[0].activation, "cuba_shift": shift, "cuba_timesteps": steps}
+
+
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
             metadata: dict | None = None, readout: str = "potential",
-            output_threshold: float | None = None) -> Network:
+            output_threshold: float | None = None, cuba_shift: str | None = None,
+            shift_timesteps: int | None = None) -> Network:
     """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`) into a float IR.
 
     ``readout``/``output_threshold``: how the final plain Linear is read (module docstring).
+    ``cuba_shift``/``shift_timesteps``: the drive offset folded into the hidden biases of a
+    QCFS-trained model converted to ``cuba`` (module docstring); a cuba-matched model
+    brings its own (``cuba_shift``, if given, must equal it).
     """
     if readout not in READOUTS:
         raise IRError(f"readout {readout!r} is not one of {READOUTS}")
@@ -123,6 +172,10 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
         weight = weight * spike_scale
         threshold, layer_neuron = _layer_neuron(index, module, nq, j == len(modules), neuron, readout,
                                                 output_threshold)
+        if nq is not None:
+            shift, steps = _layer_shift(index, nq, neuron, cuba_shift, shift_timesteps)
+            if shift != "none":
+                bias = bias + cuba_shift_offset(threshold, steps, shift)
         name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(layers)}"
         if isinstance(module, nn.Conv2d):
             if flatten_pending:
@@ -162,17 +215,23 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
         index = j
     if pool > 1 or flatten_pending:
         raise IRError("the network ends with pooling or flatten; the last layer must be a plain Linear")
+    provenance = {**_shift_metadata(model, neuron, cuba_shift, shift_timesteps), **(metadata or {})}
     return Network(input=Input(shape=tuple(input_shape)), layers=layers, integer=False,
-                   metadata=dict(metadata or {}), readout=readout)
+                   metadata=provenance, readout=readout)
 
 
-def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Tensor:
-    """The IR's float forward with QCFS activations: the ANN function it was folded from.
+def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation: str = "qcfs",
+                         timesteps: int | None = None) -> torch.Tensor:
+    """The IR's float forward with the ANN's activations: the function it was folded from.
 
     Hidden layer l computes ``q_l = clip(floor((W_l q_{l−1} + b_l)·L/θ_l + 1/2)/L, 0, 1)``
-    (``q_0`` is the input); the output layer is affine: the result is the logits
+    (``activation='qcfs'``, ``q_0`` is the input) or ``q_l = count(W_l q_{l−1} + b_l, θ_l, T)/T``
+    (``'cuba-matched'``: :func:`models.nq.cuba_spike_count`, T = ``timesteps``; a drive
+    shift is already in b_l); the output layer is affine: the result is the logits
     ``W_out q + b_out``, whatever the readout.
     """
+    if activation == "cuba-matched" and (not isinstance(timesteps, int) or timesteps < 1):
+        raise IRError(f"a cuba-matched forward needs timesteps as a positive integer, got {timesteps!r}")
     if net.integer:
         raise IRError("ir_quantized_forward needs the float IR")
     q = x.double()
@@ -191,6 +250,9 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int) -> torch.Te
         if layer is last:
             return h
         threshold = float(layer.neuron.threshold)
+        if activation == "cuba-matched":
+            q = cuba_spike_count(h, threshold, timesteps) / timesteps
+            continue
         q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
     raise IRError("the network has no weighted layer")
 

@@ -173,7 +173,10 @@ class _Rule:
         else:
             if not isinstance(value, (int, float)):
                 raise bad
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int with hundreds of digits
+                raise bad from None
             if not math.isfinite(value):
                 raise bad
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
@@ -210,6 +213,12 @@ def _f(default: Any, rule: _Rule, doc: str) -> Any:
 # --------------------------------------------------------------------------
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
+#: ``nq.activation``: the hidden layers' ANN activation (models.nq.ACTIVATIONS, plus ``auto``:
+#: cuba-matched when snn.neuron is cuba, qcfs otherwise). Spelled out here so that reading
+#: a config does not import torch; tests/test_config.py checks them against models.nq.
+ACTIVATIONS = ("qcfs", "cuba-matched", "auto")
+#: ``snn.cuba_shift``: per-step drive offsets of the cuba path (models.nq.CUBA_SHIFTS).
+CUBA_SHIFTS = ("none", "half-bias")
 ARCHS = ("auto", "cnn-small", "vgg-small", "vgg16")
 #: The architecture ``model.arch: auto`` picks for each dataset.
 DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
@@ -238,6 +247,10 @@ class NQConfig:
     noise: bool = _f(True, _Rule("bool"), "inject residual noise during training")
     sigma_samples: int = _f(512, _Rule("int", lo=16, hi=10_000_000),
                             "validation samples used to estimate sigma each epoch")
+    activation: str = _f("qcfs", _Rule("choice", choices=ACTIVATIONS),
+                         "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched "
+                         "(the stock CUBA neuron's exact response over snn.cuba_timesteps steps) | "
+                         "auto (cuba-matched if snn.neuron is cuba, else qcfs)")
 
 
 @dataclass(frozen=True)
@@ -263,6 +276,12 @@ class SNNConfig:
     neuron: str = _f("if_soft", _Rule("choice", choices=("if_soft", "cuba")), "SNN neuron model")
     readout: str = _f("potential", _Rule("choice", choices=READOUTS),
                       "how the SNN's class is read out")
+    cuba_shift: str = _f("none", _Rule("choice", choices=CUBA_SHIFTS),
+                         "cuba only: per-step drive offset folded into the biases: none | half-bias "
+                         "(theta/(2T) per step, T = snn.cuba_timesteps)")
+    cuba_timesteps: Optional[int] = _f(None, _Rule("int", lo=1, hi=100_000, nullable=True),
+                                       "T the cuba-matched activation and the cuba shift are "
+                                       "designed for (null: snn.timesteps)")
 
     @property
     def sigma_t(self) -> int:
@@ -351,6 +370,33 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.dir)
+
+    @property
+    def activation(self) -> str:
+        """``nq.activation`` with ``auto`` resolved from ``snn.neuron``."""
+        if self.nq.activation == "auto":
+            return "cuba-matched" if self.snn.neuron == "cuba" else "qcfs"
+        return self.nq.activation
+
+    @property
+    def cuba_t(self) -> int:
+        """The T the cuba-matched activation and the cuba shift are designed for."""
+        return self.snn.timesteps if self.snn.cuba_timesteps is None else self.snn.cuba_timesteps
+
+    def activation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``models.architectures.build_model`` (and
+        ``configure_activations``) for the configured hidden-layer activation."""
+        if self.activation == "cuba-matched":
+            return {"activation": "cuba-matched", "timesteps": self.cuba_t,
+                    "cuba_shift": self.snn.cuba_shift}
+        return {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
+
+    def conversion_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``models.converter.convert`` for the configured cuba shift (a
+        cuba-matched model carries its own; a QCFS model is shifted at conversion)."""
+        if self.activation == "qcfs" and self.snn.cuba_shift != "none":
+            return {"cuba_shift": self.snn.cuba_shift, "shift_timesteps": self.cuba_t}
+        return {}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain, JSON-serialisable ``{section: {key: value}}`` (for provenance).
@@ -599,11 +645,18 @@ def _typed_section(sec: str, cls: type, body: Mapping, problems: list[str]) -> A
 
 
 def _cross_key_problems(cfg: Config) -> list[str]:
+    problems = []
     if cfg.eval.timesteps < cfg.snn.timesteps:
-        return [f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps "
-                f"({cfg.snn.timesteps}): the largest reported T must cover the T used for "
-                f"model selection"]
-    return []
+        problems.append(f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps "
+                        f"({cfg.snn.timesteps}): the largest reported T must cover the T used for "
+                        f"model selection")
+    if cfg.nq.activation == "cuba-matched" and cfg.snn.neuron != "cuba":
+        problems.append(f"nq.activation cuba-matched models the stock cuba neuron but snn.neuron is "
+                        f"{cfg.snn.neuron}: set snn.neuron: cuba (or nq.activation: auto)")
+    if cfg.snn.cuba_shift != "none" and cfg.snn.neuron != "cuba":
+        problems.append(f"snn.cuba_shift {cfg.snn.cuba_shift} applies to cuba neurons only, but "
+                        f"snn.neuron is {cfg.snn.neuron}: set snn.cuba_shift: none")
+    return problems
 
 
 def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:

@@ -1,6 +1,7 @@
 """Config schema: defaults, deploy.yaml, and clear errors naming the key."""
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,38 @@ def test_arch_auto_resolves_per_dataset():
         assert Config.from_dict({"data": {"name": name}}).arch == arch
     assert Config.from_dict({"data": {"name": "cifar10"},
                              "model": {"arch": "cnn-small"}}).arch == "cnn-small"
+
+
+
+def test_activation_auto_follows_the_neuron_and_drives_model_and_conversion():
+    soft = Config.from_dict({"nq": {"activation": "auto"}})
+    assert soft.activation == "qcfs"
+    assert soft.activation_kwargs() == {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
+    cuba = Config.from_dict({"nq": {"activation": "auto"}, "snn": {"neuron": "cuba", "timesteps": 2}})
+    assert cuba.activation == "cuba-matched" and cuba.cuba_t == 2
+    assert cuba.activation_kwargs() == {"activation": "cuba-matched", "timesteps": 2, "cuba_shift": "none"}
+    assert cuba.conversion_kwargs() == {}  # a matched model carries its own shift
+    shifted = Config.from_dict({"nq": {"activation": "cuba-matched"},
+                                "snn": {"neuron": "cuba", "cuba_shift": "half-bias", "cuba_timesteps": 8}})
+    assert shifted.activation_kwargs() == {"activation": "cuba-matched", "timesteps": 8,
+                                           "cuba_shift": "half-bias"}
+    # a QCFS-trained model gets the shift at conversion
+    qcfs = Config.from_dict({"snn": {"neuron": "cuba", "cuba_shift": "half-bias"}})
+    assert qcfs.activation_kwargs()["cuba_shift"] == "none"
+    assert qcfs.conversion_kwargs() == {"cuba_shift": "half-bias", "shift_timesteps": 4}
+    assert Config().activation == "qcfs"  # today's behaviour stays the default
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"nq": {"activation": "cuba-matched"}}, "nq.activation cuba-matched models the stock cuba neuron"),
+    ({"snn": {"cuba_shift": "half-bias"}}, "snn.cuba_shift half-bias applies to cuba neurons only"),
+    ({"snn": {"cuba_shift": "half"}}, "snn.cuba_shift must be one of 'none', 'half-bias'"),
+    ({"nq": {"activation": "cuba"}}, "nq.activation must be one of 'qcfs', 'cuba-matched', 'auto'"),
+    ({"snn": {"cuba_timesteps": 0}}, "snn.cuba_timesteps must be an integer >= 1"),
+])
+def test_cuba_keys_are_checked(raw, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        Config.from_dict(raw)
 
 
 # ------------------------------------------------------------------ hostile YAML

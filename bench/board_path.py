@@ -1,0 +1,307 @@
+"""Seeded comparison of the stock-Loihi (`cuba`) path against the paper's neuron (issue 9).
+
+Arms (same architecture, paired seeds: seed s of every arm shares initialisation,
+shuffling, augmentation draws and validation split):
+
+* ``if_soft``: the NQ default (IF neuron with reset by subtraction, needs this project's
+  neuron process, so no stock board run); the configuration of ``bench/nq_vs_qcfs.py``'s
+  ``nq-sigma-T4`` arm, so the two benchmarks' runs can be paired.
+* ``cuba-qcfs``: stock CUBA neurons, QCFS-trained (today's ``cuba`` path).
+* ``cuba-qcfs-half-bias``: the same training, converted with the ``half-bias`` shift.
+* ``cuba-matched``: trained with the CUBA neuron's own response (``nq.activation:
+  cuba-matched``, T = ``snn.timesteps``).
+* ``cuba-matched-half-bias``: the matched activation with the ``half-bias`` shift.
+
+Every run trains through the pipeline's own loop (``pipeline.training.train``), then the
+selected checkpoint (best SNN validation accuracy at ``snn.timesteps``) is evaluated in
+Loihi 2 fixed point (quantizer + bit-accurate reference simulator, the paper's potential
+readout) on the whole test split at T = 1, 2, 4, 8, with its ANN test accuracy. Each
+finished run is appended to the results file (JSON lines) at once; a restarted
+benchmark skips the runs already there (training itself resumes from its run directory).
+``--lava`` checks Lava against the simulator on a sample of every finished run (stock
+lava-dl netx loading the exported .net for the cuba arms; own results file, resumable);
+``--report`` prints the markdown tables (mean ± sd, paired differences against if_soft).
+
+    nohup .venv/bin/python bench/board_path.py > runs/board_path.log 2>&1 &
+    .venv/bin/python bench/board_path.py --lava
+    .venv/bin/python bench/board_path.py --report
+    # smoke run on the digits:
+    .venv/bin/python bench/board_path.py --dataset digits --epochs 2 --seeds 0 \\
+        --out runs/board_path_smoke --results runs/board_path_smoke.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardware.netx_io import write_net
+from hardware.quantize import quantize
+from hardware.simulator import encode_input, simulate
+from models.architectures import configure_activations
+from models.converter import convert
+from pipeline.config import load_config
+from pipeline.data import load_dataset
+from pipeline.training import ann_accuracy, load_checkpoint, model_from_checkpoint, train
+
+STEPS = (1, 2, 4, 8)
+CHECKPOINT_FILE = "checkpoint.safetensors"
+BASELINE = "if_soft"
+#: Every arm: its overrides on top of the shared ones (the nq-sigma-T4 noise settings).
+ARMS = {
+    "if_soft": ["snn.neuron=if_soft"],
+    "cuba-qcfs": ["snn.neuron=cuba", "nq.activation=qcfs"],
+    "cuba-qcfs-half-bias": ["snn.neuron=cuba", "nq.activation=qcfs", "snn.cuba_shift=half-bias"],
+    "cuba-matched": ["snn.neuron=cuba", "nq.activation=cuba-matched"],
+    "cuba-matched-half-bias": ["snn.neuron=cuba", "nq.activation=cuba-matched",
+                               "snn.cuba_shift=half-bias"],
+}
+SHARED = ["nq.noise=true", "snn.sigma_timesteps=4"]
+
+
+@contextlib.contextmanager
+def activation_wiring(cfg):
+    """Make ``pipeline.training`` build and convert the model ``cfg`` describes.
+
+    Stop-gap until pipeline/training.py passes ``cfg.activation_kwargs()`` to
+    ``build_model`` and ``cfg.conversion_kwargs()`` to ``convert`` itself (issue 9 wiring):
+    the wrappers only fill keyword arguments the caller did not give, so they are
+    harmless once that lands, and they are removed on exit."""
+    import pipeline.training as training
+
+    build, conv = training.build_model, training.convert
+
+    def build_configured(*args, **kwargs):
+        return build(*args, **{**cfg.activation_kwargs(), **kwargs})
+
+    def convert_configured(*args, **kwargs):
+        return conv(*args, **{**cfg.conversion_kwargs(), **kwargs})
+
+    training.build_model, training.convert = build_configured, convert_configured
+    try:
+        yield
+    finally:
+        training.build_model, training.convert = build, conv
+
+
+def configured_model(cfg, ckpt: dict):
+    """The checkpoint's model with the activation of ``cfg`` (a checkpoint stores only
+    parameters; the activation function is the config's)."""
+    return configure_activations(model_from_checkpoint(ckpt), **cfg.activation_kwargs())
+
+
+def integer_net(model, cfg, input_shape: tuple, output_threshold: float | None = None):
+    """Converted (with the arm's cuba shift) and quantized for T up to max(STEPS)."""
+    float_net = convert(copy.deepcopy(model).cpu().eval(), input_shape, neuron=cfg.snn.neuron,
+                        readout="potential", output_threshold=output_threshold,
+                        **cfg.conversion_kwargs())
+    return quantize(float_net, input_bits=cfg.quant.input_bits, readout_steps=max(STEPS))
+
+
+def fixed_point_accuracy(net, data, input_bits: int, batch: int = 1000) -> dict[str, float]:
+    """Loihi 2 fixed point (bit-accurate simulator, potential readout) on the whole test split."""
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in range(len(data.test))])
+    preds = []
+    for begin in range(0, len(x), batch):
+        payload = torch.as_tensor(encode_input(x[begin:begin + batch].numpy(), input_bits))
+        preds.append(simulate(net, payload, max(STEPS)).predictions())
+    correct = (torch.cat(preds, 1) == y.unsqueeze(0)).double().mean(1)
+    return {str(t): float(correct[t - 1]) for t in STEPS}
+
+
+def arm_config(args, arm: str, seed: int):
+    run_dir = Path(args.out) / f"{arm}-s{seed}"
+    return load_config(args.config, [
+        f"data.name={args.dataset}", f"model.arch={args.arch}", f"train.epochs={args.epochs}",
+        f"train.seed={seed}", f"train.batch_size={args.batch_size}",
+        f"train.select_samples={args.select_samples}", f"run.dir={run_dir}",
+        *SHARED, *ARMS[arm], *args.set])
+
+
+def run_one(args, arm: str, seed: int, data) -> dict:
+    cfg = arm_config(args, arm, seed)
+    started = time.perf_counter()
+    with activation_wiring(cfg):
+        result = train(cfg, progress=False, data=data)
+    train_wall = time.perf_counter() - started
+    ckpt = load_checkpoint(Path(cfg.run.dir) / CHECKPOINT_FILE)
+    model = configured_model(cfg, ckpt)
+    net = integer_net(model, cfg, data.input_shape)
+    history = result["history"]
+    record = {
+        **_run_key(args, arm, seed), "overrides": [*SHARED, *ARMS[arm], *args.set],
+        "neuron": cfg.snn.neuron, "activation": cfg.activation, "cuba_shift": cfg.snn.cuba_shift,
+        "best_epoch": ckpt["epoch"], "sigma_selected": ckpt["sigma"], "lambda": ckpt["lambda"],
+        "selected": {"ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")),
+                     "snn_fixed": fixed_point_accuracy(net, data, cfg.quant.input_bits)},
+        "cost_s": {k: statistics.mean(r[k] for r in history) for k in ("train_s", "sigma_s", "select_s")},
+        "train_wall_s": train_wall,
+    }
+    record["wall_s"] = time.perf_counter() - started
+    return record
+
+
+def _run_key(args, arm: str, seed: int) -> dict:
+    return {"arm": arm, "seed": seed, "epochs": args.epochs, "arch": args.arch,
+            "dataset": args.dataset, "set": list(args.set)}
+
+
+def lava_agreement(net, data, input_bits: int, samples: int) -> dict:
+    """Lava (loihi2-sim) against the bit-accurate simulator on the first test samples; a cuba
+    network goes through its .net file and stock lava-dl netx."""
+    from hardware.lava_runner import run_lava
+
+    x = torch.stack([data.test[i][0] for i in range(samples)]).numpy()
+    payload = encode_input(x, input_bits)
+    with tempfile.TemporaryDirectory() as tmp:
+        stock = all(layer.neuron.kind == "cuba" for layer in net.weighted_layers)
+        path = str(write_net(net, Path(tmp) / "model.net")) if stock else None
+        lava = run_lava(net, payload, max(STEPS), progress=False, net_path=path)
+    ref_v = simulate(net, torch.as_tensor(payload), max(STEPS)).output_potential[-1].numpy()
+    equal = np.all(np.asarray(lava.output_potential) == ref_v, axis=1)
+    return {"samples": samples, "agreement": float(equal.mean()), "loader": lava.loader,
+            "lava_samples_per_s": lava.samples_per_s}
+
+
+def lava_pass(args, results_path: Path, lava_path: Path) -> None:
+    """Lava agreement for every finished run that has none yet (resumable)."""
+    checked = {_key_tuple(r) for r in load_results(lava_path)}
+    for record in load_results(results_path):
+        if _key_tuple(record) in checked:
+            continue
+        cfg = load_config(args.config, [f"data.name={record['dataset']}",
+                                        f"model.arch={record['arch']}", *record["overrides"]])
+        data = load_dataset(cfg.data, seed=record["seed"])
+        run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
+        model = configured_model(cfg, load_checkpoint(run_dir / CHECKPOINT_FILE))
+        lava = lava_agreement(integer_net(model, cfg, data.input_shape), data, cfg.quant.input_bits,
+                              args.lava_samples)
+        with open(lava_path, "a") as f:
+            f.write(json.dumps({**{k: record[k] for k in _KEY}, **lava}, sort_keys=True) + "\n")
+        print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} on "
+              f"{lava['samples']} samples ({lava['loader']})", flush=True)
+
+
+_KEY = ("arm", "seed", "epochs", "arch", "dataset", "set")
+
+
+def _key_tuple(record: dict) -> tuple:
+    return tuple(tuple(record[k]) if isinstance(record[k], list) else record[k] for k in _KEY)
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def _accuracy_table(results: list[dict], names: list[str], lava: dict) -> list[str]:
+    lines = ["\n**selected epoch** (SNN Loihi 2 fixed point, potential readout, whole test split; "
+             "% mean ± sd over seeds)\n",
+             "| arm | seeds | ANN | T=1 | T=2 | T=4 | T=8 | Lava agreement (samples) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in names:
+        rows = [r for r in results if r["arm"] == arm]
+        cells = [_mean_sd([r["selected"]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
+        checks = [lava[_key_tuple(r)] for r in rows if _key_tuple(r) in lava]
+        agree = (f"{statistics.mean(c['agreement'] for c in checks):.3f} "
+                 f"({sum(c['samples'] for c in checks)})" if checks else "–")
+        lines.append(f"| {arm} | {len(rows)} | {_mean_sd([r['selected']['ann'] for r in rows])} | "
+                     + " | ".join(cells) + f" | {agree} |")
+    return lines
+
+
+def _paired_table(results: list[dict], names: list[str]) -> list[str]:
+    lines = [f"\nPaired difference arm − {BASELINE} (selected epoch, points, mean ± sd over seeds)\n",
+             "| arm | pairs | ANN | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|---|---|"]
+    base = {_key_tuple({**r, "arm": BASELINE}): r for r in results if r["arm"] == BASELINE}
+    for arm in (n for n in names if n != BASELINE):
+        pairs = [(r, base[_key_tuple({**r, "arm": BASELINE})]) for r in results
+                 if r["arm"] == arm and _key_tuple({**r, "arm": BASELINE}) in base]
+        ann = [a["selected"]["ann"] - b["selected"]["ann"] for a, b in pairs]
+        cells = [_mean_sd([a["selected"]["snn_fixed"][str(t)] - b["selected"]["snn_fixed"][str(t)]
+                           for a, b in pairs]) for t in STEPS]
+        lines.append(f"| {arm} | {len(pairs)} | {_mean_sd(ann)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(results: list[dict], lava_results: list[dict] = ()) -> str:
+    """Markdown: accuracy per arm (mean ± sd, %) with Lava agreement, and paired differences
+    against if_soft; one block per (dataset, arch, epochs, extra overrides)."""
+    lava = {_key_tuple(r): r for r in lava_results}
+    lines = []
+    for setting in dict.fromkeys((r["dataset"], r["arch"], r["epochs"], tuple(r["set"])) for r in results):
+        rows = [r for r in results if (r["dataset"], r["arch"], r["epochs"], tuple(r["set"])) == setting]
+        names = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+        lines.append(f"\n### {setting[0]}, {setting[1]}, {setting[2]} epochs"
+                     + (f", {' '.join(setting[3])}" if setting[3] else ""))
+        lines += _accuracy_table(rows, names, lava) + _paired_table(rows, names)
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--arch", default="cnn-small")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--select-samples", type=int, default=2000)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra config override for every arm (repeatable), e.g. nq.init_threshold=2")
+    ap.add_argument("--lava-samples", type=int, default=16)
+    ap.add_argument("--lava", action="store_true",
+                    help="only check Lava against the simulator on the finished runs (resumable)")
+    ap.add_argument("--config", default="deploy.yaml")
+    ap.add_argument("--out", default="runs/board_path")
+    ap.add_argument("--results", default="bench/results/board_path.jsonl")
+    ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = _parse(argv)
+    results_path = Path(args.results)
+    lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
+    if args.report:
+        print(report(load_results(results_path), load_results(lava_path)))
+        return
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.lava:
+        lava_pass(args, results_path, lava_path)
+        print(report(load_results(results_path), load_results(lava_path)))
+        return
+    for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
+        data = None
+        for arm in args.arms:
+            if _key_tuple(_run_key(args, arm, seed)) in {_key_tuple(r) for r in load_results(results_path)}:
+                continue
+            data = data or load_dataset(arm_config(args, arm, seed).data, seed=seed)
+            record = run_one(args, arm, seed, data)
+            with open(results_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+            print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
+                f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
+                + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
+    print(report(load_results(results_path), load_results(lava_path)))
+
+
+if __name__ == "__main__":
+    main()
