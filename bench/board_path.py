@@ -5,7 +5,9 @@ shuffling, augmentation draws and validation split):
 
 * ``if_soft``: the NQ default (IF neuron with reset by subtraction, needs this project's
   neuron process, so no stock board run); the configuration of ``bench/nq_vs_qcfs.py``'s
-  ``nq-sigma-T4`` arm, so the two benchmarks' runs can be paired.
+  ``nq-sigma-T4`` arm, so the two benchmarks' runs pair up: by default the if_soft rows
+  are taken from ``bench/results/nq_vs_qcfs.jsonl`` (``--baseline-from``) rather than
+  trained a second time (their Lava check is in ``nq_vs_qcfs_lava.jsonl``).
 * ``cuba-qcfs``: stock CUBA neurons, QCFS-trained (today's ``cuba`` path).
 * ``cuba-qcfs-half-bias``: the same training, converted with the ``half-bias`` shift.
 * ``cuba-matched``: trained with the CUBA neuron's own response (``nq.activation:
@@ -32,7 +34,6 @@ lava-dl netx loading the exported .net for the cuba arms; own results file, resu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
@@ -46,14 +47,14 @@ import torch
 from hardware.netx_io import write_net
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
-from models.architectures import configure_activations
 from models.converter import convert
 from pipeline.config import load_config
 from pipeline.data import load_dataset
-from pipeline.training import ann_accuracy, load_checkpoint, model_from_checkpoint, train
+from pipeline.artifacts import CHECKPOINT
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
+from pipeline.training import ann_accuracy, train
 
 STEPS = (1, 2, 4, 8)
-CHECKPOINT_FILE = "checkpoint.safetensors"
 BASELINE = "if_soft"
 #: Every arm: its overrides on top of the shared ones (the nq-sigma-T4 noise settings).
 ARMS = {
@@ -65,37 +66,6 @@ ARMS = {
                                "snn.cuba_shift=half-bias"],
 }
 SHARED = ["nq.noise=true", "snn.sigma_timesteps=4"]
-
-
-@contextlib.contextmanager
-def activation_wiring(cfg):
-    """Make ``pipeline.training`` build and convert the model ``cfg`` describes.
-
-    Stop-gap until pipeline/training.py passes ``cfg.activation_kwargs()`` to
-    ``build_model`` and ``cfg.conversion_kwargs()`` to ``convert`` itself (issue 9 wiring):
-    the wrappers only fill keyword arguments the caller did not give, so they are
-    harmless once that lands, and they are removed on exit."""
-    import pipeline.training as training
-
-    build, conv = training.build_model, training.convert
-
-    def build_configured(*args, **kwargs):
-        return build(*args, **{**cfg.activation_kwargs(), **kwargs})
-
-    def convert_configured(*args, **kwargs):
-        return conv(*args, **{**cfg.conversion_kwargs(), **kwargs})
-
-    training.build_model, training.convert = build_configured, convert_configured
-    try:
-        yield
-    finally:
-        training.build_model, training.convert = build, conv
-
-
-def configured_model(cfg, ckpt: dict):
-    """The checkpoint's model with the activation of ``cfg`` (a checkpoint stores only
-    parameters; the activation function is the config's)."""
-    return configure_activations(model_from_checkpoint(ckpt), **cfg.activation_kwargs())
 
 
 def integer_net(model, cfg, input_shape: tuple, output_threshold: float | None = None):
@@ -130,11 +100,10 @@ def arm_config(args, arm: str, seed: int):
 def run_one(args, arm: str, seed: int, data) -> dict:
     cfg = arm_config(args, arm, seed)
     started = time.perf_counter()
-    with activation_wiring(cfg):
-        result = train(cfg, progress=False, data=data)
+    result = train(cfg, progress=False, data=data)
     train_wall = time.perf_counter() - started
-    ckpt = load_checkpoint(Path(cfg.run.dir) / CHECKPOINT_FILE)
-    model = configured_model(cfg, ckpt)
+    ckpt = load_checkpoint(Path(cfg.run.dir) / CHECKPOINT)
+    model = model_from_checkpoint(ckpt)  # with the activation it was trained with
     net = integer_net(model, cfg, data.input_shape)
     history = result["history"]
     record = {
@@ -182,7 +151,7 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
                                         f"model.arch={record['arch']}", *record["overrides"]])
         data = load_dataset(cfg.data, seed=record["seed"])
         run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
-        model = configured_model(cfg, load_checkpoint(run_dir / CHECKPOINT_FILE))
+        model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
         lava = lava_agreement(integer_net(model, cfg, data.input_shape), data, cfg.quant.input_bits,
                               args.lava_samples)
         with open(lava_path, "a") as f:
@@ -196,6 +165,31 @@ _KEY = ("arm", "seed", "epochs", "arch", "dataset", "set")
 
 def _key_tuple(record: dict) -> tuple:
     return tuple(tuple(record[k]) if isinstance(record[k], list) else record[k] for k in _KEY)
+
+
+#: the arm of bench/nq_vs_qcfs.py that is this benchmark's if_soft arm (same overrides)
+NQ_VS_QCFS_TWIN = "nq-sigma-T4"
+
+
+def borrowed_baseline(path: Path) -> list[dict]:
+    """if_soft rows taken from bench/nq_vs_qcfs.py's results (its ``nq-sigma-T4`` arm trains the
+    same configuration with the same seeds), so the baseline is not trained twice."""
+    rows = []
+    for r in load_results(path):
+        if r.get("arm") == NQ_VS_QCFS_TWIN and r.get("neuron", "if_soft") == "if_soft":
+            rows.append({"arm": BASELINE, "seed": r["seed"], "epochs": r["epochs"], "arch": r["arch"],
+                         "dataset": r["dataset"], "set": [], "selected": r["selected"],
+                         "borrowed_from": f"{path.name} {NQ_VS_QCFS_TWIN}"})
+    return rows
+
+
+def all_results(args, results_path: Path) -> list[dict]:
+    """This benchmark's rows plus borrowed if_soft rows for runs it has not trained itself."""
+    own = load_results(results_path)
+    if not args.baseline_from:
+        return own
+    have = {_key_tuple(r) for r in own}
+    return own + [r for r in borrowed_baseline(Path(args.baseline_from)) if _key_tuple(r) not in have]
 
 
 def load_results(path: Path) -> list[dict]:
@@ -273,6 +267,9 @@ def _parse(argv):
     ap.add_argument("--out", default="runs/board_path")
     ap.add_argument("--results", default="bench/results/board_path.jsonl")
     ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
+    ap.add_argument("--baseline-from", default="bench/results/nq_vs_qcfs.jsonl",
+                    help="take the if_soft arm from this nq_vs_qcfs results file where it has the run "
+                         "(its nq-sigma-T4 arm is the same configuration); '' to train it here")
     return ap.parse_args(argv)
 
 
@@ -281,17 +278,17 @@ def main(argv=None) -> None:
     results_path = Path(args.results)
     lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
     if args.report:
-        print(report(load_results(results_path), load_results(lava_path)))
+        print(report(all_results(args, results_path), load_results(lava_path)))
         return
     results_path.parent.mkdir(parents=True, exist_ok=True)
     if args.lava:
         lava_pass(args, results_path, lava_path)
-        print(report(load_results(results_path), load_results(lava_path)))
+        print(report(all_results(args, results_path), load_results(lava_path)))
         return
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
         for arm in args.arms:
-            if _key_tuple(_run_key(args, arm, seed)) in {_key_tuple(r) for r in load_results(results_path)}:
+            if _key_tuple(_run_key(args, arm, seed)) in {_key_tuple(r) for r in all_results(args, results_path)}:
                 continue
             data = data or load_dataset(arm_config(args, arm, seed).data, seed=seed)
             record = run_one(args, arm, seed, data)
@@ -300,7 +297,7 @@ def main(argv=None) -> None:
             print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
                 f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
                 + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
-    print(report(load_results(results_path), load_results(lava_path)))
+    print(report(all_results(args, results_path), load_results(lava_path)))
 
 
 if __name__ == "__main__":

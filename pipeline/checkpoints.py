@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.architectures import CONV_PLANS, build_model, min_input_side, nq_layers
+from models.nq import ActivationError, check_activation
 
 from .artifacts import LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, ArtifactError, atomic_path
 
@@ -66,7 +67,9 @@ _DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16"
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1}
 _CHECKPOINT_FIELDS = ("format_version", "kind", "config", "arch", "input_shape", "num_classes", "levels",
-                      "epoch", "output_threshold", "sigma", "lambda", "metrics", "history")
+                      "epoch", "output_threshold", "sigma", "lambda", "metrics", "history", "activation")
+#: build_model's activation arguments for a plain QCFS model
+DEFAULT_ACTIVATION = {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
 _TRAIN_STATE_FIELDS = ("format_version", "kind", "config", "epoch", "history", "best", "optimizer",
                        "scheduler")
 #: optimizer state entries stored as tensors (SGD's only per-parameter state)
@@ -344,7 +347,20 @@ def _checkpoint_fields(path: Path, doc: dict) -> dict:
             "output_threshold": f.number("output_threshold", positive=True),
             "sigma": f.numbers("sigma", layers), "lambda": f.numbers("lambda", layers),
             "metrics": f.of_type("metrics", dict, lambda m: all(map(_is_finite, m.values()))),
-            "history": f.of_type("history", list, _is_history)}
+            "history": f.of_type("history", list, _is_history),
+            "activation": _activation_field(path, f)}
+
+
+def _activation_field(path: Path, f: "_Fields") -> dict:
+    """The hidden layers' activation (``build_model``'s keyword arguments), checked."""
+    activation = f.of_type("activation", dict)
+    if set(activation) != {"activation", "timesteps", "cuba_shift"}:
+        raise f.fail("activation", "an object with keys activation, timesteps, cuba_shift")
+    try:
+        check_activation(activation["activation"], activation["timesteps"], activation["cuba_shift"])
+    except ActivationError as exc:
+        raise CheckpointError(f"{path}: field 'activation': {exc}") from None
+    return dict(activation)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -366,7 +382,7 @@ def load_checkpoint(path: Path) -> dict:
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
     """The model a checkpoint (from :func:`load_checkpoint`) describes, in eval mode, on the CPU."""
     model = build_model(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"], ckpt["levels"],
-                        noise=False)
+                        noise=False, **ckpt["activation"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
@@ -376,7 +392,8 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
 
 
 def checkpoint_from_model(model: nn.Module, *, config: dict, arch: str, input_shape, num_classes: int,
-                          levels: int, record: Mapping[str, Any], history: list) -> dict:
+                          levels: int, record: Mapping[str, Any], history: list,
+                          activation: Optional[Mapping[str, Any]] = None) -> dict:
     """The checkpoint dict of ``model`` after the epoch ``record`` (as :func:`load_checkpoint` returns it)."""
     return {"format_version": CHECKPOINT_FORMAT, "state_dict": dict(model.state_dict()), "config": config,
             "arch": arch, "input_shape": list(input_shape), "num_classes": int(num_classes),
@@ -385,7 +402,8 @@ def checkpoint_from_model(model: nn.Module, *, config: dict, arch: str, input_sh
             "sigma": [float(m.sigma) for m in nq_layers(model)],
             "lambda": [float(m.threshold.detach()) for m in nq_layers(model)],
             "metrics": {k: v for k, v in record.items() if k in ("loss", "ann_val", "snn_val")},
-            "history": history}
+            "history": history,
+            "activation": dict(activation or DEFAULT_ACTIVATION)}
 
 
 # --------------------------------------------------------------------------- resume state

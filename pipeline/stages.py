@@ -183,7 +183,7 @@ def evaluate(cfg, progress: bool = True) -> dict:
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
-                output_threshold=ckpt["output_threshold"])
+                output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
     start = time.perf_counter()
     snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size, progress)
     sim_time = time.perf_counter() - start
@@ -203,7 +203,8 @@ def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model, qnet) -> dict:
     config["nq"]["levels"] = ckpt["levels"]
     return {"config": config, "checkpoint_sha256": ckpt_sha, "arch": ckpt["arch"], "levels": ckpt["levels"],
             "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
-            "checkpoint_epoch": ckpt["epoch"], "quantization": qnet.metadata["quantization"]}
+            "checkpoint_epoch": ckpt["epoch"], "activation": ckpt["activation"],
+            "quantization": qnet.metadata["quantization"]}
 
 
 def export(cfg, progress: bool = True) -> dict:
@@ -215,7 +216,7 @@ def export(cfg, progress: bool = True) -> dict:
     ckpt_sha = sha256_of(run_dir.checkpoint)
     model = model_from_checkpoint(ckpt)
     net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
-                output_threshold=ckpt["output_threshold"])
+                output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     with atomic_path(run_dir.net, suffix=".net") as tmp:

@@ -56,11 +56,12 @@ def pick_device() -> torch.device:
 
 
 def to_ir(model: nn.Module, input_shape: tuple, neuron: str, metadata: dict | None = None,
-          readout: str = "potential", output_threshold: float | None = None) -> Network:
-    """Convert a (copy of the) model on the CPU to the float IR."""
+          readout: str = "potential", output_threshold: float | None = None, **conversion) -> Network:
+    """Convert a (copy of the) model on the CPU to the float IR (``conversion``: the cuba shift
+    options of :func:`models.converter.convert`, see ``Config.conversion_kwargs``)."""
     cpu_model = copy.deepcopy(model).to("cpu").eval()
     return convert(cpu_model, input_shape, neuron=neuron, metadata=metadata, readout=readout,
-                   output_threshold=output_threshold)
+                   output_threshold=output_threshold, **conversion)
 
 
 @torch.no_grad()
@@ -107,7 +108,7 @@ def snn_accuracy_by_t(net: Network, dataset, timesteps: int, batch_size: int,
 
 @torch.no_grad()
 def measure_residual(model: nn.Module, input_shape: tuple, x: torch.Tensor, timesteps: int,
-                     neuron: str) -> tuple[list[float], list[float], float]:
+                     neuron: str, conversion: dict | None = None) -> tuple[list[float], list[float], float]:
     """On the batch ``x``, per NQ layer: σ_l = std(ANN activation − θ_l·SNN rate) and the
     mean |gap|; and the output threshold for a spike-count readout (a high percentile of
     the positive logits, :data:`OUTPUT_THRESHOLD_PERCENTILE`)."""
@@ -124,7 +125,7 @@ def measure_residual(model: nn.Module, input_shape: tuple, x: torch.Tensor, time
     positive = logits[logits > 0]
     output_threshold = (float(torch.quantile(positive, OUTPUT_THRESHOLD_PERCENTILE / 100))
                         if positive.numel() else 1.0)
-    net = to_ir(model, input_shape, neuron)
+    net = to_ir(model, input_shape, neuron, **(conversion or {}))
     result = simulate(net, x.to(device=_sim_device(model), dtype=TRAINING_SIM_DTYPE), timesteps,
                       dtype=TRAINING_SIM_DTYPE)
     sigmas, gaps = [], []
@@ -177,13 +178,13 @@ def _end_of_epoch(model, data: DatasetSplits, cfg, sigma_x: torch.Tensor, select
     """σ re-estimation and SNN model selection after an epoch, timed separately."""
     start = time.perf_counter()
     sigmas, gaps, output_threshold = measure_residual(model, data.input_shape, sigma_x, cfg.snn.sigma_t,
-                                                      cfg.snn.neuron)
+                                                      cfg.snn.neuron, cfg.conversion_kwargs())
     if cfg.nq.noise:
         _set_sigma(model, sigmas)
     sigma_s = time.perf_counter() - start
     start = time.perf_counter()
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
-                output_threshold=output_threshold)
+                output_threshold=output_threshold, **cfg.conversion_kwargs())
     snn_val = snn_accuracy_by_t(net, select_set, cfg.snn.timesteps, cfg.eval.batch_size,
                                 dtype=TRAINING_SIM_DTYPE, device=device)[str(cfg.snn.timesteps)]
     select_s = time.perf_counter() - start
@@ -226,7 +227,7 @@ def _start_session(cfg, data: DatasetSplits) -> _Session:
     device = pick_device()
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
-                        cfg.nq.init_threshold).to(device)
+                        cfg.nq.init_threshold, **cfg.activation_kwargs()).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
@@ -310,4 +311,5 @@ def _finish_checkpoint(s: _Session, history: list) -> None:
 def _checkpoint(s: _Session, record: dict, history: list) -> dict:
     return checkpoint_from_model(s.model, config=s.cfg.to_dict(), arch=s.cfg.arch,
                                  input_shape=s.data.input_shape, num_classes=s.data.num_classes,
-                                 levels=s.cfg.nq.levels, record=record, history=history)
+                                 levels=s.cfg.nq.levels, record=record, history=history,
+                                 activation=s.cfg.activation_kwargs())

@@ -107,6 +107,23 @@ _as_list.replaces = True
 
 
 # --------------------------------------------------------------------------- round trips
+def test_a_cuba_matched_checkpoint_rebuilds_its_activation(tmp_path):
+    activation = {"activation": "cuba-matched", "timesteps": 4, "cuba_shift": "half-bias"}
+    # a small λ, so that the two activations give different outputs on these inputs
+    model = build_model("cnn-small", SHAPE, 10, 4, False, 0.3, **activation)
+    ckpt = checkpoint_from_model(model, config={}, arch="cnn-small", input_shape=SHAPE, num_classes=10,
+                                 levels=4, record={"epoch": 1}, history=[], activation=activation)
+    save_checkpoint(tmp_path / CHECKPOINT, ckpt)
+    loaded = load_checkpoint(tmp_path / CHECKPOINT)
+    assert loaded["activation"] == activation
+    rebuilt = model_from_checkpoint(loaded)
+    x = 3 * torch.rand(5, *SHAPE)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+    qcfs_twin = build_model("cnn-small", SHAPE, 10, 4, False, 0.3)
+    qcfs_twin.load_state_dict(model.state_dict())
+    assert not torch.equal(qcfs_twin.eval()(x), rebuilt(x))  # the activation really is restored
+
+
 def test_checkpoint_round_trip_keeps_tensors_and_metadata(tmp_path):
     model = _model()
     ckpt = _ckpt(model)
@@ -298,6 +315,14 @@ CHECKPOINT_DOC = {
     "lambda not a list": lambda d: d.update(**{"lambda": 2.0}),
     "metrics with NaN": lambda d: d.update(metrics={"snn_val": math.nan}),
     "history of numbers": lambda d: d.update(history=[1, 2]),
+    "activation missing": lambda d: d.pop("activation"),
+    "activation unknown": lambda d: d.update(activation={"activation": "relu", "timesteps": None,
+                                                         "cuba_shift": "none"}),
+    "activation matched without T": lambda d: d.update(activation={"activation": "cuba-matched",
+                                                                   "timesteps": None, "cuba_shift": "none"}),
+    "activation extra key": lambda d: d.update(activation={"activation": "qcfs", "timesteps": None,
+                                                           "cuba_shift": "none", "x": 1}),
+    "activation not an object": lambda d: d.update(activation="qcfs"),
 }
 
 TENSORS = {
