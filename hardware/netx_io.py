@@ -454,6 +454,16 @@ class _Access:
             v = v[:1]
         return self.int1(v, where, key)
 
+    def flag(self, group: h5py.Group, key: str, where: str) -> bool:
+        """An optional boolean (absent = False); 0/1 integers count as booleans."""
+        v = self.values(group, key, where, max_elements=1, required=False)
+        if v is None:
+            return False
+        v = v.reshape(-1)
+        if v.size != 1 or v.dtype.kind not in "biu" or int(v[0]) not in (0, 1):
+            raise self.fail(f"{where}: '{key}' is not a single boolean")
+        return bool(v[0])
+
     def text(self, group: h5py.Group, key: str, where: str) -> str:
         v = self.values(group, key, where, max_elements=1)
         if v.size != 1:
@@ -539,6 +549,11 @@ class _Reader(_Access):
             if self.number(g, "messageBits", where_n, required=False) not in (None, 0):
                 raise self.fail(f"{where}: graded output spikes (messageBits) are not "
                                 f"supported by the IR")
+            if self.flag(g, "gradedSpike", where_n):
+                # slayer writes it next to messageBits; stock netx reads only messageBits, so a
+                # file claiming graded spikes without it would silently run with binary ones
+                raise self.fail(f"{where}: gradedSpike is set: graded output spikes are not "
+                                f"supported by the IR (and stock netx would send binary spikes)")
             cfg = {k: self.number(g, k, where_n) for k in ("vThMant", "iDecay", "vDecay")}
         elif ltype == "dense":
             ntype, cfg = "CUBA", dict(_NETX_DEFAULT_DENSE_NEURON)

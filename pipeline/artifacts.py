@@ -195,15 +195,17 @@ class _Section(BaseModel):
 
 TimeStep = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*$")]
 Readout = Literal["potential", "spikes"]
+#: an accuracy: a fraction in [0, 1] (so no NaN or infinity either)
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Accuracy(_Section):
     """Test accuracy (fractions); per T as ``{"1": acc, …}``."""
 
-    ann: Optional[float] = None
-    snn_float: Optional[dict[TimeStep, float]] = None
-    snn_fixed: Optional[dict[TimeStep, float]] = None
-    lava: Optional[dict[TimeStep, float]] = None
+    ann: Optional[Fraction] = None
+    snn_float: Optional[dict[TimeStep, Fraction]] = None
+    snn_fixed: Optional[dict[TimeStep, Fraction]] = None
+    lava: Optional[dict[TimeStep, Fraction]] = None
 
 
 class EpochRecord(_Section):

@@ -29,6 +29,7 @@ from hardware.errors import NetxFormatError
 from hardware.resources import check_fit, require_fit
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
+from hardware.validate import simulator_limits, validate_network
 
 from .artifacts import ArtifactError, Report, RunDir, atomic_path, check_input_file, merge_report, sha256_of
 from .data import load_dataset
@@ -252,6 +253,8 @@ def _load_net_and_data(cfg, path: Path):
     from hardware.netx_io import read_net
 
     net = read_net(path)
+    # a foreign file can be valid netx yet use what the simulator does not model (du = -1)
+    validate_network(net, simulator_limits())
     data, x, y = _test_tensors(cfg)
     if tuple(net.input.shape) != tuple(data.input_shape) or net.input_bits is None:
         raise NetxFormatError(f"{path}: the network takes input {tuple(net.input.shape)} as graded spikes "

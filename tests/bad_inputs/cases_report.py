@@ -1,0 +1,112 @@
+"""Bad report.json files: damaged or foreign JSON, wrong-typed sections, unknown format
+versions. Stage ``report`` reads it; ``evaluate``, ``export`` and ``train`` update it
+(and must refuse a bad one, not crash after their work is done)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Sequence
+
+from pipeline.artifacts import REPORT_JSON
+
+from . import Case, default_run
+from .base import Workspace, deep_json
+
+
+def report_text(make: Callable[[str], str | bytes]) -> Callable[[Workspace], Sequence[str]]:
+    def plant(ws: Workspace) -> Sequence[str]:
+        p = ws.run / REPORT_JSON
+        new = make(p.read_text() if p.exists() else "{}")
+        p.write_bytes(new.encode() if isinstance(new, str) else new)
+        return ()
+    return plant
+
+
+def report_edit(edit: Callable[[dict], None]) -> Callable[[Workspace], Sequence[str]]:
+    def make(text: str) -> str:
+        doc = json.loads(text)
+        edit(doc)
+        return json.dumps(doc, allow_nan=True)
+    return report_text(make)
+
+
+def set_path(path: str, value: Any) -> Callable[[dict], None]:
+    def edit(doc: dict) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return edit
+
+
+TEXT = {
+    "empty": lambda t: "",
+    "truncated-half": lambda t: t[:len(t) // 2],
+    "truncated-last-brace": lambda t: t.rstrip()[:-1],
+    "list": lambda t: "[1, 2, 3]",
+    "null": lambda t: "null",
+    "number": lambda t: "42",
+    "string": lambda t: '"report"',
+    "binary": lambda t: b"\x89PNG\r\n\x1a\n" + bytes(32),
+    "invalid-utf8": lambda t: b'{"format_version": 1, "x": "\xff\xfe"}',
+    "deeply-nested": lambda t: '{"format_version": 1, "accuracy": ' + deep_json(100000) + "}",
+    "duplicate-keys": lambda t: t.rstrip()[:-1] + ', "format_version": 1, "format_version": 7}',
+}
+#: (dotted path, wrong value) for sections the stages and the report read
+WRONG = [
+    ("format_version", 99), ("format_version", "1"), ("format_version", None),
+    ("format_version", 1.5), ("accuracy", "high"), ("accuracy", [0.9]), ("accuracy.ann", "x"),
+    ("accuracy.ann", [1]), ("accuracy.snn_float", [0.1, 0.2]), ("accuracy.snn_float", {"1": "x"}),
+    ("accuracy.snn_float", {"one": 0.5}), ("training", 5), ("training.history", "x"),
+    ("training.history", [1, 2]), ("checkpoint", []), ("checkpoint.sigma", "x"), ("export", 5),
+    ("export.path", 7), ("quantization", "x"), ("config", []), ("lava", "x"),
+    ("lava.agreement", "all"), ("energy", [1]), ("probes", "x"), ("accuracy.ann", 1e999),
+]
+
+
+WRONG_SLOW = [("format_version", None), ("format_version", 1.5), ("accuracy", [0.9]),
+              ("accuracy.ann", [1]), ("accuracy.snn_float", {"1": "x"}),
+              ("accuracy.snn_float", {"one": 0.5}), ("training.history", [1, 2]),
+              ("checkpoint.sigma", "x"), ("export.path", 7), ("quantization", "x"), ("config", []),
+              ("lava.agreement", "all"), ("energy", [1]), ("probes", "x"), ("training", 5),
+              ("export", 5), ("checkpoint", []), ("lava", "x")]
+
+
+def _id(path: str, value: Any) -> str:
+    return f"{path}={json.dumps(value, allow_nan=True).replace(' ', '')[:16]}"
+
+
+def report_cases() -> list[Case]:
+    def case(id_, plant, stage="report", **kw):
+        return Case(id=f"report-{stage}-{id_}", owner="A2", stage=stage, plant=plant, base="trained",
+                    needles=(REPORT_JSON,), **kw)
+
+    cases = [case(k, report_text(v), bomb=k == "deeply-nested") for k, v in TEXT.items()]
+    cases += [case(_id(p, v), report_edit(set_path(p, v))) for p, v in WRONG]
+
+    def directory(ws: Workspace) -> Sequence[str]:
+        (ws.run / REPORT_JSON).unlink()
+        (ws.run / REPORT_JSON).mkdir()
+        return ()
+
+    def symlink_loop(ws: Workspace) -> Sequence[str]:
+        (ws.run / REPORT_JSON).unlink()
+        os.symlink(ws.run / REPORT_JSON, ws.run / REPORT_JSON)
+        return ()
+
+    cases += [case("is-a-directory", directory), case("symlink-loop", symlink_loop)]
+    # stages that update report.json: refused before their work, not after it
+    for stage in ("evaluate", "export", "train"):
+        cases.append(case("truncated-half", report_text(TEXT["truncated-half"]), stage=stage))
+        cases.append(case("list", report_text(TEXT["list"]), stage=stage))
+    cases.append(case(_id("accuracy", "high"), report_edit(set_path("accuracy", "high")),
+                      stage="evaluate"))
+    cases.append(case(_id("format_version", 99), report_edit(set_path("format_version", 99)),
+                      stage="export"))
+    slow = {f"report-report-{_id(p, v)}" for p, v in WRONG_SLOW} | {
+        "report-evaluate-list", "report-export-truncated-half", "report-train-list",
+        "report-report-null", "report-report-number", "report-report-string",
+        "report-report-truncated-last-brace",
+        f"report-evaluate-{_id('accuracy', 'high')}", f"report-export-{_id('format_version', 99)}"}
+    return default_run(cases, {c.id for c in cases} - slow)
