@@ -307,38 +307,15 @@ def layer_activity(net: Network, spikes: Sequence, input_int=None, *,
     if len(spikes) != len(layers):
         raise ActivityError(f"got spikes for {len(spikes)} layers, the network has "
                             f"{len(layers)} spiking layers ({', '.join(s.name for s in layers)})")
-    fan_outs = fan_out(net)
-    fan_ins = fan_in(net)
     per_step, counts = [], []
-    timesteps = batch = None
     for i, (sl, rec) in enumerate(zip(layers, spikes)):
-        rec = _np(rec)
-        if rec.ndim == len(sl.shape) + 2 and rec.shape[2:] == sl.shape:      # trains
-            rec = rec.astype(np.int64)
-            steps = rec.reshape(rec.shape[0], rec.shape[1], -1).sum(axis=2)   # (T, B)
-            count = rec.sum(axis=0)                                            # (B, *shape)
-        elif rec.ndim == len(sl.shape) + 1 and rec.shape[1:] == sl.shape:    # counts
-            if step_counts is None:
-                raise ActivityError(f"layer {sl.name}: per-neuron counts need step_counts "
-                                    "(T, B) per layer for the spikes per step")
-            count = rec.astype(np.int64)
-            steps = _np(step_counts[i]).astype(np.int64)
-            if steps.ndim != 2 or steps.shape[1] != count.shape[0]:
-                raise ActivityError(f"layer {sl.name}: step counts of shape {steps.shape} do not "
-                                    f"match {count.shape[0]} samples (expected (T, B))")
-            if not np.array_equal(steps.sum(axis=0), count.reshape(count.shape[0], -1).sum(axis=1)):
-                raise ActivityError(f"layer {sl.name}: per-step counts and per-neuron counts "
-                                    "disagree on the total number of spikes")
-        else:
-            raise ActivityError(f"layer {sl.name}: spikes of shape {rec.shape} match neither "
-                                f"trains (T, B, *{sl.shape}) nor counts (B, *{sl.shape})")
-        if timesteps is None:
-            timesteps, batch = steps.shape
-        elif steps.shape != (timesteps, batch):
+        steps, count = _layer_counts(sl, _np(rec), None if step_counts is None else step_counts[i])
+        if per_step and steps.shape != per_step[0].shape:
             raise ActivityError(f"layer {sl.name}: {steps.shape} (T, B) differs from the first "
-                                f"layer's {(timesteps, batch)}")
+                                f"layer's {per_step[0].shape}")
         per_step.append(steps)
         counts.append(count)
+    timesteps, batch = per_step[0].shape
 
     messages = graded = 0
     if net.input.neuron is None and input_int is not None:
@@ -346,6 +323,7 @@ def layer_activity(net: Network, spikes: Sequence, input_int=None, *,
         if in_batch != batch:
             raise ActivityError(f"input has {in_batch} samples, the spikes {batch}")
 
+    fan_outs, fan_ins = fan_out(net), fan_in(net)
     result = []
     for i, sl in enumerate(layers):
         received = 0
@@ -362,6 +340,29 @@ def layer_activity(net: Network, spikes: Sequence, input_int=None, *,
             fan_out_max=int(fan_outs[i].max()) if fan_outs[i].size else 0,
             readout=sl.readout))
     return ActivityReport(source, int(batch), int(timesteps), result)
+
+
+def _layer_counts(sl, rec: np.ndarray, step_counts) -> tuple[np.ndarray, np.ndarray]:
+    """(spikes per step (T, B), spikes per neuron (B, *shape)) of one layer, from spike trains
+    ``(T, B, *shape)`` or from per-neuron counts plus ``step_counts`` (T, B)."""
+    if rec.ndim == len(sl.shape) + 2 and rec.shape[2:] == sl.shape:      # trains
+        rec = rec.astype(np.int64)
+        return rec.reshape(rec.shape[0], rec.shape[1], -1).sum(axis=2), rec.sum(axis=0)
+    if not (rec.ndim == len(sl.shape) + 1 and rec.shape[1:] == sl.shape):
+        raise ActivityError(f"layer {sl.name}: spikes of shape {rec.shape} match neither "
+                            f"trains (T, B, *{sl.shape}) nor counts (B, *{sl.shape})")
+    if step_counts is None:
+        raise ActivityError(f"layer {sl.name}: per-neuron counts need step_counts "
+                            "(T, B) per layer for the spikes per step")
+    count = rec.astype(np.int64)
+    steps = _np(step_counts).astype(np.int64)
+    if steps.ndim != 2 or steps.shape[1] != count.shape[0]:
+        raise ActivityError(f"layer {sl.name}: step counts of shape {steps.shape} do not "
+                            f"match {count.shape[0]} samples (expected (T, B))")
+    if not np.array_equal(steps.sum(axis=0), count.reshape(count.shape[0], -1).sum(axis=1)):
+        raise ActivityError(f"layer {sl.name}: per-step counts and per-neuron counts "
+                            "disagree on the total number of spikes")
+    return steps, count
 
 
 def activity_from_sim(net: Network, result, input_int=None, source: str = "reference"

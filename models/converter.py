@@ -35,6 +35,7 @@ with noise off.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -117,6 +118,18 @@ def _shift_metadata(model: nn.Sequential, neuron: str, cuba_shift, shift_timeste
     return {"ann_activation": layers[0].activation, "cuba_shift": shift, "cuba_timesteps": steps}
 
 
+@dataclass
+class _Walk:
+    """Where the conversion stands in the module list."""
+
+    shape: tuple                 # shape of the current activation (after pending pooling)
+    pre_pool_shape: tuple        # shape before the pending pooling
+    spike_scale: float = 1.0     # value one input unit stands for (θ of the previous layer)
+    pool: int = 1                # pending average-pool factor
+    flatten_pending: bool = False
+    layers: list = field(default_factory=list)
+
+
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
             metadata: dict | None = None, readout: str = "potential",
             output_threshold: float | None = None, cuba_shift: str | None = None,
@@ -128,96 +141,116 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
     QCFS-trained model converted to ``cuba`` (module docstring); a cuba-matched model
     brings its own (``cuba_shift``, if given, must equal it).
     """
-    if readout not in READOUTS:
-        raise IRError(f"readout {readout!r} is not one of {READOUTS}")
-    if readout == "spikes" and not (output_threshold is not None and float(output_threshold) > 0):
-        raise IRError("a spike-count readout needs a positive output_threshold for the output layer")
+    _check_readout(readout, output_threshold)
     modules = list(model)
-    layers: list = []
-    shape = tuple(input_shape)         # shape of the current activation (after pending pooling)
-    pre_pool_shape = shape            # shape before the pending pooling
-    spike_scale = 1.0                  # value one input unit stands for (θ of the previous layer)
-    pool = 1                           # pending average-pool factor
-    flatten_pending = False
+    walk = _Walk(shape=tuple(input_shape), pre_pool_shape=tuple(input_shape))
     index = 0
     while index < len(modules):
         module = modules[index]
         if isinstance(module, nn.AvgPool2d):
-            kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
-            stride = module.stride if isinstance(module.stride, int) else module.stride[0]
-            if kernel != stride or module.padding not in (0, (0, 0)):
-                raise IRError(f"module {index}: only non-overlapping average pooling folds exactly")
-            if pool == 1:
-                pre_pool_shape = shape
-            pool *= kernel
-            shape = (shape[0], shape[1] // kernel, shape[2] // kernel)
+            _absorb_pool(walk, module, index)
             index += 1
             continue
         if isinstance(module, nn.Flatten):
-            flatten_pending = True
+            walk.flatten_pending = True
             index += 1
             continue
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise IRError(f"module {index} ({type(module).__name__}) cannot be converted")
-        bn = None
-        nq = None
-        j = index + 1
-        if j < len(modules) and isinstance(modules[j], (nn.BatchNorm2d, nn.BatchNorm1d)):
-            bn = modules[j]
-            j += 1
-        if j < len(modules) and isinstance(modules[j], NQActivation):
-            nq = modules[j]
-            j += 1
+        bn, nq, j = _followers(modules, index)
         weight, bias = _fold_bn(module.weight, module.bias, bn)
-        weight = weight * spike_scale
+        weight = weight * walk.spike_scale
         threshold, layer_neuron = _layer_neuron(index, module, nq, j == len(modules), neuron, readout,
                                                 output_threshold)
         if nq is not None:
             shift, steps = _layer_shift(index, nq, neuron, cuba_shift, shift_timesteps)
             if shift != "none":
                 bias = bias + cuba_shift_offset(threshold, steps, shift)
-        name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(layers)}"
-        if isinstance(module, nn.Conv2d):
-            if flatten_pending:
-                raise IRError(f"module {index}: conv after flatten")
-            stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
-            if pool > 1:
-                if dilation != (1, 1) or module.groups != 1:
-                    raise IRError(f"module {index}: pooling folds only into an undilated, ungrouped conv")
-                if pre_pool_shape[1] % pool or pre_pool_shape[2] % pool:
-                    raise IRError(f"module {index}: pooled map {pre_pool_shape[1:]} is not divisible by "
-                                  f"the pooling factor {pool}; the fold would not be exact")
-                weight = torch.kron(weight, torch.ones(1, 1, pool, pool, dtype=weight.dtype)) / pool ** 2
-                stride = (stride[0] * pool, stride[1] * pool)
-                padding = (padding[0] * pool, padding[1] * pool)
-                shape = pre_pool_shape
-            layer = Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=layer_neuron,
-                         stride=stride, padding=padding, dilation=dilation, groups=module.groups, name=name)
-        else:
-            if flatten_pending:
-                layers.append(Flatten(name=f"flatten{len(layers)}"))
-                flatten_pending = False
-                if pool > 1:
-                    c, h, w = pre_pool_shape
-                    ph, pw = shape[1], shape[2]
-                    grid = weight.view(weight.shape[0], c, ph, pw)
-                    spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
-                    spread[:, :, :ph * pool, :pw * pool] = grid.repeat_interleave(pool, 2).repeat_interleave(pool, 3)
-                    weight = (spread / pool ** 2).reshape(weight.shape[0], -1)
-                    shape = pre_pool_shape
-            elif pool > 1:
-                raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
-            layer = Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=layer_neuron, name=name)
-        layers.append(layer)
-        pool = 1
-        spike_scale = threshold
-        shape = layer.output_shape((int(np.prod(shape)),) if isinstance(layer, Dense) else shape)
+        name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(walk.layers)}"
+        make = _conv_layer if isinstance(module, nn.Conv2d) else _dense_layer
+        layer = make(walk, module, index, weight, bias, layer_neuron, name)
+        walk.layers.append(layer)
+        walk.pool = 1
+        walk.spike_scale = threshold
+        walk.shape = layer.output_shape((int(np.prod(walk.shape)),) if isinstance(layer, Dense) else walk.shape)
         index = j
-    if pool > 1 or flatten_pending:
+    if walk.pool > 1 or walk.flatten_pending:
         raise IRError("the network ends with pooling or flatten; the last layer must be a plain Linear")
     provenance = {**_shift_metadata(model, neuron, cuba_shift, shift_timesteps), **(metadata or {})}
-    return Network(input=Input(shape=tuple(input_shape)), layers=layers, integer=False,
+    return Network(input=Input(shape=tuple(input_shape)), layers=walk.layers, integer=False,
                    metadata=provenance, readout=readout)
+
+
+def _check_readout(readout: str, output_threshold: float | None) -> None:
+    if readout not in READOUTS:
+        raise IRError(f"readout {readout!r} is not one of {READOUTS}")
+    if readout == "spikes" and not (output_threshold is not None and float(output_threshold) > 0):
+        raise IRError("a spike-count readout needs a positive output_threshold for the output layer")
+
+
+def _absorb_pool(walk: _Walk, module: nn.AvgPool2d, index: int) -> None:
+    """Average pooling is linear: remember it and fold it into the next weighted layer."""
+    kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+    stride = module.stride if isinstance(module.stride, int) else module.stride[0]
+    if kernel != stride or module.padding not in (0, (0, 0)):
+        raise IRError(f"module {index}: only non-overlapping average pooling folds exactly")
+    if walk.pool == 1:
+        walk.pre_pool_shape = walk.shape
+    walk.pool *= kernel
+    walk.shape = (walk.shape[0], walk.shape[1] // kernel, walk.shape[2] // kernel)
+
+
+def _followers(modules: list, index: int) -> tuple:
+    """(BatchNorm or None, NQActivation or None, index after them) following ``modules[index]``."""
+    bn = nq = None
+    j = index + 1
+    if j < len(modules) and isinstance(modules[j], (nn.BatchNorm2d, nn.BatchNorm1d)):
+        bn = modules[j]
+        j += 1
+    if j < len(modules) and isinstance(modules[j], NQActivation):
+        nq = modules[j]
+        j += 1
+    return bn, nq, j
+
+
+def _conv_layer(walk: _Walk, module: nn.Conv2d, index: int, weight, bias, neuron: Neuron, name: str) -> Conv:
+    """The conv layer, with pending pooling folded in (kernel spread over the pooled window,
+    stride and padding scaled by the pooling factor)."""
+    if walk.flatten_pending:
+        raise IRError(f"module {index}: conv after flatten")
+    stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
+    pool = walk.pool
+    if pool > 1:
+        if dilation != (1, 1) or module.groups != 1:
+            raise IRError(f"module {index}: pooling folds only into an undilated, ungrouped conv")
+        if walk.pre_pool_shape[1] % pool or walk.pre_pool_shape[2] % pool:
+            raise IRError(f"module {index}: pooled map {walk.pre_pool_shape[1:]} is not divisible by "
+                          f"the pooling factor {pool}; the fold would not be exact")
+        weight = torch.kron(weight, torch.ones(1, 1, pool, pool, dtype=weight.dtype)) / pool ** 2
+        stride = (stride[0] * pool, stride[1] * pool)
+        padding = (padding[0] * pool, padding[1] * pool)
+        walk.shape = walk.pre_pool_shape
+    return Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, stride=stride, padding=padding,
+                dilation=dilation, groups=module.groups, name=name)
+
+
+def _dense_layer(walk: _Walk, module: nn.Linear, index: int, weight, bias, neuron: Neuron, name: str) -> Dense:
+    """The dense layer, after a Flatten layer if one is pending, with pending pooling folded
+    in (each weight spread over its pooled window; pixels the pooling dropped get zero)."""
+    if walk.flatten_pending:
+        walk.layers.append(Flatten(name=f"flatten{len(walk.layers)}"))
+        walk.flatten_pending = False
+        if walk.pool > 1:
+            pool, (c, h, w) = walk.pool, walk.pre_pool_shape
+            ph, pw = walk.shape[1], walk.shape[2]
+            grid = weight.view(weight.shape[0], c, ph, pw)
+            spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
+            spread[:, :, :ph * pool, :pw * pool] = grid.repeat_interleave(pool, 2).repeat_interleave(pool, 3)
+            weight = (spread / pool ** 2).reshape(weight.shape[0], -1)
+            walk.shape = walk.pre_pool_shape
+    elif walk.pool > 1:
+        raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
+    return Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, name=name)
 
 
 def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation: str = "qcfs",
