@@ -20,6 +20,20 @@ divides by the number of samples)::
                       layer only, when the analog input is sent as graded spikes)
     neuron_updates[l] = neurons[l] · T ;  active_updates[l] = Σ_t Σ_n s[l][t, n]
 
+Extra inputs (residual networks, ``ir.Projection``): a spike of a layer that a
+projection reads also travels through that projection, so::
+
+    fan_out[l][n]     += Σ_{projections k reading l} synapses n drives in k (same rule:
+                         conv exact count, dense its out size)
+    synops_extra[l]    = Σ_k Σ_t Σ_n s[source_k][t, n] · fan_out_k[n]   (k: the
+                         projections INTO layer l)
+    synops_binary[l]  += synops_extra[l]
+    fan_in[l][m]      += Σ_k synapses into m through projection k
+
+so a projection's synaptic ops belong to the receiving layer, like its main synapse's
+(the same definition for simulator and Lava probe counts: both go through
+:func:`layer_activity`).
+
 Synaptic operations are attributed to the **receiving** layer (the layer whose
 synapses do the work), spikes to the **sending** layer. Every synapse is
 counted structurally (zero weights too: they are stored and read). A spike
@@ -52,7 +66,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import ToolkitError
-from .ir import Conv, Dense, Network, WEIGHTED
+from .ir import Conv, Dense, Network, Projection, WEIGHTED
 
 PROBES_FORMAT_VERSION = 1
 RASTER_NAMES_KEY = "layer_names"
@@ -161,9 +175,43 @@ def input_fan_out(net: Network) -> np.ndarray:
     return _fan_out_into(layer, in_shape, tuple(net.input.shape))
 
 
-def fan_out(net: Network) -> list[np.ndarray]:
-    """Per spiking layer: synapses each neuron drives in the next weighted layer
-    (array of the layer's output shape; zeros for the output layer)."""
+def _projection_synapse(layer, proj: Projection):
+    return proj.synapse(f"{layer.name}, extra input from {proj.source!r}")
+
+
+def projection_fan_out(layer, proj: Projection, source_shape: tuple) -> np.ndarray:
+    """Synapses each neuron of the source (shape ``source_shape``) drives through the
+    projection ``proj`` of ``layer`` (conv: exact count; dense: its out size)."""
+    syn = _projection_synapse(layer, proj)
+    if proj.kind == "dense":
+        return np.full(tuple(source_shape), syn.weight.shape[0], dtype=np.int64)
+    return conv_fan_out(syn, tuple(source_shape))
+
+
+def projection_fan_in(layer, proj: Projection, source_shape: tuple,
+                      out_shape: tuple) -> np.ndarray:
+    """Synapses into each neuron of ``layer`` (shape ``out_shape``) through ``proj``."""
+    syn = _projection_synapse(layer, proj)
+    if proj.kind == "dense":
+        return np.full(tuple(out_shape), syn.weight.shape[1], dtype=np.int64)
+    return conv_fan_in(syn, tuple(source_shape))
+
+
+def extra_inputs(net: Network) -> list[list]:
+    """Per spiking layer: ``(source spiking-layer index, fan-out array of the source's
+    shape)`` for every projection INTO it (empty for a sequential network)."""
+    layers = spiking_layers(net)
+    index = {sl.name: i for i, sl in enumerate(layers) if sl.layer_index is not None}
+    out = []
+    for sl in layers:
+        layer = net.layers[sl.layer_index] if sl.layer_index is not None else None
+        out.append([(index[p.source], projection_fan_out(layer, p, layers[index[p.source]].shape))
+                    for p in getattr(layer, "extra_inputs", ())])
+    return out
+
+
+def _main_fan_out(net: Network) -> list[np.ndarray]:
+    """Per spiking layer: synapses each neuron drives in the next weighted layer."""
     out = []
     for sl in spiking_layers(net):
         layer, in_shape = _next_weighted(net, sl.layer_index)
@@ -171,9 +219,23 @@ def fan_out(net: Network) -> list[np.ndarray]:
     return out
 
 
+def fan_out(net: Network) -> list[np.ndarray]:
+    """Per spiking layer: synapses each neuron drives in the next weighted layer and in
+    every projection that reads it (array of the layer's output shape; zeros for the
+    output layer)."""
+    out = _main_fan_out(net)
+    for receiving in extra_inputs(net):
+        for src, fo in receiving:
+            out[src] = out[src] + fo
+    return out
+
+
 def fan_in(net: Network) -> list[np.ndarray]:
-    """Per spiking layer: synapses into each neuron (0 for an input neuron layer)."""
+    """Per spiking layer: synapses into each neuron, main synapse plus every projection
+    (0 for an input neuron layer)."""
     shapes = [tuple(net.input.shape)] + net.shapes()
+    named = {layer.name: shape for layer, shape in zip(net.layers, shapes[1:])
+             if isinstance(layer, WEIGHTED)}
     out = []
     for sl in spiking_layers(net):
         if sl.layer_index is None:
@@ -181,9 +243,12 @@ def fan_in(net: Network) -> list[np.ndarray]:
             continue
         layer = net.layers[sl.layer_index]
         if isinstance(layer, Dense):
-            out.append(np.full(sl.shape, layer.weight.shape[1], dtype=np.int64))
+            fi = np.full(sl.shape, layer.weight.shape[1], dtype=np.int64)
         else:
-            out.append(conv_fan_in(layer, shapes[sl.layer_index]))
+            fi = conv_fan_in(layer, shapes[sl.layer_index])
+        for proj in getattr(layer, "extra_inputs", ()):
+            fi = fi + projection_fan_in(layer, proj, named[proj.source], sl.shape)
+        out.append(fi)
     return out
 
 
@@ -197,12 +262,13 @@ class LayerActivity:
     shape: tuple
     neurons: int
     spikes_per_step: np.ndarray   # (T,) int64, summed over samples
-    synops_binary: int            # received from binary spikes of the previous layer
+    synops_binary: int            # received from binary spikes (previous layer + extra inputs)
     synops_graded: int            # received from graded input messages
     graded_messages: int          # graded input messages received
     fan_in_max: int
     fan_out_max: int
     readout: bool = False         # non-firing output integrator (module docstring)
+    synops_extra: int = 0         # the part of synops_binary received through extra inputs
 
     @property
     def spikes(self) -> int:
@@ -226,6 +292,7 @@ class ActivityReport:
                                 f"(T={self.timesteps} vs {other.timesteps})")
         layers = [replace(a, spikes_per_step=a.spikes_per_step + b.spikes_per_step,
                           synops_binary=a.synops_binary + b.synops_binary,
+                          synops_extra=a.synops_extra + b.synops_extra,
                           synops_graded=a.synops_graded + b.synops_graded,
                           graded_messages=a.graded_messages + b.graded_messages)
                   for a, b in zip(self.layers, other.layers)]
@@ -246,13 +313,14 @@ class ActivityReport:
                 "spikes": spikes,
                 "firing_rate": None if la.readout else rate,
                 "synops_binary": la.synops_binary / n,
+                "synops_extra": la.synops_extra / n,
                 "synops_graded": la.synops_graded / n,
                 "graded_messages": la.graded_messages / n,
                 "neuron_updates": float(la.neurons * t),
                 "active_updates": spikes,
                 "fan_in_max": la.fan_in_max, "fan_out_max": la.fan_out_max,
             })
-        keys = ("spikes", "synops_binary", "synops_graded", "graded_messages",
+        keys = ("spikes", "synops_binary", "synops_extra", "synops_graded", "graded_messages",
                 "neuron_updates", "active_updates", "neurons")
         totals = {k: float(sum(layer[k] for layer in layers)) for k in keys}
         totals["synops"] = totals["synops_binary"] + totals["synops_graded"]
@@ -323,17 +391,20 @@ def layer_activity(net: Network, spikes: Sequence, input_int=None, *,
         if in_batch != batch:
             raise ActivityError(f"input has {in_batch} samples, the spikes {batch}")
 
-    fan_outs, fan_ins = fan_out(net), fan_in(net)
+    fan_outs, fan_ins, extras = fan_out(net), fan_in(net), extra_inputs(net)
+    main_fan_outs = _main_fan_out(net)  # into the next weighted layer only
     result = []
     for i, sl in enumerate(layers):
         received = 0
         if i > 0:  # binary spikes of the previous spiking layer × their fan-out
-            received = int((counts[i - 1] * fan_outs[i - 1][None]).sum())
+            received = int((counts[i - 1] * main_fan_outs[i - 1][None]).sum())
+        # ... and of every projection's source × its fan-out through that projection
+        extra = sum(int((counts[src] * fo[None]).sum()) for src, fo in extras[i])
         first_weighted = i == 0 and sl.kind != "input"
         result.append(LayerActivity(
             name=sl.name, kind=sl.kind, shape=sl.shape, neurons=sl.neurons,
             spikes_per_step=per_step[i].sum(axis=1),
-            synops_binary=received,
+            synops_binary=received + extra, synops_extra=extra,
             synops_graded=graded if first_weighted else 0,
             graded_messages=messages if first_weighted else 0,
             fan_in_max=int(fan_ins[i].max()) if fan_ins[i].size else 0,
@@ -406,5 +477,5 @@ def load_raster(path) -> dict[str, np.ndarray]:
 
 
 __all__ = ["ActivityError", "ActivityReport", "LayerActivity", "SpikingLayer", "spiking_layers",
-           "fan_out", "fan_in", "input_fan_out", "conv_fan_out", "conv_fan_in", "layer_activity",
+           "fan_out", "fan_in", "extra_inputs", "projection_fan_out", "projection_fan_in", "input_fan_out", "conv_fan_out", "conv_fan_in", "layer_activity",
            "activity_from_sim", "save_raster", "load_raster", "PROBES_FORMAT_VERSION"]

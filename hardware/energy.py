@@ -16,6 +16,12 @@ Per sample (counts from :mod:`hardware.activity`, means over samples)::
 
     ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
 
+Residual networks: a projection's synaptic ops are in its receiving layer's
+``synops_binary`` (:mod:`hardware.activity`), so they are charged like any synaptic op;
+:func:`count_macs` adds each projection's MACs to its receiving layer; an identity
+shortcut (a diagonal 1×1 projection) is an addition in the ANN, not a multiply-accumulate,
+and counts 0 (as ``models.converter.count_ann_macs`` counts the ANN itself).
+
 Tile-hop energies are listed for reference but not used: the placement of
 cores on the mesh (hence the hops per spike) is not known before mapping, so
 each spike is charged the within-tile routing energy only (a lower bound on
@@ -136,14 +142,41 @@ def resolve_constants(overrides: Optional[Mapping] = None) -> dict[str, float]:
 
 def count_macs(net: Network) -> list[int]:
     """Multiply-accumulates per weighted layer of the equivalent ANN (one pass):
-    conv: (C_in/groups · kh · kw) · C_out·OH·OW (padding taps included); dense: out · in."""
+    conv: (C_in/groups · kh · kw) · C_out·OH·OW (padding taps included); dense: out · in;
+    plus, per layer, its extra inputs (projections) by the same rule, except an identity
+    shortcut (:func:`_is_identity`): an addition, 0 MACs."""
     macs = []
-    for layer, out_shape in zip(net.layers, net.shapes()):
+    shapes = net.shapes()
+    for layer, out_shape in zip(net.layers, shapes):
         if isinstance(layer, Conv):
-            macs.append(int(np.prod(layer.weight.shape[1:])) * int(np.prod(out_shape)))
+            n = int(np.prod(layer.weight.shape[1:])) * int(np.prod(out_shape))
         elif isinstance(layer, Dense):
-            macs.append(int(np.prod(layer.weight.shape)))
+            n = int(np.prod(layer.weight.shape))
+        else:
+            continue
+        for proj in getattr(layer, "extra_inputs", ()):
+            w = np.asarray(proj.weight)
+            if _is_identity(proj):
+                continue
+            if proj.kind == "conv":
+                n += int(np.prod(w.shape[1:])) * int(np.prod(out_shape))
+            else:
+                n += int(np.prod(w.shape))
+        macs.append(n)
     return macs
+
+
+def _is_identity(proj) -> bool:
+    """A ResNet identity shortcut in the IR: a 1×1, stride-1, unpadded, ungrouped conv
+    projection with as many inputs as outputs whose weight is diagonal (θ_source·I)."""
+    w = np.asarray(proj.weight)
+    if proj.kind != "conv" or w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[0] != w.shape[1]:
+        return False
+    if (tuple(proj.stride), tuple(proj.padding), tuple(proj.dilation), proj.groups) != (
+            (1, 1), (0, 0), (1, 1), 1):
+        return False
+    m = w[:, :, 0, 0]
+    return not np.any(m - np.diag(np.diag(m)))
 
 
 _OPERATIONS = ("synaptic_binary", "synaptic_graded", "neuron_update_active",

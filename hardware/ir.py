@@ -26,6 +26,22 @@ the IF neuron uses du = 4095, dv = 0). In the integer form θ is the threshold
 mantissa (compared as ``θ << 6``), ``b`` the bias mantissa (applied as
 ``b << bias_exp``) and all arithmetic follows :mod:`hardware.spec`.
 
+Extra inputs (residual networks, IR 1.2). A Conv/Dense layer's synaptic input ``a`` is
+its main synapse applied to the previous layer's output (as above) plus, for every
+:class:`Projection` in ``layer.extra_inputs``, that projection's synapse applied to the
+spikes of an earlier weighted layer ``source``::
+
+    a = W ⊛ s_prev + Σ_k  P_k ⊛ s_{source_k}
+
+(in the float form the source's θ is folded into ``P_k`` as for any synapse). The graph
+is a DAG in list order: sources come earlier in ``layers``. ``depth`` (:meth:`Network.depths`)
+is the number of synaptic hops from the input along the main chain: layer i of the
+weighted layers has depth i + 1. At the paper's (same-step) timing every input of a layer
+carries the same time step; on Lava every hop adds one step, so a projection that skips
+``depth(layer) − depth(source) − 1`` layers is delayed by that many extra steps
+(:meth:`Network.extra_delay`) and the inputs still arrive aligned. Sequential networks
+have no extra inputs and are exactly IR 1.1.
+
 Readout (``Network.readout``)::
 
     potential (the paper's):  the last weighted layer is a non-firing integrator, a
@@ -43,7 +59,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-IR_VERSION = "1.1"
+IR_VERSION = "1.2"
+#: IR versions this code reads (1.2 added :class:`Projection` extra inputs).
+READABLE_IR_VERSIONS = ("1.0", "1.1", "1.2")
 NEURON_KINDS = ("if_soft", "cuba")
 #: How the SNN's class is read out (see :class:`Network`).
 READOUTS = ("potential", "spikes")
@@ -93,6 +111,54 @@ class Input:
 
 
 @dataclass
+class Projection:
+    """An extra synaptic input of a Conv/Dense layer: the spikes of the earlier weighted
+    layer named ``source`` through their own weights, added to the layer's synaptic input.
+
+    ``kind='conv'``: ``weight`` is (out, in/groups, kh, kw) over the source's (C, H, W)
+    output with ``stride``/``padding``/``dilation``/``groups``, e.g. a ResNet identity
+    shortcut (1×1, weight θ_source·I) or a 1×1 stride-2 projection shortcut with its BN
+    folded. ``kind='dense'``: ``weight`` is (out, in) over the source output flattened in
+    C order. Its output shape must equal the receiving layer's.
+    """
+
+    source: str
+    weight: np.ndarray
+    kind: str = "conv"
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    weight_exp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROJECTION_KINDS:
+            raise IRError(f"projection from {self.source!r}: kind {self.kind!r} is not one of "
+                          f"{PROJECTION_KINDS}")
+
+    def synapse(self, name: str):
+        """The projection as a neuron-less Conv/Dense (for shape and kernel code)."""
+        placeholder = Neuron(kind="if_soft", threshold=1)
+        if self.kind == "conv":
+            return Conv(weight=self.weight, bias=None, neuron=placeholder, stride=self.stride,
+                        padding=self.padding, dilation=self.dilation, groups=self.groups,
+                        weight_exp=self.weight_exp, name=name)
+        return Dense(weight=self.weight, bias=None, neuron=placeholder,
+                     weight_exp=self.weight_exp, name=name)
+
+    def output_shape(self, source_shape: tuple, name: str) -> tuple:
+        if self.kind == "dense":
+            return self.synapse(name).output_shape((int(np.prod(source_shape)),))
+        if len(source_shape) != 3:
+            raise IRError(f"{name}: a conv projection needs a (C, H, W) source, "
+                          f"{self.source!r} outputs {tuple(source_shape)}")
+        return self.synapse(name).output_shape(tuple(source_shape))
+
+
+PROJECTION_KINDS = ("conv", "dense")
+
+
+@dataclass
 class Conv:
     weight: np.ndarray
     bias: Optional[np.ndarray]
@@ -103,6 +169,7 @@ class Conv:
     groups: int = 1
     weight_exp: int = 0
     name: str = "conv"
+    extra_inputs: tuple = ()
 
     def output_shape(self, in_shape: tuple) -> tuple:
         c, h, w = in_shape
@@ -133,6 +200,7 @@ class Dense:
     neuron: Neuron
     weight_exp: int = 0
     name: str = "dense"
+    extra_inputs: tuple = ()
 
     def output_shape(self, in_shape: tuple) -> tuple:
         if len(in_shape) != 1 or in_shape[0] != self.weight.shape[1]:
@@ -196,12 +264,46 @@ class Network:
         """Output shape of every layer, in order."""
         shape = tuple(self.input.shape)
         out = []
+        earlier: dict = {}  # weighted layer name -> output shape
         for layer in self.layers:
             if isinstance(layer, Conv) and len(shape) != 3:
                 raise IRError(f"layer {layer.name}: conv needs a (C, H, W) input, got {shape}")
             shape = tuple(int(s) for s in layer.output_shape(shape))
+            for k, proj in enumerate(getattr(layer, "extra_inputs", ())):
+                where = f"layer {layer.name}, extra input {k}"
+                if not isinstance(proj, Projection):
+                    raise IRError(f"{where}: expected a Projection, got {type(proj).__name__}")
+                if proj.source not in earlier:
+                    raise IRError(f"{where}: source {proj.source!r} is not an earlier conv/dense "
+                                  f"layer (extra inputs come from spiking layers listed before "
+                                  f"the layer they feed)")
+                got = tuple(int(s) for s in proj.output_shape(earlier[proj.source], where))
+                if got != shape:
+                    raise IRError(f"{where}: projection from {proj.source!r} outputs {got}, the "
+                                  f"layer outputs {shape}")
+            if isinstance(layer, WEIGHTED):
+                if layer.name in earlier:
+                    raise IRError(f"layer name {layer.name!r} is used twice")
+                earlier[layer.name] = shape
             out.append(shape)
         return out
+
+    @property
+    def is_sequential(self) -> bool:
+        """True when no layer has extra inputs (a plain chain, IR 1.1 semantics)."""
+        return not any(getattr(layer, "extra_inputs", ()) for layer in self.layers)
+
+    def depths(self) -> dict:
+        """Synaptic hops from the input to each weighted layer along the main chain
+        (the first weighted layer: 1); on Lava a layer's neuron integrates, at its window
+        step τ, what arrived over exactly this many hops."""
+        return {layer.name: i + 1 for i, layer in enumerate(self.weighted_layers)}
+
+    def extra_delay(self, layer, projection: Projection) -> int:
+        """Extra synaptic delay (steps) that aligns ``projection`` with ``layer``'s main
+        input on Lava: depth(layer) − depth(source) − 1 (0 from the previous layer)."""
+        depths = self.depths()
+        return depths[layer.name] - depths[projection.source] - 1
 
     @property
     def output_size(self) -> int:
@@ -242,8 +344,22 @@ def networks_equal(a: Network, b: Network) -> bool:
             return False
         if la.bias is not None and not np.array_equal(la.bias, lb.bias):
             return False
-        if isinstance(la, Conv) and (tuple(la.stride), tuple(la.padding), tuple(la.dilation),
-                                     la.groups) != (tuple(lb.stride), tuple(lb.padding),
-                                                    tuple(lb.dilation), lb.groups):
+        if isinstance(la, Conv) and not _same_geometry(la, lb):
             return False
+        if len(la.extra_inputs) != len(lb.extra_inputs):
+            return False
+        if la.extra_inputs and la.name != lb.name:  # sources refer to layers by name
+            return False
+        for pa, pb in zip(la.extra_inputs, lb.extra_inputs):
+            if (pa.source, pa.kind, pa.weight_exp) != (pb.source, pb.kind, pb.weight_exp):
+                return False
+            if pa.weight.shape != pb.weight.shape or not np.array_equal(pa.weight, pb.weight):
+                return False
+            if pa.kind == "conv" and not _same_geometry(pa, pb):
+                return False
     return True
+
+
+def _same_geometry(a, b) -> bool:
+    return (tuple(a.stride), tuple(a.padding), tuple(a.dilation), a.groups) == (
+        tuple(b.stride), tuple(b.padding), tuple(b.dilation), b.groups)

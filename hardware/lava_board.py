@@ -37,8 +37,20 @@ def hardware_available() -> tuple:
     return True, ""
 
 
-def refuse_on_board(neuron_kinds: set, probes) -> None:
-    """Raise unless a network with these neuron kinds (and probes) can run on the board."""
+RESIDUAL_ON_BOARD = (
+    "backend 'loihi2-hw' cannot run residual networks here yet: their extra inputs are "
+    "lava.proc.sparse DelaySparse processes (see hardware.lava_net), and whether "
+    "lava-loihi compiles DelaySparse with these delays onto Loihi 2 cores is unverified "
+    "(no board on the machines this project is tested on); a projection left on the host "
+    "CPU would not be a hardware run. Use backend 'loihi2-sim'.")
+
+
+def refuse_on_board(neuron_kinds: set, probes, residual: bool = False) -> None:
+    """Raise unless a network with these neuron kinds (and probes) can run on the board.
+
+    ``residual``: the network has extra inputs (:data:`RESIDUAL_ON_BOARD`)."""
+    if residual:
+        raise LavaBackendError(RESIDUAL_ON_BOARD)
     if probes:
         raise LavaBackendError(
             "probes are implemented for backend 'loihi2-sim' only: on the board every layer "

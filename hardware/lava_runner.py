@@ -8,15 +8,19 @@ Backends
     (Dense), ``PyConvModelFixed`` (Conv), ``PyLifModelBitAcc`` /
     ``PyLifResetModelBitAcc`` (LIF / LIFReset),
     :class:`hardware.lava_procs.if_soft.models.PyIFSoftResetModelBitAcc` (IFSoftReset),
+    ``PyDelaySparseModelBitAcc`` (DelaySparse: the extra inputs of a residual
+    network, see :mod:`hardware.lava_net`),
     ``PySendModelFixed`` / ``PyReceiveModelFixed`` (ring buffers); the netx
     blocks resolve to their ``fixed_pt`` sub-process models. (Checked by
-    ``tests/test_lava_runner.py``.)
+    ``tests/test_lava_runner.py`` and ``tests/test_residual_lava.py``.)
 ``'loihi2-hw'``
     ``Loihi2HwCfg`` on a Loihi 2 board (:mod:`hardware.lava_board`); needs
     Intel's lava-loihi package and a reachable board. An ``if_soft`` network is
     refused there: lava-loihi ships microcode only for its own neuron models,
     none of which is a soft-reset IF neuron, and running the neuron on the host
-    CPU instead would silently not be a hardware run.
+    CPU instead would silently not be a hardware run. A residual network is refused
+    too (:data:`hardware.lava_board.RESIDUAL_ON_BOARD`): whether lava-loihi maps its
+    DelaySparse extra inputs onto the chip is unverified without a board.
 
 Which Lava step holds which sample, and why every block resets with netx's
 ``reset_offset = 1``, is derived in :mod:`hardware.lava_schedule`. The
@@ -255,14 +259,15 @@ def _check_options(net: ir.Network, timesteps, backend: str, probes) -> int:
     if not (isinstance(probes, bool) or probes in ("counts", "trains")):
         raise LavaBackendError(f"probes={probes!r}; choose one of {PROBE_MODES}")
     if backend == "loihi2-hw":
-        refuse_on_board(_neuron_kinds(net), probes)
+        refuse_on_board(_neuron_kinds(net), probes, residual=not net.is_sequential)
     return int(timesteps)
 
 
 def _build(net: ir.Network, timesteps: int, net_path: Optional[str]):
-    """Stock netx for a cuba network read from ``net_path``, else our loader."""
+    """Stock netx for a sequential cuba network read from ``net_path``, else our loader
+    (stock netx cannot build if_soft neurons nor a residual network's extra inputs)."""
     validate_network(net, project_limits())
-    if net_path is not None and _neuron_kinds(net) == {"cuba"}:
+    if net_path is not None and _neuron_kinds(net) == {"cuba"} and net.is_sequential:
         from lava.lib.dl.netx.hdf5 import Network as NetxNetwork
         if not os.path.isfile(net_path):
             raise LavaBackendError(f"netx file {net_path!r} does not exist")
@@ -293,6 +298,7 @@ def _selected_models(lnet, src, sink) -> dict:
     procs = [src, sink]
     for block in lnet.layers:
         procs += [block, getattr(block, "synapse", None), getattr(block, "neuron", None)]
+    procs += [proj.process for proj in getattr(lnet, "projections", ())]
     out = {}
     for p in procs:
         if p is not None and p.model_class is not None:
@@ -336,9 +342,12 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     (:class:`hardware.lava_session.LavaSession`); SIGTERM during the run exits
     the process with status 143 once Lava is stopped.
 
-    For a ``cuba`` network with ``net_path`` the file is loaded by stock
+    For a sequential ``cuba`` network with ``net_path`` the file is loaded by stock
     ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
-    otherwise :func:`hardware.lava_net.build_lava_network` builds it.
+    otherwise (if_soft neurons, or a residual network, whose extra inputs become
+    DelaySparse processes) :func:`hardware.lava_net.build_lava_network` builds it.
+    Residual networks stream, probe and read out exactly as chains
+    (:mod:`hardware.lava_schedule`).
 
     ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
     spikes per step and spike trains) or ``'counts'`` (no trains); see the

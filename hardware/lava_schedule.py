@@ -36,6 +36,19 @@ L the number of weighted layers (blocks), i = 0 .. L−1 the block index.
 With this schedule the result equals
 ``simulate(net, inputs, T, pipelined=False).output_spikes`` transposed to
 (N, T, n_out), sample by sample, bit for bit.
+
+Residual networks (extra inputs). Everything above stays valid because every input
+of a layer is aligned to its main chain depth: block i's extra input from block j
+(j < i) is a DelaySparse with delay d = i − j − 1 = ``net.extra_delay(layer, proj)``
+(:mod:`hardware.lava_net`; measured: delay d delivers d steps after a Dense would).
+Block j emits sample k, step τ at Lava step kT + 1 + j + τ; one hop plus d extra
+steps later, at kT + 2 + j + τ + d = kT + 1 + i + τ, it reaches block i's neurons:
+exactly the step at which block i integrates the step-τ output of block i−1 (the
+simulator's non-pipelined rule, for every input of the layer). So L, the windows,
+the resets, the readout window ends and the probe columns depend only on the main
+chain (L weighted layers), the delays only on depths; spikes a source emits before
+its window arrive before the receiver's window and are wiped by its reset, as on
+the main chain.
 """
 from __future__ import annotations
 

@@ -85,10 +85,46 @@ the effective Lava integers ``W_eff`` with ``weight_exp`` = netx's weight
 exponent; conv weights and biases must hold integers (``NetDict`` would
 truncate them with ``astype(int)``); a dense layer without a neuron gets netx's default neuron.
 Nothing is ever unpickled.
+
+Residual networks: graph format ``nqloihi-residual``, version 1 (IR 1.2)
+-----------------------------------------------------------------------
+A network with extra inputs (:class:`hardware.ir.Projection`) is written in the layout
+above with one extension. A layer with extra inputs computes
+``a = W·s_prev + Σ_k P_k·s_k = [W P_1 ...]·concat(s_prev, s_1, ...)``, which is netx's
+``concat`` idea, so its entry is::
+
+    layer/i/{type='concat', layer_type='conv'|'dense',   (its real kind)
+             <every key of a conv/dense layer as above: shape, weight, bias, stride, ...,
+              neuron/{...}; attributes name, neuron_kind, weight_exp, bias_exp>,
+             inputs/k/{source = j (the file index of the source layer, 1 <= j < i, a
+                                   conv/dense/concat layer),
+                       kind = 'conv'|'dense',
+                       weight = (out, in/groups, kh, kw) | (out, n_source),
+                       stride, padding, dilation, groups  (conv only, as for a layer);
+                       attribute weight_exp}}              k = 0 .. K-1, K >= 1
+
+and the root carries ``graph_format = 'nqloihi-residual'`` (:data:`GRAPH_FORMAT`) and
+``graph_version = 1`` (:data:`GRAPH_VERSION`); ``ir_version`` is at least 1.2. A dense
+projection reads its source's output flattened in (C, H, W) C order (the IR's rule).
+Why ``concat``: stock netx (``hdf5.Network._create``) silently *skips* layer types it
+does not know (there is no ``else`` branch), so an invented type would load as a wrong
+sequential network; ``'concat'`` is one of the types it refuses, raising
+``NotImplementedError('concat is not implemented.')``. Sequential networks are written
+exactly as before, without the graph attributes, and keep loading in stock netx.
+:func:`hardware.stock_netx.stock_network` refuses a residual file with a
+:class:`NetxFormatError` before netx sees it.
+
+:func:`read_net` reads ``concat`` layers only from this project's files that declare the
+graph format (a ``concat`` layer anywhere else is refused as before), checks every
+projection's declared sizes against its source's and its layer's shapes before reading
+its weights, refuses a source that is not an earlier conv/dense layer, and checks the
+values (extra inputs included) against :func:`~hardware.validate.project_limits`.
+Written again, the network gives the same datasets and attributes.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -100,7 +136,8 @@ import h5py
 import numpy as np
 
 from .errors import IRError, LoihiRangeError, NetxFormatError
-from .ir import IR_VERSION, READOUTS, Conv, Dense, Flatten, Input, Network, Neuron
+from .ir import (IR_VERSION, PROJECTION_KINDS, READABLE_IR_VERSIONS, READOUTS, Conv, Dense,
+                 Flatten, Input, Network, Neuron, Projection)
 from .spec import LOIHI2
 from .validate import (check_conv_geometry, integer_array, integer_scalar, netx_limits,
                        project_limits, validate_network)
@@ -108,15 +145,25 @@ from .validate import (check_conv_geometry, integer_array, integer_scalar, netx_
 __all__ = [
     "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
     "STOCK_RESET_OFFSET", "MAX_DATASET_ELEMENTS", "MAX_TOTAL_ELEMENTS",
-    "write_net", "read_net", "netx_dense_effective",
+    "GRAPH_FORMAT", "GRAPH_VERSION", "write_net", "read_net", "netx_dense_effective",
 ]
 
 NETX_FORMAT_VERSION = "1"
 PROJECT_NAME = "nqloihi"
-#: IR versions this reader understands: 1.0 (no readout attribute: spike-count
-#: readout) and 1.1 (``readout`` attribute). A newer file may carry meaning this
-#: reader would silently drop, so it is refused.
-READABLE_IR_VERSIONS = ("1.0", "1.1")
+# READABLE_IR_VERSIONS (imported from hardware.ir, re-exported): the IR versions this
+# reader understands: 1.0 (no readout attribute: spike-count readout), 1.1 (``readout``
+# attribute), 1.2 (extra inputs). A newer file may carry meaning this reader would
+# silently drop, so it is refused.
+#: IR versions without extra inputs: a ``concat`` layer in such a file is an error.
+_SEQUENTIAL_IR_VERSIONS = ("1.0", "1.1")
+
+#: root attributes naming the residual extension of the layout (module docstring)
+GRAPH_FORMAT = "nqloihi-residual"
+GRAPH_VERSION = 1
+#: graph versions this reader understands
+_READABLE_GRAPH_VERSIONS = (1,)
+#: at most this many extra inputs per layer
+_MAX_EXTRA_INPUTS = 64
 
 #: netx neuron ``type`` string written for each IR neuron kind. ``IF_SOFT`` is
 #: deliberately unknown to stock netx (see module docstring).
@@ -264,7 +311,15 @@ def _write_neuron(group: h5py.Group, neuron: Neuron) -> None:
 
 
 def _check_netx_representable(net: Network) -> None:
-    """What netx + Lava cannot load as the IR says, beyond the value ranges."""
+    """What netx + Lava (and this project's loader, for extra inputs) cannot load as
+    the IR says, beyond the value ranges (which include the extra inputs')."""
+    if not net.is_sequential and net.version in _SEQUENTIAL_IR_VERSIONS:
+        raise IRError(f"the network has extra inputs but claims IR version {net.version}; "
+                      f"extra inputs exist from IR 1.2 on")
+    for layer in net.weighted_layers:
+        if len(layer.extra_inputs) > _MAX_EXTRA_INPUTS:
+            raise LoihiRangeError(f"layer {layer.name}: {len(layer.extra_inputs)} extra inputs; "
+                                  f"the file format holds at most {_MAX_EXTRA_INPUTS} per layer")
     in_shape, prev_is_input = tuple(net.input.shape), True
     for layer, out_shape in zip(net.layers, net.shapes()):
         if isinstance(layer, Flatten) and len(in_shape) != 3 \
@@ -295,6 +350,10 @@ def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
     if kinds != {"cuba"}:
         notes.append("This network has IF_SOFT (reset-by-subtraction) layers, which stock netx "
                      "refuses; run it with this project's hardware.lava_net loader.")
+    if not net.is_sequential:
+        notes.append(f"This is a residual network (graph_format {GRAPH_FORMAT!r}): its layers "
+                     f"of type 'concat' have extra inputs, which stock netx refuses ('concat is "
+                     f"not implemented'); run it with this project's hardware.lava_net loader.")
     if net.readout == "potential":
         notes.append("Readout 'potential': the class is the argmax of the output block's "
                      "neuron.v at the last step of each sample's window (it never spikes).")
@@ -311,26 +370,53 @@ def _write_root(f: h5py.File, net: Network, meta_json: str,
     if net.input_bits is not None:
         f.attrs["input_bits"] = int(net.input_bits)
     f.attrs["provenance"] = meta_json
+    if not net.is_sequential:
+        f.attrs["graph_format"] = GRAPH_FORMAT
+        f.attrs["graph_version"] = GRAPH_VERSION
     for key, value in _stock_netx_attrs(net, steps_per_sample).items():
         f.attrs[key] = value
 
 
-def _write_layer(g: h5py.Group, layer, out_shape: tuple) -> None:
+def _write_geometry(g: h5py.Group, conv) -> None:
+    for key in ("stride", "padding", "dilation"):
+        g.create_dataset(key, data=np.asarray(getattr(conv, key), dtype=np.int64))
+    g.create_dataset("groups", data=int(conv.groups))
+
+
+def _write_extra_inputs(g: h5py.Group, layer, file_index: dict) -> None:
+    """``inputs/<k>/`` of a layer with extra inputs (module docstring)."""
+    inputs = g.create_group("inputs")
+    for k, proj in enumerate(layer.extra_inputs):
+        pg = inputs.create_group(str(k))
+        pg.create_dataset("source", data=np.int64(file_index[proj.source]))
+        _write_str(pg, "kind", proj.kind)
+        pg.create_dataset("weight", data=np.asarray(proj.weight, dtype=np.int32))
+        if proj.kind == "conv":
+            _write_geometry(pg, proj)
+        pg.attrs["weight_exp"] = int(proj.weight_exp)
+
+
+def _write_layer(g: h5py.Group, layer, out_shape: tuple, file_index: dict) -> None:
     g.attrs["name"] = layer.name
     if isinstance(layer, Flatten):
         _write_str(g, "type", "flatten")
         return
-    _write_str(g, "type", "conv" if isinstance(layer, Conv) else "dense")
+    kind = "conv" if isinstance(layer, Conv) else "dense"
+    if layer.extra_inputs:
+        _write_str(g, "type", "concat")  # stock netx refuses it (module docstring)
+        _write_str(g, "layer_type", kind)
+    else:
+        _write_str(g, "type", kind)
     g.create_dataset("shape", data=np.asarray(out_shape, dtype=np.int64))
     g.create_dataset("weight", data=np.asarray(layer.weight, dtype=np.int32))
     if layer.bias is not None:
         g.create_dataset("bias", data=np.asarray(layer.bias, dtype=np.int32))
     if isinstance(layer, Conv):
-        for key in ("stride", "padding", "dilation"):
-            g.create_dataset(key, data=np.asarray(getattr(layer, key), dtype=np.int64))
-        g.create_dataset("groups", data=int(layer.groups))
+        _write_geometry(g, layer)
     g.attrs["weight_exp"] = int(layer.weight_exp)
     _write_neuron(g, layer.neuron)
+    if layer.extra_inputs:
+        _write_extra_inputs(g, layer, file_index)
 
 
 def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *,
@@ -348,7 +434,9 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
     outside the 8-bit / 13-bit ranges, a ``weight_exp`` other than 0 (netx picks
     the dense exponent itself and Lava's Conv ignores it), ``bias_exp`` other
     than 6, ...), dense weights netx would rescale inexactly (see module
-    docstring), a Flatten whose input is not (C, H, W).
+    docstring), a Flatten whose input is not (C, H, W). A network with extra inputs
+    (checked by the same ``validate_network``, delays included) is written in the
+    residual graph format (module docstring).
     """
     validate_network(net, project_limits())
     _check_netx_representable(net)
@@ -368,8 +456,10 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
             g.attrs["name"] = net.input.name
             if net.input.neuron is not None:
                 _write_neuron(g, net.input.neuron)
+            file_index = {layer.name: i for i, layer in enumerate(net.layers, start=1)
+                          if isinstance(layer, (Conv, Dense))}
             for i, (layer, out_shape) in enumerate(zip(net.layers, net.shapes()), start=1):
-                _write_layer(layers.create_group(str(i)), layer, out_shape)
+                _write_layer(layers.create_group(str(i)), layer, out_shape, file_index)
     return path
 
 
@@ -517,6 +607,10 @@ class _Reader(_Access):
         self.ours = self.attr_text(f, "project", "root") == PROJECT_NAME
         self.net_input: Optional[Input] = None
         self.layers: list = []
+        #: file index -> (name, output shape) of every conv/dense layer read so far
+        self.weighted_at: dict = {}
+        #: graph version of a residual file of this project (None: a chain)
+        self.graph: Optional[int] = None
         self.shape: Optional[tuple] = None
         self.input_meta: dict = {}
 
@@ -663,9 +757,95 @@ class _Reader(_Access):
                      neuron=self.neuron(g, where, "dense"), weight_exp=exp,
                      name=self.name(g, f"dense{i}"))
 
+    # -- extra inputs (residual graph format) ------------------------------
+
+    def graph_attrs(self) -> Optional[int]:
+        """The graph version a file of this project declares (None: no graph attributes)."""
+        fmt = self.attr_text(self.f, "graph_format", "root")
+        version = self.attr_int(self.f, "graph_version", "root")
+        if fmt is None and version is None:
+            return None
+        if fmt != GRAPH_FORMAT:
+            raise self.fail(f"graph format {fmt!r} is not supported (this reader reads "
+                            f"{GRAPH_FORMAT!r})")
+        if version not in _READABLE_GRAPH_VERSIONS:
+            raise self.fail(f"graph version {version!r} of {GRAPH_FORMAT!r} is not supported "
+                            f"(this reader reads {', '.join(map(str, _READABLE_GRAPH_VERSIONS))})")
+        return version
+
+    def read_projection(self, pg: h5py.Group, layer_shape: tuple, where: str) -> Projection:
+        """One ``inputs/<k>`` group; every size is checked before its weights are read."""
+        source = self.number(pg, "source", where)
+        if source not in self.weighted_at:
+            raise self.fail(f"{where}: source {source} is not an earlier conv/dense layer of the "
+                            f"file (extra inputs come from spiking layers before their layer)")
+        source_name, source_shape = self.weighted_at[source]
+        kind = self.text(pg, "kind", where)
+        if kind not in PROJECTION_KINDS:
+            raise self.fail(f"{where}: kind {kind!r} is not one of {PROJECTION_KINDS}")
+        self.no_delays(pg, where)
+        exp = self.attr_int(pg, "weight_exp", where)
+        wshape = tuple(self.child(pg, "weight", where).shape)
+        geometry: dict = {}
+        if kind == "conv":
+            if len(wshape) != 4:
+                raise self.fail(f"{where}: conv weight must be 4-D, got shape {wshape}")
+            if len(source_shape) != 3:
+                raise self.fail(f"{where}: a conv projection needs a (C, H, W) source, layer "
+                                f"{source} outputs {source_shape}")
+            geometry = dict(stride=self.pair(pg, "stride", where),
+                            padding=self.pair(pg, "padding", where),
+                            dilation=self.pair(pg, "dilation", where),
+                            groups=self.number(pg, "groups", where))
+            probe = Projection(source=source_name, weight=_shape_only(wshape), **geometry)
+            out = check_conv_geometry(probe.synapse(where.removeprefix("layer ")), source_shape)
+        else:
+            n_source, n_out = int(np.prod(source_shape)), int(np.prod(layer_shape))
+            if wshape != (n_out, n_source):
+                raise self.fail(f"{where}: dense weight shape {wshape} is not ({n_out}, "
+                                f"{n_source}) (layer outputs, source outputs)")
+            out = (n_out,)
+        if tuple(out) != tuple(layer_shape):
+            raise self.fail(f"{where}: the projection outputs {tuple(out)}, its layer "
+                            f"{tuple(layer_shape)}")
+        w = self.values(pg, "weight", where, MAX_DATASET_ELEMENTS)
+        w = self.ints(w, where, "weight").reshape(wshape)
+        return Projection(source=source_name, weight=w, kind=kind,
+                          weight_exp=0 if exp is None else exp, **geometry)
+
+    def read_extra_inputs(self, g: h5py.Group, where: str) -> tuple:
+        ig = self.child(g, "inputs", where, h5py.Group)
+        n = len(ig)
+        if not 1 <= n <= _MAX_EXTRA_INPUTS:
+            raise self.fail(f"{where}: 'inputs' holds {n} entries; a concat layer has 1 to "
+                            f"{_MAX_EXTRA_INPUTS} extra inputs")
+        if sorted(ig.keys()) != sorted(str(k) for k in range(n)):
+            raise self.fail(f"{where}: 'inputs' must hold 0..{n - 1}, found "
+                            f"{sorted(ig.keys())[:20]}")
+        return tuple(self.read_projection(self.child(ig, str(k), where, h5py.Group),
+                                          self.shape, f"{where} extra input {k}")
+                     for k in range(n))
+
+    def read_concat(self, i: int, g: h5py.Group, where: str):
+        """A conv/dense layer with extra inputs (residual graph format)."""
+        kind = self.text(g, "layer_type", where)
+        if kind == "conv":
+            layer = self.read_conv(i, g, where)
+        elif kind == "dense":
+            layer = self.read_dense(i, g, where)
+        else:
+            raise self.fail(f"{where}: layer_type {kind!r} is not 'conv' or 'dense'")
+        return dataclasses.replace(layer, extra_inputs=self.read_extra_inputs(g, where))
+
+    # -- layers (continued) -------------------------------------------------
+
     def read_layer(self, i: int, g: h5py.Group) -> None:
         ltype = self.text(g, "type", f"layer {i}")
         where = f"layer {i} ({ltype})"
+        if ltype == "concat" and self.graph is not None:
+            self.layers.append(self.read_concat(i, g, where))
+            self.weighted_at[i] = (self.layers[-1].name, self.shape)
+            return
         if ltype in _UNSUPPORTED_LAYER_TYPES:
             raise self.fail(f"{where}: layer type '{ltype}' is not supported "
                             f"(stock netx or the IR cannot represent it)")
@@ -681,6 +861,8 @@ class _Reader(_Access):
             self.layers.append(self.read_dense(i, g, where))
         else:
             raise self.fail(f"{where}: unknown layer type '{ltype}'")
+        if ltype in ("conv", "dense"):
+            self.weighted_at[i] = (self.layers[-1].name, self.shape)
 
     # -- the file ------------------------------------------------------------
 
@@ -740,6 +922,8 @@ class _Reader(_Access):
         return (self.provenance(), input_bits) + self.version_and_readout()
 
     def read(self) -> Network:
+        if self.ours:
+            self.graph = self.graph_attrs()
         for i, g in enumerate(self.layer_groups()):
             self.read_layer(i, g)
         if self.net_input is None:
@@ -753,6 +937,10 @@ class _Reader(_Access):
             if self.input_meta:
                 metadata["input_transform_unused_by_netx"] = self.input_meta
             input_bits, version, readout = None, IR_VERSION, "spikes"
+        if version in _SEQUENTIAL_IR_VERSIONS and any(
+                getattr(layer, "extra_inputs", ()) for layer in self.layers):
+            raise self.fail(f"IR version {version} has no extra inputs, but the file has "
+                            f"'concat' layers")
         try:
             net = Network(input=self.net_input, layers=self.layers, integer=True,
                           input_bits=input_bits, metadata=metadata, version=version,

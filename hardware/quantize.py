@@ -5,50 +5,73 @@ input per float unit) and sets::
 
     W_int = round(s_l · W / x_max)        x_max = 2**input_bits − 1 for the first layer
                                           (its input is the graded pixel payload), else 1
+    P_int = round(s_l · P)                 every extra input (ir.Projection) of the layer:
+                                          binary spikes of its source, so x_max = 1
     vth   = round(s_l · θ)                 threshold mantissa (compared as vth << 6)
     bias  = round(s_l · b)                 bias mantissa (applied as bias << 6, netx's exponent)
 
-Rescaling W, θ and b of a layer together leaves its spike train unchanged in
-exact arithmetic, so ``s_l`` is free; it is the largest value that
+(``W`` and ``P`` are the float weights times ``2**weight_exp``; the integer synapses all
+have weight exponent 0.) Rescaling every synapse, θ and b of a layer together leaves its
+spike train unchanged in exact arithmetic, so ``s_l`` is free; it is the largest value that
 
-* uses the weight mantissa range fully:         s ≤ 127 / max|W/x_max|
+* uses the weight mantissa range fully:         s ≤ 127 / max|W/x_max|  and  s ≤ 127 / max|P_k|
+                                                (one limit per synapse; the smallest binds)
 * keeps the threshold in its 17-bit mantissa:   s ≤ 131071 / θ
 * keeps the bias in its 13-bit mantissa:        s ≤ 4095 / max|b|
 * cannot overflow the 24-bit u and v in one step: the worst-case synaptic input
   of any neuron (all positive or all negative weights active at full input),
   plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits),
-  rounding included: s ≤ (131071 − ½·(fan_in·x_max + 2)) / (max_i Σ_j max(±W_ij, 0) + θ + max|b|).
+  rounding included: s ≤ (131071 − rounding) / (worst + θ + max|b|).
+
+Joint rule for a layer with extra inputs (residual networks). A neuron's synaptic input
+is the SUM of what all of its synapses deliver in one step (Lava adds everything that
+arrives at one InPort), so there is ONE scale per receiving layer across all of its
+inputs, and the worst case is taken over that sum, per output neuron (dense) or output
+channel (conv; every synapse of a conv layer is a conv, so they share channels)::
+
+    worst = max_o max( Σ_syn Σ_j max(+W^syn_oj·x^syn_max, 0),  Σ_syn Σ_j max(−W^syn_oj·x^syn_max, 0) )
+
+where ``syn`` runs over the main synapse and every projection. Each branch may fit alone
+while the sum does not; then the 24-bit limit binds (``limited_by`` says "sum of all
+inputs") or, when even that scale rounds θ to mantissa 0, the layer is refused.
 
 The output layer of a potential readout (``net.readout == 'potential'``) is a
 non-firing integrator: its threshold is the largest mantissa (it must never be
 reached) and the scale instead keeps the accumulated membrane below it for every
 T up to ``readout_steps``::
 
-    |v[T]| ≤ T · (max_i Σ_j |W_ij·x_j| + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
-    =>  s ≤ 131071 / (readout_steps · (worst-case input + max|b|))      (rounding included)
+    |v[T]| ≤ T · (worst + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
+    =>  s ≤ 131071 / (readout_steps · (worst + max|b|))      (rounding included)
 
-so the neuron never spikes, v never clips and u never wraps. If that scale would
-leave the readout weights fewer than :data:`MIN_READOUT_WEIGHT_BITS` signed bits,
-the quantizer refuses (fewer steps, or fewer input bits, fit).
+(``worst`` over the sum of all of its inputs, as above) so the neuron never spikes, v
+never clips and u never wraps. If that scale would leave the readout weights (of all of
+its synapses) fewer than :data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer
+refuses (fewer steps, or fewer input bits, fit).
 
 All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
-the limit that set the scale and the quantization error of each quantity.
+the limit that set the scale (for a projection's weight range: which projection), the
+quantization error of each quantity, the worst-case input of the sum, and per extra
+input its own errors and worst case (``extra_inputs``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .errors import QuantizationError
-from .ir import WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
+from .ir import (WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
+                 readout_neuron)
 from .spec import LOIHI2, Loihi2Spec
 from .validate import check_input_bits, project_limits, validate_network
 
 #: A potential-readout layer whose accumulation bound leaves its largest weight
 #: fewer signed bits than this is refused rather than quantized to noise.
 MIN_READOUT_WEIGHT_BITS = 4
+
+#: ``limited_by`` suffix of a sum bound of a layer with extra inputs.
+SUM_OF_INPUTS = " (sum of all inputs)"
 
 
 @dataclass
@@ -63,15 +86,46 @@ class LayerQuantReport:
     threshold_mantissa: int
     threshold_rel_error: float
     bias_max_abs_error: float
-    worst_case_input: int            # max |synaptic input| per step, in integer units
+    worst_case_input: int            # max |synaptic input| per step over ALL inputs, integer units
     readout_steps: int | None = None  # potential readout: T up to which |v| provably fits
+    #: one entry per extra input (projection): source, weight_bits_used, weight errors
+    #: (as for the main weights) and its own worst-case input (integer units)
+    extra_inputs: list = field(default_factory=list)
 
 
-def _worst_case_input(weight: np.ndarray) -> float:
-    """max over neurons of max(Σ positive weights, Σ |negative weights|) for inputs in [0, 1]."""
-    flat = weight.reshape(weight.shape[0], -1)
-    return float(max(np.clip(flat, 0, None).sum(axis=1).max(initial=0.0),
-                     np.clip(-flat, 0, None).sum(axis=1).max(initial=0.0)))
+@dataclass
+class _Synapses:
+    """Float weights of every synapse of one receiving layer, for inputs in [0, 1]:
+    ``main`` = W·2**e / x_max, ``extra`` = [P_k·2**e_k] (binary spikes, x_max 1)."""
+
+    main: np.ndarray
+    x_max: int
+    extra: list
+    projections: tuple  # the float ir.Projection objects, in the same order
+
+    def worst(self) -> float:
+        """Worst-case |synaptic input| of the sum, in float units (module docstring)."""
+        return _worst_case_input([self.main * self.x_max] + self.extra)
+
+    def max_abs(self) -> float:
+        return max([float(np.abs(w).max(initial=0.0)) for w in [self.main] + self.extra])
+
+    def branch_worst(self) -> list:
+        """(label, worst case) per synapse, float units, for error messages."""
+        return ([("main", _worst_case_input([self.main * self.x_max]))]
+                + [(f"from {p.source!r}", _worst_case_input([w]))
+                   for p, w in zip(self.projections, self.extra)])
+
+
+def _worst_case_input(weights: list) -> float:
+    """max over output rows of max(Σ positive weights, Σ |negative weights|), summed over
+    every synapse in ``weights`` (each (out, ...), scaled to its largest input)."""
+    pos = neg = 0.0
+    for w in weights:
+        flat = np.asarray(w).reshape(w.shape[0], -1)
+        pos = pos + np.clip(flat, 0, None).sum(axis=1)
+        neg = neg + np.clip(-flat, 0, None).sum(axis=1)
+    return float(max(np.max(pos, initial=0.0), np.max(neg, initial=0.0)))
 
 
 def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOIHI2,
@@ -94,14 +148,14 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
             continue
         if not isinstance(layer, WEIGHTED):
             raise QuantizationError(f"layer {getattr(layer, 'name', layer)} has an unsupported type")
-        weight = np.asarray(layer.weight, dtype=np.float64) / x_max
-        bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
-        if not np.all(np.isfinite(weight)) or not np.all(np.isfinite(bias)):
+        syn = _synapses(layer, x_max)
+        bias = np.zeros(syn.main.shape[0]) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
+        if not np.all(np.isfinite(bias)):
             raise QuantizationError(f"layer {layer.name}: weights or biases are not finite")
         if layer is readout_layer:
-            q_layer, report = _quantize_readout(layer, weight, bias, x_max, readout_steps, spec)
+            q_layer, report = _quantize_readout(layer, syn, bias, readout_steps, spec)
         else:
-            q_layer, report = _quantize_hidden(layer, weight, bias, x_max, spec)
+            q_layer, report = _quantize_hidden(layer, syn, bias, spec)
         layers.append(q_layer)
         reports.append(report)
         x_max = 1  # later layers receive binary spikes
@@ -111,6 +165,26 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
                 input_bits=input_bits, metadata=metadata, readout=net.readout)
     validate_network(q, project_limits(spec), spec)
     return q
+
+
+def _float_weight(weight, weight_exp, what: str) -> np.ndarray:
+    """W · 2**weight_exp as float64 (the float IR's synapse, see hardware.simulator)."""
+    w = np.asarray(weight, dtype=np.float64) * 2.0 ** int(weight_exp)
+    if not np.all(np.isfinite(w)):
+        raise QuantizationError(f"{what}: weights or biases are not finite")
+    return w
+
+
+def _synapses(layer, x_max: int) -> _Synapses:
+    extra, projections = [], tuple(getattr(layer, "extra_inputs", ()))
+    for proj in projections:
+        if not isinstance(proj, Projection):
+            raise QuantizationError(f"layer {layer.name}: an extra input is a "
+                                    f"{type(proj).__name__}, not a Projection")
+        extra.append(_float_weight(proj.weight, proj.weight_exp,
+                                   f"layer {layer.name}, extra input from {proj.source!r}"))
+    main = _float_weight(layer.weight, layer.weight_exp, f"layer {layer.name}") / x_max
+    return _Synapses(main=main, x_max=x_max, extra=extra, projections=projections)
 
 
 def _check_arguments(net: Network, input_bits, readout_steps, spec: Loihi2Spec) -> int:
@@ -128,17 +202,31 @@ def _check_arguments(net: Network, input_bits, readout_steps, spec: Loihi2Spec) 
     return bits
 
 
-def _hidden_scale(layer, weight: np.ndarray, bias: np.ndarray, theta: float, x_max: int,
+def _weight_limits(syn: _Synapses, spec: Loihi2Spec) -> dict:
+    """One weight-range limit per synapse (the main one named as before)."""
+    limits = {}
+    for label, w in [("weight range", syn.main)] + [
+            (f"weight range of the extra input from {p.source!r}", w)
+            for p, w in zip(syn.projections, syn.extra)]:
+        w_abs = float(np.abs(w).max(initial=0.0))
+        limits[label] = spec.weight_max / w_abs if w_abs > 0 else math.inf
+    return limits
+
+
+def _state_label(syn: _Synapses, label: str) -> str:
+    return label + (SUM_OF_INPUTS if syn.extra else "")
+
+
+def _hidden_scale(layer, syn: _Synapses, bias: np.ndarray, theta: float,
                   spec: Loihi2Spec) -> tuple[float, str]:
     """The largest scale every limit allows (module docstring) and the limit that set it."""
-    w_abs = float(np.abs(weight).max(initial=0.0))
     b_abs = float(np.abs(bias).max(initial=0.0))
-    worst = _worst_case_input(weight * x_max)  # input values in [0, 1] float units
+    worst = syn.worst()  # input values in [0, 1] float units, all synapses summed
     limits = {
-        "weight range": spec.weight_max / w_abs if w_abs > 0 else math.inf,
+        **_weight_limits(syn, spec),
         "threshold mantissa": spec.threshold_max / theta,
         "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
-        "24-bit state": spec.activation_max / (worst + theta + b_abs),
+        _state_label(syn, "24-bit state"): spec.activation_max / (worst + theta + b_abs),
     }
     limited_by = min(limits, key=limits.get)
     if not math.isfinite(limits[limited_by]):
@@ -146,101 +234,127 @@ def _hidden_scale(layer, weight: np.ndarray, bias: np.ndarray, theta: float, x_m
     return limits[limited_by], limited_by
 
 
-def _quantize_hidden(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, spec: Loihi2Spec):
+def _quantize_hidden(layer, syn: _Synapses, bias: np.ndarray, spec: Loihi2Spec):
     """One spiking layer (see the module docstring)."""
     theta = float(layer.neuron.threshold)
     if not math.isfinite(theta) or theta <= 0:
         raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
-    scale, limited_by = _hidden_scale(layer, weight, bias, theta, x_max, spec)
-    w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
-    # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight,
-    # times the input's maximum): shrink the scale until the rounded network fits.
+    scale, limited_by = _hidden_scale(layer, syn, bias, theta, spec)
+    w_int, b_int, vth, p_ints, worst_int = _round_all(syn, bias, theta, scale)
+    # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight
+    # of every synapse, times its input's maximum): shrink the scale until the rounded
+    # network fits.
     for _ in range(50):
         total = worst_int + vth + int(np.abs(b_int).max(initial=0))
         if total <= spec.activation_max:
             break
         scale *= spec.activation_max / total * (1 - 1e-6)
-        limited_by = "24-bit state"
-        w_int, b_int, vth, worst_int = _round(weight, bias, theta, scale, x_max)
+        limited_by = _state_label(syn, "24-bit state")
+        w_int, b_int, vth, p_ints, worst_int = _round_all(syn, bias, theta, scale)
     else:
         raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
-                                f"+ threshold {vth} exceeds {spec.activation_max} at every scale")
+                                f"+ threshold {vth} exceeds {spec.activation_max} at every scale"
+                                f"{_branches(syn)}")
     if vth < 1:
         raise QuantizationError(f"layer {layer.name}: threshold θ = {theta:.3g} rounds to mantissa "
-                                f"{vth} at scale {scale:.3g} (set by the {limited_by}); Loihi 2 "
-                                f"needs a threshold mantissa of at least 1")
+                                f"{vth} at scale {scale:.3g} (set by the {limited_by}"
+                                f"{_branches(syn)}); Loihi 2 needs a threshold mantissa of at least 1")
     neuron = Neuron(kind=layer.neuron.kind, threshold=vth, du=layer.neuron.du, dv=layer.neuron.dv,
                     bias_exp=spec.netx_bias_exp)
-    w_abs = float(np.abs(weight).max(initial=0.0))
-    w_err = w_int / scale - weight
     report = LayerQuantReport(
         name=layer.name, scale=float(scale), limited_by=limited_by,
-        weight_bits_used=int(np.ceil(np.log2(np.abs(w_int).max(initial=0) + 1))) + 1,
-        weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
-        weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs) if w_abs else 0.0,
+        **_weight_errors(w_int, syn.main, scale, syn.x_max),
         threshold_float=theta, threshold_mantissa=vth,
         threshold_rel_error=abs(vth / scale - theta) / theta,
         bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
-        worst_case_input=worst_int)
-    return _integer_layer(layer, w_int, b_int, neuron), report
+        worst_case_input=worst_int, extra_inputs=_extra_reports(syn, p_ints, scale))
+    return _integer_layer(layer, w_int, b_int, neuron, syn, p_ints), report
 
 
-def _quantize_readout(layer, weight: np.ndarray, bias: np.ndarray, x_max: int, steps: int,
-                      spec: Loihi2Spec):
-    """The non-firing output integrator (see the module docstring)."""
+def _branches(syn: _Synapses) -> str:
+    """For a layer with extra inputs: the worst case of each branch (float units)."""
+    if not syn.extra:
+        return ""
+    parts = ", ".join(f"{label} {w:.4g}" for label, w in syn.branch_worst())
+    return f"; worst-case input of the sum of all inputs {syn.worst():.4g} = {parts}"
+
+
+def _weight_errors(w_int: np.ndarray, weight: np.ndarray, scale: float, x_max: int) -> dict:
     w_abs = float(np.abs(weight).max(initial=0.0))
+    w_err = w_int / scale - weight
+    return dict(
+        weight_bits_used=int(np.ceil(np.log2(np.abs(w_int).max(initial=0) + 1))) + 1,
+        weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
+        weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs) if w_abs else 0.0)
+
+
+def _extra_reports(syn: _Synapses, p_ints: list, scale: float) -> list:
+    return [dict(source=p.source, kind=p.kind, **_weight_errors(p_int, w, scale, 1),
+                 worst_case_input=int(round(_worst_case_input([p_int]))))
+            for p, w, p_int in zip(syn.projections, syn.extra, p_ints)]
+
+
+def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec):
+    """The non-firing output integrator (see the module docstring)."""
+    w_abs = syn.max_abs()
     if w_abs == 0:
         raise QuantizationError(f"layer {layer.name}: all readout weights are zero")
     b_abs = float(np.abs(bias).max(initial=0.0))
-    worst = _worst_case_input(weight * x_max)
+    worst = syn.worst()
+    accumulation = _state_label(syn, f"readout accumulation over T={steps}")
     limits = {
-        "weight range": spec.weight_max / w_abs,
+        **_weight_limits(syn, spec),
         "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
-        f"readout accumulation over T={steps}": spec.threshold_max / (steps * (worst + b_abs)),
+        accumulation: spec.threshold_max / (steps * (worst + b_abs)),
     }
     limited_by = min(limits, key=limits.get)
     scale = limits[limited_by]
     if not math.isfinite(scale):
         raise QuantizationError(f"layer {layer.name}: no finite scale (weights of magnitude {w_abs:.3g} "
                                 f"are too small to represent)")
-    w_int, b_int, _, worst_int = _round(weight, bias, 0.0, scale, x_max)
+    w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
     for _ in range(50):  # rounding may add up to half a unit per weight: shrink until it fits
         total = steps * (worst_int + int(np.abs(b_int).max(initial=0)))
         if total <= spec.threshold_max:
             break
         scale *= spec.threshold_max / total * (1 - 1e-6)
-        limited_by = f"readout accumulation over T={steps}"
-        w_int, b_int, _, worst_int = _round(weight, bias, 0.0, scale, x_max)
+        limited_by = accumulation
+        w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
     else:  # pragma: no cover - the loop converges for any finite input
         raise QuantizationError(f"layer {layer.name}: no scale keeps the readout inside the threshold")
-    w_max = int(np.abs(w_int).max(initial=0))
+    w_max = max(int(np.abs(w).max(initial=0)) for w in [w_int] + p_ints)
     if w_max < 1 << (MIN_READOUT_WEIGHT_BITS - 1):
         raise QuantizationError(
             f"layer {layer.name}: to keep the accumulated output of the readout inside Loihi 2's "
             f"24-bit membrane for T up to {steps}, its weights would shrink to at most ±{w_max} "
-            f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits); use fewer time steps "
-            f"(eval.timesteps) or fewer input bits")
+            f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits){_branches(syn)}; use fewer time "
+            f"steps (eval.timesteps) or fewer input bits")
     neuron = readout_neuron(integer=True)
-    q_layer = _integer_layer(layer, w_int, b_int, neuron)
-    w_err = w_int / scale - weight
+    q_layer = _integer_layer(layer, w_int, b_int, neuron, syn, p_ints)
+    errors = _weight_errors(w_int, syn.main, scale, syn.x_max)
     report = LayerQuantReport(
-        name=layer.name, scale=float(scale), limited_by=limited_by,
-        weight_bits_used=int(np.ceil(np.log2(w_max + 1))) + 1,
-        weight_max_abs_error=float(np.abs(w_err).max(initial=0.0) * x_max),
-        weight_rms_rel_error=float(np.sqrt(np.mean(w_err ** 2)) / w_abs),
+        name=layer.name, scale=float(scale), limited_by=limited_by, **errors,
         threshold_float=None, threshold_mantissa=int(neuron.threshold), threshold_rel_error=0.0,
         bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
-        worst_case_input=worst_int, readout_steps=int(steps))
+        worst_case_input=worst_int, readout_steps=int(steps),
+        extra_inputs=_extra_reports(syn, p_ints, scale))
     return q_layer, report
 
 
-def _integer_layer(layer, w_int: np.ndarray, b_int: np.ndarray, neuron: Neuron):
-    """The integer counterpart of a float Conv/Dense layer (same geometry, weight_exp 0)."""
+def _integer_layer(layer, w_int: np.ndarray, b_int: np.ndarray, neuron: Neuron,
+                   syn: _Synapses, p_ints: list):
+    """The integer counterpart of a float Conv/Dense layer (same geometry, weight_exp 0),
+    with its extra inputs as integer projections (same geometry, weight_exp 0)."""
+    extra = tuple(Projection(source=p.source, weight=p_int, kind=p.kind, stride=tuple(p.stride),
+                             padding=tuple(p.padding), dilation=tuple(p.dilation),
+                             groups=int(p.groups), weight_exp=0)
+                  for p, p_int in zip(syn.projections, p_ints))
     if isinstance(layer, Conv):
         return Conv(weight=w_int, bias=b_int, neuron=neuron, stride=tuple(layer.stride),
                     padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups,
-                    weight_exp=0, name=layer.name)
-    return Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name)
+                    weight_exp=0, name=layer.name, extra_inputs=extra)
+    return Dense(weight=w_int, bias=b_int, neuron=neuron, weight_exp=0, name=layer.name,
+                 extra_inputs=extra)
 
 
 def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_max: int):
@@ -248,4 +362,14 @@ def _round(weight: np.ndarray, bias: np.ndarray, theta: float, scale: float, x_m
     w_int = np.rint(weight * scale).astype(np.int64)
     b_int = np.rint(bias * scale).astype(np.int64)
     vth = int(np.rint(theta * scale))
-    return w_int, b_int, vth, int(round(_worst_case_input(w_int * x_max)))
+    return w_int, b_int, vth, int(round(_worst_case_input([w_int * x_max])))
+
+
+def _round_all(syn: _Synapses, bias: np.ndarray, theta: float, scale: float):
+    """:func:`_round` plus the integer projections; the worst case is of the sum of all
+    synapses (main at its input maximum, projections at 1)."""
+    w_int, b_int, vth, worst_int = _round(syn.main, bias, theta, scale, syn.x_max)
+    p_ints = [np.rint(w * scale).astype(np.int64) for w in syn.extra]
+    if p_ints:
+        worst_int = int(round(_worst_case_input([w_int * syn.x_max] + p_ints)))
+    return w_int, b_int, vth, p_ints, worst_int

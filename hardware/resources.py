@@ -20,6 +20,14 @@ are Loihi 1 figures):
 
   Dense layers store every weight, zeros included: synapses = out · in.
 
+* **Extra inputs** (residual networks, ``ir.Projection``): a projection's synapses live
+  in the cores of the layer it feeds, next to the main synapse's, and its source's
+  axons are further inputs of those cores. So a neuron's fan-in (and with it the
+  synaptic memory per neuron, the neurons per core and the in-axon check) is the main
+  fan-in plus every projection's; ``"shared"`` stores each conv projection's kernel
+  once per core too (kernel size = main kernel + projection kernels); fan-out counts
+  a source neuron's synapses in every projection that reads it.
+
 Per layer::
 
     per_core = min(neurons_per_core, ⌊synaptic_memory_bits_per_core / (fan_in_max · weight_bits)⌋)
@@ -46,6 +54,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
+
+import numpy as np
 
 from .activity import fan_in, fan_out, spiking_layers
 from .errors import ResourceError
@@ -137,7 +147,9 @@ def check_fit(net: Network, spec: Loihi2Spec = LOIHI2, *, weight_bits: Optional[
         fi_max = int(fi.max()) if fi.size else 0
         problem = None
         if isinstance(layer, Conv) and conv_synapses == "shared":
-            kernel = int(layer.weight.size)
+            # (every extra input of a conv layer is a conv: a dense one cannot output (C, H, W))
+            kernel = int(layer.weight.size) + sum(int(np.size(p.weight))
+                                                  for p in getattr(layer, "extra_inputs", ()))
             cores = math.ceil(sl.neurons / spec.neurons_per_core)
             synapses, limited = kernel * cores, "neurons per core"
             if kernel * bits > mem:

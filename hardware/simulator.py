@@ -28,11 +28,29 @@ models, all in int64 with explicit emulation of Lava's int32 containers
         if_soft: s = v >= (θ << 6);  v ← v − (θ << 6) where s;  v(0) = (θ << 6) >> 1
     u(0) = 0 for both.
 
+Extra inputs (residual networks, ``ir.Projection``): a layer's synaptic input is the
+sum of its main synapse and of every projection applied to the spikes of its source
+layer, each synapse computed by its own rule above (a conv projection as Conv, a dense
+one as Dense on binary spikes, reading the source flattened in C order)::
+
+    a_l[t] = W_l ⊛ s_{l−1}[t] + Σ_k P_k ⊛ s_{source_k}[t]
+
+Lava adds what arrives at one InPort in its int32 container, i.e. ``wrap32`` of the sum,
+which the neuron's ``wrap32(a)`` above is. An integer projection whose partial sums could
+reach 2**23 is refused (below it Conv's 24-bit and a sparse synapse's 32-bit wraps
+cannot differ; the quantizer keeps every sum below 2**17).
+
 Timing. ``pipelined=False``: layer l integrates at step t what layer l−1 emitted
-at step t (the paper's SNN). ``pipelined=True``: Lava's timing, one continuous
-run from step 1: every synapse sends at step t what it computed from the spikes
-it received at step t−1 (zero at step 1); an input neuron layer receives the
-input at step t directly (no synapse in front of it).
+at step t (the paper's SNN), and every extra input is its source's step-t output.
+``pipelined=True``: Lava's timing, one continuous run from step 1: every synapse
+sends at step t what it computed from the spikes it received at step t−1 (zero at
+step 1); an input neuron layer receives the input at step t directly (no synapse in
+front of it). A projection is additionally delayed by d = ``net.extra_delay(layer,
+projection)`` = depth(layer) − depth(source) − 1 steps (Lava's delayed sparse
+synapse, delay d): it sends at step t what it computed from the source's spikes of
+step t − 1 − d (zero before), so every input of a layer carries the same sample step
+on Lava as in the paper. ``simulate(..., align_extra_inputs=False)`` drops the extra d
+(only to measure what the alignment buys).
 
 Kernels (``simulate(..., dtype=..., kernel=...)``). The integer form is exact on
 every kernel; per layer the simulator runs the fastest one that a static bound
@@ -42,7 +60,8 @@ path existed; the tests compare the two with ``==``):
 
 * synapse: synaptic inputs are ≥ 0 (spikes, graded payloads), so every partial
   sum of W ⊛ s, in any order, lies between the sums of its negative and of its
-  positive terms: |partial| ≤ B = max s · max_o max(Σ W_o⁺, Σ |W_o⁻|). B < 2**24:
+  positive terms: |partial| ≤ B = max s · max_o max(Σ W_o⁺, Σ |W_o⁻|) (each synapse of
+  a layer, main and projections, gets its own kernel by its own bound). B < 2**24:
   float32 matmul/conv (a float32 significand holds every integer below 2**24),
   or, on an x86 CPU, oneDNN's u8·s8→int32 conv/linear when the inputs fit u8, the
   weights s8 and no int16 pair sum can saturate (:func:`_int8_exact`; binary
@@ -53,7 +72,8 @@ path existed; the tests compare the two with ``==``):
   layer after a flatten whose weights are constant on P×P blocks of the (C, H, W)
   map (avg-pool + flatten + linear), runs as a P×P sum-pool then the P²-times
   smaller conv/matmul: the same integer sums, so the same integers.
-* neuron: when the bound on the synaptic input proves that none of Lava's wraps
+* neuron: when the bound on the synaptic input (for a layer with extra inputs: the
+  SUM of the bounds of all of its synapses) proves that none of Lava's wraps
   (int32 containers, the 24-bit u wrap) can occur, u and v are exact integers
   held in float32 (every value below 2**24) or float64, updated by the same
   formulas (a decay is trunc(x·k/4096), exact while x·k fits the significand);
@@ -86,7 +106,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IRError, QuantizationError
-from .ir import Conv, Dense, Flatten, Network, Neuron
+from .ir import Conv, Dense, Flatten, Network, Neuron, Projection
 from .spec import LOIHI2
 from .validate import integer_array, integer_scalar, simulator_limits, validate_network
 
@@ -772,10 +792,63 @@ def _input_state(net: Network, x: torch.Tensor, input_bias, fast: bool,
                         net.input.name, a_bound=a_bound, dtype=dtype)
 
 
+@dataclass
+class _ExtraInput:
+    """One projection of a weighted layer (``ir.Projection``): its synapse, the state index
+    of its source layer, the extra delay that aligns it on Lava (pipelined mode) and
+    whether it reads the source flattened (a dense projection)."""
+
+    synapse: "_Synapse"
+    source: str
+    source_idx: int
+    delay: int
+    flatten: bool
+
+
+#: An integer projection whose sums could reach this is refused: below it Lava's
+#: realisations of a synapse agree (Conv wraps its output to 24 bits, a dense or delayed
+#: sparse synapse to 32), so the simulator's answer does not depend on which one runs it.
+_PROJECTION_BOUND = 1 << (LOIHI2.conv_output_bits - 1)
+
+
+def _extra_inputs(net: Network, layer, sources: dict, integer: bool, device, fast: bool,
+                  dtype, channels_last: bool) -> tuple:
+    """The :class:`_ExtraInput` of every projection of ``layer``; ``sources``: name ->
+    (state index, output shape) of the weighted layers before it."""
+    extras = []
+    for proj in getattr(layer, "extra_inputs", ()):
+        if not isinstance(proj, Projection):
+            raise IRError(f"layer {layer.name}: an extra input is a {type(proj).__name__}, "
+                          f"not a Projection")
+        where = f"{layer.name}, extra input from {proj.source!r}"
+        if proj.source not in sources:
+            raise IRError(f"layer {where}: the source is not a conv/dense layer listed before "
+                          f"this layer")
+        src_idx, src_shape = sources[proj.source]
+        dense = proj.kind == "dense"
+        syn = _Synapse(proj.synapse(where), src_shape, integer, False, 1.0, device, fast=fast,
+                       dtype=dtype, chw=src_shape if dense and len(src_shape) == 3 else None,
+                       channels_last=channels_last)
+        if integer and syn.partial_bound >= _PROJECTION_BOUND:
+            raise QuantizationError(
+                f"layer {where}: the projection's synaptic sums may reach "
+                f"{syn.partial_bound:.6g} >= 2**{LOIHI2.conv_output_bits - 1}, where Lava's "
+                f"conv and delayed synapses would wrap differently")
+        extras.append(_ExtraInput(syn, proj.source, src_idx, int(net.extra_delay(layer, proj)),
+                                  dense))
+    return tuple(extras)
+
+
+def _sum_bound(syn: "_Synapse", extras: tuple) -> Optional[int]:
+    """Bound on |Σ synaptic inputs| of a layer if no synapse can wrap (else None)."""
+    bounds = [syn.a_bound] + [e.synapse.a_bound for e in extras]
+    return None if any(b is None for b in bounds) else sum(bounds)
+
+
 def _build(net: Network, x: torch.Tensor, input_bias, max_in: float, fast: bool,
            dtype) -> tuple:
     """(names, states, plan): one neuron state per spiking layer and the layer plan
-    [(kind, layer, synapse or None, state index or None)]."""
+    [(kind, layer, synapse or None, state index or None, extra inputs)]."""
     integer, device = bool(net.integer), x.device
     if integer:  # every Loihi 2 limit, in one place
         validate_network(net, simulator_limits())
@@ -789,22 +862,28 @@ def _build(net: Network, x: torch.Tensor, input_bias, max_in: float, fast: bool,
     elif input_bias is not None:
         raise IRError("input_bias given but the network has no input neuron layer")
     shape, chw = tuple(int(s) for s in net.input.shape), None
+    sources: dict = {}  # weighted layer name -> (state index, output shape)
     for layer, out_shape in zip(net.layers, net.shapes()):
         if isinstance(layer, Flatten):
-            plan.append(("flatten", layer, None, None))
+            plan.append(("flatten", layer, None, None, ()))
             chw = shape if len(shape) == 3 else chw
         elif isinstance(layer, (Conv, Dense)):
             graded = not states and in_neuron is None
             syn = _Synapse(layer, shape, integer, graded, max_in if graded else 1.0, device,
                            fast=fast, dtype=dtype, chw=chw, channels_last=channels_last)
+            extras = _extra_inputs(net, layer, sources, integer, device, fast, dtype,
+                                   channels_last)
+            # the neuron receives the SUM of all of its synapses: bound the sum
+            a_bound = (syn.a_bound if not extras else _sum_bound(syn, extras)) if fast else None
             state = _NeuronState(layer.neuron, _bias(layer, out_shape, integer, device),
                                  tuple(out_shape), integer, device, layer.name,
-                                 a_bound=syn.a_bound if fast else None, dtype=dtype,
-                                 channels_last=channels_last)
-            syn.set_output(exact=state.mode == "exact")
+                                 a_bound=a_bound, dtype=dtype, channels_last=channels_last)
+            for s_ in (syn,) + tuple(e.synapse for e in extras):
+                s_.set_output(exact=state.mode == "exact")
             states.append(state)
             names.append(layer.name)
-            plan.append(("weighted", layer, syn, len(states) - 1))
+            sources[layer.name] = (len(states) - 1, tuple(int(d) for d in out_shape))
+            plan.append(("weighted", layer, syn, len(states) - 1, extras))
             chw = None
         else:
             raise IRError(f"unknown layer type {type(layer).__name__}")
@@ -871,22 +950,32 @@ def kernel_plan(net: Network, inputs, timesteps: int, *, dtype: torch.dtype = to
     """What :func:`simulate` would run for each spiking layer, as a list of dicts:
     ``layer``, ``synapse`` (the matmul/conv kernel: 'int8', 'float32' or 'float64';
     None for an input neuron layer), ``pool`` (the pooling-fold factor P, 1 if none),
-    ``neuron_mode`` ('float', 'exact', 'lava') and ``state_dtype``."""
+    ``neuron_mode`` ('float', 'exact', 'lava'), ``state_dtype`` and ``extra_inputs``: one
+    dict per projection (``source``, ``kind`` 'conv'/'dense', ``synapse``, ``pool``, and
+    ``extra_delay``, the steps it is delayed by in pipelined mode beyond the one every
+    synapse adds); empty for a sequential network."""
     T = _check_options(timesteps, dtype, kernel)
     fast = bool(net.integer) and kernel == "fast"
     x, _, max_in = _prepare_inputs(net, inputs, T, dtype)
     names, states, plan = _build(net, x, input_bias=None, max_in=max_in, fast=fast,
                                  dtype=dtype)
-    syns = {idx: syn for kind, _layer, syn, idx in plan if kind == "weighted"}
-    return [dict(layer=name, synapse=syns[i].kernel if i in syns else None,
-                 pool=syns[i].pool if i in syns else 1, neuron_mode=st.mode,
-                 state_dtype=st.dtype)
-            for i, (name, st) in enumerate(zip(names, states))]
+    syns = {idx: (syn, extras) for kind, _layer, syn, idx, extras in plan
+            if kind == "weighted"}
+    rows = []
+    for i, (name, st) in enumerate(zip(names, states)):
+        syn, extras = syns.get(i, (None, ()))
+        rows.append(dict(
+            layer=name, synapse=syn.kernel if syn else None, pool=syn.pool if syn else 1,
+            neuron_mode=st.mode, state_dtype=st.dtype,
+            extra_inputs=[dict(source=e.source, kind="dense" if e.flatten else "conv",
+                               synapse=e.synapse.kernel, pool=e.synapse.pool,
+                               extra_delay=e.delay) for e in extras]))
+    return rows
 
 
 def simulate(net: Network, inputs, timesteps: int, *, pipelined: bool = False,
              record_spikes: bool = False, input_bias=None, dtype: torch.dtype = torch.float64,
-             kernel: str = "fast") -> SimResult:
+             kernel: str = "fast", align_extra_inputs: bool = True) -> SimResult:
     """Run ``net`` on a batch for ``timesteps`` steps (see module docstring).
 
     ``inputs``: (B, *input_shape) held constant, or (B, T, *input_shape)
@@ -899,6 +988,11 @@ def simulate(net: Network, inputs, timesteps: int, *, pipelined: bool = False,
     provably exact kernels) or ``'exact64'`` (the float64/int64 reference path).
     Runs on the device of ``inputs``; samples are independent, so the fast paths
     run the batch in cache-sized chunks.
+    ``align_extra_inputs`` (pipelined mode, residual networks): True (Lava as this project
+    builds it) delays every extra input by ``net.extra_delay(layer, projection)`` steps on
+    top of the one step every synapse adds, so all inputs of a layer carry the same
+    sample step; False drops those extra delays (the misaligned shortcut an undelayed Lava
+    wiring would give; only to measure what the delays buy). No effect when not pipelined.
     """
     T = _check_options(timesteps, dtype, kernel)
     integer = bool(net.integer)
@@ -917,7 +1011,7 @@ def simulate(net: Network, inputs, timesteps: int, *, pipelined: bool = False,
                 st.reset(b0, b1)
             rec.start(b0, b1, states)
             _run(plan, states, rec, x[b0:b1], T, varying, net.input.neuron is not None,
-                 pipelined)
+                 pipelined, align_extra_inputs)
             rec.finish()
     return SimResult(output_spikes=rec.out_spikes, layer_names=names,
                      layer_step_spikes=rec.step_spikes, layer_counts=rec.counts,
@@ -926,10 +1020,14 @@ def simulate(net: Network, inputs, timesteps: int, *, pipelined: bool = False,
 
 
 def _run(plan: list, states: list, rec: _Recorder, x: torch.Tensor, T: int, varying: bool,
-         has_input_neurons: bool, pipelined: bool) -> None:
+         has_input_neurons: bool, pipelined: bool, align_extra_inputs: bool = True) -> None:
     B = int(x.shape[0])
     buffers = {}  # pipelined: what each synapse computed at the previous step
     const_first = None  # constant input into a synapse: W ⊛ x is the same every step
+    # extra inputs: the spikes of this step of every layer a projection reads, and
+    # (pipelined) per projection the outputs still in flight, oldest first
+    feeds = {e.source_idx for *_, extras in plan for e in extras}
+    step_spikes, in_flight = {}, {}
     for t in range(T):
         xt = x[:, t] if varying else x
         if has_input_neurons:
@@ -938,7 +1036,7 @@ def _run(plan: list, states: list, rec: _Recorder, x: torch.Tensor, T: int, vary
         else:
             sig = xt
         is_input_signal = not has_input_neurons
-        for kind, _layer, syn, idx in plan:
+        for kind, _layer, syn, idx, extras in plan:
             if kind == "flatten":
                 sig = sig.reshape(B, -1)
                 continue
@@ -955,6 +1053,29 @@ def _run(plan: list, states: list, rec: _Recorder, x: torch.Tensor, T: int, vary
                 buffers[idx] = a_new
             else:
                 a = a_new
+            if extras:  # (out of place: a may be the cached or buffered main input)
+                a = _add_extra_inputs(a, extras, step_spikes, in_flight, B, pipelined,
+                                      align_extra_inputs)
             sig = states[idx].step(a)
             rec.layer(idx, t, sig)
+            if idx in feeds:
+                step_spikes[idx] = sig
         rec.output(t, sig, states[-1].v)
+
+
+def _add_extra_inputs(a: torch.Tensor, extras: tuple, step_spikes: dict, in_flight: dict,
+                      B: int, pipelined: bool, align: bool) -> torch.Tensor:
+    """a + Σ_k P_k ⊛ s_source_k. Not pipelined: the sources' spikes of this step (the
+    paper's timing). Pipelined: what P_k computed 1 + d_k steps ago (zero before that),
+    d_k = the projection's extra delay (0 when not ``align``)."""
+    for e in extras:
+        s = step_spikes[e.source_idx]
+        p_new = e.synapse(s.reshape(B, -1) if e.flatten else s)
+        if not pipelined:
+            a = a + p_new
+            continue
+        queue = in_flight.setdefault(id(e), [])
+        queue.append(p_new)
+        if len(queue) > 1 + (e.delay if align else 0):
+            a = a + queue.pop(0)
+    return a

@@ -39,6 +39,10 @@ class Loihi2Spec:
     #: Lava's Conv computes in float32: integer partial sums are exact only
     #: below 2**24.
     conv_float_exact_bits: int = 24
+    #: largest synaptic delay (steps beyond the one every synapse adds) of Loihi 2's
+    #: delayed synapses: 6 bits (Lava's ``PyDelaySparseModelBitAcc`` refuses more); bounds
+    #: the extra delay of a residual network's extra input (``ir.Network.extra_delay``).
+    synaptic_delay_max: int = 63
 
     # --- neuron state ------------------------------------------------------
     #: u and v are 24-bit signed registers.

@@ -21,7 +21,11 @@ The file is read with :func:`hardware.netx_io.read_net` first, so a file that
 is corrupt, out of range or not this project's raises a one-line
 :class:`NetxFormatError` before netx sees it. Networks with ``if_soft``
 layers cannot run in stock netx (see :mod:`hardware.netx_io`); use
-:func:`hardware.lava_net.build_lava_network` for them.
+:func:`hardware.lava_net.build_lava_network` for them. Neither can residual
+networks (layers with extra inputs, written as netx type ``'concat'``): stock netx
+raises ``NotImplementedError('concat is not implemented.')`` after building the
+blocks before it, so :func:`stock_netx_arguments` refuses such a file first with a
+:class:`NetxFormatError` naming the layers.
 """
 from __future__ import annotations
 
@@ -44,6 +48,11 @@ def stock_netx_arguments(path: Union[str, Path], reset_interval: Optional[int] =
     steps per sample stored in the file."""
     path = Path(path)
     net = read_net(path)  # validates everything, including the attributes read below
+    if not net.is_sequential:
+        residual = [layer.name for layer in net.weighted_layers if layer.extra_inputs]
+        raise NetxFormatError(f"{path}: a residual network (layers {', '.join(residual)} have "
+                              f"extra inputs, stored as netx type 'concat'), which stock netx "
+                              f"cannot build; use hardware.lava_net.build_lava_network")
     if any(layer.neuron.kind != "cuba" for layer in net.weighted_layers):
         raise NetxFormatError(f"{path}: the network has if_soft layers, which stock netx cannot "
                               f"run; use hardware.lava_net.build_lava_network")

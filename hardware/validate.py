@@ -16,6 +16,15 @@ conv geometry (stride and dilation at least 1, padding at least 0, groups
 dividing the channels, the kernel fitting the padded input), shapes consistent
 from layer to layer, bias shapes, and the potential readout's integrator.
 
+Extra inputs (:class:`hardware.ir.Projection`, residual networks): every check made on
+a layer's weights is made on each of its projections too (integrality, weight range,
+weight exponent: 0 for a conv projection as for a conv layer, conv geometry on the
+source's output, a dense projection reading the source flattened), plus: the source is
+an earlier conv/dense layer, the projection's output shape is the layer's, and the
+extra synaptic delay that aligns it on Lava (:meth:`hardware.ir.Network.extra_delay`)
+fits Loihi 2's delayed synapses (``Limits.extra_delay``). Errors name the layer and the
+projection's source (``layer c2, extra input from 'c0': ...``).
+
 Three sets of limits (:class:`Limits`), because three kinds of consumer accept
 different things:
 
@@ -41,7 +50,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import IRError, LoihiRangeError
-from .ir import WEIGHTED, Conv, Dense, Flatten, Network, Neuron, readout_neuron
+from .ir import (PROJECTION_KINDS, WEIGHTED, Conv, Dense, Flatten, Network, Neuron,
+                 Projection, readout_neuron)
 from .spec import LOIHI2, Loihi2Spec
 
 __all__ = ["Limits", "project_limits", "netx_limits", "simulator_limits", "validate_network",
@@ -64,6 +74,8 @@ class Limits:
     du: Range
     dv: Range
     input_bits_required: bool
+    #: extra synaptic delay of an extra input (None as high: any)
+    extra_delay: Range = (0, None)
 
 
 def project_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
@@ -72,7 +84,8 @@ def project_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
                   bias=(spec.bias_min, spec.bias_max),
                   bias_exp=(spec.netx_bias_exp, spec.netx_bias_exp),
                   threshold=(1, spec.threshold_max), du=(0, spec.decay_max),
-                  dv=(0, spec.decay_max), input_bits_required=True)
+                  dv=(0, spec.decay_max), input_bits_required=True,
+                  extra_delay=(0, spec.synaptic_delay_max))
 
 
 def netx_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
@@ -82,14 +95,15 @@ def netx_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
                   bias=(spec.bias_min, spec.bias_max),
                   bias_exp=(spec.netx_bias_exp, spec.netx_bias_exp),
                   threshold=(1, spec.netx_threshold_max), du=(spec.netx_du_min, spec.decay_max),
-                  dv=(0, spec.netx_dv_max), input_bits_required=False)
+                  dv=(0, spec.netx_dv_max), input_bits_required=False,
+                  extra_delay=(0, spec.synaptic_delay_max))
 
 
 def simulator_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
     base = netx_limits(spec)
     return Limits(**{**base.__dict__, "name": "the reference simulator",
                      "du": (0, spec.decay_max), "dv": (0, spec.decay_max),
-                     "bias_exp": (0, spec.bias_exp_max)})
+                     "bias_exp": (0, spec.bias_exp_max), "extra_delay": (0, None)})
 
 
 # --------------------------------------------------------------------------
@@ -195,24 +209,56 @@ def _check_bias(layer, n_out: int, limits: Limits) -> None:
         raise _fail(layer.name, f"bias shape {b.shape} is not ({n_out},) (one per output channel)")
 
 
+def _check_synapse(syn, in_shape: tuple, limits: Limits) -> tuple:
+    """Weights, exponent and geometry of one conv/dense synapse (``syn.name`` names it in
+    errors); its output shape."""
+    name = syn.name
+    integer_array(syn.weight, name, "weight", *limits.weight)
+    exp_range = (0, 0) if isinstance(syn, Conv) else limits.weight_exp
+    integer_scalar(syn.weight_exp, name, "weight_exp", *exp_range)
+    if isinstance(syn, Conv):
+        return check_conv_geometry(syn, in_shape)
+    if np.ndim(syn.weight) != 2:
+        raise _fail(name, f"dense weight must be 2-D (out, in), got shape {np.shape(syn.weight)}")
+    if len(in_shape) != 1 or in_shape[0] != np.shape(syn.weight)[1]:
+        raise _fail(name, f"input shape {in_shape} does not match weight shape "
+                          f"{np.shape(syn.weight)}")
+    return (np.shape(syn.weight)[0],)
+
+
 def _check_weighted(layer, in_shape: tuple, limits: Limits) -> tuple:
     """Weights, exponent, bias and neurons of one Conv/Dense layer; its output shape."""
-    name = layer.name
-    integer_array(layer.weight, name, "weight", *limits.weight)
-    exp_range = (0, 0) if isinstance(layer, Conv) else limits.weight_exp
-    integer_scalar(layer.weight_exp, name, "weight_exp", *exp_range)
-    if isinstance(layer, Conv):
-        out = check_conv_geometry(layer, in_shape)
-    else:
-        if np.ndim(layer.weight) != 2:
-            raise _fail(name, f"dense weight must be 2-D (out, in), got shape {np.shape(layer.weight)}")
-        if len(in_shape) != 1 or in_shape[0] != np.shape(layer.weight)[1]:
-            raise _fail(name, f"input shape {in_shape} does not match weight shape "
-                              f"{np.shape(layer.weight)}")
-        out = (np.shape(layer.weight)[0],)
+    out = _check_synapse(layer, in_shape, limits)
     _check_bias(layer, out[0], limits)
-    check_neuron(layer.neuron, name, limits)
+    check_neuron(layer.neuron, layer.name, limits)
     return out
+
+
+def _check_extra_inputs(net: Network, layer, out_shape: tuple, earlier: dict,
+                        limits: Limits) -> None:
+    """Every projection of ``layer`` (module docstring); ``earlier``: output shape of
+    every conv/dense layer before it, by name."""
+    extra = getattr(layer, "extra_inputs", ())
+    if not isinstance(extra, (tuple, list)):
+        raise _fail(layer.name, f"extra_inputs must be a tuple of Projections, got "
+                                f"{type(extra).__name__}")
+    for k, proj in enumerate(extra):
+        if not isinstance(proj, Projection):
+            raise _fail(layer.name, f"extra input {k} is a {type(proj).__name__}, not a Projection")
+        where = f"{layer.name}, extra input from {proj.source!r}"
+        if proj.source not in earlier:
+            raise _fail(where, "the source is not a conv/dense layer listed before this layer")
+        if proj.kind not in PROJECTION_KINDS:
+            raise _fail(where, f"kind {proj.kind!r} is not one of {PROJECTION_KINDS}")
+        src_shape = earlier[proj.source]
+        if proj.kind == "dense":
+            src_shape = (int(np.prod(src_shape)),)  # the source read flattened in C order
+        got = _check_synapse(proj.synapse(where), src_shape, limits)
+        if tuple(got) != tuple(out_shape):
+            raise _fail(where, f"the projection outputs {tuple(got)}, the layer outputs "
+                               f"{tuple(out_shape)}")
+        integer_scalar(net.extra_delay(layer, proj), where, "extra synaptic delay (steps)",
+                       *limits.extra_delay)
 
 
 def _check_input(net: Network, limits: Limits, spec: Loihi2Spec) -> tuple:
@@ -248,11 +294,14 @@ def validate_network(net: Network, limits: Optional[Limits] = None,
     shape = _check_input(net, limits, spec)
     if not any(isinstance(layer, WEIGHTED) for layer in net.layers):
         raise LoihiRangeError("the network has no conv/dense layer")
+    earlier: dict = {}  # conv/dense layer name -> output shape (sources of extra inputs)
     for layer in net.layers:
         if isinstance(layer, Flatten):
             shape = (int(np.prod(shape)),)
         elif isinstance(layer, (Conv, Dense)):
             shape = _check_weighted(layer, shape, limits)
+            _check_extra_inputs(net, layer, shape, earlier, limits)
+            earlier.setdefault(layer.name, shape)  # (a repeated name: net.shapes() below)
         else:
             raise LoihiRangeError(f"layer {getattr(layer, 'name', '?')}: unknown layer type "
                                   f"{type(layer).__name__}")

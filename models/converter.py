@@ -11,7 +11,26 @@ Folding rules (all exact, linear algebra only):
   stride sP and padding pP (needs the pooled map's size divisible by P).
   Followed by flatten + linear, the pooling becomes a dense matrix that
   spreads each weight over its P×P window (rows/columns that the floor of the
-  pooling drops get weight 0).
+  pooling drops get weight 0). Pooling windows may be rectangular (Ph×Pw, e.g.
+  a residual net's global average pooling over the final H×W map); the rules
+  apply per axis.
+
+* Residual block (:class:`models.architectures.ResidualBlock`,
+  ``out = NQ_out(BN2(conv2(NQ_1(BN1(conv1(x))))) + shortcut(x))``), whose input x is
+  the spikes of the IR layer ``src`` just before it (θ_in = its λ). It becomes two IR
+  layers, in module order:
+
+  - conv1 → Conv, ``W1' = fold(W1, BN1) · θ_in``, threshold λ_1 (NQ_1);
+  - conv2 → Conv, ``W2' = fold(W2, BN2) · θ_1``, threshold λ_out (NQ_out), with one
+    extra input ``Projection(source=src)``: an identity shortcut is the 1×1 conv
+    ``θ_in · I``; a projection shortcut is its 1×1 conv (stride s) with its BN folded,
+    ``fold(Ws, BNs) · θ_in``, and the BN's folded bias joins conv2's bias:
+    ``b = b2' + bs'`` (plus the cuba drive shift of NQ_out, below).
+
+  So conv2's neurons receive ``W2' ⊛ s_1 + P ⊛ s_src + b``, which is the block's
+  pre-activation in units of spikes. A block right after the input (no spiking layer
+  to read the shortcut from), or with pooling or flatten right before it, is refused
+  with :class:`hardware.ir.IRError`.
 
 * The last layer is a plain Linear (no NQ activation): it becomes the SNN's
   output layer. ``readout='potential'`` (the paper's) makes it a non-firing
@@ -30,7 +49,7 @@ Folding rules (all exact, linear algebra only):
 
 The IR's float forward (:func:`ir_quantized_forward`) with the model's activation
 (QCFS, or the CUBA spike count for a cuba-matched model) equals the ANN's forward
-with noise off.
+with noise off, residual nets included.
 """
 from __future__ import annotations
 
@@ -42,9 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardware.ir import READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, readout_neuron
+from hardware.ir import (READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, Projection,
+                         readout_neuron)
 from hardware.spec import LOIHI2
 
+from .architectures import ResidualBlock
 from .nq import CUBA_SHIFTS, NQActivation, cuba_shift_offset, cuba_spike_count
 
 
@@ -63,7 +84,7 @@ def _neuron(kind: str, threshold: float) -> Neuron:
                   bias_exp=LOIHI2.netx_bias_exp)
 
 
-def _layer_neuron(index: int, module: nn.Module, nq: NQActivation | None, is_output: bool, neuron: str,
+def _layer_neuron(index: int | str, module: nn.Module, nq: NQActivation | None, is_output: bool, neuron: str,
                   readout: str, output_threshold: float | None) -> tuple[float, Neuron]:
     """(θ, neuron) of a conv/linear layer: hidden layers take their NQ activation's λ; the
     output layer (a plain Linear) is the readout integrator or a spiking vote layer."""
@@ -82,7 +103,7 @@ def _layer_neuron(index: int, module: nn.Module, nq: NQActivation | None, is_out
     return threshold, _neuron(neuron, threshold)
 
 
-def _layer_shift(index: int, nq: NQActivation, neuron: str, cuba_shift: str | None,
+def _layer_shift(index: int | str, nq: NQActivation, neuron: str, cuba_shift: str | None,
                  shift_timesteps: int | None) -> tuple[str, int | None]:
     """(shift, T) of a hidden layer's cuba drive offset: a cuba-matched activation's own,
     else ``cuba_shift`` (default ``none``) at ``shift_timesteps``."""
@@ -109,7 +130,7 @@ def _layer_shift(index: int, nq: NQActivation, neuron: str, cuba_shift: str | No
 
 def _shift_metadata(model: nn.Sequential, neuron: str, cuba_shift, shift_timesteps) -> dict:
     """What the hidden layers' activation and drive shift were (provenance for the IR)."""
-    layers = [m for m in model if isinstance(m, NQActivation)]
+    layers = [m for m in model.modules() if isinstance(m, NQActivation)]
     if not layers:
         return {}
     shift, steps = _layer_shift(0, layers[0], neuron, cuba_shift, shift_timesteps)
@@ -125,16 +146,26 @@ class _Walk:
     shape: tuple                 # shape of the current activation (after pending pooling)
     pre_pool_shape: tuple        # shape before the pending pooling
     spike_scale: float = 1.0     # value one input unit stands for (θ of the previous layer)
-    pool: int = 1                # pending average-pool factor
+    pool: tuple = (1, 1)         # pending average-pool factor per axis (height, width)
     flatten_pending: bool = False
     layers: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """The options every hidden layer is converted with."""
+
+    neuron: str
+    cuba_shift: str | None
+    shift_timesteps: int | None
 
 
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
             metadata: dict | None = None, readout: str = "potential",
             output_threshold: float | None = None, cuba_shift: str | None = None,
             shift_timesteps: int | None = None) -> Network:
-    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`) into a float IR.
+    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`, residual nets
+    included) into a float IR.
 
     ``readout``/``output_threshold``: how the final plain Linear is read (module docstring).
     ``cuba_shift``/``shift_timesteps``: the drive offset folded into the hidden biases of a
@@ -142,6 +173,7 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
     brings its own (``cuba_shift``, if given, must equal it).
     """
     _check_readout(readout, output_threshold)
+    options = _Conversion(neuron, cuba_shift, shift_timesteps)
     modules = list(model)
     walk = _Walk(shape=tuple(input_shape), pre_pool_shape=tuple(input_shape))
     index = 0
@@ -155,6 +187,10 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
             walk.flatten_pending = True
             index += 1
             continue
+        if isinstance(module, ResidualBlock):
+            _residual_layers(walk, module, index, options, last=index == len(modules) - 1)
+            index += 1
+            continue
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise IRError(f"module {index} ({type(module).__name__}) cannot be converted")
         bn, nq, j = _followers(modules, index)
@@ -163,22 +199,26 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
         threshold, layer_neuron = _layer_neuron(index, module, nq, j == len(modules), neuron, readout,
                                                 output_threshold)
         if nq is not None:
-            shift, steps = _layer_shift(index, nq, neuron, cuba_shift, shift_timesteps)
-            if shift != "none":
-                bias = bias + cuba_shift_offset(threshold, steps, shift)
+            bias = bias + _drive_shift(index, nq, threshold, options)
         name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(walk.layers)}"
         make = _conv_layer if isinstance(module, nn.Conv2d) else _dense_layer
         layer = make(walk, module, index, weight, bias, layer_neuron, name)
         walk.layers.append(layer)
-        walk.pool = 1
+        walk.pool = (1, 1)
         walk.spike_scale = threshold
         walk.shape = layer.output_shape((int(np.prod(walk.shape)),) if isinstance(layer, Dense) else walk.shape)
         index = j
-    if walk.pool > 1 or walk.flatten_pending:
+    if walk.pool != (1, 1) or walk.flatten_pending:
         raise IRError("the network ends with pooling or flatten; the last layer must be a plain Linear")
     provenance = {**_shift_metadata(model, neuron, cuba_shift, shift_timesteps), **(metadata or {})}
     return Network(input=Input(shape=tuple(input_shape)), layers=walk.layers, integer=False,
                    metadata=provenance, readout=readout)
+
+
+def _drive_shift(label: int | str, nq: NQActivation, threshold: float, options: _Conversion):
+    """The cuba drive offset a hidden layer's bias takes (0 without a shift)."""
+    shift, steps = _layer_shift(label, nq, options.neuron, options.cuba_shift, options.shift_timesteps)
+    return cuba_shift_offset(threshold, steps, shift) if shift != "none" else 0.0
 
 
 def _check_readout(readout: str, output_threshold: float | None) -> None:
@@ -188,16 +228,24 @@ def _check_readout(readout: str, output_threshold: float | None) -> None:
         raise IRError("a spike-count readout needs a positive output_threshold for the output layer")
 
 
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def _absorb_pool(walk: _Walk, module: nn.AvgPool2d, index: int) -> None:
     """Average pooling is linear: remember it and fold it into the next weighted layer."""
-    kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
-    stride = module.stride if isinstance(module.stride, int) else module.stride[0]
-    if kernel != stride or module.padding not in (0, (0, 0)):
-        raise IRError(f"module {index}: only non-overlapping average pooling folds exactly")
-    if walk.pool == 1:
+    kernel, stride = _pair(module.kernel_size), _pair(module.stride)
+    if kernel != stride or _pair(module.padding) != (0, 0) or module.ceil_mode \
+            or module.divisor_override is not None:
+        raise IRError(f"module {index}: only non-overlapping, unpadded average pooling (floor mode, "
+                      f"no divisor override) folds exactly")
+    if walk.pool == (1, 1):
         walk.pre_pool_shape = walk.shape
-    walk.pool *= kernel
-    walk.shape = (walk.shape[0], walk.shape[1] // kernel, walk.shape[2] // kernel)
+    walk.pool = (walk.pool[0] * kernel[0], walk.pool[1] * kernel[1])
+    walk.shape = (walk.shape[0], walk.shape[1] // kernel[0], walk.shape[2] // kernel[1])
+    if walk.shape[1] < 1 or walk.shape[2] < 1:
+        raise IRError(f"module {index}: a {kernel[0]}×{kernel[1]} pooling does not fit the "
+                      f"{walk.pre_pool_shape} map")
 
 
 def _followers(modules: list, index: int) -> tuple:
@@ -219,19 +267,24 @@ def _conv_layer(walk: _Walk, module: nn.Conv2d, index: int, weight, bias, neuron
     if walk.flatten_pending:
         raise IRError(f"module {index}: conv after flatten")
     stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
-    pool = walk.pool
-    if pool > 1:
+    ph, pw = walk.pool
+    if (ph, pw) != (1, 1):
         if dilation != (1, 1) or module.groups != 1:
             raise IRError(f"module {index}: pooling folds only into an undilated, ungrouped conv")
-        if walk.pre_pool_shape[1] % pool or walk.pre_pool_shape[2] % pool:
+        if walk.pre_pool_shape[1] % ph or walk.pre_pool_shape[2] % pw:
             raise IRError(f"module {index}: pooled map {walk.pre_pool_shape[1:]} is not divisible by "
-                          f"the pooling factor {pool}; the fold would not be exact")
-        weight = torch.kron(weight, torch.ones(1, 1, pool, pool, dtype=weight.dtype)) / pool ** 2
-        stride = (stride[0] * pool, stride[1] * pool)
-        padding = (padding[0] * pool, padding[1] * pool)
+                          f"the pooling factor {_factor(walk.pool)}; the fold would not be exact")
+        weight = torch.kron(weight, torch.ones(1, 1, ph, pw, dtype=weight.dtype)) / (ph * pw)
+        stride = (stride[0] * ph, stride[1] * pw)
+        padding = (padding[0] * ph, padding[1] * pw)
         walk.shape = walk.pre_pool_shape
     return Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, stride=stride, padding=padding,
                 dilation=dilation, groups=module.groups, name=name)
+
+
+def _factor(pool: tuple):
+    """A pooling factor as the user wrote it: P for square P×P, else (Ph, Pw)."""
+    return pool[0] if pool[0] == pool[1] else pool
 
 
 def _dense_layer(walk: _Walk, module: nn.Linear, index: int, weight, bias, neuron: Neuron, name: str) -> Dense:
@@ -240,69 +293,177 @@ def _dense_layer(walk: _Walk, module: nn.Linear, index: int, weight, bias, neuro
     if walk.flatten_pending:
         walk.layers.append(Flatten(name=f"flatten{len(walk.layers)}"))
         walk.flatten_pending = False
-        if walk.pool > 1:
-            pool, (c, h, w) = walk.pool, walk.pre_pool_shape
-            ph, pw = walk.shape[1], walk.shape[2]
-            grid = weight.view(weight.shape[0], c, ph, pw)
+        if walk.pool != (1, 1):
+            (ph, pw), (c, h, w) = walk.pool, walk.pre_pool_shape
+            oh, ow = walk.shape[1], walk.shape[2]
+            grid = weight.view(weight.shape[0], c, oh, ow)
             spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
-            spread[:, :, :ph * pool, :pw * pool] = grid.repeat_interleave(pool, 2).repeat_interleave(pool, 3)
-            weight = (spread / pool ** 2).reshape(weight.shape[0], -1)
+            spread[:, :, :oh * ph, :ow * pw] = grid.repeat_interleave(ph, 2).repeat_interleave(pw, 3)
+            weight = (spread / (ph * pw)).reshape(weight.shape[0], -1)
             walk.shape = walk.pre_pool_shape
-    elif walk.pool > 1:
+    elif walk.pool != (1, 1):
         raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
     return Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, name=name)
+
+
+def _residual_layers(walk: _Walk, block: ResidualBlock, index: int, options: _Conversion,
+                     last: bool) -> None:
+    """Append a residual block's two IR layers (module docstring): conv1, then conv2 with
+    the shortcut as an extra input from the block's input layer."""
+    where = f"module {index} (residual block)"
+    if last:
+        raise IRError(f"{where} ends the network; the last layer must be a plain Linear (the "
+                      f"readout), after global average pooling and flatten")
+    if not walk.layers:
+        raise IRError(f"{where}: the block reads the network input directly, but its shortcut needs "
+                      f"the spikes of an earlier spiking layer; put a conv-BN-NQ stem before the "
+                      f"first residual block")
+    if walk.pool != (1, 1) or walk.flatten_pending:
+        raise IRError(f"{where}: {'average pooling' if walk.pool != (1, 1) else 'a flatten'} right "
+                      f"before a residual block does not fold: the shortcut reads the previous "
+                      f"layer's spikes as they are (pool after the block instead)")
+    source = walk.layers[-1]
+    if not isinstance(source, Conv):
+        raise IRError(f"{where}: the block's input must be a conv layer's (C, H, W) spikes, not "
+                      f"{type(source).__name__} {source.name!r}")
+    theta_in = walk.spike_scale
+    conv1 = _block_conv(f"{index}.conv1", block.conv1, block.bn1, block.nq1, theta_in, options,
+                        name=f"conv{len(walk.layers)}")
+    walk.layers.append(conv1)
+    walk.shape = conv1.output_shape(walk.shape)
+    theta_1 = float(conv1.neuron.threshold)
+    projection, shortcut_bias = _shortcut(where, block, source, theta_in)
+    conv2 = _block_conv(f"{index}.conv2", block.conv2, block.bn2, block.nq_out, theta_1, options,
+                        name=f"conv{len(walk.layers)}", extra_bias=shortcut_bias, extra_inputs=(projection,))
+    walk.layers.append(conv2)
+    walk.shape = conv2.output_shape(walk.shape)
+    walk.spike_scale = float(conv2.neuron.threshold)
+
+
+def _block_conv(label: str, module, bn, nq, spike_scale: float, options: _Conversion, *,
+                name: str, extra_bias=None, extra_inputs: tuple = ()) -> Conv:
+    """A conv of a residual block: BN folded, × the θ of its input spikes, the NQ's λ as
+    threshold, the cuba drive shift (and a projection shortcut's folded BN bias) in the bias."""
+    if not isinstance(module, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) \
+            or not isinstance(nq, NQActivation):
+        raise IRError(f"module {label}: expected Conv2d, BatchNorm2d and NQActivation, got "
+                      f"{type(module).__name__}, {type(bn).__name__}, {type(nq).__name__}")
+    weight, bias = _fold_bn(module.weight, module.bias, bn)
+    threshold, neuron = _layer_neuron(label, module, nq, False, options.neuron, "potential", None)
+    if extra_bias is not None:
+        bias = bias + extra_bias
+    bias = bias + _drive_shift(label, nq, threshold, options)
+    return Conv(weight=(weight * spike_scale).numpy(), bias=bias.numpy(), neuron=neuron,
+                stride=tuple(module.stride), padding=tuple(module.padding), dilation=tuple(module.dilation),
+                groups=module.groups, name=name, extra_inputs=extra_inputs)
+
+
+def _shortcut(where: str, block: ResidualBlock, source: Conv, theta_in: float):
+    """(Projection from ``source``, bias it adds to the receiving layer or None) of the
+    block's shortcut: θ_in·I for the identity, the folded 1×1 conv-BN × θ_in otherwise."""
+    shortcut = list(block.shortcut)
+    if not shortcut:
+        channels = block.conv2.out_channels
+        eye = torch.eye(channels, dtype=torch.float64).view(channels, channels, 1, 1)
+        return Projection(source=source.name, weight=(eye * theta_in).numpy()), None
+    if len(shortcut) != 2 or not isinstance(shortcut[0], nn.Conv2d) \
+            or not isinstance(shortcut[1], nn.BatchNorm2d):
+        raise IRError(f"{where}: the shortcut must be the identity (an empty nn.Sequential) or "
+                      f"nn.Sequential(Conv2d, BatchNorm2d), got "
+                      f"{', '.join(type(m).__name__ for m in shortcut)}")
+    conv, bn = shortcut
+    weight, bias = _fold_bn(conv.weight, conv.bias, bn)
+    projection = Projection(source=source.name, weight=(weight * theta_in).numpy(), kind="conv",
+                            stride=tuple(conv.stride), padding=tuple(conv.padding),
+                            dilation=tuple(conv.dilation), groups=conv.groups)
+    return projection, bias
 
 
 def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation: str = "qcfs",
                          timesteps: int | None = None) -> torch.Tensor:
     """The IR's float forward with the ANN's activations: the function it was folded from.
 
-    Hidden layer l computes ``q_l = clip(floor((W_l q_{l−1} + b_l)·L/θ_l + 1/2)/L, 0, 1)``
-    (``activation='qcfs'``, ``q_0`` is the input) or ``q_l = count(W_l q_{l−1} + b_l, θ_l, T)/T``
-    (``'cuba-matched'``: :func:`models.nq.cuba_spike_count`, T = ``timesteps``; a drive
-    shift is already in b_l); the output layer is affine: the result is the logits
-    ``W_out q + b_out``, whatever the readout.
+    Hidden layer l computes, with ``h_l = W_l q_{l−1} + Σ_k P_k q_{source_k} + b_l`` (the
+    sum over its extra inputs, e.g. a residual shortcut),
+    ``q_l = clip(floor(h_l·L/θ_l + 1/2)/L, 0, 1)`` (``activation='qcfs'``, ``q_0`` is the
+    input) or ``q_l = count(h_l, θ_l, T)/T`` (``'cuba-matched'``:
+    :func:`models.nq.cuba_spike_count`, T = ``timesteps``; a drive shift is already in
+    b_l); the output layer is affine: the result is the logits ``h_out``, whatever the
+    readout.
     """
     if activation == "cuba-matched" and (not isinstance(timesteps, int) or timesteps < 1):
         raise IRError(f"a cuba-matched forward needs timesteps as a positive integer, got {timesteps!r}")
     if net.integer:
         raise IRError("ir_quantized_forward needs the float IR")
     q = x.double()
+    outputs: dict[str, torch.Tensor] = {}  # weighted layer name -> its q (extra inputs read them)
     last = net.weighted_layers[-1]
     for layer in net.layers:
         if isinstance(layer, Flatten):
             q = q.flatten(1)
             continue
-        w = torch.as_tensor(layer.weight, dtype=torch.float64)
-        b = torch.as_tensor(layer.bias, dtype=torch.float64)
-        if isinstance(layer, Conv):
-            h = F.conv2d(q, w, b, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                         groups=layer.groups)
-        else:
-            h = q @ w.T + b
+        h = _synapse_forward(layer, q, with_bias=True)
+        for proj in layer.extra_inputs:
+            h = h + _synapse_forward(proj.synapse(f"{layer.name}<-{proj.source}"), outputs[proj.source],
+                                     with_bias=False)
         if layer is last:
             return h
         threshold = float(layer.neuron.threshold)
         if activation == "cuba-matched":
             q = cuba_spike_count(h, threshold, timesteps) / timesteps
-            continue
-        q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
+        else:
+            q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
+        outputs[layer.name] = q
     raise IRError("the network has no weighted layer")
+
+
+def _synapse_forward(layer, q: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    """``layer``'s weights (and bias) applied to ``q`` in float64; a Dense layer reads ``q``
+    flattened in C order."""
+    w = torch.as_tensor(layer.weight, dtype=torch.float64)
+    b = torch.as_tensor(layer.bias, dtype=torch.float64) if with_bias and layer.bias is not None else None
+    if isinstance(layer, Conv):
+        return F.conv2d(q, w, b, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                        groups=layer.groups)
+    h = q.flatten(1) @ w.T
+    return h if b is None else h + b
+
+
+def _ann_weighted_units(model: nn.Module) -> list[list[nn.Module]]:
+    """The ANN's conv/linear modules grouped as the IR's weighted layers: one per module,
+    except that a residual block's projection-shortcut conv joins the block's conv2 (the
+    IR layer that receives it). ``modules()`` yields a block's conv2 before its shortcut."""
+    units: list[list[nn.Module]] = []
+    unit_of: dict[int, list] = {}     # id(module) -> its unit
+    receiver: dict[int, nn.Module] = {}  # id(shortcut conv) -> the block's conv2
+    for module in model.modules():
+        if isinstance(module, ResidualBlock):
+            receiver.update({id(m): module.conv2 for m in module.shortcut})
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            if id(module) in receiver:
+                unit_of[id(receiver[id(module)])].append(module)
+            else:
+                units.append([module])
+                unit_of[id(module)] = units[-1]
+    return units
 
 
 @torch.no_grad()
 def count_ann_macs(model: nn.Module, input_shape: tuple) -> list[int]:
-    """Multiply-accumulates per conv/linear layer of the ANN itself (before pooling is
-    folded into larger kernels, which would overstate the ANN's cost)."""
-    macs: list[int] = []
+    """Multiply-accumulates per IR weighted layer of the ANN itself (before pooling is
+    folded into larger kernels, which would overstate the ANN's cost). A residual block's
+    1×1 projection shortcut counts with the block's conv2, which receives it in the IR;
+    an identity shortcut is an addition, not a multiply-accumulate, and counts 0."""
+    macs: dict[int, int] = {}
 
     def hook(module, _inputs, output):
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs.append(per_output * output[0].numel())
+            macs[id(module)] = per_output * output[0].numel()
         else:
-            macs.append(module.in_features * module.out_features)
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            macs[id(module)] = module.in_features * module.out_features
+    units = _ann_weighted_units(model)
+    hooks = [m.register_forward_hook(hook) for unit in units for m in unit]
     was_training = model.training
     model.eval()
     try:
@@ -311,7 +472,7 @@ def count_ann_macs(model: nn.Module, input_shape: tuple) -> list[int]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return macs
+    return [sum(macs[id(m)] for m in unit) for unit in units]
 
 
 __all__ = ["convert", "ir_quantized_forward", "count_ann_macs"]

@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from models.architectures import CONV_PLANS, build_model, min_input_side, nq_layers
+from models.architectures import ARCHITECTURES, build_model, min_input_side, nq_layer_count, nq_layers
 from models.nq import ActivationError, check_activation
 
 from .artifacts import LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, ArtifactError, atomic_path
@@ -292,11 +292,6 @@ def state_layout(state: Mapping[str, torch.Tensor], prefix: str = "") -> Layout:
     return {prefix + k: (_DTYPE_NAMES[v.dtype], tuple(v.shape)) for k, v in state.items()}
 
 
-def nq_layer_count(arch: str) -> int:
-    conv_plan, hidden = CONV_PLANS[arch]
-    return sum(1 for item in conv_plan if item != "A") + len(hidden)
-
-
 def _key_problems(wanted: set, found: set) -> str:
     missing, extra = sorted(wanted - found), sorted(found - wanted)
     return ", ".join(([f"missing {_show(missing)}"] if missing else []) +
@@ -332,8 +327,8 @@ def _checkpoint_fields(path: Path, doc: dict) -> dict:
     """The checkpoint's fields, type- and range-checked (the model is not built yet)."""
     f = _Fields(path, doc)
     arch = doc.get("arch")
-    if arch not in CONV_PLANS:
-        raise f.fail("arch", f"one of {sorted(CONV_PLANS)}")
+    if arch not in ARCHITECTURES:
+        raise f.fail("arch", f"one of {sorted(ARCHITECTURES)}")
     shape = doc.get("input_shape")
     side = min_input_side(arch)
     if not (_is_int_list(shape) and len(shape) == 3 and 1 <= shape[0] <= MAX_INPUT_CHANNELS

@@ -219,7 +219,8 @@ DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
 ACTIVATIONS = ("qcfs", "cuba-matched", "auto")
 #: ``snn.cuba_shift``: per-step drive offsets of the cuba path (models.nq.CUBA_SHIFTS).
 CUBA_SHIFTS = ("none", "half-bias")
-ARCHS = ("auto", "cnn-small", "vgg-small", "vgg16")
+#: ``model.arch`` (models.architectures.ARCHITECTURES, plus ``auto``); the resnets are residual nets.
+ARCHS = ("auto", "cnn-small", "vgg-small", "vgg16", "resnet-small", "resnet20", "resnet18")
 #: The architecture ``model.arch: auto`` picks for each dataset.
 DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
                 "mnist": "vgg-small", "cifar10": "vgg16"}
@@ -236,7 +237,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _f("auto", _Rule("choice", choices=ARCHS), "network architecture")
+    arch: str = _f("auto", _Rule("choice", choices=ARCHS),
+                   "network architecture: plain conv nets (cnn-small, vgg-small, vgg16) or residual "
+                   "nets (resnet-small, resnet20, resnet18); auto picks a plain net per dataset")
 
 
 @dataclass(frozen=True)

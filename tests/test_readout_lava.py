@@ -93,7 +93,7 @@ def test_netx_round_trip_with_readout(tmp_path):
     net, _ = readout_net(0, "if_soft", True)
     path = write_net(net, tmp_path / "a.net")
     with h5py.File(path, "r") as f:
-        assert f.attrs["readout"] == "potential" and f.attrs["ir_version"] == ir.IR_VERSION == "1.1"
+        assert f.attrs["readout"] == "potential" and f.attrs["ir_version"] == ir.IR_VERSION == "1.2"
         neuron = f[f"layer/{len(net.layers)}/neuron"]
         # an ordinary CUBA layer to netx
         assert neuron["type"][()] == b"CUBA"
