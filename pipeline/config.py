@@ -250,7 +250,7 @@ class NQConfig:
     noise: bool = _f(True, _Rule("bool"), "inject residual noise during training")
     sigma_samples: int = _f(512, _Rule("int", lo=16, hi=10_000_000),
                             "validation samples used to estimate sigma each epoch")
-    activation: str = _f("qcfs", _Rule("choice", choices=ACTIVATIONS),
+    activation: str = _f("auto", _Rule("choice", choices=ACTIVATIONS),
                          "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched "
                          "(the stock CUBA neuron's exact response over snn.cuba_timesteps steps) | "
                          "auto (cuba-matched if snn.neuron is cuba, else qcfs)")

@@ -181,10 +181,13 @@ def test_activation_auto_follows_the_neuron_and_drives_model_and_conversion():
     assert shifted.activation_kwargs() == {"activation": "cuba-matched", "timesteps": 8,
                                            "cuba_shift": "half-bias"}
     # a QCFS-trained model gets the shift at conversion
-    qcfs = Config.from_dict({"snn": {"neuron": "cuba", "cuba_shift": "half-bias"}})
+    qcfs = Config.from_dict({"nq": {"activation": "qcfs"},
+                             "snn": {"neuron": "cuba", "cuba_shift": "half-bias"}})
     assert qcfs.activation_kwargs()["cuba_shift"] == "none"
     assert qcfs.conversion_kwargs() == {"cuba_shift": "half-bias", "shift_timesteps": 4}
-    assert Config().activation == "qcfs"  # today's behaviour stays the default
+    # the default is auto (bench/board_path.py: cuba-matched is the best cuba variant)
+    assert Config().nq.activation == "auto" and Config().activation == "qcfs"
+    assert Config.from_dict({"snn": {"neuron": "cuba"}}).activation == "cuba-matched"
 
 
 @pytest.mark.parametrize("raw,needle", [
