@@ -294,6 +294,19 @@ def _connect_projection(process: DelaySparse, source_block, block) -> None:
     (a_out.reshape(target.shape) if len(target.shape) > 1 else a_out).connect(target)
 
 
+def _check_buildable(net: ir.Network, reset_interval: Optional[int], reset_offset: int) -> None:
+    """Refuse what this loader cannot build, before any Lava process exists."""
+    if net.input.neuron is not None:
+        raise LavaBackendError("this loader feeds the input straight into the first weighted "
+                               "layer; an IR with an input neuron layer must be loaded with "
+                               "stock netx (lava.lib.dl.netx.hdf5.Network)")
+    validate_network(net, project_limits())
+    if reset_interval is not None and int(reset_interval) < 1:
+        raise LavaBackendError(f"reset_interval must be >= 1, got {reset_interval}")
+    if reset_offset < 0:
+        raise LavaBackendError(f"reset_offset must be >= 0, got {reset_offset}")
+
+
 def build_lava_network(net: ir.Network, reset_interval: Optional[int],
                        reset_offset: int = 0) -> LavaNetwork:
     """Build the integer IR ``net`` out of netx blocks, wired like netx.
@@ -307,16 +320,7 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
     becomes a DelaySparse with delay ``net.extra_delay(layer, proj)`` (module
     docstring); ``LavaNetwork.projections`` lists them.
     """
-    if net.input.neuron is not None:
-        raise LavaBackendError("this loader feeds the input straight into the first weighted "
-                               "layer; an IR with an input neuron layer must be loaded with "
-                               "stock netx (lava.lib.dl.netx.hdf5.Network)")
-    validate_network(net, project_limits())
-    if reset_interval is not None and int(reset_interval) < 1:
-        raise LavaBackendError(f"reset_interval must be >= 1, got {reset_interval}")
-    if reset_offset < 0:
-        raise LavaBackendError(f"reset_offset must be >= 0, got {reset_offset}")
-
+    _check_buildable(net, reset_interval, reset_offset)
     input_message_bits = int(net.input_bits)
     in_shape = tuple(net.input.shape)
     lava_in_shape = chw_to_whc(in_shape)

@@ -362,12 +362,8 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
                                         plan.steps, int(net.input_bits))
     if profilers is not None:  # pragma: no cover - board only
         plan = plan.one_call_per_window()
-    taps = reader = None
-    if probes:
-        layer_probes = LayerProbes([layer.name for layer in net.weighted_layers],
-                                   weighted_shapes(net), plan.n_samples, timesteps,
-                                   keep_trains=probes is True or probes == "trains")
-        taps = (probe_taps or RecorderTaps)(lnet, layer_probes, plan.longest_chunk, plan.steps)
+    taps = _probe_taps(net, lnet, plan, timesteps, probes, probe_taps)
+    reader = None
     if plan.windows:
         reader = _PotentialReader(lnet.out_layer.neuron.v, plan, net.output_size)
     bar = tqdm(total=plan.steps, desc=f"lava {backend}", unit="step", disable=not progress,
@@ -387,6 +383,16 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     if profilers is not None:  # pragma: no cover - board only
         result.board_measurement = board_measurement(*profilers, timesteps=timesteps)
     return result
+
+
+def _probe_taps(net: ir.Network, lnet, plan, timesteps: int, probes, probe_taps):
+    """The per-layer probes attached to the built network, or None without probes."""
+    if not probes:
+        return None
+    layer_probes = LayerProbes([layer.name for layer in net.weighted_layers],
+                               weighted_shapes(net), plan.n_samples, timesteps,
+                               keep_trains=probes is True or probes == "trains")
+    return (probe_taps or RecorderTaps)(lnet, layer_probes, plan.longest_chunk, plan.steps)
 
 
 def _attach_records(result: LavaRunResult, net: ir.Network, reader, taps,

@@ -127,6 +127,16 @@ def _limits(spec: Loihi2Spec) -> dict:
             "max_fan_in_per_core": spec.max_fan_in_per_core}
 
 
+def _with_fan_in_problem(problem: Optional[str], name: str, fi_max: int,
+                         spec: Loihi2Spec) -> Optional[str]:
+    """``problem`` with the input-axon limit's complaint added when the fan-in exceeds it."""
+    if fi_max <= spec.max_fan_in_per_core:
+        return problem
+    msg = (f"layer {name}: fan-in of {fi_max} exceeds the {spec.max_fan_in_per_core} "
+           "input axons one core accepts")
+    return msg if problem is None else problem + "; " + msg[len(f"layer {name}: "):]
+
+
 def check_fit(net: Network, spec: Loihi2Spec = LOIHI2, *, weight_bits: Optional[int] = None,
               conv_synapses: str = "pairs", max_chips: Optional[int] = None) -> FitReport:
     """Per-layer neurons, synapses, synaptic memory, fan-in/out and cores; chips in total.
@@ -167,10 +177,7 @@ def check_fit(net: Network, spec: Loihi2Spec = LOIHI2, *, weight_bits: Optional[
                 cores = 0
             else:
                 cores = math.ceil(sl.neurons / per_core)
-        if fi_max > spec.max_fan_in_per_core:
-            msg = (f"layer {sl.name}: fan-in of {fi_max} exceeds the {spec.max_fan_in_per_core} "
-                   "input axons one core accepts")
-            problem = msg if problem is None else problem + "; " + msg[len(f"layer {sl.name}: "):]
+        problem = _with_fan_in_problem(problem, sl.name, fi_max, spec)
         if problem:
             problems.append(problem)
         layers.append(LayerFit(sl.name, sl.kind, sl.neurons, synapses, synapses * bits, fi_max,
