@@ -15,6 +15,7 @@ from hardware.lava_net import build_lava_network
 from hardware.lava_runner import run_lava
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
+from tests.lava_continuous import continuous_block_spikes
 
 # Lava's model discovery must not meet any module it cannot import (the
 # processes live in their own subpackages): the warning is an error here.
@@ -129,28 +130,11 @@ def test_all_layers_every_step_equal_pipelined_simulator():
     """No reset, one continuous run from step 1: Lava == the pipelined simulator
     for every layer at every step (this also checks that an unreset first
     window starts from v0)."""
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.proc import io
-
-    from hardware.lava_runner import sim_run_config
-
     T = 8
     net, x = random_net(4, "if_soft", True, n_samples=1, T=T)
     ref = simulate(net, x, T, pipelined=True, record_spikes=True)
     lnet = build_lava_network(net, reset_interval=None)
-    data = np.repeat(x[0].transpose(2, 1, 0)[..., None], T, axis=-1)  # (W, H, C, T)
-    src = io.source.RingBuffer(data=data)
-    src.s_out.connect(lnet.inp)
-    sinks = []
-    for block in lnet.layers:
-        sink = io.sink.RingBuffer(shape=tuple(block.out.shape), buffer=T)
-        block.out.connect(sink.a_in)
-        sinks.append(sink)
-    try:
-        src.run(condition=RunSteps(num_steps=T), run_cfg=sim_run_config())
-        got = [np.asarray(s.data.get()) for s in sinks]
-    finally:
-        src.stop()
+    got = continuous_block_spikes(lnet, x[0], T)
     assert sum(int(t.sum()) for t in ref.layer_spike_trains) > 0
     for lava_spikes, train in zip(got, ref.layer_spike_trains):
         train = train.numpy()[:, 0].astype(np.int64)  # (T, *out_shape)

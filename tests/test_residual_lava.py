@@ -31,6 +31,7 @@ from hardware.lava_net import build_lava_network, lava_order, projection_matrix
 from hardware.lava_runner import run_lava
 from hardware.lava_schedule import weighted_shapes
 from hardware.spec import LOIHI2
+from tests.lava_continuous import continuous_block_spikes
 
 pytestmark = [pytest.mark.lava, pytest.mark.filterwarnings("error:Cannot import module")]
 
@@ -285,28 +286,12 @@ def test_every_layer_every_step_equals_pipelined_simulator(kind):
     """No reset, one continuous run from step 1, a single sample: Lava equals the
     simulator's Lava-timing mode (hop delays plus the extra delays) for every layer at
     every step, and differs from it without the extra delays (they are really there)."""
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.proc import io
-
-    from hardware.lava_runner import sim_run_config
     from hardware.simulator import simulate
 
     T = 9
     net, x = conv_residual_net(kind, n=1, T=T)
     lnet = build_lava_network(net, reset_interval=None)
-    data = np.repeat(x[0].transpose(2, 1, 0)[..., None], T, axis=-1)  # (W, H, C, T)
-    src = io.source.RingBuffer(data=data)
-    src.s_out.connect(lnet.inp)
-    sinks = []
-    for block in lnet.layers:
-        sink = io.sink.RingBuffer(shape=tuple(block.out.shape), buffer=T)
-        block.out.connect(sink.a_in)
-        sinks.append(sink)
-    try:
-        src.run(condition=RunSteps(num_steps=T), run_cfg=sim_run_config())
-        got = [np.asarray(s.data.get()) for s in sinks]
-    finally:
-        src.stop()
+    got = continuous_block_spikes(lnet, x[0], T)
     aligned = simulate(net, x, T, pipelined=True, record_spikes=True)
     misaligned = simulate(net, x, T, pipelined=True, record_spikes=True,
                           align_extra_inputs=False)
