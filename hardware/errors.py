@@ -35,3 +35,8 @@ class LavaBackendError(ToolkitError, RuntimeError):
 
 class ResourceError(ToolkitError, ValueError):
     """A network that cannot be mapped onto Loihi 2 cores/chips."""
+
+
+class NirFormatError(ToolkitError, ValueError):
+    """A NIR graph (``.nir`` file) that is missing, corrupt, or uses what this project cannot
+    represent exactly (a node type, a neuron or a parameter); the message names the node."""

@@ -270,7 +270,7 @@ def _dense_exact(weight: np.ndarray, layer: str) -> None:
 # --------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path) -> Iterator[Path]:
     """A temporary name next to ``path``; renamed over it, durably, only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -446,7 +446,7 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
     except (TypeError, ValueError, RecursionError) as e:
         raise IRError(f"provenance/metadata is not JSON-serialisable: {e}") from None
     path = Path(path)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_root(f, net, meta_json, steps_per_sample)
             layers = f.create_group("layer")

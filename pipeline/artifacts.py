@@ -38,6 +38,10 @@ TRAIN_STATE = "train_state.safetensors"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 NET_FILE = "model.net"
+#: ``export --set export.format=nir``: the float network as a NIR graph (hardware.nir_io)
+NIR_FILE = "model.nir"
+#: ``import``: a NIR graph made elsewhere, read and rewritten by this project; export's network
+IMPORTED_NIR = "imported.nir"
 RASTER_NPZ = "raster.npz"
 #: the report's plots: kind -> file name
 PLOT_FILES = {"accuracy": "accuracy_vs_t.png", "training": "training.png",
@@ -241,6 +245,22 @@ class ExportInfo(_Section):
     neuron: Optional[str] = None
     readout: Optional[Readout] = None
     input_bits: Optional[int] = None
+    format: Optional[Literal["net", "nir"]] = None
+    #: where the network came from: "checkpoint" (train) or "imported-nir" (import)
+    source: Optional[str] = None
+
+
+class ImportInfo(_Section):
+    """The NIR graph ``import`` read (``source``) and the copy export reads (``path``)."""
+
+    source: str
+    source_sha256: str
+    path: str
+    sha256: str
+    readout: Readout
+    #: the time step the graph was read with (None: the graph's own, written by this project)
+    dt: Optional[float] = None
+    layers: list[str] = []
 
 
 class NetworkFile(_Section):
@@ -411,6 +431,9 @@ class Report(_Section):
     simulator: Optional[Simulator] = None
     checkpoint: Optional[CheckpointInfo] = None
     export: Optional[ExportInfo] = None
+    #: ``export`` with export.format=nir (model.nir; the "export" section stays model.net's)
+    export_nir: Optional[ExportInfo] = None
+    import_: Optional[ImportInfo] = Field(default=None, alias="import")
     network_file: Optional[NetworkFile] = None
     quantization: Optional[list[QuantLayer]] = None
     lava: Optional[Lava] = None
@@ -549,6 +572,14 @@ class RunDir:
         return self.root / NET_FILE
 
     @property
+    def nir(self) -> Path:
+        return self.root / NIR_FILE
+
+    @property
+    def imported_nir(self) -> Path:
+        return self.root / IMPORTED_NIR
+
+    @property
     def raster(self) -> Path:
         return self.root / RASTER_NPZ
 
@@ -583,5 +614,6 @@ class RunDir:
 
 __all__ = ["ArtifactError", "RunDir", "Report", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "prepare_run_dir", "check_input_file", "validate_report", "merge_report", "sha256_of",
-           "CHECKPOINT", "TRAIN_STATE", "REPORT_JSON", "REPORT_MD", "NET_FILE", "RASTER_NPZ", "PLOT_FILES",
+           "CHECKPOINT", "TRAIN_STATE", "REPORT_JSON", "REPORT_MD", "NET_FILE", "NIR_FILE", "IMPORTED_NIR",
+           "RASTER_NPZ", "PLOT_FILES",
            "LEGACY_CHECKPOINT", "LEGACY_TRAIN_STATE", "REPORT_FORMAT"]

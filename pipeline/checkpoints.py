@@ -13,8 +13,10 @@ Two files per run directory (names in :mod:`pipeline.artifacts`):
 
 The JSON document sits in the safetensors ``__metadata__`` under the key
 ``nqloihi`` with a ``kind`` and a ``format_version``. Files are written
-atomically (:func:`pipeline.artifacts.atomic_path`). Reading never unpickles
-and never runs code: the header is parsed here, checked for size, kind,
+atomically (:func:`pipeline.artifacts.atomic_path`); in a multi-process (DDP) run by
+rank 0 alone, from the bare model, so a DDP checkpoint has the tensor names of a
+single-process one (no ``module.`` prefix of the DDP wrapper) and loads the same way.
+Reading never unpickles and never runs code: the header is parsed here, checked for size, kind,
 version, field types and ranges, and the tensor names, dtypes and shapes are
 compared with the model that would be built (on the ``meta`` device, so an
 absurd shape allocates nothing) before any tensor is read; non-finite tensors

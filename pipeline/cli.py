@@ -2,11 +2,15 @@
 
 Each subcommand validates the whole config first (so a typo fails before any
 work), then calls the stage of the same name in :mod:`pipeline.stages`
-(``all`` calls ``run_all``). On stdout it prints the accuracy table of the
-run directory's report.json; with ``--json`` stdout carries exactly one JSON
+(``all`` calls ``run_all``, ``import`` calls ``import_nir``). On stdout it prints the
+accuracy table of the run directory's report.json; with ``--json`` stdout carries exactly one JSON
 document instead, the stage's result (``all``: the whole report), and
 anything else written to stdout while the stage runs goes to stderr. Logs and
 progress bars go to stderr.
+
+Under ``torchrun`` with several processes (:mod:`pipeline.distributed`) only ``train``
+runs (any other stage is refused: they run in one process); rank 0 alone logs, shows
+progress and prints, the other ranks report errors only.
 
 Exit codes: 0 success; 2 a :class:`~hardware.errors.ToolkitError` (printed
 as ``error: <message>``, no traceback) or a command-line usage error; 130
@@ -27,6 +31,7 @@ from typing import Any, Iterator, Optional, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hardware.errors import ToolkitError
+from pipeline.distributed import launch_from_env, require_single_process
 
 log = logging.getLogger("pipeline")
 
@@ -38,7 +43,11 @@ STAGES = {
     "evaluate": ("pipeline.stages", "evaluate",
                  "ANN and SNN accuracy for T = 1..eval.timesteps (reference simulator)"),
     "export": ("pipeline.stages", "export",
-               "convert, quantize to Loihi 2 fixed point and write the netx .net file"),
+               "convert, quantize to Loihi 2 fixed point and write the netx .net file "
+               "(export.format=nir: the float SNN as a NIR graph, model.nir)"),
+    "import": ("pipeline.stages", "import_nir",
+               "read the NIR graph import.nir (e.g. from snnTorch) into run.dir; export and run "
+               "then take it"),
     "run": ("pipeline.stages", "run",
             "run the .net file in Lava and compare it bit for bit with the simulator"),
     "report": ("pipeline.report", "report_stage", "write report.md and plots from report.json"),
@@ -71,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+def _configure_logging(quiet: bool, main_process: bool = True) -> None:
+    """INFO (WARNING with --quiet) to stderr; the other ranks of a torchrun job log errors only."""
+    level = (logging.WARNING if quiet else logging.INFO) if main_process else logging.ERROR
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
@@ -98,12 +109,17 @@ def _run(args: argparse.Namespace) -> tuple[Any, dict]:
 def _preflight(cfg, command: str) -> None:
     """The run directory, its report.json and the .net file to run, checked before any work
     (the stages check again: they are called from scripts too)."""
-    from pipeline.artifacts import RunDir, check_input_file
+    from pipeline.artifacts import ArtifactError, RunDir, check_input_file
 
     run_dir = RunDir.prepared(cfg.run.dir)
     run_dir.read_report()
     if command == "run":
         run_dir.net_to_run(cfg.run.net)
+    elif command == "import":
+        if cfg.import_.nir is None:
+            raise ArtifactError("import.nir is not set: name the NIR graph to import "
+                                "(--set import.nir=path/to/graph.nir)")
+        check_input_file(cfg.import_.nir, "import.nir")
     elif command == "all" and cfg.run.net:
         check_input_file(cfg.run.net, "run.net")
 
@@ -154,8 +170,11 @@ def _summary(args: argparse.Namespace, cfg, result: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
     try:
+        # under torchrun (several processes): only `train` runs, rank 0 alone logs and prints
+        launch = launch_from_env()
+        _configure_logging(args.quiet, main_process=launch.is_main)
+        require_single_process(args.command, launch)
         with _stdout_to_stderr() if args.json else contextlib.nullcontext():
             cfg, result = _run(args)
             output = (json.dumps(_strict_json(result), indent=2, sort_keys=True, default=str) if args.json
@@ -166,7 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(output)
+    if launch.is_main:
+        print(output)
     return 0
 
 

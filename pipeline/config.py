@@ -18,7 +18,7 @@ Then every key is checked against the schema below:
 * a value of the wrong type is an error (ints must be ints, and ``bool`` is
   not an int; floats accept ints; strings must be strings);
 * a value out of range is an error that states the allowed range or choices;
-* a path (``data.root``, ``run.dir``, ``run.net``) must be a non-empty string
+* a path (``data.root``, ``run.dir``, ``run.net``, ``import.nir``) must be a non-empty string
   without NUL characters, within the operating system's length limits.
   Whether it exists, or is a directory, is checked by the stage that uses it.
 
@@ -317,6 +317,27 @@ class RunConfig:
                             "the .net file `run` executes (null: <run.dir>/model.net)")
 
 
+#: ``export.format``: the file ``export`` writes (``net``: quantized netx HDF5, ``nir``: the
+#: float network as a NIR graph, hardware.nir_io)
+EXPORT_FORMATS = ("net", "nir")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: str = _f("net", _Rule("choice", choices=EXPORT_FORMATS),
+                     "file export writes: net (Loihi 2 fixed point, <run.dir>/model.net) | nir (the "
+                     "float SNN as a NIR graph, <run.dir>/model.nir; cuba neurons only)")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    nir: Optional[str] = _f(None, _Rule("path", nullable=True),
+                            "the NIR graph `import` reads into run.dir (export and run then take it)")
+    dt: float = _f(1e-4, _Rule("float", lo=0.0, hi=1.0, lo_open=True),
+                   "time step the NIR graph's time constants are discretised with (snnTorch: "
+                   "1e-4, Norse: 1e-3); a graph written by this project carries its own")
+
+
 _ENERGY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -345,8 +366,15 @@ class EnergyConfig(Mapping):
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "nq": NQConfig, "train": TrainConfig,
     "snn": SNNConfig, "eval": EvalConfig, "quant": QuantConfig, "run": RunConfig,
-    "energy": EnergyConfig,
+    "export": ExportConfig, "import": ImportConfig, "energy": EnergyConfig,
 }
+#: sections whose name is a Python keyword live in the attribute with a trailing underscore
+#: (``cfg.import_``)
+_ATTRIBUTE = {"import": "import_"}
+
+
+def _attribute(section: str) -> str:
+    return _ATTRIBUTE.get(section, section)
 
 
 @dataclass(frozen=True)
@@ -361,6 +389,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    import_: ImportConfig = field(default_factory=ImportConfig)  # section "import"
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     #: the file this config was read from (not part of the config's value).
     source: Optional[str] = field(default=None, compare=False)
@@ -407,7 +437,7 @@ class Config:
         ``Config.from_dict(cfg.to_dict()) == cfg``."""
         out: dict[str, dict[str, Any]] = {}
         for name in _SECTIONS:
-            sec = getattr(self, name)
+            sec = getattr(self, _attribute(name))
             if isinstance(sec, EnergyConfig):
                 out[name] = dict(sec.constants)
             else:
@@ -679,7 +709,7 @@ def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
         else:
             sections[sec] = _typed_section(sec, cls, body, problems)
     if not problems:
-        cfg = Config(**sections, source=source)
+        cfg = Config(**{_attribute(sec): value for sec, value in sections.items()}, source=source)
         problems = _cross_key_problems(cfg)
         if not problems:
             return cfg

@@ -36,6 +36,7 @@ from .data import load_dataset
 from models.converter import count_ann_macs
 
 from .checkpoints import load_checkpoint, model_from_checkpoint
+from .distributed import process_group
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .training import train as train_model
 
@@ -168,10 +169,15 @@ def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]
 
 # --------------------------------------------------------------------------- train, evaluate, export
 def train(cfg, progress: bool = True) -> dict:
-    run_dir = open_run(cfg)
-    result = train_model(cfg, progress=progress)
-    run_dir.update_report({"config": cfg.to_dict(),
-                           "training": {"best_epoch": result["best_epoch"], "history": result["history"]}})
+    """Train; under torchrun with several processes with DDP (:mod:`pipeline.distributed`):
+    every rank trains, rank 0 alone writes the files and the report."""
+    with process_group() as dist:
+        run_dir = open_run(cfg)
+        result = train_model(cfg, progress=progress, dist=dist)
+        if dist.is_main:
+            training = {"best_epoch": result["best_epoch"], "history": result["history"]}
+            run_dir.update_report({"config": cfg.to_dict(), "training": training})
+        dist.barrier()  # every rank returns once report.json is complete
     return result
 
 
@@ -196,37 +202,98 @@ def evaluate(cfg, progress: bool = True) -> dict:
     return _sections_written(run_dir, result)
 
 
-def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model, qnet) -> dict:
-    """What the .net records about its making: the network is the checkpoint's (its arch and
-    levels, whatever the config says now); neuron, readout and quantization are this export's."""
+def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model) -> dict:
+    """What the exported file records about its making: the network is the checkpoint's (its arch
+    and levels, whatever the config says now); neuron, readout and quantization are this export's."""
     config = cfg.to_dict()
     config["model"]["arch"] = ckpt["arch"]
     config["nq"]["levels"] = ckpt["levels"]
     return {"config": config, "checkpoint_sha256": ckpt_sha, "arch": ckpt["arch"], "levels": ckpt["levels"],
             "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
-            "checkpoint_epoch": ckpt["epoch"], "activation": ckpt["activation"],
-            "quantization": qnet.metadata["quantization"]}
+            "checkpoint_epoch": ckpt["epoch"], "activation": ckpt["activation"]}
 
 
-def export(cfg, progress: bool = True) -> dict:
-    """Checkpoint -> float IR -> Loihi 2 fixed point -> model.net (netx HDF5), written atomically."""
-    from hardware.netx_io import write_net
+def _network_to_export(cfg, run_dir: RunDir) -> tuple:
+    """(float IR, provenance, source) of the run directory's one network: the NIR graph ``import``
+    wrote (source ``'imported-nir'``) or the trained checkpoint converted with snn.* (``'checkpoint'``)."""
+    from hardware.nir_io import read_nir
 
-    run_dir = open_run(cfg)
+    if run_dir.imported_nir.exists():
+        if run_dir.checkpoint.exists():
+            raise ArtifactError(f"{run_dir.root} holds both a trained checkpoint ({run_dir.checkpoint.name}) "
+                                f"and an imported NIR graph ({run_dir.imported_nir.name}); a run directory "
+                                f"holds one network: import into a new run.dir or delete one of them")
+        net = read_nir(run_dir.imported_nir)
+        return net, {"config": cfg.to_dict(), "imported_nir_sha256": sha256_of(run_dir.imported_nir)}, \
+            "imported-nir"
     ckpt = load_checkpoint(run_dir.checkpoint)
     ckpt_sha = sha256_of(run_dir.checkpoint)
     model = model_from_checkpoint(ckpt)
     net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
+    return net, _export_provenance(cfg, ckpt, ckpt_sha, model), "checkpoint"
+
+
+def _export_nir(run_dir: RunDir, net, provenance: dict, source: str) -> dict:
+    """The float network as a NIR graph, model.nir (atomic; refused for if_soft neurons)."""
+    from hardware.nir_io import DEFAULT_DT, write_nir
+
+    write_nir(net, run_dir.nir, provenance=provenance)
+    result = {"export_nir": {"path": str(run_dir.nir), "sha256": sha256_of(run_dir.nir), "format": "nir",
+                             "neuron": net.weighted_layers[0].neuron.kind, "readout": net.readout,
+                             "source": source, "dt": DEFAULT_DT}}
+    log.info("wrote %s", run_dir.nir)
+    return _sections_written(run_dir, result)
+
+
+def export(cfg, progress: bool = True) -> dict:
+    """The run directory's network (trained checkpoint -> float IR, or the imported NIR graph) ->
+    export.format ``net``: Loihi 2 fixed point -> model.net (netx HDF5); ``nir``: model.nir (NIR).
+    Every file is written atomically."""
+    from hardware.netx_io import write_net
+
+    run_dir = open_run(cfg)
+    net, provenance, source = _network_to_export(cfg, run_dir)
+    if cfg.export.format == "nir":
+        return _export_nir(run_dir, net, provenance, source)
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     with atomic_path(run_dir.net, suffix=".net") as tmp:
-        write_net(qnet, tmp, provenance=_export_provenance(cfg, ckpt, ckpt_sha, model, qnet),
+        write_net(qnet, tmp, provenance={**provenance, "quantization": qnet.metadata["quantization"]},
                   steps_per_sample=cfg.eval.timesteps)
-    result = {"export": {"path": str(run_dir.net), "sha256": sha256_of(run_dir.net), "neuron": cfg.snn.neuron,
-                         "readout": qnet.readout, "input_bits": qnet.input_bits},
+    result = {"export": {"path": str(run_dir.net), "sha256": sha256_of(run_dir.net),
+                         "neuron": net.weighted_layers[0].neuron.kind, "readout": qnet.readout,
+                         "input_bits": qnet.input_bits, "format": "net", "source": source},
               "quantization": qnet.metadata["quantization"]}
     log.info("wrote %s", run_dir.net)
+    return _sections_written(run_dir, result)
+
+
+def import_nir(cfg, progress: bool = True) -> dict:
+    """Read the NIR graph ``import.nir`` (made by another framework, or by export) into the run
+    directory as ``imported.nir``, rewritten by this project: export and run then take it as a
+    trained network. Everything is checked before anything is written."""
+    from hardware.nir_io import read_nir, write_nir
+
+    run_dir = open_run(cfg)
+    if cfg.import_.nir is None:
+        raise ArtifactError("import.nir is not set: name the NIR graph to import "
+                            "(--set import.nir=path/to/graph.nir)")
+    source = check_input_file(cfg.import_.nir, "import.nir")
+    if run_dir.checkpoint.exists():
+        raise ArtifactError(f"{run_dir.root} already holds a trained checkpoint; a run directory holds "
+                            f"one network: import into a new run.dir")
+    net = read_nir(source, dt=cfg.import_.dt)
+    net.metadata = {**net.metadata, "imported_from": str(source), "imported_sha256": sha256_of(source)}
+    write_nir(net, run_dir.imported_nir)
+    # a graph of this project carries its own dt (its metadata is the provenance it was written with)
+    dt = net.metadata.get("dt") if net.metadata.get("source") == "nir" else None
+    result = {"import": {"source": str(source), "source_sha256": net.metadata["imported_sha256"],
+                         "path": str(run_dir.imported_nir), "sha256": sha256_of(run_dir.imported_nir),
+                         "readout": net.readout, "dt": dt,
+                         "layers": [f"{layer.name} ({type(layer).__name__})" for layer in net.layers]}}
+    log.info("imported %s into %s (%d layers, readout %s)", source, run_dir.imported_nir,
+             len(net.layers), net.readout)
     return _sections_written(run_dir, result)
 
 
@@ -344,6 +411,6 @@ def run_all(cfg, progress: bool = True) -> dict:
     return run_dir.update_report({"wall_time_s": time.perf_counter() - started}).to_json_dict()
 
 
-__all__ = ["train", "evaluate", "export", "run", "report", "run_all", "open_run", "read_report",
+__all__ = ["train", "evaluate", "export", "import_nir", "run", "report", "run_all", "open_run", "read_report",
            "update_report",
            "RUN_SECTIONS", "ArtifactError"]

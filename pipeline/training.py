@@ -18,6 +18,18 @@ Artifacts (``run.dir``, files in :mod:`pipeline.checkpoints`):
 (the resume point, rewritten atomically after every epoch, so a killed run loses
 at most the epoch in progress). Both are safetensors with a JSON document; nothing
 is ever unpickled.
+
+Several processes (``torchrun --nproc_per_node=N -m pipeline train``, see
+:mod:`pipeline.distributed`): the model is wrapped in DistributedDataParallel (gloo on
+CPUs, NCCL on GPUs); a DistributedSampler deals each rank a disjoint share of the
+training split in batches of ``train.batch_size / N`` (the global batch is the config's);
+each rank's noise and augmentation are seeded from (``train.seed``, rank, epoch). σ,
+the output threshold, the selection accuracy and the ANN validation accuracy are
+measured on contiguous shards of the same samples and combined exactly (float64 sums
+and counts all-reduced, logits gathered for the percentile), so every rank holds the
+numbers one process would compute on those samples. Rank 0 alone writes the files,
+logs and shows progress; every rank resumes from the same ``train_state.safetensors``.
+Without torchrun nothing of this is active and a run is what it always was.
 """
 from __future__ import annotations
 
@@ -26,9 +38,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from hardware.errors import ToolkitError
@@ -43,6 +58,8 @@ from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_mo
                           load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
                           save_checkpoint, save_train_state)
 from .data import DatasetSplits, augment_batch, load_dataset
+from .distributed import (STREAM_AUGMENT, STREAM_NOISE, DistContext, DistributedError, default_device,
+                          derived_seed, process_group)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +69,7 @@ class TrainingError(ToolkitError):
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def to_ir(model: nn.Module, input_shape: tuple, neuron: str, metadata: dict | None = None,
@@ -64,8 +81,14 @@ def to_ir(model: nn.Module, input_shape: tuple, neuron: str, metadata: dict | No
                    output_threshold=output_threshold, **conversion)
 
 
-@torch.no_grad()
 def ann_accuracy(model: nn.Module, dataset, batch_size: int, device: torch.device) -> float:
+    correct, total = ann_correct(model, dataset, batch_size, device)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def ann_correct(model: nn.Module, dataset, batch_size: int, device: torch.device) -> tuple[int, int]:
+    """(correctly classified, total) samples of ``dataset`` (eval mode)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     correct = total = 0
@@ -73,7 +96,7 @@ def ann_accuracy(model: nn.Module, dataset, batch_size: int, device: torch.devic
         out = model(x.to(device))
         correct += int((out.argmax(1).cpu() == y).sum())
         total += len(y)
-    return correct / max(total, 1)
+    return correct, total
 
 
 #: The float reference simulator runs σ measurement and model selection in float32:
@@ -108,33 +131,65 @@ def snn_accuracy_by_t(net: Network, dataset, timesteps: int, batch_size: int,
 
 @torch.no_grad()
 def measure_residual(model: nn.Module, input_shape: tuple, x: torch.Tensor, timesteps: int,
-                     neuron: str, conversion: dict | None = None) -> tuple[list[float], list[float], float]:
+                     neuron: str, conversion: dict | None = None,
+                     dist: DistContext | None = None) -> tuple[list[float], list[float], float]:
     """On the batch ``x``, per NQ layer: σ_l = std(ANN activation − θ_l·SNN rate) and the
     mean |gap|; and the output threshold for a spike-count readout (a high percentile of
-    the positive logits, :data:`OUTPUT_THRESHOLD_PERCENTILE`)."""
-    layers = nq_layers(model)
+    the positive logits, :data:`OUTPUT_THRESHOLD_PERCENTILE`).
+
+    With ``dist`` of several processes every rank passes the same ``x`` and the same model;
+    each measures its contiguous shard and the shards are combined exactly
+    (:func:`_combined_gap_statistics`; the percentile from the gathered logits), so every
+    rank returns the single-process numbers of the whole ``x``, up to float rounding."""
+    distributed = dist is not None and dist.distributed
+    gaps, logits = _residual_gaps(model, input_shape, x[dist.shard(len(x))] if distributed else x,
+                                  timesteps, neuron, conversion)
+    if distributed:
+        sigmas, mean_abs = _combined_gap_statistics(gaps, dist)
+        return sigmas, mean_abs, _output_threshold(dist.gather_rows(logits, len(x)))
+    return [float(g.std()) for g in gaps], [float(g.abs().mean()) for g in gaps], _output_threshold(logits)
+
+
+def _residual_gaps(model: nn.Module, input_shape: tuple, x: torch.Tensor, timesteps: int, neuron: str,
+                   conversion: dict | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(per NQ layer the float64 gap a_l^ANN − θ_l·rate_l^SNN on ``x``, the ANN's float64 logits)."""
     activations: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: activations.append(out.detach().cpu().double()))
-             for m in layers]
+             for m in nq_layers(model)]
     model.eval()
     try:
         logits = model(x.to(next(model.parameters()).device)).detach().cpu().double()
     finally:
         for h in hooks:
             h.remove()
-    positive = logits[logits > 0]
-    output_threshold = (float(torch.quantile(positive, OUTPUT_THRESHOLD_PERCENTILE / 100))
-                        if positive.numel() else 1.0)
     net = to_ir(model, input_shape, neuron, **(conversion or {}))
     result = simulate(net, x.to(device=_sim_device(model), dtype=TRAINING_SIM_DTYPE), timesteps,
                       dtype=TRAINING_SIM_DTYPE)
-    sigmas, gaps = [], []
     # the simulator's spiking layers are the NQ layers, in order, then the readout
-    for act, count, layer in zip(activations, result.layer_counts, net.weighted_layers):
-        gap = act - count.cpu().double() / timesteps * float(layer.neuron.threshold)
-        sigmas.append(float(gap.std()))
-        gaps.append(float(gap.abs().mean()))
-    return sigmas, gaps, output_threshold
+    return [act - count.cpu().double() / timesteps * float(layer.neuron.threshold)
+            for act, count, layer in zip(activations, result.layer_counts, net.weighted_layers)], logits
+
+
+def _output_threshold(logits: torch.Tensor) -> float:
+    positive = logits[logits > 0]
+    return float(torch.quantile(positive, OUTPUT_THRESHOLD_PERCENTILE / 100)) if positive.numel() else 1.0
+
+
+def _combined_gap_statistics(gaps: list[torch.Tensor],
+                             dist: DistContext) -> tuple[list[float], list[float]]:
+    """σ_l and mean |gap_l| over the gaps of all ranks, in two float64 all-reduces:
+
+        n = Σ_r n_r,   μ = Σ_r Σ g / n,   σ = sqrt( Σ_r Σ (g − μ)² / (n − 1) ),
+        mean|g| = Σ_r Σ |g| / n
+
+    σ is torch's unbiased std (``Tensor.std``) of the concatenated gaps; the two-pass form
+    (deviations from the global mean) keeps the float64 rounding at the single-process level,
+    where the one-pass Σg² − (Σg)²/n would cancel digits."""
+    first = dist.sum([[float(g.numel()), float(g.sum()), float(g.abs().sum())] for g in gaps])
+    count, mean = first[:, 0], first[:, 1] / first[:, 0]
+    squares = dist.sum([float(((g - m) ** 2).sum()) for g, m in zip(gaps, mean.tolist())])
+    sigmas = torch.sqrt(squares / (count - 1))
+    return sigmas.tolist(), (first[:, 2] / count).tolist()
 
 
 def _sim_device(model: nn.Module) -> torch.device:
@@ -154,39 +209,116 @@ def _subset(dataset, size: int | None, seed: int):
     return torch.utils.data.Subset(dataset, idx.tolist())
 
 
-def _train_epoch(model, optimizer, loss_fn, data: DatasetSplits, cfg, epoch: int, device,
-                 progress: bool) -> float:
-    model.train()
-    shuffle = torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.train.batch_size, shuffle=True,
-                                         drop_last=False, generator=shuffle)
-    augment_rng = torch.Generator().manual_seed(cfg.train.seed * 100019 + epoch)
-    total_loss = 0.0
+def sigma_batch(cfg, data: DatasetSplits) -> torch.Tensor:
+    """The fixed validation images σ is measured on every epoch (``nq.sigma_samples``, seeded)."""
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    sigma_idx = torch.randperm(len(data.val), generator=g)[:cfg.nq.sigma_samples]
+    return torch.stack([data.val[int(i)][0] for i in sigma_idx])
+
+
+def selection_set(cfg, data: DatasetSplits):
+    """The validation samples the model is selected on (``train.select_samples`` of them, seeded;
+    the whole split when it is null)."""
+    return _subset(data.val, cfg.train.select_samples, cfg.train.seed + 1)
+
+
+def _shard(dataset, dist: DistContext):
+    """This rank's contiguous share of ``dataset`` (the dataset itself in a single process)."""
+    if not dist.distributed:
+        return dataset
+    bounds = dist.shard(len(dataset))
+    return torch.utils.data.Subset(dataset, range(bounds.start, bounds.stop))
+
+
+def _train_loader(s: "_Session", epoch: int) -> torch.utils.data.DataLoader:
+    """The epoch's mini-batches. One process shuffles the whole training split with a generator
+    seeded from train.seed and the epoch; under DDP the DistributedSampler (seeded with
+    train.seed, ``set_epoch`` every epoch) deals each rank a disjoint share, in batches of
+    train.batch_size / world_size, so the global batch (and hence the lr) is the config's."""
+    train_split, batch_size = s.data.train, s.cfg.train.batch_size
+    if s.sampler is None:
+        shuffle = torch.Generator().manual_seed(s.cfg.train.seed * 100003 + epoch)
+        return torch.utils.data.DataLoader(train_split, batch_size=batch_size, shuffle=True,
+                                           drop_last=False, generator=shuffle)
+    s.sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(train_split, batch_size=batch_size // s.dist.world_size,
+                                       sampler=s.sampler, drop_last=False)
+
+
+def _augment_generator(s: "_Session", epoch: int) -> torch.Generator:
+    """The epoch's augmentation generator. One process: seeded from train.seed and the epoch, the
+    noise drawn from torch's global RNG, which runs on (and is saved in the resume state). Under
+    DDP each rank draws its own noise and augmentation from seeds fixed by (train.seed, rank,
+    epoch), so a resumed run draws exactly what the uninterrupted one would have."""
+    seed = s.cfg.train.seed
+    if not s.dist.distributed:
+        return torch.Generator().manual_seed(seed * 100019 + epoch)
+    torch.manual_seed(derived_seed(seed, STREAM_NOISE, s.dist.rank, epoch))
+    return torch.Generator().manual_seed(derived_seed(seed, STREAM_AUGMENT, s.dist.rank, epoch))
+
+
+def _train_epoch(s: "_Session", epoch: int, progress: bool) -> float:
+    """One SGD pass; the mean training loss (over the samples of every rank)."""
+    s.trainable.train()
+    loader, augment_rng = _train_loader(s, epoch), _augment_generator(s, epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, seen = 0.0, 0
     for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-        x, y = x.to(device), y.to(device)
-        if cfg.train.augment:
-            x = augment_batch(x, data.name, augment_rng)
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        x, y = x.to(s.device), y.to(s.device)
+        if s.cfg.train.augment:
+            x = augment_batch(x, s.data.name, augment_rng)
+            if s.dist.distributed:  # the crop's gather leaves a channels-last layout, whose weight
+                x = x.contiguous()  # gradients DDP would copy into its buckets stride by stride
+        s.optimizer.zero_grad()
+        loss = loss_fn(s.trainable(x), y)
+        loss.backward()  # under DDP: the gradients are averaged over the ranks here
+        s.optimizer.step()
         total_loss += float(loss) * len(y)
-    return total_loss / len(data.train)
+        seen += len(y)
+    if not s.dist.distributed:
+        return total_loss / len(s.data.train)
+    # BatchNorm: plain per-rank BN (torch's default), not SyncBatchNorm. Each rank normalises
+    # with the statistics of its own train.batch_size / world_size samples, the usual DDP
+    # approximation; SyncBatchNorm would match one process's batch statistics but runs on GPUs
+    # only (torch 2.3; this project's common case is gloo on CPUs) and costs an all-reduce per
+    # BN layer and step. The running statistics (used by σ, selection and conversion) are rank
+    # 0's: DDP broadcasts rank 0's buffers before every forward, and the last forward of each
+    # rank updated its own copy, so they are broadcast once more: one model on every rank.
+    s.dist.broadcast_buffers(s.model)
+    total_loss, seen = s.dist.sum([total_loss, seen]).tolist()
+    return total_loss / seen
 
 
-def _end_of_epoch(model, data: DatasetSplits, cfg, sigma_x: torch.Tensor, select_set, device) -> dict:
-    """σ re-estimation and SNN model selection after an epoch, timed separately."""
-    start = time.perf_counter()
-    sigmas, gaps, output_threshold = measure_residual(model, data.input_shape, sigma_x, cfg.snn.sigma_t,
-                                                      cfg.snn.neuron, cfg.conversion_kwargs())
+def _selection_accuracy(s: "_Session", net: Network) -> float:
+    """SNN accuracy at snn.timesteps on the selection set. Under DDP each rank simulates its
+    contiguous shard and the counts are summed: the fraction one process computes."""
+    timesteps = s.cfg.snn.timesteps
+    preds, labels = snn_predictions(net, _shard(s.select_set, s.dist), timesteps, s.cfg.eval.batch_size,
+                                    dtype=TRAINING_SIM_DTYPE, device=s.device)
+    correct, total = s.dist.sum([float((preds[timesteps - 1] == labels).sum()), float(len(labels))]).tolist()
+    return correct / total
+
+
+def _validation_ann_accuracy(s: "_Session") -> float:
+    """ANN accuracy on the validation split (sharded over the ranks under DDP, counts summed)."""
+    counts = ann_correct(s.model, _shard(s.data.val, s.dist), s.cfg.eval.batch_size, s.device)
+    correct, total = s.dist.sum([float(c) for c in counts]).tolist()
+    return correct / max(total, 1)
+
+
+def _end_of_epoch(s: "_Session") -> dict:
+    """σ re-estimation and SNN model selection after an epoch, timed separately (every rank
+    ends with the same σ in its NQ layers and the same selection accuracy)."""
+    cfg, start = s.cfg, time.perf_counter()
+    sigmas, gaps, output_threshold = measure_residual(s.model, s.data.input_shape, s.sigma_x, cfg.snn.sigma_t,
+                                                      cfg.snn.neuron, cfg.conversion_kwargs(), dist=s.dist)
     if cfg.nq.noise:
-        _set_sigma(model, sigmas)
+        _set_sigma(s.model, sigmas)
     sigma_s = time.perf_counter() - start
     start = time.perf_counter()
-    net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
+    net = to_ir(s.model, s.data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=output_threshold, **cfg.conversion_kwargs())
-    snn_val = snn_accuracy_by_t(net, select_set, cfg.snn.timesteps, cfg.eval.batch_size,
-                                dtype=TRAINING_SIM_DTYPE, device=device)[str(cfg.snn.timesteps)]
+    snn_val = _selection_accuracy(s, net)
     select_s = time.perf_counter() - start
     return {"snn_val": snn_val, "sigma": sigmas, "mean_abs_gap": gaps, "output_threshold": output_threshold,
             "sigma_s": sigma_s, "select_s": select_s}
@@ -194,23 +326,33 @@ def _end_of_epoch(model, data: DatasetSplits, cfg, sigma_x: torch.Tensor, select
 
 @dataclass
 class _Session:
-    """Everything one training run works with (built once, then used by every epoch)."""
+    """Everything one training run works with (built once, then used by every epoch).
+
+    ``model`` is the network itself (saved, measured, converted: a DDP run's checkpoint has
+    the same tensor names as a single process's); ``trainable`` is what the SGD pass calls,
+    the DistributedDataParallel wrapper under DDP, else ``model``."""
 
     cfg: object
     data: DatasetSplits
-    device: torch.device
+    dist: DistContext
     model: nn.Module
+    trainable: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sigma_x: torch.Tensor
     select_set: object
+    sampler: Optional[DistributedSampler] = None
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.run.dir)
 
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
 
-def _prepare_run_dir(cfg) -> Path:
+
+def _prepare_run_dir(cfg, dist: DistContext) -> Path:
     run_dir = Path(cfg.run.dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,57 +360,97 @@ def _prepare_run_dir(cfg) -> Path:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ArtifactError(f"run.dir {str(run_dir)!r}: cannot create the directory ({reason})") from None
     refuse_legacy(run_dir)
-    for stale in (*run_dir.glob(f".{CHECKPOINT}.*.tmp"), *run_dir.glob(f".{TRAIN_STATE}.*.tmp")):
-        stale.unlink(missing_ok=True)  # left by a killed run; never read
+    if dist.is_main:
+        for stale in (*run_dir.glob(f".{CHECKPOINT}.*.tmp"), *run_dir.glob(f".{TRAIN_STATE}.*.tmp")):
+            stale.unlink(missing_ok=True)  # left by a killed run; never read
+    dist.barrier()
     return run_dir
 
 
-def _start_session(cfg, data: DatasetSplits) -> _Session:
-    device = pick_device()
-    torch.manual_seed(cfg.train.seed)
+def _check_batch_split(cfg, dist: DistContext) -> None:
+    """Under DDP: train.batch_size is the global batch; it must split evenly over the ranks."""
+    if dist.distributed and cfg.train.batch_size % dist.world_size:
+        raise DistributedError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split "
+                               f"evenly over the {dist.world_size} processes")
+
+
+def _check_samples_split(dist: DistContext, sizes: dict[str, int]) -> None:
+    """Under DDP: at least one sample per rank in each sharded measurement (``sizes``: the
+    config key that selects the samples -> how many there are)."""
+    if not dist.distributed:
+        return
+    for key, size in sizes.items():
+        if size < dist.world_size:
+            raise DistributedError(f"{key}: {size} samples cannot be shared by {dist.world_size} processes")
+
+
+def _start_session(cfg, data: DatasetSplits, dist: DistContext) -> _Session:
+    torch.manual_seed(cfg.train.seed)  # the same initial model on every rank
     model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
-                        cfg.nq.init_threshold, **cfg.activation_kwargs()).to(device)
+                        cfg.nq.init_threshold, **cfg.activation_kwargs()).to(dist.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    sigma_idx = torch.randperm(len(data.val), generator=g)[:cfg.nq.sigma_samples]
-    sigma_x = torch.stack([data.val[int(i)][0] for i in sigma_idx])
-    select_set = _subset(data.val, cfg.train.select_samples, cfg.train.seed + 1)
-    return _Session(cfg, data, device, model, optimizer, scheduler, sigma_x, select_set)
+    sigma_x = sigma_batch(cfg, data)
+    select_set = selection_set(cfg, data)
+    _check_samples_split(dist, {"nq.sigma_samples": len(sigma_x), "train.select_samples": len(select_set),
+                                "data.val_fraction": len(data.val)})
+    if not dist.distributed:
+        return _Session(cfg, data, dist, model, model, optimizer, scheduler, sigma_x, select_set)
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None  # None: the CPU
+    trainable = DistributedDataParallel(model, device_ids=device_ids)
+    sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=False)
+    return _Session(cfg, data, dist, model, trainable, optimizer, scheduler, sigma_x, select_set, sampler)
 
 
-def train(cfg, progress: bool = True, data: DatasetSplits | None = None) -> dict:
-    """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics."""
-    run_dir = _prepare_run_dir(cfg)
+def train(cfg, progress: bool = True, data: DatasetSplits | None = None,
+          dist: DistContext | None = None) -> dict:
+    """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics.
+
+    ``dist``: this process's part in a multi-process run; None: from torchrun's environment
+    variables (:func:`pipeline.distributed.process_group`), a single process without them.
+    Under DDP every rank returns the same history; rank 0 alone writes the files and shows
+    progress, and every rank returns only once they are complete."""
+    if dist is None:
+        with process_group() as dist:
+            return train(cfg, progress, data, dist)
+    _check_batch_split(cfg, dist)
+    run_dir = _prepare_run_dir(cfg, dist)
     data = data or load_dataset(cfg.data, seed=cfg.train.seed)
-    s = _start_session(cfg, data)
+    s = _start_session(cfg, data, dist)
     history, best, start_epoch = _resume(s)
+    progress = progress and dist.is_main
     bar = tqdm(range(start_epoch, cfg.train.epochs), desc="epochs", disable=not progress,
                initial=start_epoch, total=cfg.train.epochs)
     for epoch in bar:
         record = _run_epoch(s, epoch, progress)
         history.append(record)
-        if record["snn_val"] > best["snn_val"]:
+        improved = record["snn_val"] > best["snn_val"]  # the same on every rank: snn_val is all-reduced
+        if improved:
             best = dict(record)
-            save_checkpoint(run_dir / CHECKPOINT, _checkpoint(s, record, history))
-        save_train_state(run_dir / TRAIN_STATE, s.model, s.optimizer, s.scheduler, epoch=epoch,
-                         history=history, best=best, config=cfg.to_dict())
-        bar.set_postfix(loss=f"{record['loss']:.3f}", ann=f"{record['ann_val']:.3f}",
-                        snn=f"{record['snn_val']:.3f}")
-        _log_epoch(record, cfg.snn.timesteps)
-    _finish_checkpoint(s, history)
+        if dist.is_main:
+            # atomic writes: a reader (a resuming rank, a later stage) sees the old or the new file
+            if improved:
+                save_checkpoint(run_dir / CHECKPOINT, _checkpoint(s, record, history))
+            save_train_state(run_dir / TRAIN_STATE, s.model, s.optimizer, s.scheduler, epoch=epoch,
+                             history=history, best=best, config=cfg.to_dict())
+            bar.set_postfix(loss=f"{record['loss']:.3f}", ann=f"{record['ann_val']:.3f}",
+                            snn=f"{record['snn_val']:.3f}")
+            _log_epoch(record, cfg.snn.timesteps)
+    if dist.is_main:
+        _finish_checkpoint(s, history)
+    dist.barrier()
     return {"best_epoch": best.get("epoch"), "best": best, "history": history}
 
 
 def _run_epoch(s: _Session, epoch: int, progress: bool) -> dict:
     """One SGD pass, the scheduler step, σ re-estimation and selection: the epoch's record."""
     start = time.perf_counter()
-    loss = _train_epoch(s.model, s.optimizer, nn.CrossEntropyLoss(), s.data, s.cfg, epoch, s.device, progress)
+    loss = _train_epoch(s, epoch, progress)
     s.scheduler.step()
-    record = {"epoch": epoch + 1, "loss": loss, "train_s": time.perf_counter() - start,
-              **_end_of_epoch(s.model, s.data, s.cfg, s.sigma_x, s.select_set, s.device)}
-    record["ann_val"] = ann_accuracy(s.model, s.data.val, s.cfg.eval.batch_size, s.device)
+    record = {"epoch": epoch + 1, "loss": loss, "train_s": time.perf_counter() - start, **_end_of_epoch(s)}
+    record["ann_val"] = _validation_ann_accuracy(s)
     record["lambda"] = [float(m.threshold.detach()) for m in nq_layers(s.model)]
     record["lr"] = float(s.optimizer.param_groups[0]["lr"])
     return record
@@ -288,10 +470,11 @@ def _resume(s: _Session) -> tuple[list, dict, int]:
                              epochs=s.cfg.train.epochs)
     if point is None:
         return [], {"snn_val": -1.0}, 0
-    if point.start_epoch == s.cfg.train.epochs:
+    complete = point.start_epoch == s.cfg.train.epochs
+    if s.dist.is_main and complete:  # every rank restored the same state; rank 0 says so
         log.info("%s: training is already complete (%d epochs); nothing to train", state_path,
                  s.cfg.train.epochs)
-    else:
+    elif s.dist.is_main:
         log.info("resuming training from %s at epoch %d", state_path, point.start_epoch + 1)
     return point.history, point.best, point.start_epoch
 
