@@ -308,7 +308,7 @@ def _check_buildable(net: ir.Network, reset_interval: Optional[int], reset_offse
 
 
 def build_lava_network(net: ir.Network, reset_interval: Optional[int],
-                       reset_offset: int = 0) -> LavaNetwork:
+                       reset_offset: int = 0, align_extra_inputs: bool = True) -> LavaNetwork:
     """Build the integer IR ``net`` out of netx blocks, wired like netx.
 
     Layer i (0-based among Conv/Dense) resets at the start of steps ``t`` with
@@ -318,7 +318,9 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
     8-bit weights, weight exponent 0 since netx derives the dense exponent itself;
     the same for every extra input, whose delay must fit Loihi 2's). Each extra input
     becomes a DelaySparse with delay ``net.extra_delay(layer, proj)`` (module
-    docstring); ``LavaNetwork.projections`` lists them.
+    docstring); ``LavaNetwork.projections`` lists them. ``align_extra_inputs=False`` gives
+    every extra input delay 0 instead (the misaligned, undelayed wiring: the shortcut arrives
+    ``extra_delay`` steps early; only to measure what the delays buy, never what we deploy).
     """
     _check_buildable(net, reset_interval, reset_offset)
     input_message_bits = int(net.input_bits)
@@ -338,7 +340,8 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
         block = _block(layer, out_shape, params,
                        layers[-1].shape if layers else lava_in_shape, input_message_bits)
         for k, proj in enumerate(layer.extra_inputs):
-            delay = net.extra_delay(layer, proj)  # in 0..63: validate_network checked it
+            # in 0..63: validate_network checked it
+            delay = net.extra_delay(layer, proj) if align_extra_inputs else 0
             source_block, source_shape = built[proj.source]
             process = _projection_process(proj, source_shape, out_shape, delay,
                                           name=f"{layer.name}.extra_input{k}")

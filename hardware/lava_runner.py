@@ -263,7 +263,7 @@ def _check_options(net: ir.Network, timesteps, backend: str, probes) -> int:
     return int(timesteps)
 
 
-def _build(net: ir.Network, timesteps: int, net_path: Optional[str]):
+def _build(net: ir.Network, timesteps: int, net_path: Optional[str], align_extra_inputs: bool = True):
     """Stock netx for a sequential cuba network read from ``net_path``, else our loader
     (stock netx cannot build if_soft neurons nor a residual network's extra inputs)."""
     validate_network(net, project_limits())
@@ -277,7 +277,8 @@ def _build(net: ir.Network, timesteps: int, net_path: Optional[str]):
             raise LavaBackendError(f"{net_path}: netx built {len(lnet.layers)} blocks, the IR "
                                    f"has {len(net.weighted_layers)} weighted layers")
         return lnet, "stock lava.lib.dl.netx.hdf5.Network"
-    return (build_lava_network(net, reset_interval=int(timesteps), reset_offset=RESET_OFFSET),
+    return (build_lava_network(net, reset_interval=int(timesteps), reset_offset=RESET_OFFSET,
+                               align_extra_inputs=align_extra_inputs),
             "hardware.lava_net.build_lava_network")
 
 
@@ -328,7 +329,8 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
              backend: str = "loihi2-sim", net_path: Optional[str] = None,
              progress: bool = True, chunk_steps: Optional[int] = None,
              probes: Union[bool, str] = False,
-             probe_taps: Optional[Callable] = None) -> LavaRunResult:
+             probe_taps: Optional[Callable] = None,
+             align_extra_inputs: bool = True) -> LavaRunResult:
     """Stream N encoded samples through one Lava run and return their outputs.
 
     ``inputs``: (N, *input_shape) integer graded-spike payloads held for T
@@ -353,11 +355,14 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     spikes per step and spike trains) or ``'counts'`` (no trains); see the
     module docstring and :class:`LavaRunResult`; ``'loihi2-sim'`` only.
     ``probe_taps``: how probes attach (default :class:`RecorderTaps`).
+    ``align_extra_inputs=False`` (residual networks, measurement only): build the shortcuts
+    without their aligning delays (:func:`hardware.lava_net.build_lava_network`); the
+    result then no longer equals the simulator.
     """
     timesteps = _check_options(net, timesteps, backend, probes)
     x = validate_inputs(net, inputs, timesteps)
     plan = make_schedule(net, x.shape[0], timesteps, chunk_steps)
-    lnet, loader = _build(net, timesteps, net_path)
+    lnet, loader = _build(net, timesteps, net_path, align_extra_inputs)
     src, sink, run_cfg, profilers = _io(lnet, source_data(net, x, plan.steps), backend,
                                         plan.steps, int(net.input_bits))
     if profilers is not None:  # pragma: no cover - board only

@@ -305,6 +305,14 @@ def test_every_layer_every_step_equals_pipelined_simulator(kind):
         assert np.array_equal(lava_spikes.astype(np.int64), train.numpy()[:, 0].astype(np.int64))
         differs |= not np.array_equal(train.numpy(), other.numpy())
     assert differs
+    # the measurement-only undelayed wiring: Lava equals the simulator's misaligned mode
+    undelayed = build_lava_network(net, reset_interval=None, align_extra_inputs=False)
+    for lava_spikes, train in zip(continuous_block_spikes(undelayed, x[0], T),
+                                  misaligned.layer_spike_trains):
+        lava_spikes = np.moveaxis(lava_spikes, -1, 0)
+        if lava_spikes.ndim == 4:
+            lava_spikes = lava_spikes.transpose(0, 3, 2, 1)
+        assert np.array_equal(lava_spikes.astype(np.int64), train.numpy()[:, 0].astype(np.int64))
 
 
 # --------------------------------------------------------------------------- construction
@@ -325,6 +333,8 @@ def test_built_delays_and_wiring():
     assert [(p.layer, p.source, p.delay)
             for p in build_lava_network(net2, None).projections] == [
         ("fc3", "fc1", 1), ("fc4", "fc2", 1), ("fc4", "fc3", 0)]
+    undelayed = build_lava_network(net, reset_interval=3, reset_offset=1, align_extra_inputs=False)
+    assert [p.delay for p in undelayed.projections] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("case", range(4))
