@@ -203,6 +203,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--target-t", type=int, default=1, help="T of the third arm's σ measurement")
+    ap.add_argument("--arms", nargs="+", default=None,
+                    help="run only these arms (default: all three; names as in the results)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
@@ -214,6 +216,9 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default="bench/results/nq_vs_qcfs.jsonl")
     ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
     args = ap.parse_args(argv)
+    unknown = set(args.arms or ()) - set(arms(args.target_t))
+    if unknown:
+        ap.error(f"--arms: unknown arm(s) {sorted(unknown)}; choose from {sorted(arms(args.target_t))}")
     results_path = Path(args.results)
     lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
     if args.report:
@@ -227,6 +232,8 @@ def main(argv=None) -> None:
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
         for arm, overrides in arms(args.target_t).items():
+            if args.arms and arm not in args.arms:
+                continue
             done = {(r["arm"], r["seed"], r["epochs"], r["arch"], r["dataset"], r["neuron"])
                     for r in load_results(results_path)}
             if (arm, seed, args.epochs, args.arch, args.dataset, args.neuron) in done:
