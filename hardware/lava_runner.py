@@ -347,17 +347,14 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     For a sequential ``cuba`` network with ``net_path`` the file is loaded by stock
     ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
     otherwise (if_soft neurons, or a residual network, whose extra inputs become
-    DelaySparse processes) :func:`hardware.lava_net.build_lava_network` builds it.
-    Residual networks stream, probe and read out exactly as chains
-    (:mod:`hardware.lava_schedule`).
+    DelaySparse processes) :func:`hardware.lava_net.build_lava_network` builds it;
+    residual networks stream, probe and read out as chains (:mod:`hardware.lava_schedule`).
 
     ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
     spikes per step and spike trains) or ``'counts'`` (no trains); see the
     module docstring and :class:`LavaRunResult`; ``'loihi2-sim'`` only.
     ``probe_taps``: how probes attach (default :class:`RecorderTaps`).
-    ``align_extra_inputs=False`` (residual networks, measurement only): build the shortcuts
-    without their aligning delays (:func:`hardware.lava_net.build_lava_network`); the
-    result then no longer equals the simulator.
+    ``align_extra_inputs=False``: shortcuts without their delays (measurement only).
     """
     timesteps = _check_options(net, timesteps, backend, probes)
     x = validate_inputs(net, inputs, timesteps)
