@@ -206,6 +206,10 @@ def main(argv=None) -> None:
     ap.add_argument("--arms", nargs="+", default=None,
                     help="run only these arms (default: all three; names as in the results)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further config override for every arm (e.g. nq.init_threshold=2); "
+                         "use its own --results file: runs are told apart by arm, seed, epochs, "
+                         "arch, dataset and neuron only")
     ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
     ap.add_argument("--lava-samples", type=int, default=16)
@@ -239,7 +243,7 @@ def main(argv=None) -> None:
             if (arm, seed, args.epochs, args.arch, args.dataset, args.neuron) in done:
                 continue
             data = data or load_dataset(load_config(args.config, [f"data.name={args.dataset}"]).data, seed=seed)
-            record = run_one(args, arm, overrides, seed, data)
+            record = run_one(args, arm, overrides + args.extra, seed, data)
             with open(results_path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
             print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
