@@ -323,6 +323,25 @@ def _quantization_section(report: dict) -> list[str]:
     return lines
 
 
+def _network_files_section(report: dict) -> list[str]:
+    """Where the network came from (an imported NIR graph) and the NIR graph export wrote;
+    nothing when the run has neither."""
+    imported, nir_out = report.get("import"), report.get("export_nir")
+    if not imported and not nir_out:
+        return []
+    lines = ["## Network files (NIR)", ""]
+    if imported:
+        dt = imported.get("dt")
+        lines += [f"Imported from the NIR graph `{imported.get('source')}` (sha256 "
+                  f"`{str(imported.get('source_sha256'))[:16]}…`), kept as `{imported.get('path')}`: "
+                  f"{len(imported.get('layers') or [])} layers, {imported.get('readout')} readout, "
+                  + (f"time step dt = {_fmt(dt)}." if dt is not None else "the graph's own time step."), ""]
+    if nir_out:
+        lines += [f"NIR graph written to `{nir_out.get('path')}` (neuron {nir_out.get('neuron')}, "
+                  f"{nir_out.get('readout')} readout, from the {nir_out.get('source')}).", ""]
+    return lines
+
+
 # --------------------------------------------------------------------------- entry point
 def _derived_sections(report: dict, run_dir: Path, notes: list) -> tuple[Optional[dict], Optional[dict]]:
     """(energy, resources): stored, or computed from the probes and the .net file when absent."""
@@ -410,6 +429,7 @@ def render_report(run_dir: Path) -> dict:
     lines += _measured_energy_section(report.get("energy_measured"))
     lines += _resources_section(resources)
     lines += _quantization_section(report)
+    lines += _network_files_section(report)
     atomic_write_text(rd.report_md, "\n".join(lines) + "\n")
     log.info("wrote %s", rd.report_md)
     return {"report_md": str(rd.report_md), "plots": {k: (str(v) if v else None) for k, v in pngs.items()},

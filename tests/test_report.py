@@ -80,6 +80,24 @@ def test_full_report_renders_with_all_plots(tmp_path, rng):
     assert "Not available" not in md
 
 
+def test_nir_import_and_export_are_named(tmp_path, rng):
+    report = full_report(rng, tmp_path)
+    write(tmp_path, report)
+    render_report(tmp_path)
+    assert "## Network files (NIR)" not in (tmp_path / "report.md").read_text()
+    report["import"] = {"source": "/data/snntorch.nir", "source_sha256": "ab" * 32,
+                        "path": str(tmp_path / "imported.nir"), "sha256": "cd" * 32,
+                        "readout": "potential", "dt": 1e-4, "layers": ["fc1 (Dense)", "fc2 (Dense)"]}
+    report["export_nir"] = {"path": str(tmp_path / "model.nir"), "sha256": "ef" * 32, "format": "nir",
+                            "neuron": "cuba", "readout": "potential", "source": "imported-nir"}
+    write(tmp_path, report)
+    render_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Network files (NIR)" in md
+    assert "Imported from the NIR graph `/data/snntorch.nir`" in md and "2 layers" in md
+    assert f"NIR graph written to `{tmp_path / 'model.nir'}` (neuron cuba" in md
+
+
 def test_partial_report_says_what_is_missing(tmp_path):
     write(tmp_path, training_and_eval())
     out = render_report(tmp_path)
