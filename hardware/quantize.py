@@ -69,6 +69,11 @@ from .validate import check_input_bits, project_limits, validate_network
 #: A potential-readout layer whose accumulation bound leaves its largest weight
 #: fewer signed bits than this is refused rather than quantized to noise.
 MIN_READOUT_WEIGHT_BITS = 4
+# Each retry of a scale that rounding pushed past its limit shrinks it by at least this much.
+# A pure proportional shrink (limit / total) can stall: when the rounded total is one unit over,
+# the step is ~1e-5 and no weight's rounding moves, however often it repeats.
+MIN_SCALE_SHRINK = 1e-3
+RESCALE_RETRIES = 100
 
 #: ``limited_by`` suffix of a sum bound of a layer with extra inputs.
 SUM_OF_INPUTS = " (sum of all inputs)"
@@ -244,11 +249,11 @@ def _quantize_hidden(layer, syn: _Synapses, bias: np.ndarray, spec: Loihi2Spec):
     # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight
     # of every synapse, times its input's maximum): shrink the scale until the rounded
     # network fits.
-    for _ in range(50):
+    for _ in range(RESCALE_RETRIES):
         total = worst_int + vth + int(np.abs(b_int).max(initial=0))
         if total <= spec.activation_max:
             break
-        scale *= spec.activation_max / total * (1 - 1e-6)
+        scale = _shrunk(scale, spec.activation_max, total)
         limited_by = _state_label(syn, "24-bit state")
         w_int, b_int, vth, p_ints, worst_int = _round_all(syn, bias, theta, scale)
     else:
@@ -277,6 +282,11 @@ def _branches(syn: _Synapses) -> str:
         return ""
     parts = ", ".join(f"{label} {w:.4g}" for label, w in syn.branch_worst())
     return f"; worst-case input of the sum of all inputs {syn.worst():.4g} = {parts}"
+
+
+def _shrunk(scale: float, limit: int, total: int) -> float:
+    """The next scale to try after rounding at ``scale`` gave ``total`` > ``limit``."""
+    return scale * min(limit / total * (1 - 1e-6), 1 - MIN_SCALE_SHRINK)
 
 
 def _weight_errors(w_int: np.ndarray, weight: np.ndarray, scale: float, x_max: int) -> dict:
@@ -313,14 +323,14 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
         raise QuantizationError(f"layer {layer.name}: no finite scale (weights of magnitude {w_abs:.3g} "
                                 f"are too small to represent)")
     w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
-    for _ in range(50):  # rounding may add up to half a unit per weight: shrink until it fits
+    for _ in range(RESCALE_RETRIES):  # rounding may add up to half a unit per weight: shrink until it fits
         total = steps * (worst_int + int(np.abs(b_int).max(initial=0)))
         if total <= spec.threshold_max:
             break
-        scale *= spec.threshold_max / total * (1 - 1e-6)
+        scale = _shrunk(scale, spec.threshold_max, total)
         limited_by = accumulation
         w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
-    else:  # pragma: no cover - the loop converges for any finite input
+    else:
         raise QuantizationError(f"layer {layer.name}: no scale keeps the readout inside the threshold")
     w_max = max(int(np.abs(w).max(initial=0)) for w in [w_int] + p_ints)
     if w_max < 1 << (MIN_READOUT_WEIGHT_BITS - 1):
