@@ -127,6 +127,10 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
         if (record["arm"], record["seed"]) in checked:
             continue
         run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
+        if not (run_dir / CHECKPOINT).exists():  # e.g. trained on another machine: results only
+            print(f"Lava {record['arm']} seed {record['seed']}: skipped, no checkpoint at "
+                  f"{run_dir / CHECKPOINT} (pass the --out the run was trained with)", flush=True)
+            continue
         cfg = load_config(args.config, [f"data.name={record['dataset']}"])
         data = load_dataset(cfg.data, seed=record["seed"])
         model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
