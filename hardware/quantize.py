@@ -69,10 +69,11 @@ from .validate import check_input_bits, project_limits, validate_network
 #: A potential-readout layer whose accumulation bound leaves its largest weight
 #: fewer signed bits than this is refused rather than quantized to noise.
 MIN_READOUT_WEIGHT_BITS = 4
-# Each retry of a scale that rounding pushed past its limit shrinks it by at least this much.
-# A pure proportional shrink (limit / total) can stall: when the rounded total is one unit over,
-# the step is ~1e-5 and no weight's rounding moves, however often it repeats.
+#: Each retry of a scale that rounding pushed past its limit shrinks it by at least this
+#: much: a purely proportional shrink (limit / total) stalls when the rounded total is one
+#: unit over, since a step of ~1e-5 moves no weight's rounding however often it repeats.
 MIN_SCALE_SHRINK = 1e-3
+#: Retries before a layer is refused (100 × 0.1 % covers a rounding excess near 10 %).
 RESCALE_RETRIES = 100
 
 #: ``limited_by`` suffix of a sum bound of a layer with extra inputs.

@@ -143,7 +143,7 @@ def test_readout_accumulation_fits_for_every_T(w1, w2, b2, steps):
     assert q.metadata["quantization"][-1]["readout_steps"] == steps
 
 
-def test_readout_scale_leaves_a_rounding_plateau_one_unit_over_the_limit():
+def test_readout_scale_escapes_a_rounding_plateau_one_unit_over_the_limit():
     """Regression (resnet-small, seed 1, epoch 12): at the first scale the rounded total was
     131,072, one unit over Loihi's 131,071, and a shrink proportional to 131,071 / 131,072
     moved no weight's rounding in 50 retries. Built here exactly: at scale 1 the mantissas
