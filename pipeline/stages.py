@@ -315,19 +315,37 @@ def update_report(run_dir, updates: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- run
+def _input_section(cfg, net, path: Path, data_shape: tuple):
+    """(net, report section) saying how the dataset meets the network's input: a flat input
+    of C·H·W values takes the images flattened in C order (as a Flatten layer or torch's
+    ``reshape`` would); a file made elsewhere (no ``input_bits``) gets quant.input_bits."""
+    shape = tuple(net.input.shape)
+    section = {"network_shape": list(shape), "data_shape": list(data_shape)}
+    if shape != data_shape:
+        if len(shape) != 1 or shape[0] != int(np.prod(data_shape)):
+            raise NetxFormatError(f"{path}: the network takes input {shape}, but data.name={cfg.data.name} "
+                                  f"gives images of shape {data_shape} ({int(np.prod(data_shape))} values); "
+                                  f"run it with the dataset it was exported for")
+        section["flattened"] = "C order (channel, row, column)"
+    if net.input_bits is None:
+        net = net.replace(input_bits=int(cfg.quant.input_bits))
+        section["input_bits"] = net.input_bits
+        section["input_bits_from"] = "quant.input_bits (the file does not state its input bits)"
+    return net, section
+
+
 def _load_net_and_data(cfg, path: Path):
-    """(net, integer test inputs, labels), refusing a dataset the network was not made for."""
+    """(net, integer test inputs, labels, input section), refusing a dataset the network was not
+    made for."""
     from hardware.netx_io import read_net
 
     net = read_net(path)
-    # a foreign file can be valid netx yet use what the simulator does not model (du = -1)
+    # a foreign file can be valid netx yet use what the simulator does not model
     validate_network(net, simulator_limits())
     data, x, y = _test_tensors(cfg)
-    if tuple(net.input.shape) != tuple(data.input_shape) or net.input_bits is None:
-        raise NetxFormatError(f"{path}: the network takes input {tuple(net.input.shape)} as graded spikes "
-                              f"(input_bits={net.input_bits}), but data.name={cfg.data.name} gives images "
-                              f"of shape {tuple(data.input_shape)}; run it with the dataset it was exported for")
-    return net, encode_input(x.numpy(), net.input_bits), y.numpy()
+    net, section = _input_section(cfg, net, path, tuple(data.input_shape))
+    x = x.numpy().reshape((len(x),) + tuple(net.input.shape))  # C order
+    return net, encode_input(x, net.input_bits), y.numpy(), section
 
 
 def _lava_sections(cfg, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
@@ -366,7 +384,7 @@ def run(cfg, progress: bool = True) -> dict:
     """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
     run_dir = open_run(cfg)
     path = run_dir.net_to_run(cfg.run.net)
-    net, x_int, labels = _load_net_and_data(cfg, path)
+    net, x_int, labels, input_section = _load_net_and_data(cfg, path)
     fit = check_fit(net)
     if cfg.run.backend == "loihi2-hw":
         require_fit(net)
@@ -375,7 +393,8 @@ def run(cfg, progress: bool = True) -> dict:
     lava, lava_acc, board = _lava_sections(cfg, net, path, x_int, labels, progress)
     result = {"readout": net.readout, "accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc}, "lava": lava,
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
-              "network_file": {"path": str(path), "sha256": sha256_of(path)}, "resources": fit.to_dict()}
+              "network_file": {"path": str(path), "sha256": sha256_of(path), "input": input_section},
+              "resources": fit.to_dict()}
     if board is not None:
         result["energy_measured"] = board
     if activity is not None:
