@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)
+from tests import property_profiles
+
+torch.set_num_threads(int(os.environ.get("NQ_TEST_TORCH_THREADS", "1")))
+property_profiles.load()  # derandomize=True in the default run (property_profiles.py)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from torch import nn
 
 from hardware import ir
@@ -26,6 +26,7 @@ from models.converter import convert, ir_quantized_forward
 from models.nq import (CUBA_SHIFTS, ActivationError, NQActivation, cuba_matched,
                        cuba_shift_offset, cuba_spike_count)
 from pipeline import config as config_module
+from tests.property_profiles import examples
 
 GRADED_MAX = LOIHI2.input_max(8)
 
@@ -53,7 +54,7 @@ def test_count_edge_cases(theta, T, cases):
     assert [_brute_force_count(int(k), theta, T) for k in cases] == want
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(z=st.integers(-50, 400), theta=st.integers(1, 300), T=st.integers(1, 40))
 def test_count_formula_is_the_neuron(z, theta, T):
     got = cuba_spike_count(torch.tensor([z]), torch.tensor(theta), T)
@@ -70,26 +71,34 @@ def _drives(draw_theta: int, T: int, extra: list) -> list:
 
 def _integer_layer(drives: list, theta: int, bias_offset: int) -> tuple:
     """A one-input Dense cuba layer whose neuron i gets ``drives[i] + bias_offset`` per step
-    from the graded input 255: weight·255 + bias (weight = drive // 255, bias the rest)."""
-    d = np.asarray(drives, dtype=np.int64)
-    weight = (d // GRADED_MAX)[:, None]
-    bias = d - weight[:, 0] * GRADED_MAX + bias_offset
+    from the graded input 255: weight·255 + bias (weight = total // 255, bias the rest, so the
+    bias stays in [0, 254] however large the offset: θ/(2T) alone can pass the 13-bit bias)."""
+    total = np.asarray(drives, dtype=np.int64) + bias_offset
+    weight = (total // GRADED_MAX)[:, None]
+    bias = total - weight[:, 0] * GRADED_MAX
+    if np.abs(weight).max() > LOIHI2.weight_max:
+        raise ValueError(f"a drive of {int(np.abs(total).max())} needs a weight beyond the 8-bit range")
     layer = ir.Dense(weight=weight, bias=bias, name="hidden",
                      neuron=ir.Neuron("cuba", theta, du=LOIHI2.if_du, dv=LOIHI2.if_dv))
     net = ir.Network(input=ir.Input((1,)), layers=[layer], integer=True, input_bits=8)
     return net, np.array([[GRADED_MAX]])
 
 
-@settings(max_examples=80, deadline=None)
+#: the largest |drive| a weight of the 8-bit range times the graded 255 carries, with room for the bias
+MAX_DRIVE = 30000
+
+
+@settings(max_examples=examples(80), deadline=None)
 @given(theta=st.integers(1, 8000), T=st.integers(1, 20), shift=st.sampled_from(CUBA_SHIFTS),
-       extra=st.lists(st.integers(-30000, 30000), max_size=6))
+       extra=st.lists(st.integers(-MAX_DRIVE, MAX_DRIVE), max_size=6))
+@example(theta=7683, T=1, shift="half-bias", extra=[])  # once built a bias of 4096 (issue 18)
 def test_integer_simulator_count_equals_activation_count(theta, T, shift, extra):
     """Property (issue 9, item 1): integer simulator == activation, random θ, inputs, T, shift.
 
     The shift enters the integer layer as the rounded offset θ/(2T) in the bias, the way the
     converter folds it and the quantizer rounds it."""
     offset = int(np.rint(float(cuba_shift_offset(float(theta), T, shift))))
-    drives = [d for d in _drives(theta, T, extra) if abs(d) <= 30000]
+    drives = [d for d in _drives(theta, T, extra) if abs(d + offset) <= MAX_DRIVE]
     net, x = _integer_layer(drives, theta, offset)
     want = cuba_spike_count(torch.tensor(drives) + offset, torch.tensor(theta), T)
     for kernel in ("fast", "exact64"):

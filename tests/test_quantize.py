@@ -9,6 +9,7 @@ from hardware.errors import LoihiRangeError, QuantizationError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
 from hardware.quantize import quantize
 from hardware.spec import LOIHI2
+from tests.property_profiles import examples
 
 finite = st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False, width=64)
 
@@ -20,7 +21,7 @@ def _net(w1, b1, w2, theta1, theta2, kind="if_soft"):
     return Network(input=Input(shape=(n_in,)), layers=layers)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(w1=arrays(np.float64, (5, 7), elements=finite), b1=arrays(np.float64, (5,), elements=finite),
        w2=arrays(np.float64, (3, 5), elements=finite),
        theta1=st.floats(0.05, 20.0), theta2=st.floats(0.05, 20.0), bits=st.integers(1, 12))
@@ -123,7 +124,7 @@ def _readout_net(w1, w2, b2, theta1=1.0):
     return Network(input=Input(shape=(w1.shape[1],)), layers=layers, readout="potential")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(w1=arrays(np.float64, (6, 5), elements=finite), w2=arrays(np.float64, (3, 6), elements=finite),
        b2=arrays(np.float64, (3,), elements=finite), steps=st.integers(1, 64))
 def test_readout_accumulation_fits_for_every_T(w1, w2, b2, steps):

@@ -32,6 +32,7 @@ from hardware.resources import check_fit
 from hardware.simulator import kernel_plan, simulate
 from hardware.spec import LOIHI2
 from hardware.validate import project_limits, simulator_limits, validate_network
+from tests.property_profiles import examples
 
 ACT_MAX = LOIHI2.activation_max
 
@@ -553,7 +554,7 @@ def residual_integer_nets(draw):
     return net, x
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(case=residual_integer_nets(), T=st.integers(1, 5), pipelined=st.booleans(),
        align=st.booleans(), chunk_values=st.sampled_from([None, 1, 37]))
 def test_fast_kernels_equal_exact64_on_residual_nets(case, T, pipelined, align, chunk_values):

@@ -17,6 +17,7 @@ from hardware.errors import IRError, QuantizationError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
 from hardware.simulator import SimResult, encode_input, kernel_plan, simulate
 from hardware.spec import LOIHI2
+from tests.property_profiles import examples
 
 
 def _one_dense(kind, threshold, weight=1.0, integer=False, weight_exp=0, bias=None,
@@ -33,7 +34,7 @@ def _one_dense(kind, threshold, weight=1.0, integer=False, weight_exp=0, bias=No
 # 1. QCFS property of the soft-reset IF neuron
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(k=st.integers(1, 256), T=st.integers(1, 64),
        js=st.lists(st.integers(0, 1024), min_size=1, max_size=16))
 def test_if_soft_rate_is_qcfs(k, T, js):
@@ -412,7 +413,7 @@ def integer_nets(draw):
     return net, x
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(case=integer_nets(), T=st.integers(1, 6), pipelined=st.booleans(),
        chunk_values=st.sampled_from([None, 1, 37]))
 def test_fast_kernels_equal_exact64(case, T, pipelined, chunk_values):
