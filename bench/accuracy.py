@@ -15,34 +15,50 @@ import time
 from pathlib import Path
 
 from pipeline import stages
-from pipeline.config import load_config
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import bench_config, provenance
+except ImportError:  # imported as bench.accuracy (the tests)
+    from bench.bench_common import bench_config, provenance
+
+
+def setting_config(args, noise: bool):
+    """The setting's config: the script's flags, then ``--set`` (which wins, as on the pipeline's
+    command line); the run directory is named after the resolved dataset, neuron and epochs."""
+    script = [f"data.name={args.dataset}", f"nq.noise={str(noise).lower()}", f"train.epochs={args.epochs}",
+              f"snn.neuron={args.neuron}", f"run.lava_samples={args.lava_samples}"]
+    cfg = bench_config(args.config, script, args.set)
+    name = f"{cfg.data.name}-{cfg.snn.neuron}-{'nq' if noise else 'qcfs'}-e{cfg.train.epochs}"
+    return bench_config(args.config, [*script, f"run.dir={Path(args.out) / name}"], args.set)
 
 
 def run_setting(args, noise: bool) -> dict:
-    run_dir = Path(args.out) / f"{args.dataset}-{args.neuron}-{'nq' if noise else 'qcfs'}-e{args.epochs}"
+    cfg = setting_config(args, noise)
+    run_dir = Path(cfg.run.dir)
     report_path = run_dir / "report.json"
     if report_path.exists() and "lava" in json.loads(report_path.read_text()).get("accuracy", {}):
         return json.loads(report_path.read_text())
-    cfg = load_config(args.config, [f"data.name={args.dataset}", f"nq.noise={str(noise).lower()}",
-                                    f"train.epochs={args.epochs}", f"snn.neuron={args.neuron}",
-                                    f"run.dir={run_dir}", f"run.lava_samples={args.lava_samples}"])
     started = time.perf_counter()
     for stage in (stages.train, stages.evaluate, stages.export, stages.run):
         stage(cfg, progress=False)
-    stages.update_report(run_dir, {"bench_wall_time_s": time.perf_counter() - started})
+    stages.update_report(run_dir, {"bench_wall_time_s": time.perf_counter() - started,
+                                   "bench_provenance": provenance()})
     return json.loads(report_path.read_text())
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
     ap.add_argument("--lava-samples", type=int, default=50)
     ap.add_argument("--config", default="deploy.yaml")
     ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override for every setting, as the pipeline's --set, applied last")
     args = ap.parse_args(argv)
-    print(f"# accuracy vs T on {args.dataset}, {args.epochs} epochs, neuron {args.neuron}")
+    cfg = setting_config(args, True)
+    print(f"# accuracy vs T on {cfg.data.name}, {cfg.train.epochs} epochs, neuron {cfg.snn.neuron}")
     print("| training | T | ANN | SNN float | SNN fixed | Lava (n) | agreement | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for noise in (True, False):

@@ -14,15 +14,22 @@ bit-accurate models does not depend on the values, only the spike counts do).
 pipeline does (``build_model`` → ``convert`` → ``quantize``), from a random
 initialisation calibrated on real images (see :func:`calibrate`) so that the
 layers fire at roughly the rates of a trained network.
+
+:func:`provenance` is what every result row a benchmark writes records about how it was
+made (commit, threads, CPU, library versions); :func:`bench_config` builds a run's config
+with the pipeline's own loader, so a benchmark's ``--set`` means what the CLI's does.
 """
 from __future__ import annotations
 
 import datetime
 import functools
+import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -187,3 +194,94 @@ def timed(fn, repeats: int):
 def mean_std(values) -> tuple:
     values = list(values)
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+REPO = Path(__file__).resolve().parent.parent
+#: the distributions whose versions a result row records (pip names)
+PROVENANCE_PACKAGES = ("torch", "numpy", "lava-nc", "lava-dl", "nqloihi")
+#: modified tracked files named in a row (the rest are counted by ``dirty`` only)
+MAX_DIRTY_PATHS = 20
+
+
+def bench_config(config_path, script_overrides=(), user_overrides=()):
+    """The run's config exactly as ``python -m pipeline --config PATH --set ...`` builds it:
+    the file, then the benchmark's own settings (its flags), then the user's ``--set``
+    (last wins, so ``--set data.name=digits`` beats a script default)."""
+    from pipeline.config import load_config
+    return load_config(config_path, [*script_overrides, *user_overrides])
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def code_state() -> dict:
+    """The commit this process runs and whether tracked files differed from it, taken once per
+    process (at its first call: call it at start-up, the tree may change during a long run).
+    ``commit`` is None outside a git checkout."""
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    paths = [line[3:] for line in (status or "").splitlines()]
+    return {"commit": commit, "dirty": None if status is None else bool(paths),
+            "dirty_paths": paths[:MAX_DIRTY_PATHS]}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance() -> dict:
+    """How a result row was made, recorded in every row the benchmarks write (module doc):
+    commit and dirty tree, torch's intra-op and inter-op threads and kernel ISA,
+    OMP_NUM_THREADS, the CPU,
+    Python's and the libraries' versions, the date. Rows written before it have none:
+    readers go through :func:`row_provenance`."""
+    import torch
+    return {**code_state(), "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            # the vector ISA torch's CPU kernels dispatch to: another one rounds differently
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "versions": {"python": platform.python_version(),
+                         **{p: _version(p) for p in PROVENANCE_PACKAGES}},
+            "date": today()}
+
+
+def with_provenance(row: dict) -> dict:
+    """``row`` with its ``provenance`` (the one way a benchmark stamps what it writes)."""
+    return {**row, "provenance": provenance()}
+
+
+def row_provenance(row: dict) -> dict | None:
+    """A row's provenance, None for rows written before rows carried one."""
+    return row.get("provenance")
+
+
+def provenance_summary(rows) -> str:
+    """One line for a report: how many rows say how they were made, and their commits."""
+    rows = list(rows)
+    known = [p for p in map(row_provenance, rows) if p]
+    commits = sorted({f"{(p['commit'] or 'unknown')[:10]}{'+dirty' if p['dirty'] else ''}" for p in known})
+    return (f"{len(known)} of {len(rows)} rows record their provenance"
+            + (f" (commits {', '.join(commits)})" if commits else " (older rows predate it)"))

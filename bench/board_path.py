@@ -28,7 +28,7 @@ lava-dl netx loading the exported .net for the cuba arms; own results file, resu
     .venv/bin/python bench/board_path.py --lava
     .venv/bin/python bench/board_path.py --report
     # smoke run on the digits:
-    .venv/bin/python bench/board_path.py --dataset digits --epochs 2 --seeds 0 \\
+    .venv/bin/python bench/board_path.py --set data.name=digits --epochs 2 --seeds 0 \\
         --out runs/board_path_smoke --results runs/board_path_smoke.jsonl
 """
 from __future__ import annotations
@@ -48,11 +48,15 @@ from hardware.netx_io import write_net
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from models.converter import convert
-from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.artifacts import CHECKPOINT
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.training import ann_accuracy, train
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import bench_config, code_state, provenance_summary, with_provenance
+except ImportError:  # imported as bench.board_path (the tests)
+    from bench.bench_common import bench_config, code_state, provenance_summary, with_provenance
 
 STEPS = (1, 2, 4, 8)
 BASELINE = "if_soft"
@@ -89,12 +93,14 @@ def fixed_point_accuracy(net, data, input_bits: int, batch: int = 1000) -> dict[
 
 
 def arm_config(args, arm: str, seed: int):
+    """The arm's config: the script's settings, the arm's overrides, then ``--set`` (which wins,
+    as on the pipeline's command line: ``--set data.name=digits`` picks the dataset)."""
     run_dir = Path(args.out) / f"{arm}-s{seed}"
-    return load_config(args.config, [
+    return bench_config(args.config, [
         f"data.name={args.dataset}", f"model.arch={args.arch}", f"train.epochs={args.epochs}",
         f"train.seed={seed}", f"train.batch_size={args.batch_size}",
-        f"train.select_samples={args.select_samples}", f"run.dir={run_dir}",
-        *SHARED, *ARMS[arm], *args.set])
+        f"train.select_samples={args.select_samples}", f"run.dir={run_dir}"],
+        [*SHARED, *ARMS[arm], *args.set])
 
 
 def run_one(args, arm: str, seed: int, data) -> dict:
@@ -107,7 +113,7 @@ def run_one(args, arm: str, seed: int, data) -> dict:
     net = integer_net(model, cfg, data.input_shape)
     history = result["history"]
     record = {
-        **_run_key(args, arm, seed), "overrides": [*SHARED, *ARMS[arm], *args.set],
+        **_run_key(args, arm, seed, cfg), "overrides": [*SHARED, *ARMS[arm], *args.set],
         "neuron": cfg.snn.neuron, "activation": cfg.activation, "cuba_shift": cfg.snn.cuba_shift,
         "best_epoch": ckpt["epoch"], "sigma_selected": ckpt["sigma"], "lambda": ckpt["lambda"],
         "selected": {"ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")),
@@ -119,9 +125,10 @@ def run_one(args, arm: str, seed: int, data) -> dict:
     return record
 
 
-def _run_key(args, arm: str, seed: int) -> dict:
-    return {"arm": arm, "seed": seed, "epochs": args.epochs, "arch": args.arch,
-            "dataset": args.dataset, "set": list(args.set)}
+def _run_key(args, arm: str, seed: int, cfg) -> dict:
+    """What tells runs apart, as the run's config resolved them (``--set`` included)."""
+    return {"arm": arm, "seed": seed, "epochs": cfg.train.epochs, "arch": cfg.arch,
+            "dataset": cfg.data.name, "set": list(args.set)}
 
 
 def lava_agreement(net, data, input_bits: int, samples: int) -> dict:
@@ -147,15 +154,16 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
     for record in load_results(results_path):
         if _key_tuple(record) in checked:
             continue
-        cfg = load_config(args.config, [f"data.name={record['dataset']}",
-                                        f"model.arch={record['arch']}", *record["overrides"]])
+        cfg = bench_config(args.config, [f"data.name={record['dataset']}", f"model.arch={record['arch']}"],
+                           record["overrides"])
         data = load_dataset(cfg.data, seed=record["seed"])
         run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
         model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
         lava = lava_agreement(integer_net(model, cfg, data.input_shape), data, cfg.quant.input_bits,
                               args.lava_samples)
         with open(lava_path, "a") as f:
-            f.write(json.dumps({**{k: record[k] for k in _KEY}, **lava}, sort_keys=True) + "\n")
+            f.write(json.dumps(with_provenance({**{k: record[k] for k in _KEY}, **lava}),
+                               sort_keys=True) + "\n")
         print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} on "
               f"{lava['samples']} samples ({lava['loader']})", flush=True)
 
@@ -246,12 +254,13 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
         lines.append(f"\n### {setting[0]}, {setting[1]}, {setting[2]} epochs"
                      + (f", {' '.join(setting[3])}" if setting[3] else ""))
         lines += _accuracy_table(rows, names, lava) + _paired_table(rows, names)
+    lines.append(f"\nProvenance: {provenance_summary(r for r in results if 'borrowed_from' not in r)}")
     return "\n".join(lines)
 
 
-def _parse(argv):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
     ap.add_argument("--arch", default="cnn-small")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -259,7 +268,8 @@ def _parse(argv):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="extra config override for every arm (repeatable), e.g. nq.init_threshold=2")
+                    help="config override for every arm (repeatable), as the pipeline's --set and "
+                         "applied last, e.g. nq.init_threshold=2 or data.name=digits")
     ap.add_argument("--lava-samples", type=int, default=16)
     ap.add_argument("--lava", action="store_true",
                     help="only check Lava against the simulator on the finished runs (resumable)")
@@ -274,7 +284,8 @@ def _parse(argv):
 
 
 def main(argv=None) -> None:
-    args = _parse(argv)
+    args = parse_args(argv)
+    code_state()  # the commit this process runs, taken before a long run (the tree may move)
     results_path = Path(args.results)
     lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
     if args.report:
@@ -288,12 +299,13 @@ def main(argv=None) -> None:
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
         for arm in args.arms:
-            if _key_tuple(_run_key(args, arm, seed)) in {_key_tuple(r) for r in all_results(args, results_path)}:
+            cfg = arm_config(args, arm, seed)
+            if _key_tuple(_run_key(args, arm, seed, cfg)) in {_key_tuple(r) for r in all_results(args, results_path)}:
                 continue
-            data = data or load_dataset(arm_config(args, arm, seed).data, seed=seed)
+            data = data or load_dataset(cfg.data, seed=cfg.train.seed)
             record = run_one(args, arm, seed, data)
             with open(results_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.write(json.dumps(with_provenance(record), sort_keys=True) + "\n")
             print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
                 f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
                 + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)

@@ -36,6 +36,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import code_state, provenance
+except ImportError:  # imported as bench.ddp_scaling (the tests)
+    from bench.bench_common import code_state, provenance
 SETTINGS = {"data.name": "fashion-mnist", "model.arch": "cnn-small", "train.epochs": "2",
             "train.batch_size": "128", "nq.sigma_samples": "512", "train.select_samples": "2000",
             "eval.timesteps": "4"}
@@ -109,7 +114,13 @@ def run_one(args, settings: dict[str, str], processes: int, threads: int, sample
     report = json.loads((run_dir / "report.json").read_text())
     return {"key": run_key(settings, processes, threads), "processes": processes, "threads": threads,
             "settings": settings, "train_samples": samples, "train_wall_s": train_wall,
-            **summarise(report, samples), "machine": machine()}
+            **summarise(report, samples), "machine": machine(), "provenance": _run_provenance(threads)}
+
+
+def _run_provenance(threads: int) -> dict:
+    """This process's provenance with the training processes' threads: each was started with
+    OMP_NUM_THREADS = ``threads``, which is what torch takes as its thread count."""
+    return {**provenance(), "torch_threads": threads, "omp_num_threads": str(threads)}
 
 
 def summarise(report: dict, samples: int) -> dict:
@@ -211,6 +222,7 @@ def main(argv=None) -> None:
     ap.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"), help="the file --report updates")
     ap.add_argument("--report", action="store_true", help="print the section, update BENCHMARKS.md, exit")
     args = ap.parse_args(argv)
+    code_state()  # the commit this process runs, taken before a long run (the tree may move)
     results_path = Path(args.results)
     if not args.report:
         run_grid(args, results_path)

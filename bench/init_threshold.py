@@ -14,7 +14,11 @@ import time
 from pathlib import Path
 
 from pipeline import stages
-from pipeline.config import load_config
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import bench_config
+except ImportError:  # imported as bench.init_threshold (the tests)
+    from bench.bench_common import bench_config
 
 
 def main(argv=None) -> None:
@@ -22,12 +26,14 @@ def main(argv=None) -> None:
     ap.add_argument("--values", type=float, nargs="+", default=[8.0, 4.0, 2.0])
     ap.add_argument("--config", default="deploy.yaml")
     ap.add_argument("--out", default="runs/init_threshold")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override for every run, as the pipeline's --set (e.g. data.name=fashion-mnist)")
     args = ap.parse_args(argv)
     print("| initial λ | train s | ANN | T=1 | T=2 | T=4 | T=8 |")
     print("|---|---|---|---|---|---|---|")
     for value in args.values:
         run_dir = Path(args.out) / f"lambda0-{value:g}"
-        cfg = load_config(args.config, [f"nq.init_threshold={value}", f"run.dir={run_dir}"])
+        cfg = bench_config(args.config, [f"nq.init_threshold={value}", f"run.dir={run_dir}"], args.set)
         started = time.perf_counter()
         stages.train(cfg, progress=False)  # resumes: a finished run trains nothing
         train_s = time.perf_counter() - started

@@ -395,9 +395,9 @@ def update_benchmarks(text: str) -> None:
 
 def main() -> None:
     try:
-        from bench_common import machine, today  # run as a script, like the other benchmarks
+        from bench_common import machine, provenance, today  # run as a script, like the other benchmarks
     except ImportError:
-        from bench.bench_common import machine, today
+        from bench.bench_common import machine, provenance, today
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a cuba checkpoint to export (default: train "
@@ -420,7 +420,7 @@ def main() -> None:
     x, y = data[2][:args.samples], data[3][:args.samples]
     start = time.perf_counter()
     checkpoint = args.checkpoint or _trained_cuba_checkpoint(args.epochs)
-    res = {"date": today(), "machine": machine(), "command": COMMAND,
+    res = {"date": today(), "machine": machine(), "provenance": provenance(), "command": COMMAND,
            "checkpoint_seconds": round(time.perf_counter() - start, 1),
            "export": export_direction(checkpoint, x, y, args.timesteps),
            "import": import_direction((data[0], data[1], x, y), args.timesteps, args.snntorch_epochs,

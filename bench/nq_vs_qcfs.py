@@ -33,11 +33,15 @@ import torch
 
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
-from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.artifacts import CHECKPOINT, TRAIN_STATE
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, read_train_state
 from pipeline.training import ann_accuracy, to_ir, train
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import bench_config, code_state, provenance_summary, with_provenance
+except ImportError:  # imported as bench.nq_vs_qcfs (the tests)
+    from bench.bench_common import bench_config, code_state, provenance_summary, with_provenance
 
 STEPS = (1, 2, 4, 8)
 
@@ -84,13 +88,25 @@ def last_epoch_model(run_dir: Path, ckpt: dict):
     return model.eval(), state.history[-1]
 
 
-def run_one(args, arm: str, overrides: list[str], seed: int, data) -> dict:
+def arm_config(args, arm: str, seed: int):
+    """The arm's config: the script's settings, the arm's overrides, then ``--set`` (which wins,
+    as on the pipeline's command line: ``--set data.name=digits`` picks the dataset)."""
     run_dir = Path(args.out) / f"{arm}-s{seed}"
-    cfg = load_config(args.config, [f"data.name={args.dataset}", f"model.arch={args.arch}",
-                                    f"train.epochs={args.epochs}", f"train.seed={seed}",
-                                    f"train.batch_size={args.batch_size}", f"snn.neuron={args.neuron}",
-                                    f"train.select_samples={args.select_samples}",
-                                    f"run.dir={run_dir}", *overrides])
+    return bench_config(args.config, [f"data.name={args.dataset}", f"model.arch={args.arch}",
+                                      f"train.epochs={args.epochs}", f"train.seed={seed}",
+                                      f"train.batch_size={args.batch_size}", f"snn.neuron={args.neuron}",
+                                      f"train.select_samples={args.select_samples}", f"run.dir={run_dir}"],
+                        [*arms(args.target_t)[arm], *args.extra])
+
+
+def _run_key(cfg, arm: str) -> tuple:
+    """What tells runs apart in the results file, as the run's config resolved them."""
+    return arm, cfg.train.seed, cfg.train.epochs, cfg.arch, cfg.data.name, cfg.snn.neuron
+
+
+def run_one(args, arm: str, seed: int, data) -> dict:
+    cfg = arm_config(args, arm, seed)
+    run_dir, overrides = Path(cfg.run.dir), [*arms(args.target_t)[arm], *args.extra]
     started = time.perf_counter()
     result = train(cfg, progress=False, data=data)
     train_wall = time.perf_counter() - started
@@ -101,8 +117,8 @@ def run_one(args, arm: str, overrides: list[str], seed: int, data) -> dict:
     cpu = torch.device("cpu")
     history = result["history"]
     record = {
-        "arm": arm, "seed": seed, "overrides": overrides, "arch": cfg.arch, "epochs": cfg.train.epochs,
-        "dataset": args.dataset, "neuron": neuron, "best_epoch": ckpt["epoch"],
+        "arm": arm, "seed": cfg.train.seed, "overrides": overrides, "arch": cfg.arch, "epochs": cfg.train.epochs,
+        "dataset": cfg.data.name, "neuron": neuron, "best_epoch": ckpt["epoch"],
         "selected": {"ann": ann_accuracy(best_model, data.test, 1000, cpu),
                      "snn_fixed": fixed_point_accuracy(best_model, data, neuron, "potential",
                                                        ckpt["output_threshold"], bits),
@@ -131,12 +147,13 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
             print(f"Lava {record['arm']} seed {record['seed']}: skipped, no checkpoint at "
                   f"{run_dir / CHECKPOINT} (pass the --out the run was trained with)", flush=True)
             continue
-        cfg = load_config(args.config, [f"data.name={record['dataset']}"])
+        cfg = bench_config(args.config, [f"data.name={record['dataset']}"], record.get("overrides", []))
         data = load_dataset(cfg.data, seed=record["seed"])
         model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
         lava = lava_agreement(model, data, record["neuron"], cfg.quant.input_bits, args.lava_samples)
         with open(lava_path, "a") as f:
-            f.write(json.dumps({"arm": record["arm"], "seed": record["seed"], **lava}, sort_keys=True) + "\n")
+            f.write(json.dumps(with_provenance({"arm": record["arm"], "seed": record["seed"], **lava}),
+                               sort_keys=True) + "\n")
         print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} "
               f"on {lava['samples']} samples", flush=True)
 
@@ -197,12 +214,13 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
                  if lava else "–")
         lines.append(f"| {arm} | {cost['train_s']:.1f} | {cost['sigma_s']:.2f} | {cost['select_s']:.2f} | "
                      f"{100 * share:.1f} % | {agree} |")
+    lines.append(f"\nProvenance: {provenance_summary(results)}")
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
     ap.add_argument("--arch", default="cnn-small")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -211,9 +229,9 @@ def main(argv=None) -> None:
                     help="run only these arms (default: all three; names as in the results)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                    help="a further config override for every arm (e.g. nq.init_threshold=2); "
-                         "use its own --results file: runs are told apart by arm, seed, epochs, "
-                         "arch, dataset and neuron only")
+                    help="a further config override for every arm, as the pipeline's --set and applied "
+                         "last (e.g. nq.init_threshold=2, data.name=digits); use its own --results "
+                         "file: runs are told apart by arm, seed, epochs, arch, dataset and neuron only")
     ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
     ap.add_argument("--lava-samples", type=int, default=16)
@@ -227,6 +245,12 @@ def main(argv=None) -> None:
     unknown = set(args.arms or ()) - set(arms(args.target_t))
     if unknown:
         ap.error(f"--arms: unknown arm(s) {sorted(unknown)}; choose from {sorted(arms(args.target_t))}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    code_state()  # the commit this process runs, taken before a long run (the tree may move)
     results_path = Path(args.results)
     lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
     if args.report:
@@ -239,17 +263,18 @@ def main(argv=None) -> None:
         return
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
-        for arm, overrides in arms(args.target_t).items():
+        for arm in arms(args.target_t):
             if args.arms and arm not in args.arms:
                 continue
+            cfg = arm_config(args, arm, seed)
             done = {(r["arm"], r["seed"], r["epochs"], r["arch"], r["dataset"], r["neuron"])
                     for r in load_results(results_path)}
-            if (arm, seed, args.epochs, args.arch, args.dataset, args.neuron) in done:
+            if _run_key(cfg, arm) in done:
                 continue
-            data = data or load_dataset(load_config(args.config, [f"data.name={args.dataset}"]).data, seed=seed)
-            record = run_one(args, arm, overrides + args.extra, seed, data)
+            data = data or load_dataset(cfg.data, seed=cfg.train.seed)
+            record = run_one(args, arm, seed, data)
             with open(results_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.write(json.dumps(with_provenance(record), sort_keys=True) + "\n")
             print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
                 f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
                 + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)

@@ -35,9 +35,13 @@ from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from pipeline.artifacts import CHECKPOINT
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
-from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.training import to_ir
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    from bench_common import bench_config, code_state, with_provenance
+except ImportError:  # imported as bench.shortcut_timing (the tests)
+    from bench.bench_common import bench_config, code_state, with_provenance
 
 STEPS = (1, 2, 4)
 
@@ -57,12 +61,12 @@ def _simulator_predictions(net, x: torch.Tensor, input_bits: int, T: int, batch:
     return torch.cat(preds).numpy()
 
 
-def measure(run_dir: Path, config: str, samples: int, T: int) -> dict:
+def measure(run_dir: Path, config: str, samples: int, T: int, overrides=()) -> dict:
     from hardware.lava_runner import run_lava
 
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)
-    cfg = load_config(config, [f"data.name={ckpt['config']['data']['name']}"])
+    cfg = bench_config(config, [f"data.name={ckpt['config']['data']['name']}"], overrides)
     data = load_dataset(cfg.data, seed=ckpt["config"]["train"]["seed"])
     neuron = ckpt["config"]["snn"]["neuron"]
     model = model_from_checkpoint(ckpt)
@@ -103,9 +107,12 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=200, help="test images streamed through Lava per T")
     ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     ap.add_argument("--config", default="deploy.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override, as the pipeline's --set, applied after the checkpoint's dataset")
     ap.add_argument("--results", default="bench/results/shortcut_timing.jsonl")
     ap.add_argument("--report", action="store_true", help="print the table from the results and exit")
     args = ap.parse_args(argv)
+    code_state()  # the commit this process runs, taken before a long run (the tree may move)
     results = Path(args.results)
     if not args.report:
         results.parent.mkdir(parents=True, exist_ok=True)
@@ -114,9 +121,9 @@ def main(argv=None) -> None:
                 done = {(r["checkpoint"], r["T"], r["samples"]) for r in _load(results)}
                 if (str(run_dir / CHECKPOINT), T, args.samples) in done:
                     continue
-                row = measure(run_dir, args.config, args.samples, T)
+                row = measure(run_dir, args.config, args.samples, T, args.set)
                 with open(results, "a") as f:
-                    f.write(json.dumps(row, sort_keys=True) + "\n")
+                    f.write(json.dumps(with_provenance(row), sort_keys=True) + "\n")
                 print(f"{run_dir.name} T={T}: delayed {row['delayed']:.3f}, undelayed {row['undelayed']:.3f} "
                       f"({row['changed']} changed), Lava {row['lava_wall_s']:.0f} s", flush=True)
     print(report(_load(results)))
