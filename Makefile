@@ -6,8 +6,10 @@ CONFIG ?= deploy.yaml
 # The digits demo starts every λ at 2 instead of the paper's 8: its pixels are in [0, 1] and
 # 30 short epochs cannot pull λ down from 8, which leaves T = 1 at chance (BENCHMARKS.md).
 DEMO_SET ?= --set nq.init_threshold=2
+PROPERTY_TESTS := tests/test_simulator.py tests/test_quantize.py tests/test_cuba_activation.py \
+	tests/test_residual_hardware.py
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv data demo test test-all test-explore bench clean
 
 venv: $(VENV)/.installed
 
@@ -15,14 +17,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_venv.sh
 	bash scripts/setup_venv.sh $(VENV)
 	touch $@
 
+# Fashion-MNIST from Debian where this machine can install it; a loud warning where not.
+data:
+	bash scripts/setup_data.sh
+
 demo: venv
 	$(PY) -m pipeline all --config $(CONFIG) $(DEMO_SET)
 
-test: venv
+test: venv data
 	$(PY) -m pytest -q
 
-test-all: venv
+test-all: venv data
 	$(PY) -m pytest -q -m ""
+
+# property tests with new random examples, 10x as many (tests/property_profiles.py)
+test-explore: venv data
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -m "not lava" $(PROPERTY_TESTS)
 
 clean:
 	rm -rf runs

@@ -2,9 +2,11 @@
 
 The runs are launched with torch.distributed's own launcher (``python -m torch.distributed.run
 --standalone``, which picks a free port itself) as a subprocess tree; every process of it is
-killed when a test ends, whatever happened. One run is killed (kill -9 of its workers) after
-its first epoch and launched again: it must resume and finish. Its checkpoint, σ and selection
-are then checked against single-process computations on the same samples.
+killed when a test ends, whatever happened. In the default run one short launch (one epoch)
+must finish, and its checkpoint, σ and selection are checked against single-process
+computations on the same samples. Under ``-m slow`` a longer run is killed (kill -9 of its
+workers) after its first epoch and launched again: it must resume, finish, and equal a run
+that was never stopped.
 """
 from __future__ import annotations
 
@@ -88,12 +90,12 @@ def _kill(pids) -> None:
 
 
 @contextlib.contextmanager
-def _torchrun(run_dir: Path, log_path: Path):
+def _torchrun(run_dir: Path, log_path: Path, *extra: str):
     """``torchrun --standalone --nproc_per_node=2 -m pipeline train`` into ``run_dir``; on leaving,
     every process of the tree that is still there is killed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pipeline", "train", "--config", "deploy.yaml", "--set", f"run.dir={run_dir}"]
-    for override in OVERRIDES:
+    for override in (*OVERRIDES, *extra):
         cmd += ["--set", override]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     with open(log_path, "wb") as log:
@@ -127,6 +129,18 @@ def _stop_after_first_epoch(proc, state: Path, log_path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """(config, log) of one uninterrupted 2-process launch of one epoch."""
+    run_dir = tmp_path_factory.mktemp("ddp_short")
+    cfg = _cfg(run_dir, "train.epochs=1")
+    log_path = run_dir.parent / "short.log"
+    with _torchrun(run_dir, log_path, "train.epochs=1") as proc:
+        proc.wait(timeout=LAUNCH_TIMEOUT_S)
+        assert proc.returncode == 0, log_path.read_text()
+    return cfg, log_path.read_text()
+
+
+@pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
     """(config, epoch the first launch was stopped after (0-based), log of the resumed launch)."""
     run_dir = tmp_path_factory.mktemp("ddp")
@@ -144,6 +158,15 @@ def resumed_run(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the 2-process run
+def test_ddp_run_completes_with_one_log_and_no_temporary_files(ddp_run):
+    cfg, log = ddp_run
+    report = json.loads((cfg.run_dir / "report.json").read_text())
+    assert [r["epoch"] for r in report["training"]["history"]] == [1]
+    assert log.count("pipeline.training: epoch 1:") == 1, log  # rank 0 alone logs
+    assert not list(cfg.run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_and_completes(resumed_run):
     cfg, stopped, log = resumed_run
     assert f"resuming training from {cfg.run_dir / 'train_state.safetensors'} at epoch {stopped + 2}" in log
@@ -155,22 +178,22 @@ def test_killed_ddp_run_resumes_and_completes(resumed_run):
     assert not list(cfg.run_dir.glob(".*.tmp"))
 
 
-def test_ddp_checkpoint_loads_like_a_single_process_one(resumed_run):
+def test_ddp_checkpoint_loads_like_a_single_process_one(ddp_run):
     from pipeline import stages
 
-    cfg, _, _ = resumed_run
+    cfg, _ = ddp_run
     ckpt = load_checkpoint(cfg.run_dir / "checkpoint.safetensors")
     assert not [name for name in ckpt["state_dict"] if name.startswith("module.")]
-    assert [r["epoch"] for r in ckpt["history"]] == list(range(1, EPOCHS + 1))
+    assert [r["epoch"] for r in ckpt["history"]] == [1]
     model_from_checkpoint(ckpt)
     result = stages.evaluate(cfg, progress=False)  # the single-process stage, as after any training
     assert result["accuracy"]["ann"] > 0.5, result["accuracy"]  # it learned: 10 classes
 
 
-def test_ddp_sigma_and_selection_equal_single_process_on_the_same_samples(resumed_run):
+def test_ddp_sigma_and_selection_equal_single_process_on_the_same_samples(ddp_run):
     """The σ, mean |gap|, output threshold and selection accuracy the 2 ranks measured (sharded,
     all-reduced) equal what one process measures on the same samples with the saved model."""
-    cfg, _, _ = resumed_run
+    cfg, _ = ddp_run
     ckpt = load_checkpoint(cfg.run_dir / "checkpoint.safetensors")
     record = ckpt["history"][ckpt["epoch"] - 1]
     model, data = model_from_checkpoint(ckpt), load_dataset(cfg.data, seed=cfg.train.seed)
@@ -213,10 +236,10 @@ def _measure_on_rank(rank: int, world_size: int, init_file: str, checkpoint: str
         faulthandler.cancel_dump_traceback_later()
 
 
-def test_sharded_measurement_in_two_gloo_processes_equals_one_process(resumed_run, tmp_path):
+def test_sharded_measurement_in_two_gloo_processes_equals_one_process(ddp_run, tmp_path):
     import torch.multiprocessing as mp
 
-    cfg, _, _ = resumed_run
+    cfg, _ = ddp_run
     checkpoint = cfg.run_dir / "checkpoint.safetensors"
     context = mp.start_processes(_measure_on_rank, nprocs=2, join=False, start_method="spawn",
                                  args=(2, str(tmp_path / "init"), str(checkpoint), str(tmp_path)))
@@ -253,38 +276,37 @@ def test_resumed_ddp_run_equals_an_uninterrupted_one(resumed_run, tmp_path):
     resumed = load_checkpoint(cfg.run_dir / "checkpoint.safetensors")
     whole = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
 
-    def untimed(history):
-        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]
-
-    assert untimed(resumed["history"]) == untimed(whole["history"])
+    assert _untimed(resumed["history"]) == _untimed(whole["history"])
     assert all(torch.equal(resumed["state_dict"][k], whole["state_dict"][k]) for k in whole["state_dict"])
 
 
 # --------------------------------------------------------------------------- one process
-#: the history of this run as the code before DDP computed it (same machine kind, 1 thread)
-SINGLE_PROCESS_GOLDEN = [
-    {"loss": 1.815704615419896, "ann_val": 0.3986013986013986, "snn_val": 0.4453125,
-     "sigma": [0.0, 0.09788866780743888, 0.16199441375921697], "output_threshold": 1.4664557051658629,
-     "lambda": [7.949499130249023, 7.952559471130371, 7.977189540863037]},
-    {"loss": 0.7714154318953113, "ann_val": 0.7832167832167832, "snn_val": 0.65625,
-     "sigma": [0.0, 0.3550110281214526, 0.5926054149430348], "output_threshold": 7.221726188659675,
-     "lambda": [7.889616966247559, 7.905055999755859, 7.957197666168213]},
-]
+def _untimed(history: list) -> list:
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]
 
 
-def test_single_process_run_is_unchanged(tmp_path, monkeypatch):
+def test_single_process_run_is_deterministic_and_outside_any_process_group(tmp_path, monkeypatch):
+    """Without torchrun variables `train` is one plain process, and two runs of it train the same
+    model. (No loss recorded on one machine is compared: float kernels differ between CPUs and
+    QCFS's floor amplifies the difference, issue 18.)"""
     from pipeline import stages  # noqa: F401  (Lava fixes the start method before any tqdm bar)
     from pipeline.training import train
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     overrides = ["train.epochs=2", "nq.sigma_samples=128", "train.select_samples=128", "train.augment=true"]
-    cfg = load_config(str(REPO / "deploy.yaml"), [f"run.dir={tmp_path}", *overrides])
-    history = train(cfg, progress=False)["history"]
-    assert not torch.distributed.is_initialized()
-    for record, golden in zip(history, SINGLE_PROCESS_GOLDEN, strict=True):
-        for key, value in golden.items():
-            assert record[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (record["epoch"], key)
+    runs = []
+    for name in ("first", "second"):
+        cfg = load_config(str(REPO / "deploy.yaml"), [f"run.dir={tmp_path / name}", *overrides])
+        history = train(cfg, progress=False)["history"]
+        assert not torch.distributed.is_initialized()
+        runs.append((history, load_checkpoint(cfg.run_dir / "checkpoint.safetensors")["state_dict"]))
+    (first, first_state), (second, second_state) = runs
+    assert [r["epoch"] for r in first] == [1, 2]
+    assert max(first[-1]["sigma"]) > 0  # σ was measured, not left at its initial 0
+    assert _untimed(first) == _untimed(second)
+    assert first_state.keys() == second_state.keys()
+    assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
 
 
 # --------------------------------------------------------------------------- launch plumbing
