@@ -15,9 +15,12 @@ kept as they are.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,9 @@ RASTER_NPZ = "raster.npz"
 #: the report's plots: kind -> file name
 PLOT_FILES = {"accuracy": "accuracy_vs_t.png", "training": "training.png",
               "firing_rate": "firing_rate.png", "energy": "energy.png", "raster": "raster.png"}
+#: every artifact name: the temporary files of their atomic writes start with one of them
+_ARTIFACT_NAMES = tuple(sorted({CHECKPOINT, TRAIN_STATE, REPORT_JSON, REPORT_MD, NET_FILE, NIR_FILE,
+                                IMPORTED_NIR, RASTER_NPZ, *PLOT_FILES.values()}, key=len, reverse=True))
 #: files of the format before safetensors: recognised only to refuse them with a clear message
 LEGACY_CHECKPOINT = "checkpoint.pt"
 LEGACY_TRAIN_STATE = "train_state.pt"
@@ -54,6 +60,9 @@ LEGACY_TRAIN_STATE = "train_state.pt"
 REPORT_FORMAT = 1
 #: a report.json beyond this is not one of ours (read before parsing, so it cannot exhaust memory)
 MAX_REPORT_BYTES = 64 << 20
+#: a checkpoint, resume state or network file beyond this is not one of ours (a VGG-16 resume state
+#: is about 0.3 GB)
+MAX_ARTIFACT_BYTES = 8 << 30
 #: Linux limits (PATH_MAX, NAME_MAX): longer paths fail deep inside the first write otherwise
 MAX_PATH_BYTES = 4095
 MAX_NAME_BYTES = 255
@@ -68,7 +77,9 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     ``suffix`` keeps an extension some writers insist on (``np.savez`` appends ``.npz``).
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    # the writer's pid in the name: a later stage removes the file only once its writer is gone
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix + ".tmp",
+                                    dir=path.parent)
     tmp = Path(tmp_name)
     try:
         try:  # mkstemp makes the file private (0600); a run's artifacts get the mode any new file gets
@@ -119,12 +130,82 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, limit: int = MAX_ARTIFACT_BYTES) -> str:
+    """The SHA-256 of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, limit) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- bounded reads
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_regular(path: Any, limit: int, key: str = "") -> Iterator[Any]:
+    """``path`` opened for binary reading, only if it is a regular file of at most ``limit`` bytes.
+
+    A symbolic link is followed (a run directory may link to a file elsewhere), but what it
+    leads to is checked after opening (``fstat``), so a link to /dev/zero is refused like the
+    device itself; O_NONBLOCK makes the open of a FIFO return at once instead of waiting for
+    a writer. Everything else (a directory, a device, a socket, a loop of links, a file
+    beyond ``limit``) is an :class:`ArtifactError` naming the file (and ``key``).
+    """
+    name = f"{key} {path}" if key else str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(f"{name} is a loop of symbolic links") from None
+        if exc.errno == errno.ENOENT:
+            raise ArtifactError(f"{name}: no such file") from None
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise ArtifactError(f"{name} is {_kind_of(mode)}, not a regular file; it is not read") from None
+        raise ArtifactError(f"{name} is not readable: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{name} is {_kind_of(info.st_mode)}, not a regular file; it is not read")
+        if info.st_size > limit:
+            raise ArtifactError(f"{name} is {info.st_size} bytes, more than the {limit} any file of "
+                                "this kind of this toolkit has; it is not read")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_regular(path: Any, limit: int, key: str = "") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`); a file
+    that grows while it is read is cut at ``limit + 1`` bytes and refused."""
+    with open_regular(path, limit, key) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise ArtifactError(f"{key + ' ' if key else ''}{path} is not readable: "
+                                f"{exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ArtifactError(f"{key + ' ' if key else ''}{path} grew beyond {limit} bytes while it was read")
+    return data
+
+
+def check_regular(path: Any, limit: int, key: str = "") -> Path:
+    """``path`` if it is a regular file within ``limit`` (for files a library opens by name)."""
+    with open_regular(path, limit, key):
+        pass
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- path checks
@@ -174,19 +255,71 @@ def prepare_run_dir(path: Any, key: str = "run.dir") -> Path:
     return root
 
 
-def check_input_file(path: Any, key: str, hint: str = "") -> Path:
-    """An existing, readable regular file, else :class:`ArtifactError` naming ``key``."""
+def check_input_file(path: Any, key: str, hint: str = "", limit: int = MAX_ARTIFACT_BYTES) -> Path:
+    """An existing, readable regular file of at most ``limit`` bytes, else :class:`ArtifactError`
+    naming ``key``."""
     p = _check_path_text(path, key)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise ArtifactError(f"{key}: no file at {p}{hint}")
-    if not p.is_file():
-        raise ArtifactError(f"{key} {p} is not a regular file")
+    return check_regular(p, limit, key)
+
+
+# --------------------------------------------------------------------------- stale temporaries
+def _writer_pids(name: str, artifact: str) -> list[int]:
+    """The pids a temporary file's name carries: atomic_path's ``.{artifact}.{pid}.…`` and
+    hardware.netx_io.atomic_target's ``….{pid}.tmp`` (both, when one writer wraps the other)."""
+    pids = []
+    head = re.match(r"\.(\d+)\.", name[len(artifact) + 1:])
+    if name.startswith(".") and head:
+        pids.append(int(head.group(1)))
+    tail = re.search(r"\.(\d+)\.tmp$", name)
+    if tail:
+        pids.append(int(tail.group(1)))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        with open(p, "rb") as f:
-            f.read(1)
-    except OSError as exc:
-        raise ArtifactError(f"{key} {p} is not readable: {exc.strerror or exc}") from None
-    return p
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True
+
+
+def stale_temporaries(root: Path) -> list[Path]:
+    """The temporary files our atomic writers left in ``root`` (a killed writer): regular files
+    named after one of the run directory's artifacts, ending in ``.tmp``, whose writer (the pid
+    in the name, where there is one) is no longer alive."""
+    found = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return found
+    for entry in entries:
+        name = entry.name
+        bare = name[1:] if name.startswith(".") else name
+        artifact = next((a for a in _ARTIFACT_NAMES if bare.startswith(a + ".")), None)
+        if artifact is None or not name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+            continue
+        if not any(_alive(pid) for pid in _writer_pids(name, artifact)):
+            found.append(Path(entry.path))
+    return found
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``root``; the ones removed (a vanished one is skipped)."""
+    removed = []
+    for path in stale_temporaries(root):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 # --------------------------------------------------------------------------- report sections
@@ -200,7 +333,10 @@ class _Section(BaseModel):
 TimeStep = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*$")]
 Readout = Literal["potential", "spikes"]
 #: an accuracy: a fraction in [0, 1] (so no NaN or infinity either)
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+#: an NQ layer's noise σ (a standard deviation) and threshold λ (a firing threshold)
+Sigma = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Threshold = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
 class Accuracy(_Section):
@@ -215,8 +351,9 @@ class Accuracy(_Section):
 class EpochRecord(_Section):
     epoch: int
     loss: Optional[float] = None
-    ann_val: Optional[float] = None
-    snn_val: Optional[float] = None
+    ann_val: Optional[Fraction] = None
+    snn_val: Optional[Fraction] = None
+    # as training measured them (a diverged epoch's NaN is history too); the checkpoint's are checked
     sigma: list[float] = []
     lambda_: list[float] = Field(default=[], alias="lambda")
     lr: Optional[float] = None
@@ -234,8 +371,8 @@ class Simulator(_Section):
 
 class CheckpointInfo(_Section):
     epoch: Optional[int] = None
-    sigma: list[float] = []
-    lambda_: list[float] = Field(default=[], alias="lambda")
+    sigma: list[Sigma] = []
+    lambda_: list[Threshold] = Field(default=[], alias="lambda")
     sha256: Optional[str] = None
 
 
@@ -311,7 +448,7 @@ class Probes(_Section):
 
 class Lava(_Section):
     samples: int
-    agreement: float
+    agreement: Fraction
     backend: str
     readout: Optional[Readout] = None
     steps_per_sample: Optional[int] = None
@@ -489,28 +626,21 @@ def validate_report(raw: Any, source: str) -> Report:
 
 
 def _no_duplicates(pairs: list) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"duplicate key {dup!r}")
-    return dict(pairs)
+    """A JSON object's pairs as a dict, refusing a repeated key (linear: one dict, one pass)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def parse_report_json(path: Path) -> Any:
-    """The parsed JSON of ``path`` (size-checked before reading); ArtifactError if it is not JSON."""
+    """The parsed JSON of ``path`` (a regular file, size-checked before reading); ArtifactError
+    if it is anything else or not JSON."""
+    data = read_regular(path, MAX_REPORT_BYTES)
     try:
-        size = path.stat().st_size
-        if size > MAX_REPORT_BYTES:
-            raise ArtifactError(f"{path} is {size} bytes, more than any report.json "
-                                f"({MAX_REPORT_BYTES}); it is not a report of this toolkit")
-        text = path.read_bytes().decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except ArtifactError:
-        raise
-    except IsADirectoryError:
-        raise ArtifactError(f"{path} is a directory, not a report file") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path} is not readable: {exc.strerror or exc}") from None
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise ArtifactError(f"{path} is not readable JSON (not UTF-8 text)") from None
     except RecursionError:
@@ -548,8 +678,11 @@ class RunDir:
 
     @classmethod
     def prepared(cls, path: Any, key: str = "run.dir") -> "RunDir":
-        """The run directory at ``path``, checked and created (see :func:`prepare_run_dir`)."""
-        return cls(prepare_run_dir(path, key))
+        """The run directory at ``path``, checked and created (see :func:`prepare_run_dir`), without
+        the temporary files a killed writer left (see :func:`remove_stale_temporaries`)."""
+        run_dir = cls(prepare_run_dir(path, key))
+        remove_stale_temporaries(run_dir.root)
+        return run_dir
 
     @property
     def checkpoint(self) -> Path:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from torch import nn
 from models.architectures import ARCHITECTURES, build_model, min_input_side, nq_layer_count, nq_layers
 from models.nq import ActivationError, check_activation
 
-from .artifacts import LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, ArtifactError, atomic_path
+from .artifacts import LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE, ArtifactError, atomic_path, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,8 @@ def _foreign_kind(prefix: bytes) -> Optional[str]:
 def _read_header(path: Path) -> tuple[dict, int]:
     """(header JSON object, size of the data region) of a safetensors file, without reading tensors."""
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise CheckpointError(f"{path}: not a regular file")
-        if size > MAX_FILE_BYTES:
-            raise CheckpointError(f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit")
-        with open(path, "rb") as f:
+        with open_regular(path, MAX_FILE_BYTES) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             foreign = _foreign_kind(prefix)
             if foreign:
@@ -168,6 +165,10 @@ def _read_header(path: Path) -> tuple[dict, int]:
                 raise CheckpointError(f"{path}: truncated or not a safetensors file (header of {header_len} "
                                       f"bytes in a file of {size})")
             raw = f.read(header_len)
+    except CheckpointError:
+        raise
+    except ArtifactError as exc:  # not a regular file, too large: the checkpoint's own error type
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     header = _parse_json(path, raw, "header")
@@ -261,10 +262,13 @@ class _Fields:
             raise self.fail(key, "a finite number" + (" > 0" if positive else ""))
         return float(value)
 
-    def numbers(self, key: str, length: int) -> list[float]:
+    def numbers(self, key: str, length: int, lowest: float = -math.inf, strict: bool = False) -> list[float]:
+        """A list of ``length`` finite numbers, each ``>= lowest`` (``> lowest`` when ``strict``)."""
         value = self.doc.get(key)
-        if not isinstance(value, list) or len(value) != length or not all(map(_is_finite, value)):
-            raise self.fail(key, f"a list of {length} finite numbers")
+        if not isinstance(value, list) or len(value) != length or not all(
+                _is_finite(v) and (v > lowest if strict else v >= lowest) for v in value):
+            bound = "" if lowest == -math.inf else f" {'>' if strict else '>='} {lowest:g}"
+            raise self.fail(key, f"a list of {length} finite numbers{bound}")
         return [float(v) for v in value]
 
     def of_type(self, key: str, kind: type, check: Callable[[Any], bool] = lambda _: True) -> Any:
@@ -342,7 +346,9 @@ def _checkpoint_fields(path: Path, doc: dict) -> dict:
             "input_shape": list(shape), "num_classes": f.integer("num_classes", 2, MAX_CLASSES),
             "levels": f.integer("levels", 1, MAX_LEVELS), "epoch": f.integer("epoch", 0, MAX_EPOCH),
             "output_threshold": f.number("output_threshold", positive=True),
-            "sigma": f.numbers("sigma", layers), "lambda": f.numbers("lambda", layers),
+            # σ is a standard deviation; λ a firing threshold (the converter divides by it)
+            "sigma": f.numbers("sigma", layers, lowest=0.0),
+            "lambda": f.numbers("lambda", layers, lowest=0.0, strict=True),
             "metrics": f.of_type("metrics", dict, lambda m: all(map(_is_finite, m.values()))),
             "history": f.of_type("history", list, _is_history),
             "activation": _activation_field(path, f)}
@@ -365,7 +371,7 @@ def load_checkpoint(path: Path) -> dict:
     ``input_shape``, ``num_classes``, ``levels``, ``epoch``, ``output_threshold``, ``sigma``,
     ``lambda``, ``metrics``, ``history``), validated against the model it describes."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link or a loop is an error
         refuse_legacy(path.parent)
         raise CheckpointError(f"no checkpoint at {path}; run `python -m pipeline train` first")
     doc, found = _open(path, "checkpoint", CHECKPOINT_FORMAT, _CHECKPOINT_FIELDS)
@@ -425,9 +431,32 @@ class ResumePoint:
     start_epoch: int
 
 
+#: the config sections that define a training run
+TRAINING_SECTIONS = ("data", "model", "nq", "train", "snn")
+#: keys of those sections that do not change what training produces
+NOT_TRAINING_KEYS = {"train": ("dist_timeout_s",)}
+
+
 def training_identity(config: Mapping[str, Any]) -> dict:
     """The parts of the config that define a training run (resume only into the same run)."""
-    return {k: config.get(k) for k in ("data", "model", "nq", "train", "snn")}
+    out = {}
+    for section in TRAINING_SECTIONS:
+        body = config.get(section)
+        if isinstance(body, Mapping):
+            body = {k: v for k, v in body.items() if k not in NOT_TRAINING_KEYS.get(section, ())}
+        out[section] = body
+    return out
+
+
+def stored_config(path: Path) -> dict:
+    """The config a checkpoint or resume state (by its file name) was made with; only the header is
+    read. :class:`CheckpointError` if the file is not one of ours."""
+    path = Path(path)
+    if path.name == TRAIN_STATE:
+        doc, _ = _open_train_state(path)
+    else:
+        doc, _ = _open(path, "checkpoint", CHECKPOINT_FORMAT, _CHECKPOINT_FIELDS)
+    return _Fields(path, doc).of_type("config", dict)
 
 
 def _train_state_fields(path: Path, doc: dict) -> tuple[int, list, dict]:
@@ -520,17 +549,17 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                      config: Mapping[str, Any], epochs: int) -> Optional[ResumePoint]:
     """Restore the resume state at ``path`` into the model, optimizer, scheduler and RNG.
 
-    None (and a warning) when the state belongs to a different configuration, or when
-    there is none; a :class:`CheckpointError` when it is unreadable, does not fit the
-    model, or claims an epoch beyond ``epochs``."""
+    None when there is none; a :class:`CheckpointError` when it belongs to another
+    configuration (``train`` refuses that before, see :mod:`pipeline.overwrite`), is
+    unreadable, does not fit the model, or claims an epoch beyond ``epochs``."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link or a loop is an error
         refuse_legacy(path.parent)
         return None
     opened = _open_train_state(path)
     if training_identity(_Fields(path, opened[0]).of_type("config", dict)) != training_identity(config):
-        log.warning("%s was made with a different configuration; starting afresh", path)
-        return None
+        raise CheckpointError(f"{path} was made with another configuration; it is not resumed "
+                              "(delete it, or train into a new run.dir)")
     state = read_train_state(path, model, opened)
     if state.epoch >= epochs:
         raise CheckpointError(f"{path}: resume state after epoch {state.epoch + 1}, but train.epochs is "

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECTION.KEY=VALUE",
                         help="override one config key, value parsed as YAML "
                              "(repeatable), e.g. --set nq.noise=false")
+    common.add_argument("--overwrite", action="store_true",
+                        help="let train/export replace a checkpoint or model.net of run.dir that was made "
+                             "with another configuration (same as --set run.overwrite=true)")
     common.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     common.add_argument("--json", action="store_true",
                         help="print the stage's result as JSON on stdout instead of the summary table")
@@ -92,7 +95,8 @@ def _run(args: argparse.Namespace) -> tuple[Any, dict]:
     """(config, the stage's result)."""
     from pipeline.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["run.overwrite=true"] if args.overwrite else [])
+    cfg = load_config(args.config, overrides)
     log.info("config %s valid (data=%s, arch=%s, run.dir=%s)", args.config, cfg.data.name,
              cfg.arch, cfg.run.dir)
     _preflight(cfg, args.command)

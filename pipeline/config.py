@@ -268,6 +268,9 @@ class TrainConfig:
                        "random crop with padding (and horizontal flip where the dataset allows it)")
     select_samples: Optional[int] = _f(None, _Rule("int", lo=16, hi=10_000_000, nullable=True),
                                        "fixed validation subset for model selection (null: all)")
+    dist_timeout_s: float = _f(180.0, _Rule("float", lo=1.0, hi=86_400.0),
+                               "under torchrun: seconds a process waits for a missing peer before "
+                               "it gives up")
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,9 @@ class RunConfig:
     probes: bool = _f(True, _Rule("bool"), "record spikes/ops per layer and step")
     net: Optional[str] = _f(None, _Rule("path", nullable=True),
                             "the .net file `run` executes (null: <run.dir>/model.net)")
+    overwrite: bool = _f(False, _Rule("bool"),
+                         "let train/export replace a checkpoint/model.net made with another "
+                         "configuration (the CLI's --overwrite)")
 
 
 #: ``export.format``: the file ``export`` writes (``net``: quantized netx HDF5, ``nir``: the

@@ -37,6 +37,7 @@ from models.converter import count_ann_macs
 
 from .checkpoints import load_checkpoint, model_from_checkpoint
 from .distributed import process_group
+from .overwrite import check_net_replacement
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .training import train as train_model
 
@@ -256,6 +257,7 @@ def export(cfg, progress: bool = True) -> dict:
     net, provenance, source = _network_to_export(cfg, run_dir)
     if cfg.export.format == "nir":
         return _export_nir(run_dir, net, provenance, source)
+    check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     with atomic_path(run_dir.net, suffix=".net") as tmp:

@@ -52,7 +52,7 @@ from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from models.converter import convert
 
-from .artifacts import CHECKPOINT, TRAIN_STATE, ArtifactError
+from .artifacts import CHECKPOINT, TRAIN_STATE, ArtifactError, remove_stale_temporaries
 # re-exported: the checkpoint API lived here before pipeline.checkpoints
 from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_model,  # noqa: F401
                           load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
@@ -60,6 +60,7 @@ from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_mo
 from .data import DatasetSplits, augment_batch, load_dataset
 from .distributed import (STREAM_AUGMENT, STREAM_NOISE, DistContext, DistributedError, default_device,
                           derived_seed, process_group)
+from .overwrite import clear_trained, training_replaces
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,8 @@ class _Session:
 
 
 def _prepare_run_dir(cfg, dist: DistContext) -> Path:
+    """``run.dir`` created, without stale temporary files; an existing checkpoint of another
+    configuration refused, or (``run.overwrite``) removed with every file made from it."""
     run_dir = Path(cfg.run.dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,9 +363,15 @@ def _prepare_run_dir(cfg, dist: DistContext) -> Path:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ArtifactError(f"run.dir {str(run_dir)!r}: cannot create the directory ({reason})") from None
     refuse_legacy(run_dir)
+    # every rank decides on the same files before rank 0 removes any
+    replace = training_replaces(run_dir, cfg.to_dict(), cfg.run.overwrite)
+    dist.barrier()
     if dist.is_main:
-        for stale in (*run_dir.glob(f".{CHECKPOINT}.*.tmp"), *run_dir.glob(f".{TRAIN_STATE}.*.tmp")):
-            stale.unlink(missing_ok=True)  # left by a killed run; never read
+        remove_stale_temporaries(run_dir)
+        if replace:
+            removed = clear_trained(run_dir)
+            log.warning("run.overwrite: removed %s of another configuration from %s", ", ".join(removed),
+                        run_dir)
     dist.barrier()
     return run_dir
 

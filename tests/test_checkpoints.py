@@ -171,13 +171,14 @@ def test_train_state_restores_the_rng(tmp_path):
     assert torch.equal(torch.get_rng_state(), saved)
 
 
-def test_a_different_configuration_starts_afresh(tmp_path, caplog):
+def test_a_different_configuration_is_not_resumed(tmp_path):
+    """Another configuration's resume state is an error, never silently dropped (train refuses
+    to replace it before, unless told to: tests/test_robustness.py)."""
     path = _state_file(tmp_path / TRAIN_STATE)
     other = {**CONFIG, "train": {"epochs": 3, "lr": 0.1}}
     assert training_identity(other) != training_identity(CONFIG)
-    with caplog.at_level(logging.WARNING):
-        assert load_train_state(path, *_trainer(), config=other, epochs=3) is None
-    assert "different configuration" in caplog.text
+    with pytest.raises(CheckpointError, match="another configuration"):
+        load_train_state(path, *_trainer(), config=other, epochs=3)
     assert load_train_state(tmp_path / "absent" / TRAIN_STATE, *_trainer(), config=CONFIG, epochs=3) is None
 
 
@@ -275,6 +276,9 @@ BYTES = {
     "truncated": _truncated,
     "truncated header": _truncated_header,
     "a directory": lambda p, m: (p.unlink(), p.mkdir()),
+    "a link to /dev/zero": lambda p, m: (p.unlink(), p.symlink_to("/dev/zero")),
+    "a FIFO": lambda p, m: (p.unlink(), os.mkfifo(p)),
+    "a loop of links": lambda p, m: (p.unlink(), p.symlink_to(p)),
 }
 
 DOC = {
@@ -313,6 +317,11 @@ CHECKPOINT_DOC = {
     "sigma too short": lambda d: d.update(sigma=[0.1]),
     "sigma infinite": lambda d: d.update(sigma=[0.0, math.inf, 0.1]),
     "lambda not a list": lambda d: d.update(**{"lambda": 2.0}),
+    "lambda 0": lambda d: d.update(**{"lambda": [0.0, 1.0, 1.0]}),
+    "lambda negative": lambda d: d.update(**{"lambda": [1.0, -1.0, 1.0]}),
+    "lambda NaN": lambda d: d.update(**{"lambda": [1.0, 1.0, math.nan]}),
+    "lambda infinite": lambda d: d.update(**{"lambda": [math.inf, 1.0, 1.0]}),
+    "sigma negative": lambda d: d.update(sigma=[0.0, -0.1, 0.1]),
     "metrics with NaN": lambda d: d.update(metrics={"snn_val": math.nan}),
     "history of numbers": lambda d: d.update(history=[1, 2]),
     "activation missing": lambda d: d.pop("activation"),
