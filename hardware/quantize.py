@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import dynamics
 from .errors import QuantizationError
 from .ir import (WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                  readout_neuron)
@@ -94,6 +95,10 @@ class LayerQuantReport:
     bias_max_abs_error: float
     worst_case_input: int            # max |synaptic input| per step over ALL inputs, integer units
     readout_steps: int | None = None  # potential readout: T up to which |v| provably fits
+    #: T up to which u and v provably neither wrap nor clip, and their extremes over it
+    #: (exact integers, 24-bit register units: u_max ≥ |u|, v_min ≤ v ≤ v_max)
+    state_steps: int = 1
+    state_bounds: dict = field(default_factory=dict)
     #: one entry per extra input (projection): source, weight_bits_used, weight errors
     #: (as for the main weights) and its own worst-case input (integer units)
     extra_inputs: list = field(default_factory=list)
@@ -113,6 +118,10 @@ class _Synapses:
         """Worst-case |synaptic input| of the sum, in float units (module docstring)."""
         return _worst_case_input([self.main * self.x_max] + self.extra)
 
+    def pos_neg(self) -> tuple:
+        """(largest positive, largest negative) synaptic input of the sum, float units."""
+        return _pos_neg([self.main * self.x_max] + self.extra)
+
     def max_abs(self) -> float:
         return max([float(np.abs(w).max(initial=0.0)) for w in [self.main] + self.extra])
 
@@ -123,15 +132,21 @@ class _Synapses:
                    for p, w in zip(self.projections, self.extra)])
 
 
-def _worst_case_input(weights: list) -> float:
-    """max over output rows of max(Σ positive weights, Σ |negative weights|), summed over
-    every synapse in ``weights`` (each (out, ...), scaled to its largest input)."""
-    pos = neg = 0.0
+def _pos_neg(weights: list) -> tuple:
+    """(max over output rows of Σ positive weights, max over rows of Σ |negative weights|),
+    summed over every synapse in ``weights`` (each (out, ...), scaled to its largest input);
+    integers for integer weights."""
+    pos = neg = 0
     for w in weights:
         flat = np.asarray(w).reshape(w.shape[0], -1)
         pos = pos + np.clip(flat, 0, None).sum(axis=1)
         neg = neg + np.clip(-flat, 0, None).sum(axis=1)
-    return float(max(np.max(pos, initial=0.0), np.max(neg, initial=0.0)))
+    return np.max(pos, initial=0).item(), np.max(neg, initial=0).item()
+
+
+def _worst_case_input(weights: list) -> float:
+    """max over output rows of max(Σ positive weights, Σ |negative weights|) (:func:`_pos_neg`)."""
+    return float(max(_pos_neg(weights)))
 
 
 def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOIHI2,
@@ -161,7 +176,7 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
         if layer is readout_layer:
             q_layer, report = _quantize_readout(layer, syn, bias, readout_steps, spec)
         else:
-            q_layer, report = _quantize_hidden(layer, syn, bias, spec)
+            q_layer, report = _quantize_hidden(layer, syn, bias, readout_steps or 1, spec)
         layers.append(q_layer)
         reports.append(report)
         x_max = 1  # later layers receive binary spikes
@@ -201,10 +216,12 @@ def _check_arguments(net: Network, input_bits, readout_steps, spec: Loihi2Spec) 
         raise QuantizationError("input layers with neurons are not produced by this project's converter")
     bits = check_input_bits(spec.input_bits_default if input_bits is None else input_bits,
                             required=True, spec=spec)
-    if net.readout == "potential" and (not isinstance(readout_steps, int)
-                                       or isinstance(readout_steps, bool) or readout_steps < 1):
-        raise QuantizationError(f"a potential readout needs readout_steps (the largest T it will run "
-                                f"for) as a positive integer, got {readout_steps!r}")
+    if (net.readout == "potential" or readout_steps is not None) and (
+            not isinstance(readout_steps, int) or isinstance(readout_steps, bool)
+            or readout_steps < 1):
+        raise QuantizationError(f"readout_steps (the largest T the network will run for; required "
+                                f"for a potential readout) must be a positive integer, got "
+                                f"{readout_steps!r}")
     return bits
 
 
@@ -223,16 +240,122 @@ def _state_label(syn: _Synapses, label: str) -> str:
     return label + (SUM_OF_INPUTS if syn.extra else "")
 
 
-def _hidden_scale(layer, syn: _Synapses, bias: np.ndarray, theta: float,
+@dataclass(frozen=True)
+class _Drive:
+    """A layer's worst case per step in one unit (float units at scale 1, or the 24-bit
+    register): the largest positive and negative synaptic input (a_pos, a_neg ≥ 0, for u)
+    and bias (b_pos, b_neg ≥ 0) of any neuron, the threshold θ and the initial membrane v0."""
+
+    a_pos: float
+    a_neg: float
+    b_pos: float
+    b_neg: float
+    theta: float
+    v0: float
+
+
+def _float_decay(x: float, d: int, spec: Loihi2Spec) -> float:
+    """x·(4096 − d)/4096 unrounded: |x| bounds the integer decay's magnitude (module docstring)."""
+    return x * (spec.decay_unity - d) / spec.decay_unity
+
+
+def _exact_decay(x: int, d: int, spec: Loihi2Spec) -> int:
+    if d == 0:  # (x·4096) >> 12 = x: no numpy call on the common no-leak path
+        return x
+    if d == spec.decay_unity:
+        return 0
+    return int(dynamics.decay(x, d, spec))
+
+
+def _capped(v: float, kind: str, theta: float) -> float:
+    """Largest membrane after the spike/reset of a step whose v was at most ``v``."""
+    if kind == "if_soft":  # v < θ stays; v ≥ θ becomes v − θ
+        return min(v, max(theta, v - theta))
+    return min(v, theta)  # cuba: v ≤ θ stays, v > θ becomes 0
+
+
+def _state_extremes(drive: _Drive, neuron: Neuron, steps: int, decay, cap: float,
+                    spec: Loihi2Spec) -> dict:
+    """max u, max v and min v over steps 1..``steps`` under any input the drive allows.
+
+    Iterates the worst case (module docstring): every map is monotone, so the iterates
+    bound every trajectory and are themselves monotone; stops at their fixed point or as
+    soon as a value passes ``cap``."""
+    du = int(neuron.du) + spec.current_decay_offset
+    dv = int(neuron.dv) + spec.voltage_decay_offset
+    u_hi = u_lo = 0  # u_lo: magnitude of the most negative u
+    r_hi = r_lo = drive.v0  # membrane after the spike/reset
+    ext = {"u_max": 0, "v_max": 0, "v_min": 0}
+    for _ in range(steps):
+        u_hi_next = decay(u_hi, du, spec) + drive.a_pos
+        u_lo_next = decay(u_lo, du, spec) + drive.a_neg
+        v_hi = decay(r_hi, dv, spec) + u_hi_next + drive.b_pos
+        v_lo = decay(r_lo, dv, spec) - u_lo_next - drive.b_neg
+        ext = {"u_max": max(ext["u_max"], u_hi_next, u_lo_next),
+               "v_max": max(ext["v_max"], v_hi), "v_min": min(ext["v_min"], v_lo)}
+        # negative v never spikes; a neuron that spiked sits at or above 0
+        state = (u_hi_next, u_lo_next, _capped(v_hi, neuron.kind, drive.theta), min(v_lo, 0))
+        if state == (u_hi, u_lo, r_hi, r_lo) or _peak(ext) > cap:
+            break
+        u_hi, u_lo, r_hi, r_lo = state
+    return ext
+
+
+def _peak(ext: dict) -> float:
+    return max(ext["u_max"], ext["v_max"], -ext["v_min"])
+
+
+def _time_label(syn: _Synapses, ext: dict, steps: int) -> str:
+    which = "u" if ext["u_max"] >= max(ext["v_max"], -ext["v_min"]) else "v"
+    return _state_label(syn, f"24-bit {which} over T={steps}")
+
+
+def _time_limit(syn: _Synapses, bias: np.ndarray, neuron: Neuron, theta: float, steps: int,
+                spec: Loihi2Spec) -> tuple:
+    """(label, largest scale) of the T-step bound on u and v, from the unrounded worst case."""
+    pos, neg = syn.pos_neg()
+    drive = _Drive(a_pos=pos, a_neg=neg, b_pos=max(float(bias.max(initial=0.0)), 0.0),
+                   b_neg=max(-float(bias.min(initial=0.0)), 0.0), theta=theta,
+                   v0=theta * neuron.initial_fraction)
+    room = _state_room(spec)
+    # past 2θ·room the scale would round θ to mantissa 0: the layer is refused anyway
+    ext = _state_extremes(drive, neuron, steps, _float_decay, 2 * theta * room, spec)
+    peak = _peak(ext)
+    return _time_label(syn, ext, steps), room / peak if peak > 0 else math.inf
+
+
+def _state_room(spec: Loihi2Spec) -> float:
+    """|u|, |v| ≤ 2**23 − 1 (no u wrap, no v clip), in synaptic-input units (before << 6)."""
+    return (spec.state_max - 1) / (1 << spec.activation_shift)
+
+
+def _integer_extremes(w_int: np.ndarray, p_ints: list, x_max: int, b_int: np.ndarray,
+                      neuron: Neuron, vth: int, steps: int, spec: Loihi2Spec) -> dict:
+    """:func:`_state_extremes` of the rounded layer, exact, in the 24-bit register's units."""
+    pos, neg = _pos_neg([w_int * x_max] + p_ints)
+    b = np.asarray(b_int, dtype=np.int64) << spec.netx_bias_exp
+    drive = _Drive(a_pos=int(pos) << spec.activation_shift, a_neg=int(neg) << spec.activation_shift,
+                   b_pos=max(int(b.max(initial=0)), 0), b_neg=max(-int(b.min(initial=0)), 0),
+                   theta=dynamics.theta(vth, spec),
+                   v0=dynamics.initial_v(neuron.kind, vth, spec) if vth > 0 else 0)
+    # the cap at twice the room: a layer just over it gets its exact peak, so the next
+    # scale is right at once
+    return _state_extremes(drive, neuron, steps, _exact_decay, 2 * (spec.state_max - 1), spec)
+
+
+def _hidden_scale(layer, syn: _Synapses, bias: np.ndarray, theta: float, steps: int,
                   spec: Loihi2Spec) -> tuple[float, str]:
     """The largest scale every limit allows (module docstring) and the limit that set it."""
     b_abs = float(np.abs(bias).max(initial=0.0))
     worst = syn.worst()  # input values in [0, 1] float units, all synapses summed
+    time_label, time_limit = _time_limit(syn, bias, layer.neuron, theta, steps, spec)
     limits = {
         **_weight_limits(syn, spec),
         "threshold mantissa": spec.threshold_max / theta,
         "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
         _state_label(syn, "24-bit state"): spec.activation_max / (worst + theta + b_abs),
+        # after the one-step rule: at T = 1 it is implied by it, so ties keep the old label
+        time_label: time_limit,
     }
     limited_by = min(limits, key=limits.get)
     if not math.isfinite(limits[limited_by]):
@@ -240,27 +363,44 @@ def _hidden_scale(layer, syn: _Synapses, bias: np.ndarray, theta: float,
     return limits[limited_by], limited_by
 
 
-def _quantize_hidden(layer, syn: _Synapses, bias: np.ndarray, spec: Loihi2Spec):
+def _state_excess(syn: _Synapses, rounded: tuple, bias_worst: int, ext: dict, steps: int,
+                  spec: Loihi2Spec):
+    """None if the rounded layer fits both state rules, else (limit, value, label) of the
+    one it exceeds most."""
+    worst_int, vth = rounded
+    over = []
+    total = worst_int + vth + bias_worst
+    if total > spec.activation_max:
+        over.append((spec.activation_max / total, spec.activation_max, total,
+                     _state_label(syn, "24-bit state")))
+    if _peak(ext) > spec.state_max - 1:
+        over.append(((spec.state_max - 1) / _peak(ext), spec.state_max - 1, _peak(ext),
+                     _time_label(syn, ext, steps)))
+    return min(over)[1:] if over else None
+
+
+def _quantize_hidden(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec):
     """One spiking layer (see the module docstring)."""
     theta = float(layer.neuron.threshold)
     if not math.isfinite(theta) or theta <= 0:
         raise QuantizationError(f"layer {layer.name}: threshold θ = {theta} must be a positive number")
-    scale, limited_by = _hidden_scale(layer, syn, bias, theta, spec)
-    w_int, b_int, vth, p_ints, worst_int = _round_all(syn, bias, theta, scale)
-    # Rounding can push the worst case past the 24-bit limit (up to half a unit per weight
+    scale, limited_by = _hidden_scale(layer, syn, bias, theta, steps, spec)
+    # Rounding can push the worst case past the 24-bit limits (up to half a unit per weight
     # of every synapse, times its input's maximum): shrink the scale until the rounded
     # network fits.
     for _ in range(RESCALE_RETRIES):
-        total = worst_int + vth + int(np.abs(b_int).max(initial=0))
-        if total <= spec.activation_max:
-            break
-        scale = _shrunk(scale, spec.activation_max, total)
-        limited_by = _state_label(syn, "24-bit state")
         w_int, b_int, vth, p_ints, worst_int = _round_all(syn, bias, theta, scale)
+        ext = _integer_extremes(w_int, p_ints, syn.x_max, b_int, layer.neuron, vth, steps, spec)
+        excess = _state_excess(syn, (worst_int, vth), int(np.abs(b_int).max(initial=0)), ext,
+                               steps, spec)
+        if excess is None or vth < 1:  # (θ rounding to 0 is refused below)
+            break
+        limit, value, limited_by = excess
+        scale = _shrunk(scale, limit, value)
     else:
-        raise QuantizationError(f"layer {layer.name}: worst-case synaptic input {worst_int} "
-                                f"+ threshold {vth} exceeds {spec.activation_max} at every scale"
-                                f"{_branches(syn)}")
+        raise QuantizationError(f"layer {layer.name}: the worst-case synaptic input {worst_int} "
+                                f"with threshold {vth} exceeds the 24-bit state ({limited_by}) "
+                                f"at every scale{_branches(syn)}")
     if vth < 1:
         raise QuantizationError(f"layer {layer.name}: threshold θ = {theta:.3g} rounds to mantissa "
                                 f"{vth} at scale {scale:.3g} (set by the {limited_by}"
@@ -273,8 +413,13 @@ def _quantize_hidden(layer, syn: _Synapses, bias: np.ndarray, spec: Loihi2Spec):
         threshold_float=theta, threshold_mantissa=vth,
         threshold_rel_error=abs(vth / scale - theta) / theta,
         bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
-        worst_case_input=worst_int, extra_inputs=_extra_reports(syn, p_ints, scale))
+        worst_case_input=worst_int, extra_inputs=_extra_reports(syn, p_ints, scale),
+        state_steps=steps, state_bounds=_int_dict(ext))
     return _integer_layer(layer, w_int, b_int, neuron, syn, p_ints), report
+
+
+def _int_dict(ext: dict) -> dict:
+    return {k: int(v) for k, v in ext.items()}
 
 
 def _branches(syn: _Synapses) -> str:
@@ -305,6 +450,19 @@ def _extra_reports(syn: _Synapses, p_ints: list, scale: float) -> list:
             for p, w, p_int in zip(syn.projections, syn.extra, p_ints)]
 
 
+def _readout_time_limit(syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec) -> float:
+    """The readout's bound from the T-step iteration (module docstring): its membrane stays at
+    or below the largest threshold. With the readout's du = 4095, dv = 0 it is never below
+    the closed form T·(worst + max|b|), which therefore sets the scale; it binds only if the
+    readout neuron ever gets a decaying current or voltage."""
+    pos, neg = syn.pos_neg()
+    drive = _Drive(a_pos=pos, a_neg=neg, b_pos=max(float(bias.max(initial=0.0)), 0.0),
+                   b_neg=max(-float(bias.min(initial=0.0)), 0.0), theta=math.inf, v0=0.0)
+    ext = _state_extremes(drive, readout_neuron(integer=False), steps, _float_decay, math.inf, spec)
+    peak = _peak(ext)
+    return spec.threshold_max / peak if peak > 0 else math.inf
+
+
 def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec):
     """The non-firing output integrator (see the module docstring)."""
     w_abs = syn.max_abs()
@@ -316,21 +474,26 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
     limits = {
         **_weight_limits(syn, spec),
         "bias mantissa": spec.bias_max / b_abs if b_abs > 0 else math.inf,
-        accumulation: spec.threshold_max / (steps * (worst + b_abs)),
+        accumulation: min(spec.threshold_max / (steps * (worst + b_abs)),
+                          _readout_time_limit(syn, bias, steps, spec)),
     }
     limited_by = min(limits, key=limits.get)
     scale = limits[limited_by]
     if not math.isfinite(scale):
         raise QuantizationError(f"layer {layer.name}: no finite scale (weights of magnitude {w_abs:.3g} "
                                 f"are too small to represent)")
-    w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
+    neuron = readout_neuron(integer=True)
     for _ in range(RESCALE_RETRIES):  # rounding may add up to half a unit per weight: shrink until it fits
+        w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
         total = steps * (worst_int + int(np.abs(b_int).max(initial=0)))
+        ext = _integer_extremes(w_int, p_ints, syn.x_max, b_int, neuron, neuron.threshold, steps, spec)
+        # v must stay at or below θ (never fires), which is below the 24-bit clip
+        total = max(total, -(-max(ext["v_max"], -ext["v_min"], ext["u_max"])
+                             >> spec.threshold_shift))
         if total <= spec.threshold_max:
             break
         scale = _shrunk(scale, spec.threshold_max, total)
         limited_by = accumulation
-        w_int, b_int, _, p_ints, worst_int = _round_all(syn, bias, 0.0, scale)
     else:
         raise QuantizationError(f"layer {layer.name}: no scale keeps the readout inside the threshold")
     w_max = max(int(np.abs(w).max(initial=0)) for w in [w_int] + p_ints)
@@ -340,7 +503,6 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
             f"24-bit membrane for T up to {steps}, its weights would shrink to at most ±{w_max} "
             f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits){_branches(syn)}; use fewer time "
             f"steps (eval.timesteps) or fewer input bits")
-    neuron = readout_neuron(integer=True)
     q_layer = _integer_layer(layer, w_int, b_int, neuron, syn, p_ints)
     errors = _weight_errors(w_int, syn.main, scale, syn.x_max)
     report = LayerQuantReport(
@@ -348,7 +510,8 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
         threshold_float=None, threshold_mantissa=int(neuron.threshold), threshold_rel_error=0.0,
         bias_max_abs_error=float(np.abs(b_int / scale - bias).max(initial=0.0)),
         worst_case_input=worst_int, readout_steps=int(steps),
-        extra_inputs=_extra_reports(syn, p_ints, scale))
+        extra_inputs=_extra_reports(syn, p_ints, scale), state_steps=int(steps),
+        state_bounds=_int_dict(ext))
     return q_layer, report
 
 

@@ -1,0 +1,178 @@
+"""Fixed-point bounds over time (issue 18, part 2): a network the quantizer accepts for T
+steps never wraps u nor clips v in any of them, so its float and integer runs agree.
+
+Every net here is built directly in the IR. A first ``spread`` layer (fan-in 1, cuba,
+du = 4095) turns each analog input into a spike every step while it is on, so the layer
+under test sees exactly the worst-case drive the quantizer bounds, step after step.
+"""
+import numpy as np
+import pytest
+import torch
+
+from hardware.errors import QuantizationError
+from hardware.ir import Dense, Input, Network, Neuron
+from hardware.quantize import quantize
+from hardware.simulator import encode_input, simulate
+from hardware.spec import LOIHI2
+
+INPUT_BITS = 8
+
+
+def _spread(n_in: int, fan_out: int) -> Dense:
+    """Input i drives neurons [i·fan_out, (i+1)·fan_out): each spikes every step its input is 1."""
+    w = np.kron(np.eye(n_in), np.ones((fan_out, 1)))
+    return Dense(weight=w, bias=None, neuron=Neuron("cuba", 0.5), name="spread")
+
+
+def alpha_net(du: int = 2047, dv: int = 0, fan_in: int = 2000, theta: float = 0.9) -> Network:
+    """The issue's case: a cuba layer with α = 1 − (du+1)/4096 ≈ 0.5 and fan-in 2,000 whose
+    three neurons receive a total of 1.0, 0.8, 0.6 per step (all spikes on)."""
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 1.5, size=(3, fan_in))
+    w = w / w.sum(axis=1, keepdims=True) * np.array([[1.0], [0.8], [0.6]])
+    layers = [_spread(1, fan_in),
+              Dense(weight=w, bias=None, neuron=Neuron("cuba", theta, du=du, dv=dv), name="alpha")]
+    return Network(input=Input(shape=(1,)), layers=layers)
+
+
+def negative_drive_net(kind: str = "cuba", dv: int = 0, fan_in: int = 500,
+                       theta: float = 0.9, neg: float = 1.0, pos: float = 1.5) -> Network:
+    """Input 0 inhibits the layer under test (total −neg per step), input 1 excites it (+pos
+    per step; neuron k gets pos·(k+1)/3): several steps of negative drive, then positive."""
+    w_neg = -np.full((3, fan_in), neg / fan_in)
+    w_pos = np.full((3, fan_in), pos / fan_in) * np.array([[1.0], [2.0], [3.0]]) / 3
+    layers = [_spread(2, fan_in),
+              Dense(weight=np.hstack([w_neg, w_pos]), bias=None,
+                    neuron=Neuron(kind, theta, du=LOIHI2.if_du, dv=dv), name="drive")]
+    return Network(input=Input(shape=(2,)), layers=layers)
+
+
+def on_off(T: int, off_from: int) -> np.ndarray:
+    """(1, T, 2) inputs: input 0 on for steps < off_from, input 1 on from off_from."""
+    x = np.zeros((1, T, 2))
+    x[0, :off_from, 0] = 1.0
+    x[0, off_from:, 1] = 1.0
+    return x
+
+
+def float_and_integer(net: Network, x: np.ndarray, T: int):
+    """(float run, integer run) of ``net`` quantized for T steps, on the same input."""
+    q = quantize(net, input_bits=INPUT_BITS, readout_steps=T)
+    fl = simulate(net, torch.as_tensor(x), T, record_spikes=True)
+    fx = simulate(q, torch.as_tensor(encode_input(x, INPUT_BITS)), T, record_spikes=True)
+    return q, fl, fx
+
+
+def assert_same_spikes(fl, fx) -> None:
+    for name, a, b in zip(fl.layer_names, fl.layer_spike_trains, fx.layer_spike_trains):
+        assert torch.equal(a, b), (name, a.reshape(a.shape[0], -1).T.int(), b.reshape(b.shape[0], -1).T.int())
+    assert torch.equal(fl.predictions(), fx.predictions())
+
+
+def _report(q: Network, name: str) -> dict:
+    return next(r for r in q.metadata["quantization"] if r["name"] == name)
+
+
+# ------------------------------------------------------------------ decaying current (u)
+@pytest.mark.parametrize("du", [2047, 2048])
+def test_alpha_half_fan_in_2000_spikes_as_in_float(du):
+    T = 6
+    q, fl, fx = float_and_integer(alpha_net(du=du), np.ones((1, 1)), T)
+    out = fl.layer_spike_trains[-1][:, 0].T.int()
+    assert out.tolist()[0] == [1] * T  # the issue's neuron: every step in float
+    assert out.sum() >= 15  # the other two join after one step: nothing passes vacuously
+    assert_same_spikes(fl, fx)
+    rep = _report(q, "alpha")
+    # v ≤ θ + u: the membrane of a neuron about to spike is what comes closest to 2**23
+    assert rep["limited_by"] == f"24-bit v over T={T}"
+    assert rep["state_steps"] == T
+    bounds = rep["state_bounds"]
+    one_step = rep["worst_case_input"] << LOIHI2.activation_shift
+    assert 1.9 * one_step < bounds["u_max"] < bounds["v_max"] <= LOIHI2.state_max - 1
+
+
+def test_u_bound_holds_with_the_integer_rounding():
+    """The reported u bound is the exact integer worst case: running the layer on its
+    worst-case input for T steps reaches it and stays within it."""
+    from hardware import dynamics
+
+    T = 12
+    q = quantize(alpha_net(du=1000), input_bits=INPUT_BITS, readout_steps=T)
+    layer = q.layers[-1]
+    a = np.clip(layer.weight, 0, None).sum(axis=1).max()
+    p = dynamics.NeuronParams("cuba", vth=LOIHI2.threshold_max, du=layer.neuron.du, dv=0)
+    u = np.zeros(1, dtype=np.int64)
+    for _ in range(T):
+        u, _, _ = dynamics.step(u, np.zeros(1, dtype=np.int64), np.array([a]), p)
+    assert int(u[0]) == _report(q, "alpha")["state_bounds"]["u_max"] <= LOIHI2.state_max - 1
+
+
+# ------------------------------------------------------------------ voltage: negative drive
+@pytest.mark.parametrize("kind,dv,neg", [("cuba", 0, 1.0), ("if_soft", 0, 1.0), ("cuba", 1024, 2.5),
+                                         ("if_soft", 1024, 2.5)])
+def test_several_steps_of_negative_drive_then_positive(kind, dv, neg):
+    T = 12
+    net = negative_drive_net(kind=kind, dv=dv, neg=neg)
+    q, fl, fx = float_and_integer(net, on_off(T, 5), T)
+    assert int(fl.layer_spike_trains[-1].sum()) >= 3
+    assert_same_spikes(fl, fx)
+    rep = _report(q, "drive")
+    assert rep["limited_by"] == f"24-bit v over T={T}"
+    assert rep["state_bounds"]["v_min"] >= -(LOIHI2.state_max - 1)
+
+
+def test_decaying_voltage_and_current_together():
+    """dv > 0 and du < 4095 at once, with a positive bias: v leaks, u accumulates."""
+    T = 8
+    net = alpha_net(du=1500, dv=512, theta=1.2)
+    net.layers[-1].bias = np.array([0.01, 0.02, -0.01])
+    q, fl, fx = float_and_integer(net, np.ones((1, 1)), T)
+    assert int(fl.layer_spike_trains[-1].sum()) >= 6
+    assert_same_spikes(fl, fx)
+
+
+# ------------------------------------------------------------------ unchanged where it fits
+def test_networks_the_one_step_rule_covers_keep_their_scale():
+    """du = 4095, dv = 0 and only positive drive: u = a and a cuba v stays ≤ θ + a at every
+    step, so the T-step bound is the one-step bound (same scale, same label, same integers)."""
+    net = alpha_net(du=LOIHI2.if_du)
+    one = quantize(net, input_bits=INPUT_BITS)
+    six = quantize(net, input_bits=INPUT_BITS, readout_steps=6)
+    assert [r["scale"] for r in one.metadata["quantization"]] == \
+        [r["scale"] for r in six.metadata["quantization"]]
+    rep = _report(six, "alpha")
+    assert rep["limited_by"] == "24-bit state"
+    assert rep["worst_case_input"] + rep["threshold_mantissa"] <= LOIHI2.activation_max
+    assert np.array_equal(one.layers[-1].weight, six.layers[-1].weight)
+
+
+# ------------------------------------------------------------------ refusal
+def test_unfittable_layer_is_refused_naming_layer_and_bound():
+    """Sustained negative drive of 10⁴ θ per step over T = 100 steps: only a scale with
+    θ < 1/2 keeps v inside 24 bits, so θ would round to mantissa 0 (one step alone fits)."""
+    net = negative_drive_net(kind="cuba", theta=0.001, neg=10.0, pos=0.01)
+    quantize(net, input_bits=INPUT_BITS, readout_steps=1)
+    with pytest.raises(QuantizationError) as info:
+        quantize(net, input_bits=INPUT_BITS, readout_steps=100)
+    msg = str(info.value)
+    assert msg.startswith("layer drive: threshold θ = 0.001 rounds to mantissa 0"), msg
+    assert "24-bit v over T=100" in msg, msg
+
+
+# ------------------------------------------------------------------ Lava
+@pytest.mark.lava
+def test_alpha_case_in_lava_equals_float(tmp_path):
+    """The issue's α = 0.5, fan-in 2,000 net, quantized for T = 6, written as a netx file and
+    run by stock netx in Lava: the same spikes as the integer simulator and as float."""
+    from hardware.lava_runner import run_lava
+    from hardware.netx_io import read_net, write_net
+
+    T = 6
+    net = alpha_net()
+    q, fl, fx = float_and_integer(net, np.ones((1, 1)), T)
+    path = write_net(q, tmp_path / "alpha.net", steps_per_sample=T)
+    lava = run_lava(read_net(path), encode_input(np.ones((1, 1)), INPUT_BITS), T,
+                    net_path=str(path), progress=False, probes="counts")
+    assert np.array_equal(lava.output_spikes, fx.output_spikes.numpy().transpose(1, 0, 2))
+    assert np.array_equal(lava.output_spikes, fl.output_spikes.numpy().transpose(1, 0, 2))
+    assert int(lava.output_spikes.sum()) >= 15
