@@ -109,7 +109,7 @@ def test_export_killed_mid_write_leaves_no_partial_net(trained, tmp_path, point,
     shutil.copytree(trained.root, ws.root, ignore=shutil.ignore_patterns("scratch"))
     ws.write_config()
     # the complete file of the new export, and (distinct) of a previous one
-    assert _export(ws, tmp_path / "s0").returncode == 0
+    assert _export(ws, tmp_path / "s0", "run.overwrite=true").returncode == 0  # same config as the kill's
     new_sha = sha256(ws.run / NET_FILE)
     old_sha = None
     if previous:
