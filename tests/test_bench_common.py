@@ -86,3 +86,13 @@ def test_without_set_the_script_defaults_stand():
 def test_a_bad_set_is_the_pipelines_config_error():
     with pytest.raises(ConfigError, match="data.nme"):
         bench_config("deploy.yaml", [], ["data.nme=digits"])
+
+
+@pytest.mark.slow
+def test_a_row_written_by_nq_vs_qcfs_names_its_dataset_and_provenance(tmp_path):
+    results = tmp_path / "rows.jsonl"
+    nq_vs_qcfs.main(["--set", "data.name=digits", "--epochs", "1", "--seeds", "0", "--arms", "qcfs",
+                     "--select-samples", "100", "--out", str(tmp_path / "runs"), "--results", str(results)])
+    row = json.loads(results.read_text())
+    assert row["dataset"] == "digits" and row["epochs"] == 1
+    assert REQUIRED <= set(row["provenance"]) and row["provenance"]["commit"] == code_state()["commit"]
