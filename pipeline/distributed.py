@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import signal
 import threading
@@ -38,10 +39,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads the launc
     from torch import nn
 
 #: the variables torchrun (torch.distributed.run) sets for every worker it starts
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-#: how long a collective (or the first meeting) may wait for the slowest rank: an epoch
-#: of a large network on a busy CPU can take this long between two collectives
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: the random streams of one rank (see :func:`derived_seed`)
 STREAM_NOISE, STREAM_AUGMENT = 1, 2
 
@@ -64,34 +62,74 @@ class Launch:
         return self.rank == 0
 
 
-def _int_var(environ: Mapping[str, str], name: str, lowest: int) -> int:
+log = logging.getLogger(__name__)
+
+#: the largest job this accepts (a sanity bound: torch's own types overflow far beyond it)
+MAX_WORLD_SIZE = 1 << 16
+#: how long a process waits for a missing peer (the first meeting and every collective) unless
+#: ``train.dist_timeout_s`` says otherwise
+DEFAULT_PEER_TIMEOUT = datetime.timedelta(minutes=3)
+#: a DNS name is at most 253 characters
+MAX_HOST_CHARS = 253
+#: how often the launcher watchdog looks at its parent, and how long the main thread has to
+#: stop cleanly once told before the process ends itself
+WATCHDOG_POLL_S = 0.5
+WATCHDOG_GRACE_S = 10.0
+#: exit status of a worker whose launcher died (as a shell reports SIGTERM)
+EXIT_LAUNCHER_GONE = 128 + signal.SIGTERM
+
+
+def _int_var(environ: Mapping[str, str], name: str, lowest: int, highest: int, why: str = "") -> int:
+    """The integer environment variable ``name`` in ``lowest..highest``; DistributedError naming it."""
     text = environ.get(name)
     if text is None:
         raise DistributedError(f"{name} is not set, but WORLD_SIZE is: start several processes with "
                                "torchrun (it sets " + ", ".join(TORCHRUN_VARS) + ")")
     try:
-        value = int(text)
+        value = int(text.strip()) if len(text) <= 20 else None
     except ValueError:
-        raise DistributedError(f"{name}={text!r} is not an integer") from None
-    if value < lowest:
-        raise DistributedError(f"{name}={value} must be >= {lowest}")
+        value = None
+    if value is None:
+        raise DistributedError(f"{name}={_shown(text)} is not an integer")
+    if not lowest <= value <= highest:
+        raise DistributedError(f"{name}={value} must be in {lowest}..{highest}{why}")
     return value
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+
+
+def _check_master(environ: Mapping[str, str]) -> None:
+    """MASTER_ADDR (a host name or address) and MASTER_PORT (1..65535), where the processes meet."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(name)]
+    if missing:
+        raise DistributedError(f"{' and '.join(missing)} not set: the processes cannot meet; "
+                               "launch them with torchrun")
+    addr = environ["MASTER_ADDR"]
+    if len(addr) > MAX_HOST_CHARS or any(c.isspace() or not c.isprintable() for c in addr):
+        raise DistributedError(f"MASTER_ADDR={_shown(addr)} is not a host name or address")
+    _int_var(environ, "MASTER_PORT", 1, 65535, " (a TCP port)")
+
+
 def launch_from_env(environ: Optional[Mapping[str, str]] = None) -> Launch:
-    """The :class:`Launch` torchrun's variables describe; a single process without ``WORLD_SIZE``."""
+    """The :class:`Launch` torchrun's variables describe; a single process without ``WORLD_SIZE``.
+    Every variable is range-checked; a bad one is a DistributedError naming it."""
     environ = os.environ if environ is None else environ
     if "WORLD_SIZE" not in environ:
         return Launch()
-    world_size = _int_var(environ, "WORLD_SIZE", 1)
-    rank, local_rank = _int_var(environ, "RANK", 0), _int_var(environ, "LOCAL_RANK", 0)
+    world_size = _int_var(environ, "WORLD_SIZE", 1, MAX_WORLD_SIZE)
+    rank = _int_var(environ, "RANK", 0, MAX_WORLD_SIZE - 1)
     if rank >= world_size:
         raise DistributedError(f"RANK={rank} must be below WORLD_SIZE={world_size}")
+    local_world = world_size
+    if "LOCAL_WORLD_SIZE" in environ:
+        local_world = _int_var(environ, "LOCAL_WORLD_SIZE", 1, world_size, f" (WORLD_SIZE={world_size})")
+    local_rank = _int_var(environ, "LOCAL_RANK", 0, local_world - 1,
+                          f" (LOCAL_WORLD_SIZE={local_world})" if "LOCAL_WORLD_SIZE" in environ
+                          else f" (WORLD_SIZE={world_size})")
     if world_size > 1:
-        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(name)]
-        if missing:
-            raise DistributedError(f"{' and '.join(missing)} not set: the processes cannot meet; "
-                                   "launch them with torchrun")
+        _check_master(environ)
     return Launch(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
@@ -102,6 +140,12 @@ def require_single_process(stage: str, launch: Launch) -> None:
             f"`{stage}` runs in one process; only `train` runs under torchrun with several "
             f"processes (WORLD_SIZE={launch.world_size}). Train with torchrun, then run "
             f"`python -m pipeline {stage} ...` without torchrun")
+
+
+def peer_timeout(cfg=None) -> datetime.timedelta:
+    """How long to wait for a missing peer: ``train.dist_timeout_s`` of ``cfg`` (default 3 minutes)."""
+    seconds = getattr(getattr(cfg, "train", None), "dist_timeout_s", None)
+    return DEFAULT_PEER_TIMEOUT if seconds is None else datetime.timedelta(seconds=float(seconds))
 
 
 def derived_seed(seed: int, stream: int, rank: int, epoch: int) -> int:
@@ -237,11 +281,68 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _LauncherWatchdog:
+    """A daemon thread that ends this process when its launcher dies.
+
+    torchrun starts its workers as its own children; when torchrun is killed (kill -9, a lost
+    terminal) nothing tells them, and they would train on unsupervised and write the run
+    directory. The thread notices that the parent changed (the orphan was re-parented) and
+    sends this process SIGTERM (a KeyboardInterrupt in the main thread: ``finally`` blocks
+    run, temporary files are removed); if the main thread has not ended after ``grace``
+    seconds (stuck in a C call, a collective) the process exits at once. A poll, not
+    PR_SET_PDEATHSIG: that one fires when the *thread* that started the child ends, which
+    for a launcher is not necessarily the launcher's end.
+    """
+
+    def __init__(self, poll: float = WATCHDOG_POLL_S, grace: float = WATCHDOG_GRACE_S) -> None:
+        self.parent = os.getppid()
+        self.poll, self.grace = poll, grace
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="launcher-watchdog", daemon=True)
+
+    def __enter__(self) -> "_LauncherWatchdog":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.poll):
+            if os.getppid() != self.parent:
+                break
+        else:
+            return
+        log.error("the launcher (pid %d) is gone; this process stops", self.parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not self.stopped.wait(self.grace):
+            os._exit(EXIT_LAUNCHER_GONE)
+
+
+def watch_launcher(poll: float = WATCHDOG_POLL_S, grace: float = WATCHDOG_GRACE_S) -> _LauncherWatchdog:
+    """A context manager: while inside it, this process ends when its parent dies (see
+    :class:`_LauncherWatchdog`)."""
+    return _LauncherWatchdog(poll, grace)
+
+
+#: RuntimeError texts of torch.distributed that mean a peer is gone or late
+_PEER_TROUBLE = ("timed out", "timeout", "connection", "gloo", "nccl", "store", "peer", "broken pipe")
+
+
+def _peer_error(exc: BaseException, launch: Launch, timeout: datetime.timedelta) -> DistributedError:
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return DistributedError(f"rank {launch.rank} of {launch.world_size}: a peer process did not answer "
+                            f"within {timeout.total_seconds():g} s or is gone (train.dist_timeout_s; "
+                            f"{reason})")
+
+
 @contextlib.contextmanager
-def process_group(timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> Iterator[DistContext]:
+def process_group(timeout: datetime.timedelta = DEFAULT_PEER_TIMEOUT) -> Iterator[DistContext]:
     """The :class:`DistContext` of this process: with torchrun's variables and WORLD_SIZE > 1 the
-    ``torch.distributed`` group is initialised here and destroyed on leaving (whatever happens);
-    otherwise a single-process context. A group someone else initialised is used, not destroyed."""
+    ``torch.distributed`` group is initialised here (waiting at most ``timeout`` for the peers, at
+    the start and at every collective) and destroyed on leaving (whatever happens), and the process
+    ends when its launcher dies; otherwise a single-process context. A group someone else
+    initialised is used, not destroyed."""
     import torch.distributed as dist
 
     launch = launch_from_env()
@@ -253,21 +354,27 @@ def process_group(timeout: datetime.timedelta = COLLECTIVE_TIMEOUT) -> Iterator[
         yield DistContext(launch.rank, launch.world_size, launch.local_rank, device, dist.get_backend())
         return
     device, backend = _device_and_backend(launch)
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), watch_launcher():
         try:
             dist.init_process_group(backend, init_method="env://", rank=launch.rank,
                                     world_size=launch.world_size, timeout=timeout)
-        except (RuntimeError, ValueError) as exc:  # unreachable master, timeout, a backend missing
+        except (RuntimeError, ValueError, TypeError, OverflowError) as exc:  # no master, timeout, no backend
             where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise DistributedError(f"rank {launch.rank} of {launch.world_size} could not join the {backend} "
-                                   f"process group at {where} ({reason})") from None
+                                   f"process group at {where} within {timeout.total_seconds():g} s "
+                                   f"(train.dist_timeout_s; {reason})") from None
         try:
             yield DistContext(launch.rank, launch.world_size, launch.local_rank, device, backend)
+        except RuntimeError as exc:
+            if any(word in str(exc).lower() for word in _PEER_TROUBLE):
+                raise _peer_error(exc, launch, timeout) from None
+            raise
         finally:
             dist.destroy_process_group()
 
 
 __all__ = ["TORCHRUN_VARS", "DistributedError", "Launch", "DistContext", "launch_from_env",
            "require_single_process", "derived_seed", "shard_bounds", "process_group", "single_process",
-           "default_device", "STREAM_NOISE", "STREAM_AUGMENT"]
+           "default_device", "STREAM_NOISE", "STREAM_AUGMENT", "watch_launcher", "peer_timeout",
+           "DEFAULT_PEER_TIMEOUT", "MAX_WORLD_SIZE"]

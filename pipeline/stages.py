@@ -36,7 +36,7 @@ from .data import load_dataset
 from models.converter import count_ann_macs
 
 from .checkpoints import load_checkpoint, model_from_checkpoint
-from .distributed import process_group
+from .distributed import peer_timeout, process_group
 from .overwrite import check_net_replacement
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .training import train as train_model
@@ -172,7 +172,7 @@ def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]
 def train(cfg, progress: bool = True) -> dict:
     """Train; under torchrun with several processes with DDP (:mod:`pipeline.distributed`):
     every rank trains, rank 0 alone writes the files and the report."""
-    with process_group() as dist:
+    with process_group(peer_timeout(cfg)) as dist:
         run_dir = open_run(cfg)
         result = train_model(cfg, progress=progress, dist=dist)
         if dist.is_main:
@@ -336,6 +336,20 @@ def _input_section(cfg, net, path: Path, data_shape: tuple):
     return net, section
 
 
+def _default_neuron_note(net) -> dict:
+    """The layers a file made elsewhere left without a neuron group: netx gives them its default
+    neuron, a non-leaky integrator whose threshold (1 << 17) << 6 the clipped v never exceeds."""
+    names = net.metadata.get("netx_default_neuron_layers") or []
+    if not names:
+        return {}
+    if net.weighted_layers[-1].name in names and net.readout == "spikes":
+        log.warning("the output layer %s has no neuron group in the file: netx's default neuron "
+                    "never spikes, so the spike-count accuracy is that of always predicting class 0",
+                    net.weighted_layers[-1].name)
+    return {"default_neuron_layers": list(names),
+            "default_neuron": "stock netx's: iDecay 0, vDecay 4096, vThMant 1 << 17 (never spikes)"}
+
+
 def _load_net_and_data(cfg, path: Path):
     """(net, integer test inputs, labels, input section), refusing a dataset the network was not
     made for."""
@@ -395,7 +409,8 @@ def run(cfg, progress: bool = True) -> dict:
     lava, lava_acc, board = _lava_sections(cfg, net, path, x_int, labels, progress)
     result = {"readout": net.readout, "accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc}, "lava": lava,
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
-              "network_file": {"path": str(path), "sha256": sha256_of(path), "input": input_section},
+              "network_file": {"path": str(path), "sha256": sha256_of(path), "input": input_section,
+                               **_default_neuron_note(net)},
               "resources": fit.to_dict()}
     if board is not None:
         result["energy_measured"] = board

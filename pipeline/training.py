@@ -59,7 +59,7 @@ from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_mo
                           save_checkpoint, save_train_state)
 from .data import DatasetSplits, augment_batch, load_dataset
 from .distributed import (STREAM_AUGMENT, STREAM_NOISE, DistContext, DistributedError, default_device,
-                          derived_seed, process_group)
+                          derived_seed, peer_timeout, process_group)
 from .overwrite import clear_trained, training_replaces
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ def train(cfg, progress: bool = True, data: DatasetSplits | None = None,
     Under DDP every rank returns the same history; rank 0 alone writes the files and shows
     progress, and every rank returns only once they are complete."""
     if dist is None:
-        with process_group() as dist:
+        with process_group(peer_timeout(cfg)) as dist:
             return train(cfg, progress, data, dist)
     _check_batch_split(cfg, dist)
     run_dir = _prepare_run_dir(cfg, dist)

@@ -268,3 +268,159 @@ def test_a_stage_start_removes_what_a_killed_export_left(exported, tmp_path):
         p.write_bytes(b"partial")
     stages.open_run(_cfg(run_dir))
     assert not any(p.exists() for p in leftovers)
+
+
+# --------------------------------------------------------------------------- 4: distributed launches
+BASE_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"WORLD_SIZE": "99999999999999999999"}, "WORLD_SIZE"), ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
+    ({"WORLD_SIZE": "-3"}, "WORLD_SIZE"), ({"WORLD_SIZE": "two"}, "WORLD_SIZE"),
+    ({"RANK": "2"}, "RANK"), ({"RANK": "-1"}, "RANK"), ({"LOCAL_RANK": "-1"}, "LOCAL_RANK"),
+    ({"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "1"}, "LOCAL_RANK"), ({"LOCAL_WORLD_SIZE": "9"}, "LOCAL_WORLD_SIZE"),
+    ({"MASTER_PORT": "0"}, "MASTER_PORT"), ({"MASTER_PORT": "65536"}, "MASTER_PORT"),
+    ({"MASTER_PORT": "http"}, "MASTER_PORT"), ({"MASTER_ADDR": "a b"}, "MASTER_ADDR"),
+    ({"MASTER_ADDR": "x" * 300}, "MASTER_ADDR"),
+])
+def test_every_launch_variable_is_range_checked(change, named):
+    from pipeline.distributed import DistributedError, launch_from_env
+
+    with pytest.raises(DistributedError, match=f"^{named}="):
+        launch_from_env({**BASE_ENV, **change})
+
+
+def test_a_rank_whose_peers_never_come_gives_up_within_the_timeout():
+    """Rank 1 of 2 with nobody at MASTER_PORT: a DistributedError after train.dist_timeout_s."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import datetime, time\nfrom pipeline.distributed import process_group\nt = time.monotonic()\n"
+            "try:\n    with process_group(datetime.timedelta(seconds=2)):\n        print('joined')\n"
+            "except Exception as e:\n    print(type(e).__name__, round(time.monotonic() - t), e)\n")
+    env = {**os.environ, **BASE_ENV, "RANK": "1", "LOCAL_RANK": "1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    kind, seconds, message = out.stdout.split(" ", 2)
+    assert kind == "DistributedError" and "rank 1 of 2" in message and "train.dist_timeout_s" in message
+    assert int(seconds) < 10
+
+
+def test_peer_timeout_comes_from_the_config(tmp_path):
+    from pipeline.distributed import DEFAULT_PEER_TIMEOUT, peer_timeout
+
+    assert peer_timeout(_cfg(tmp_path)) == DEFAULT_PEER_TIMEOUT and DEFAULT_PEER_TIMEOUT.total_seconds() == 180
+    assert peer_timeout(_cfg(tmp_path, "train.dist_timeout_s=7")).total_seconds() == 7
+
+
+WATCHED = """
+import sys, time
+from pipeline.distributed import _sigterm_as_interrupt, watch_launcher
+with _sigterm_as_interrupt(), watch_launcher(poll=0.1, grace=float(sys.argv[1])):
+    try:
+        print("ready", flush=True)
+        time.sleep(120)
+    except KeyboardInterrupt:
+        open(sys.argv[3], "w").close()  # the main thread was told, and its finally blocks run
+        if sys.argv[2] == "stuck":
+            time.sleep(120)  # a main thread that does not end: the watchdog's hard exit
+        sys.exit(130)
+"""
+LAUNCHER = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+print(child.pid, child.stdout.readline().strip(), flush=True)
+child.wait()
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("mode", ["interruptible", "stuck"])
+def test_a_worker_ends_when_its_launcher_is_killed(mode, tmp_path):
+    """The launcher gets kill -9: its worker is interrupted (SIGTERM: KeyboardInterrupt in the main
+    thread) within a poll, and ends even if its main thread does not, after the grace time."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    told = tmp_path / "interrupted"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WATCHED, "1.5", mode, str(told)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        pid, ready = launcher.stdout.readline().split()
+        worker = int(pid)
+        assert ready == "ready" and not _gone(worker)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        start = time.monotonic()
+        while not _gone(worker) and time.monotonic() < start + 8:
+            time.sleep(0.05)
+        assert _gone(worker), "the worker outlived its launcher"
+        assert told.exists(), "the worker's main thread was not interrupted"
+        assert (time.monotonic() - start >= 1.0) == (mode == "stuck")
+    finally:
+        launcher.kill()
+        if worker is not None and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _tree_state(run_dir: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} if run_dir.exists() else {}
+
+
+@pytest.mark.slow
+def test_torchrun_killed_takes_its_training_processes_with_it(tmp_path):
+    """kill -9 of torchrun during training: the workers end within seconds and write nothing after."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
+           "train", "--config", str(REPO / "deploy.yaml"), *sum((["--set", s] for s in TINY), []),
+           "--set", f"run.dir={run_dir}", "--set", "train.epochs=200"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    log = open(tmp_path / "torchrun.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / TRAIN_STATE).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "torchrun.log").read_text()[-3000:]
+        workers = [w for w in _descendants(proc.pid) if "pipeline" in Path(f"/proc/{w}/cmdline").read_text()]
+        assert len(workers) >= 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + WATCHDOG_LIMIT_S
+        while not all(map(_gone, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(map(_gone, workers)), "training processes outlived torchrun"
+        after = _tree_state(run_dir)
+        time.sleep(3)
+        assert _tree_state(run_dir) == after, "the run directory was written after the workers ended"
+    finally:
+        for pid in [*workers, proc.pid]:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+#: the watchdog's poll plus its grace (a main thread stuck in a C call)
+WATCHDOG_LIMIT_S = 15
