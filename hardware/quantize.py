@@ -22,6 +22,24 @@ spike train unchanged in exact arithmetic, so ``s_l`` is free; it is the largest
   of any neuron (all positive or all negative weights active at full input),
   plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits),
   rounding included: s ≤ (131071 − rounding) / (worst + θ + max|b|).
+* keeps u and v inside 24 bits at every step t ≤ T = ``readout_steps`` (None: T = 1, the
+  rule above), where a decaying current (du < 4095) accumulates towards a·4096/(du+1), a
+  voltage under sustained negative drive falls without bound for dv = 0 and towards
+  −(a + b)·4096/dv for dv > 0, and positive v is capped by the spike (``limited_by``:
+  "24-bit u over T=…" or "24-bit v over T=…"). With A± = max_o (Σ_j max(±W_oj·x_max, 0)) << 6
+  (over the sum of all synapses), B± = max(±b, 0) << 6, θ = vth << 6 and the integer decay
+  D_d(y) = sign(y)·(|y|·(4096 − d) >> 12), the worst case is iterated exactly::
+
+      u⁺_t = D_{du+1}(u⁺_{t−1}) + A⁺            u⁻_t = D_{du+1}(u⁻_{t−1}) + A⁻     (u_0 = 0)
+      V⁺_t = D_dv(r⁺_{t−1}) + u⁺_t + B⁺         V⁻_t = D_dv(r⁻_{t−1}) − u⁻_t − B⁻  (r_0 = v0)
+      r⁺_t = min(V⁺_t, θ) (cuba)  or  min(V⁺_t, max(θ, V⁺_t − θ)) (if_soft);   r⁻_t = min(V⁻_t, 0)
+
+  Every map is monotone, so −u⁻_t ≤ u_t ≤ u⁺_t and V⁻_t ≤ v_t ≤ V⁺_t for any input within
+  one step's worst case; the layer needs max_t max(u⁺_t, u⁻_t, V⁺_t, −V⁻_t) ≤ 2**23 − 1
+  (no u wrap, no v clip; reported as ``state_bounds``). The scale starts from the same
+  iteration without rounding (|D_d(y)| ≤ |y|·(4096 − d)/4096) in float units, e.g. for a
+  cuba layer with du = 4095, dv = 0: s ≤ (2**23 − 1)/2**6 / max(θ + a⁺ + b⁺, T·(a⁻ + b⁻)),
+  and shrinks until the rounded layer fits; if θ then rounds to 0, the layer is refused.
 
 Joint rule for a layer with extra inputs (residual networks). A neuron's synaptic input
 is the SUM of what all of its synapses deliver in one step (Lava adds everything that
@@ -44,13 +62,16 @@ T up to ``readout_steps``::
     =>  s ≤ 131071 / (readout_steps · (worst + max|b|))      (rounding included)
 
 (``worst`` over the sum of all of its inputs, as above) so the neuron never spikes, v
-never clips and u never wraps. If that scale would leave the readout weights (of all of
-its synapses) fewer than :data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer
-refuses (fewer steps, or fewer input bits, fit).
+never clips and u never wraps; it is the iteration above for the readout's du = 4095,
+dv = 0 (with V⁺_t ≤ θ), which the quantizer also checks on the rounded layer. If that
+scale would leave the readout weights (of all of its synapses) fewer than
+:data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer refuses (fewer steps, or fewer
+input bits, fit).
 
 All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
 the limit that set the scale (for a projection's weight range: which projection), the
-quantization error of each quantity, the worst-case input of the sum, and per extra
+quantization error of each quantity, the worst-case input of the sum, the T its u/v
+bounds cover with the exact extremes (``state_steps``, ``state_bounds``), and per extra
 input its own errors and worst case (``extra_inputs``).
 """
 from __future__ import annotations
@@ -153,9 +174,11 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
              readout_steps: int | None = None) -> Network:
     """Quantize a float IR to the integer IR Loihi 2 (and Lava's fixed_pt models) execute.
 
-    ``readout_steps``: for a potential readout, the largest T the network will be run
-    for (the accumulated output is guaranteed to fit for every T up to it); required
-    when ``net.readout == 'potential'``. The result is checked by
+    ``readout_steps``: the largest T the network will be run for (u and v are reset every
+    T steps: per sample in the simulator, ``reset_interval = T`` in Lava). Every layer's u
+    and v, and a potential readout's accumulated output, are guaranteed to neither wrap
+    nor clip for every T up to it; required when ``net.readout == 'potential'``; without
+    it the bound covers one step only. The result is checked by
     :func:`hardware.validate.validate_network` (``project_limits``), whose
     :class:`LoihiRangeError` is a :class:`QuantizationError`.
     """
@@ -326,7 +349,7 @@ def _time_limit(syn: _Synapses, bias: np.ndarray, neuron: Neuron, theta: float, 
 
 def _state_room(spec: Loihi2Spec) -> float:
     """|u|, |v| ≤ 2**23 − 1 (no u wrap, no v clip), in synaptic-input units (before << 6)."""
-    return (spec.state_max - 1) / (1 << spec.activation_shift)
+    return spec.state_abs_max / (1 << spec.activation_shift)
 
 
 def _integer_extremes(w_int: np.ndarray, p_ints: list, x_max: int, b_int: np.ndarray,
@@ -340,7 +363,7 @@ def _integer_extremes(w_int: np.ndarray, p_ints: list, x_max: int, b_int: np.nda
                    v0=dynamics.initial_v(neuron.kind, vth, spec) if vth > 0 else 0)
     # the cap at twice the room: a layer just over it gets its exact peak, so the next
     # scale is right at once
-    return _state_extremes(drive, neuron, steps, _exact_decay, 2 * (spec.state_max - 1), spec)
+    return _state_extremes(drive, neuron, steps, _exact_decay, 2 * spec.state_abs_max, spec)
 
 
 def _hidden_scale(layer, syn: _Synapses, bias: np.ndarray, theta: float, steps: int,
@@ -373,8 +396,8 @@ def _state_excess(syn: _Synapses, rounded: tuple, bias_worst: int, ext: dict, st
     if total > spec.activation_max:
         over.append((spec.activation_max / total, spec.activation_max, total,
                      _state_label(syn, "24-bit state")))
-    if _peak(ext) > spec.state_max - 1:
-        over.append(((spec.state_max - 1) / _peak(ext), spec.state_max - 1, _peak(ext),
+    if _peak(ext) > spec.state_abs_max:
+        over.append((spec.state_abs_max / _peak(ext), spec.state_abs_max, _peak(ext),
                      _time_label(syn, ext, steps)))
     return min(over)[1:] if over else None
 

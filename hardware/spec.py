@@ -114,6 +114,12 @@ class Loihi2Spec:
         return 1 << (self.state_bits - 1)
 
     @property
+    def state_abs_max(self) -> int:
+        """2**23 − 1: the largest |u| that does not wrap and |v| that is not clipped; the
+        quantizer keeps both within it at every step up to the T it quantizes for."""
+        return self.state_max - 1
+
+    @property
     def threshold_max(self) -> int:
         return (1 << self.threshold_mantissa_bits) - 1
 

@@ -8,12 +8,16 @@ under test sees exactly the worst-case drive the quantizer bounds, step after st
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from hardware import dynamics
 from hardware.errors import QuantizationError
 from hardware.ir import Dense, Input, Network, Neuron
 from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from hardware.spec import LOIHI2
+from tests.property_profiles import examples
 
 INPUT_BITS = 8
 
@@ -88,14 +92,12 @@ def test_alpha_half_fan_in_2000_spikes_as_in_float(du):
     assert rep["state_steps"] == T
     bounds = rep["state_bounds"]
     one_step = rep["worst_case_input"] << LOIHI2.activation_shift
-    assert 1.9 * one_step < bounds["u_max"] < bounds["v_max"] <= LOIHI2.state_max - 1
+    assert 1.9 * one_step < bounds["u_max"] < bounds["v_max"] <= LOIHI2.state_abs_max
 
 
 def test_u_bound_holds_with_the_integer_rounding():
     """The reported u bound is the exact integer worst case: running the layer on its
     worst-case input for T steps reaches it and stays within it."""
-    from hardware import dynamics
-
     T = 12
     q = quantize(alpha_net(du=1000), input_bits=INPUT_BITS, readout_steps=T)
     layer = q.layers[-1]
@@ -104,7 +106,7 @@ def test_u_bound_holds_with_the_integer_rounding():
     u = np.zeros(1, dtype=np.int64)
     for _ in range(T):
         u, _, _ = dynamics.step(u, np.zeros(1, dtype=np.int64), np.array([a]), p)
-    assert int(u[0]) == _report(q, "alpha")["state_bounds"]["u_max"] <= LOIHI2.state_max - 1
+    assert int(u[0]) == _report(q, "alpha")["state_bounds"]["u_max"] <= LOIHI2.state_abs_max
 
 
 # ------------------------------------------------------------------ voltage: negative drive
@@ -118,7 +120,7 @@ def test_several_steps_of_negative_drive_then_positive(kind, dv, neg):
     assert_same_spikes(fl, fx)
     rep = _report(q, "drive")
     assert rep["limited_by"] == f"24-bit v over T={T}"
-    assert rep["state_bounds"]["v_min"] >= -(LOIHI2.state_max - 1)
+    assert rep["state_bounds"]["v_min"] >= -LOIHI2.state_abs_max
 
 
 def test_decaying_voltage_and_current_together():
@@ -144,6 +146,63 @@ def test_networks_the_one_step_rule_covers_keep_their_scale():
     assert rep["limited_by"] == "24-bit state"
     assert rep["worst_case_input"] + rep["threshold_mantissa"] <= LOIHI2.activation_max
     assert np.array_equal(one.layers[-1].weight, six.layers[-1].weight)
+
+
+# ------------------------------------------------------------------ the contract, on any input
+def _input_patterns(w: np.ndarray, T: int, rng) -> list:
+    """(T, n_in) payload sequences: every input on, random on/off, and for each neuron the
+    inputs of its negative (then positive) weights on, the drive the bounds are made for."""
+    top = LOIHI2.input_max(INPUT_BITS)
+    pats = [np.full((T, w.shape[1]), top), rng.integers(0, 2, size=(T, w.shape[1])) * top]
+    for row in w:
+        pats += [np.tile((row < 0) * top, (T, 1)), np.tile((row > 0) * top, (T, 1))]
+    return pats
+
+
+def _run_unclipped(layer, x: np.ndarray) -> tuple:
+    """Lava's integer step on payloads x (T, n_in), returning the largest |u| and the range of
+    v BEFORE any wrap or clip could act (so a wrap or clip shows as a value beyond 2**23 − 1)."""
+    n = layer.weight.shape[0]
+    p = dynamics.NeuronParams(layer.neuron.kind, vth=layer.neuron.threshold, du=layer.neuron.du,
+                              dv=layer.neuron.dv, bias_mant=layer.bias, bias_exp=layer.neuron.bias_exp)
+    u = np.zeros(n, dtype=np.int64)
+    v = np.full(n, dynamics.initial_v(p.kind, p.vth), dtype=np.int64)
+    u_max, v_lo, v_hi = 0, 0, 0
+    for xt in x:
+        a = layer.weight @ xt
+        u_raw = dynamics.decay(u, p.du + LOIHI2.current_decay_offset) + (a << LOIHI2.activation_shift)
+        v_raw = dynamics.decay(v, p.dv) + u_raw + dynamics.effective_bias(p)
+        u_max = max(u_max, int(np.abs(u_raw).max()))
+        v_lo, v_hi = min(v_lo, int(v_raw.min())), max(v_hi, int(v_raw.max()))
+        u, v, _ = dynamics.step(u, v, a, p)
+    return u_max, v_lo, v_hi
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(seed=st.integers(0, 2**16), kind=st.sampled_from(["cuba", "if_soft"]),
+       du=st.sampled_from([0, 1000, 2047, 3500, LOIHI2.if_du]), dv=st.sampled_from([0, 256, 2048]),
+       T=st.integers(1, 24), fan_in=st.sampled_from([3, 40, 400]))
+@example(seed=0, kind="cuba", du=2047, dv=0, T=6, fan_in=400)
+def test_accepted_layer_never_wraps_or_clips(seed, kind, du, dv, T, fan_in):
+    """Whatever the quantizer accepts for T steps stays inside 24 bits on every input it may
+    get, within the bounds it reports."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(4, fan_in)) + rng.normal()
+    net = Network(input=Input(shape=(fan_in,)),
+                  layers=[Dense(weight=w, bias=rng.normal(size=4) * 0.2,
+                                neuron=Neuron(kind, float(rng.uniform(0.1, 3.0)), du=du, dv=dv),
+                                name="d")])
+    try:
+        q = quantize(net, input_bits=INPUT_BITS, readout_steps=T)
+    except QuantizationError as exc:
+        assert str(exc).startswith("layer d: threshold"), exc
+        return
+    bounds = q.metadata["quantization"][0]["state_bounds"]
+    for x in _input_patterns(w, T, rng):
+        u_max, v_lo, v_hi = _run_unclipped(q.layers[0], x)
+        assert u_max <= bounds["u_max"] <= LOIHI2.state_abs_max
+        assert -LOIHI2.state_abs_max <= bounds["v_min"] <= v_lo <= v_hi <= bounds["v_max"] \
+            <= LOIHI2.state_abs_max
 
 
 # ------------------------------------------------------------------ refusal
