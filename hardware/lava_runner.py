@@ -75,11 +75,12 @@ from . import ir
 from .errors import LavaBackendError
 from .lava_board import board_io, board_measurement, refuse_on_board
 from .lava_net import build_lava_network
-from .validate import project_limits, validate_network
+from .validate import netx_limits, project_limits, validate_network
 from .lava_schedule import (RESET_OFFSET, LayerProbes, Schedule, lava_rows, make_schedule,
                             output_spikes, readout_window_ends, source_data, validate_inputs,
                             weighted_shapes)
 from .lava_session import LavaSession
+from .netx_io import stock_reset_offset
 
 __all__ = ["LavaRunResult", "run_lava", "RESET_OFFSET", "BACKENDS", "PROBE_MODES",
            "sim_run_config", "RecorderTaps"]
@@ -265,21 +266,37 @@ def _check_options(net: ir.Network, timesteps, backend: str, probes) -> int:
 
 def _build(net: ir.Network, timesteps: int, net_path: Optional[str], align_extra_inputs: bool = True):
     """Stock netx for a sequential cuba network read from ``net_path``, else our loader
-    (stock netx cannot build if_soft neurons nor a residual network's extra inputs)."""
-    validate_network(net, project_limits())
-    if net_path is not None and _neuron_kinds(net) == {"cuba"} and net.is_sequential:
+    (stock netx cannot build if_soft neurons nor a residual network's extra inputs).
+    A file stock netx loads may hold what netx makes of others' files (rescaled dense
+    weights, its default neuron): netx's limits; our loader takes this project's."""
+    stock = net_path is not None and _neuron_kinds(net) == {"cuba"} and net.is_sequential
+    validate_network(net, netx_limits() if stock else project_limits())
+    if net.input_bits is None:
+        raise LavaBackendError("the network does not state its input bits (input_bits)")
+    if stock:
         from lava.lib.dl.netx.hdf5 import Network as NetxNetwork
         if not os.path.isfile(net_path):
             raise LavaBackendError(f"netx file {net_path!r} does not exist")
         lnet = NetxNetwork(net_config=str(net_path), input_message_bits=int(net.input_bits),
-                           reset_interval=int(timesteps), reset_offset=RESET_OFFSET)
-        if len(lnet.layers) != len(net.weighted_layers):
+                           reset_interval=int(timesteps), reset_offset=stock_reset_offset(net))
+        blocks = len(net.weighted_layers) + (net.input.neuron is not None)
+        if len(lnet.layers) != blocks:
             raise LavaBackendError(f"{net_path}: netx built {len(lnet.layers)} blocks, the IR "
-                                   f"has {len(net.weighted_layers)} weighted layers")
+                                   f"has {blocks} (weighted layers and an input neuron layer)")
         return lnet, "stock lava.lib.dl.netx.hdf5.Network"
     return (build_lava_network(net, reset_interval=int(timesteps), reset_offset=RESET_OFFSET,
                                align_extra_inputs=align_extra_inputs),
             "hardware.lava_net.build_lava_network")
+
+
+def _input_port(lnet):
+    """Where the input goes. netx's ``Input`` block (a file's input neuron layer) leaves its
+    ``inp`` port unconnected ("the input must be handled through neuron's bias"), so data sent
+    there is dropped without a word; lava-dl's own tests feed that neuron's ``a_in``."""
+    from lava.lib.dl.netx.blocks.process import Input
+
+    in_layer = getattr(lnet, "in_layer", None)
+    return in_layer.neuron.a_in if isinstance(in_layer, Input) else lnet.inp
 
 
 def _io(lnet, data: np.ndarray, backend: str, steps: int, input_bits: int):
@@ -289,7 +306,7 @@ def _io(lnet, data: np.ndarray, backend: str, steps: int, input_bits: int):
     from lava.proc import io
     src = io.source.RingBuffer(data=data)
     sink = io.sink.RingBuffer(shape=tuple(lnet.out.shape), buffer=steps)
-    src.s_out.connect(lnet.inp)
+    src.s_out.connect(_input_port(lnet))
     lnet.out.connect(sink.a_in)
     return src, sink, sim_run_config(), None
 
@@ -391,9 +408,12 @@ def _probe_taps(net: ir.Network, lnet, plan, timesteps: int, probes, probe_taps)
     """The per-layer probes attached to the built network, or None without probes."""
     if not probes:
         return None
-    layer_probes = LayerProbes([layer.name for layer in net.weighted_layers],
-                               weighted_shapes(net), plan.n_samples, timesteps,
-                               keep_trains=probes is True or probes == "trains")
+    # an input neuron layer (files made elsewhere) is netx's block 0 and spikes too
+    first = [net.input] if net.input.neuron is not None else []
+    layer_probes = LayerProbes([layer.name for layer in first + list(net.weighted_layers)],
+                               [tuple(net.input.shape)] * len(first) + weighted_shapes(net),
+                               plan.n_samples, timesteps,
+                               keep_trains=probes is True or probes == "trains", lead=1 - len(first))
     return (probe_taps or RecorderTaps)(lnet, layer_probes, plan.longest_chunk, plan.steps)
 
 

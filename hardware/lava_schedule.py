@@ -207,14 +207,16 @@ class LayerProbes:
 
     Block i emits sample k, step τ (1-based) at Lava step t = kT + 1 + i + τ,
     i.e. 0-based column c = t − 1 = kT + i + τ; so c − (i + 1) = kT + τ − 1.
+    ``lead = 0`` when block 0 is an input neuron layer (a file made elsewhere), which
+    takes its input the step it arrives: block i then emits at t = kT + i + τ.
     Per layer it keeps the layouts of :class:`hardware.simulator.SimResult`:
     ``counts`` (N, *shape), ``steps`` (T, N) and, with ``keep_trains``,
     ``trains`` (T, N, *shape) bool.
     """
 
     def __init__(self, names: list, shapes: list, n_samples: int, timesteps: int,
-                 keep_trains: bool):
-        self.names, self.shapes = names, shapes
+                 keep_trains: bool, lead: int = 1):
+        self.names, self.shapes, self.lead = names, shapes, lead
         self.n, self.t = n_samples, timesteps
         self.counts = [np.zeros((n_samples,) + s, dtype=np.int64) for s in shapes]
         self.steps = [np.zeros((timesteps, n_samples), dtype=np.int64) for _ in shapes]
@@ -223,7 +225,7 @@ class LayerProbes:
 
     def add(self, i: int, first_col: int, rows: np.ndarray) -> None:
         """``rows``: (n, *shape) spikes of block i at columns first_col .. first_col+n−1."""
-        rel = np.arange(first_col, first_col + rows.shape[0]) - (i + 1)
+        rel = np.arange(first_col, first_col + rows.shape[0]) - (i + self.lead)
         keep = (rel >= 0) & (rel < self.n * self.t)
         rel, rows = rel[keep], rows[keep]
         if rel.size == 0:

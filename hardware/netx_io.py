@@ -146,6 +146,7 @@ __all__ = [
     "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
     "STOCK_RESET_OFFSET", "MAX_DATASET_ELEMENTS", "MAX_TOTAL_ELEMENTS",
     "GRAPH_FORMAT", "GRAPH_VERSION", "write_net", "read_net", "netx_dense_effective",
+    "stock_reset_offset",
 ]
 
 NETX_FORMAT_VERSION = "1"
@@ -190,6 +191,14 @@ _NETX_REF_DELAY = 1
 #: step c + 1): netx resets block i at steps t = offset + 1 + i (mod T), which is
 #: then the first step of block i's window (see :mod:`hardware.lava_runner`).
 STOCK_RESET_OFFSET = 1
+
+def stock_reset_offset(net: Network) -> int:
+    """The ``reset_offset`` stock netx needs for ``net`` (see :data:`STOCK_RESET_OFFSET`).
+
+    An input neuron layer is netx's block 0 and takes sample k at steps kT+1 .. kT+T (no
+    synapse in front of it), so every block's window starts one step earlier: offset 0."""
+    return STOCK_RESET_OFFSET - (net.input.neuron is not None)
+
 
 #: Sane limits checked before anything is read: no dataset (weights, biases) may
 #: declare more elements than this, nor all of them together more than
@@ -341,8 +350,8 @@ def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
         args.append(f"input_message_bits={int(net.input_bits)}")
     if steps_per_sample is not None:
         attrs["reset_interval"] = integer_scalar(steps_per_sample, "input", "steps_per_sample", 1)
-        attrs["reset_offset"] = STOCK_RESET_OFFSET
-        args += [f"reset_interval={attrs['reset_interval']}", f"reset_offset={STOCK_RESET_OFFSET}"]
+        attrs["reset_offset"] = stock_reset_offset(net)
+        args += [f"reset_interval={attrs['reset_interval']}", f"reset_offset={attrs['reset_offset']}"]
     attrs["stock_netx_call"] = f"lava.lib.dl.netx.hdf5.Network({', '.join(args)})"
     kinds = {layer.neuron.kind for layer in net.weighted_layers}
     notes = ["Feed sample k as the graded input of steps kT+1 .. kT+T (a RingBuffer column c "
@@ -613,6 +622,8 @@ class _Reader(_Access):
         self.graph: Optional[int] = None
         self.shape: Optional[tuple] = None
         self.input_meta: dict = {}
+        #: names of the layers without a neuron group (netx's default neuron)
+        self.default_neuron: list = []
 
     def name(self, group: h5py.Group, default: str) -> str:
         if self.ours:
@@ -753,9 +764,11 @@ class _Reader(_Access):
         if self.net_input is None:
             self.net_input = Input(shape=(n_in,))
         self.shape = (n_out,)
+        name = self.name(g, f"dense{i}")
+        if self.child(g, "neuron", where, h5py.Group, required=False) is None:
+            self.default_neuron.append(name)
         return Dense(weight=w_ir, bias=self.bias(g, n_out, where),
-                     neuron=self.neuron(g, where, "dense"), weight_exp=exp,
-                     name=self.name(g, f"dense{i}"))
+                     neuron=self.neuron(g, where, "dense"), weight_exp=exp, name=name)
 
     # -- extra inputs (residual graph format) ------------------------------
 
@@ -936,6 +949,8 @@ class _Reader(_Access):
             metadata = {"source": "netx", "file": self.path.name}
             if self.input_meta:
                 metadata["input_transform_unused_by_netx"] = self.input_meta
+            if self.default_neuron:
+                metadata["netx_default_neuron_layers"] = list(self.default_neuron)
             input_bits, version, readout = None, IR_VERSION, "spikes"
         if version in _SEQUENTIAL_IR_VERSIONS and any(
                 getattr(layer, "extra_inputs", ()) for layer in self.layers):

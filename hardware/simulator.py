@@ -304,8 +304,9 @@ class _NeuronState:
         self.shape, self.device = tuple(shape), device
         if neuron.kind not in ("if_soft", "cuba"):
             raise IRError(f"layer {name}: unknown neuron kind {neuron.kind!r}")
-        for field_name, val in (("du", neuron.du), ("dv", neuron.dv)):
-            integer_scalar(val, name, field_name, 0, LOIHI2.decay_max)  # float IR too
+        # netx's default neuron (du = -1: no current decay, dv = 4096) included; float IR too
+        integer_scalar(neuron.du, name, "du", LOIHI2.netx_du_min, LOIHI2.decay_max)
+        integer_scalar(neuron.dv, name, "dv", 0, LOIHI2.netx_dv_max)
         self.du = int(neuron.du) + LOIHI2.current_decay_offset
         self.dv = int(neuron.dv) + LOIHI2.voltage_decay_offset
         self.soft = neuron.kind == "if_soft"
@@ -368,6 +369,8 @@ class _NeuronState:
             return None
         m, unity = LOIHI2.state_max, LOIHI2.decay_unity
         keep_u, keep_v = unity - self.du, unity - self.dv
+        if keep_u == unity:  # u never decays (netx's default neuron): no static bound
+            return None
         a64 = int(a_bound) << LOIHI2.activation_shift
         u_bound = a64 if keep_u == 0 else a64 * unity // (unity - keep_u) + 1
         v_bound = (m - 1) + u_bound + bias_bound

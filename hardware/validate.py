@@ -36,9 +36,10 @@ different things:
   written by others: dense weights as Lava keeps them after netx's rescaling
   (``[-256, 255]`` with a weight exponent in [-8, 7]), netx's default neuron
   (threshold ``1 << 17``, ``iDecay = 0`` i.e. du = -1, ``vDecay = 4096``).
-* :func:`simulator_limits`: :func:`netx_limits` with decays in [0, 4095], the
-  range the reference simulator's decay arithmetic is proven for, and any bias
-  exponent Lava's LIF takes (0 .. 7), as networks built for Lava directly may use.
+* :func:`simulator_limits`: :func:`netx_limits` (netx's default neuron included:
+  the simulator runs Lava's decay arithmetic for du = -1 and dv = 4096 as Lava does)
+  with any bias exponent Lava's LIF takes (0 .. 7), as networks built for Lava
+  directly may use.
 
 Lava's Conv ignores a weight exponent, so a conv layer's is 0 in every set.
 """
@@ -102,7 +103,6 @@ def netx_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
 def simulator_limits(spec: Loihi2Spec = LOIHI2) -> Limits:
     base = netx_limits(spec)
     return Limits(**{**base.__dict__, "name": "the reference simulator",
-                     "du": (0, spec.decay_max), "dv": (0, spec.decay_max),
                      "bias_exp": (0, spec.bias_exp_max), "extra_delay": (0, None)})
 
 

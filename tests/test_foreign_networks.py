@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from pipeline.artifacts import NET_FILE, REPORT_JSON
-from tests.bad_inputs.base import Workspace
+from tests.bad_inputs.base import Workspace, write_idx_dataset
 from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess, warm_imports
 from tests.test_nir import SNNTORCH_FILE
 
@@ -116,3 +116,25 @@ def test_input_section_gives_a_foreign_file_the_configured_input_bits():
                                   (64,))
     assert net.input_bits == 6 and section["input_bits"] == 6 and "flattened" not in section
     assert section["input_bits_from"].startswith("quant.input_bits")
+
+
+def test_run_lava_dl_mnist_net_with_run_net(tmp_path):
+    """lava-dl's mnist.net (784 inputs, an input neuron layer, an output layer without a neuron
+    group) run on 28x28 images (a tiny IDX set of 50 test images: a few frames, not MNIST):
+    the simulator on the test split, stock netx on Lava on two samples, equal (agreement 1.0);
+    what the file left unsaid is in the report."""
+    ws = _workspace(tmp_path, data="mnist")
+    write_idx_dataset(ws.inputs / "mnist")
+    _ok(_run(ws, f"run.net={MNIST}", f"data.root={ws.inputs / 'mnist'}", "eval.timesteps=4",
+             "run.lava_samples=2", "run.probes=true"))
+    done = _report(ws)
+    # the output layer never spikes: the agreement rests on the hidden layers' probes
+    assert done["lava"]["agreement"] == 1.0 and done["lava"]["samples"] == 2, done["lava"]
+    assert done["lava"]["probes_equal_reference"] is True
+    hidden = {layer["name"]: layer for layer in done["lava"]["probes"]["layers"]}
+    assert hidden["dense1"]["spikes"] > 0 and hidden["dense2"]["spikes"] > 0, hidden
+    section = done["network_file"]
+    assert section["path"] == str(MNIST) and section["input"]["flattened"].startswith("C order")
+    assert section["input"]["input_bits"] == 8 and section["input"]["data_shape"] == [1, 28, 28]
+    assert section["default_neuron_layers"] == ["dense3"]
+    assert not (ws.run / NET_FILE).exists()  # the file given is run, nothing is copied

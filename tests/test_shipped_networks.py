@@ -18,6 +18,8 @@ Findings encoded here:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sysconfig
 from pathlib import Path
 
@@ -49,7 +51,8 @@ def _sim_trains(res, i):
     return tr
 
 
-def _run_lava(path, steps, *, input_bias_whc=None, a_in=None, resets=None, num_layers=None):
+def _run_lava(path, steps, *, input_bias_whc=None, a_in=None, resets=None, num_layers=None,
+              before_run=None, after_run=None):
     """Run stock netx on Lava's CPU fixed_pt models; spikes of every block (layout, T)."""
     from lava.lib.dl.netx.hdf5 import Network as NetxNetwork
     from lava.magma.core.run_conditions import RunSteps
@@ -69,8 +72,12 @@ def _run_lava(path, steps, *, input_bias_whc=None, a_in=None, resets=None, num_l
         for i, layer in enumerate(lnet.layers):
             for var in (layer.neuron.u, layer.neuron.v):
                 io.reset.Reset(interval=resets, offset=i - 1).connect_var(var)
+    if before_run is not None:
+        before_run(lnet)
     try:
         lnet.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        if after_run is not None:
+            after_run(lnet)
         return [s.data.get().astype(np.int64) for s in sinks]
     finally:
         lnet.stop()
@@ -122,31 +129,72 @@ def test_tiny_lava_as_lava_dl_and_pipelined_simulator():
 # mnist.net
 # --------------------------------------------------------------------------
 
-@pytest.mark.lava
-def test_mnist_random_frames_lava_equals_simulator():
+def test_mnist_output_layer_gets_stock_netx_default_neuron():
+    """mnist.net's output layer has no neuron group: netx's create_dense gives it
+    iDecay 0, vDecay 4096, vThMant ``1 << 18 - 1`` (= 1 << 17), i.e. du = -1 (with Loihi's
+    offset the current does not decay: u accumulates), dv = 4096 (v = u + bias every step),
+    threshold 2**23 after << 6, which the clipped v never exceeds."""
+    from lava.lib.dl.netx.hdf5 import Network as NetxNetwork
+
     net = read_net(MNIST)
     assert [type(l).__name__ for l in net.layers] == ["Dense"] * 3
     assert net.input.neuron is not None
-    rng = np.random.default_rng(0)
-    frames, steps_per_frame = 3, 4
+    out = net.layers[-1].neuron
+    assert (out.kind, out.du, out.dv, out.threshold) == ("cuba", -1, 4096, 1 << 17)
+    with contextlib.redirect_stdout(io.StringIO()):
+        lnet = NetxNetwork(net_config=str(MNIST))
+    neuron = lnet.layers[-1].neuron  # the very values stock netx built
+    assert (int(neuron.du.init), int(neuron.dv.init), int(neuron.vth.init)) == \
+        (out.du, out.dv, out.threshold)
+
+
+def _mnist_frames(frames: int = 3, steps_per_frame: int = 4, seed: int = 0):
+    net = read_net(MNIST)
+    rng = np.random.default_rng(seed)
     steps = frames * steps_per_frame + len(net.layers)
     x = rng.integers(0, 128, size=(frames, 784))
     a_in = np.zeros((steps, 784), dtype=np.int64)
     a_in[: frames * steps_per_frame] = np.repeat(x, steps_per_frame, axis=0)
-    outs = _run_lava(MNIST, steps, a_in=a_in.T)
-    # The output layer has no neuron in the file: netx gives it its default
-    # (iDecay 0 -> du = -1, vDecay 4096, vThMant 1 << 17), which read_net maps
-    # as is. Its threshold (1 << 17) << 6 = 2**23 exceeds every 24-bit v, so it
-    # never spikes in Lava; the simulator rejects du = -1, so it runs the two
-    # hidden layers and the output layer is checked to be silent.
-    out = net.layers[-1].neuron
-    assert (out.du, out.dv, out.threshold) == (-1, 4096, 1 << 17)
-    assert int(outs[3].sum()) == 0
-    hidden = net.replace(layers=net.layers[:2])
-    res = simulate(hidden, a_in[None], steps, pipelined=True, record_spikes=True)
-    for i, lava_spikes in enumerate(outs[:3]):
+    return net, a_in, steps
+
+
+def test_mnist_simulator_runs_the_default_neuron_output_layer():
+    """The simulator runs all of mnist.net, the default-neuron output layer included: its v is
+    the accumulated input (u keeps everything), exactly, and it never spikes."""
+    net, a_in, steps = _mnist_frames()
+    res = simulate(net, a_in[None], steps, pipelined=True, record_spikes=True)
+    v = res.output_potential[:, 0].numpy().astype(np.int64)  # (T, 10)
+    s_hidden = res.layer_spike_trains[2][:, 0].numpy().astype(np.int64)  # (T, 64)
+    dense = net.layers[-1]
+    a = np.zeros_like(v)  # Lava timing: the synapse delivers step t-1's spikes at step t
+    a[1:] = (s_hidden[:-1] @ dense.weight.T) >> -dense.weight_exp if dense.weight_exp < 0 \
+        else (s_hidden[:-1] @ dense.weight.T) << dense.weight_exp
+    bias = 0 if dense.bias is None else dense.bias << dense.neuron.bias_exp
+    assert np.array_equal(v, np.cumsum(a << 6, axis=0) + bias)
+    assert int(res.output_spikes.sum()) == 0 and int(np.abs(v).max()) > 0
+
+
+@pytest.mark.lava
+def test_mnist_random_frames_lava_equals_simulator_every_layer():
+    """Stock netx on Lava and the simulator, mnist.net as netx reads it: every layer's spikes
+    at every step and the default-neuron output layer's v at every step, ==."""
+    from lava.proc.monitor.process import Monitor
+
+    net, a_in, steps = _mnist_frames()
+    monitor = []
+
+    def watch(lnet):
+        monitor.append(Monitor())
+        monitor[0].probe(lnet.out_layer.neuron.v, steps)
+    outs = _run_lava(MNIST, steps, a_in=a_in.T, before_run=watch,
+                     after_run=lambda lnet: monitor.append(monitor[0].get_data()))
+    v_lava = next(iter(monitor[1].values()))["v"].astype(np.int64)  # (T, 10)
+    res = simulate(net, a_in[None], steps, pipelined=True, record_spikes=True)
+    assert len(outs) == len(res.layer_names) == 4
+    for i, lava_spikes in enumerate(outs):
         assert np.array_equal(_sim_trains(res, i), lava_spikes), res.layer_names[i]
-    assert int(outs[1].sum()) > 0 and int(outs[2].sum()) > 0
+    assert np.array_equal(res.output_potential[:, 0].numpy().astype(np.int64), v_lava)
+    assert int(outs[1].sum()) > 0 and int(outs[2].sum()) > 0 and int(np.abs(v_lava).max()) > 0
 
 
 # --------------------------------------------------------------------------
@@ -189,3 +237,26 @@ def test_pilotnet_lava_equals_simulator():
                      num_layers=blocks)
     for i, lava_spikes in enumerate(outs):
         assert np.array_equal(_sim_trains(res, i), lava_spikes), res.layer_names[i]
+
+
+@pytest.mark.lava
+def test_mnist_run_lava_streams_samples_as_the_simulator():
+    """run_lava on mnist.net, as `python -m pipeline run --set run.net=...` calls it: stock netx
+    loads the file (input neuron block included, reset offset 0 so that every block's window
+    starts where its first sample step arrives), every sample's output spikes and per-layer
+    spike counts equal the simulator's."""
+    from hardware.lava_runner import run_lava
+
+    net = read_net(MNIST).replace(input_bits=8)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(3, 784))
+    steps = 4
+    lava = run_lava(net, x, steps, net_path=str(MNIST), progress=False, probes="counts")
+    ref = simulate(net, x, steps)
+    assert lava.loader == "stock lava.lib.dl.netx.hdf5.Network"
+    assert np.array_equal(lava.output_spikes, ref.output_spikes.numpy().transpose(1, 0, 2))
+    assert lava.layer_names == ref.layer_names == ["input", "dense1", "dense2", "dense3"]
+    for i, name in enumerate(lava.layer_names):
+        assert np.array_equal(lava.layer_counts[i], ref.layer_counts[i].numpy()), name
+        assert np.array_equal(lava.layer_step_spikes[i], ref.layer_step_spikes[i].numpy()), name
+    assert all(int(c.sum()) > 0 for c in lava.layer_counts[:3])

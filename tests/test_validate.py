@@ -129,7 +129,7 @@ def test_one_exception_type_caught_by_every_old_except_site():
 
 def test_the_three_sets_of_limits():
     """netx's own default neuron and rescaled dense weights pass for files of others,
-    never for this project's networks; the simulator keeps decays in [0, 4095]."""
+    never for this project's networks; the simulator runs them too."""
     net = _replace_layer(small_net(readout="spikes"), "d1", weight_exp=-2,
                          neuron=Neuron("cuba", LOIHI2.netx_threshold_max, du=-1, dv=4096))
     net = _replace_layer(net, "out", neuron=Neuron("cuba", 5))
@@ -138,8 +138,11 @@ def test_the_three_sets_of_limits():
         validate_network(net)
     with pytest.raises(LoihiRangeError, match="layer d1: threshold \\(vThMant\\) value 131072"):
         validate_network(_replace_layer(net, "d1", weight_exp=0))
-    with pytest.raises(LoihiRangeError, match="layer d1: du value -1"):
-        validate_network(_replace_layer(net, "d1", neuron=Neuron("cuba", 5, du=-1)),
+    # the simulator runs netx's default neuron as Lava does (issue 18), nothing beyond it
+    validate_network(_replace_layer(net, "d1", neuron=Neuron("cuba", 5, du=-1, dv=4096)),
+                     simulator_limits())
+    with pytest.raises(LoihiRangeError, match="layer d1: du value -2"):
+        validate_network(_replace_layer(net, "d1", neuron=Neuron("cuba", 5, du=-2)),
                          simulator_limits())
     wide = _replace_layer(net, "d1", weight=np.full((5, 32), 255))
     validate_network(wide, netx_limits())
