@@ -139,6 +139,45 @@ def run_snntorch(module, x: torch.Tensor, steps: int, *, float64: bool, batched:
     return SnnTorchRun([torch.cat(t, dim=1) for t in trains], torch.cat(mems))
 
 
+def norse_module(graph, dt: float):
+    """Norse's own NIR import (``norse.torch.from_nir``, through ``nirtorch.load``) at ``dt``
+    (Norse's default is 1e-3; the file's is this project's, snnTorch's 1e-4)."""
+    import logging
+    import warnings
+
+    from norse.torch import from_nir
+
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)  # its import logs every parameter it does not map
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # nirtorch.load is deprecated
+            return from_nir(graph, dt=dt)
+    finally:
+        logging.root.setLevel(level)
+
+
+def run_norse(module, x: torch.Tensor, steps: int, neurons: list) -> SnnTorchRun:
+    """Run what ``norse.torch.from_nir`` returns on inputs held for ``steps`` steps, one sample
+    at a time (NIR's Flatten becomes ``torch.nn.Flatten(0, -1)``, which flattens a batch too),
+    float32 (Norse keeps its parameters as float32 tensors). ``neurons``: the NIR neuron node
+    names in layer order; their spikes are read from the executor's per-node outputs and the
+    last one's membrane from its state (Norse's ``LIFBoxFeedForwardState.v``)."""
+    keys = [n.replace(".", "_") for n in neurons]  # nirtorch's module names
+    trains, mems = [[] for _ in keys], []
+    with torch.no_grad():
+        for sample in x:
+            state, seen = None, [[] for _ in keys]
+            for _ in range(steps):
+                _, state = module(sample.float(), state)
+                for k, key in enumerate(keys):
+                    seen[k].append(state.cache[key].detach().double())
+            for k, s in enumerate(seen):
+                trains[k].append(torch.stack(s).unsqueeze(1))
+            mems.append(state.state[keys[-1]][0][1].v.detach().double().reshape(1, -1))
+    return SnnTorchRun([torch.cat(t, dim=1) for t in trains], torch.cat(mems))
+
+
 def float32_view(net):
     """``net`` with weights, biases and thresholds rounded to float32, as snnTorch's
     ``import_from_nir`` holds them (``torch.Tensor(node.weight)``, ``float`` thresholds in

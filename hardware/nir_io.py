@@ -96,6 +96,7 @@ links, every dataset within :data:`hardware.netx_io.MAX_DATASET_ELEMENTS` and al
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -123,6 +124,15 @@ DEFAULT_DT = 1e-4
 DECAY_TOLERANCE = 4e-3
 #: an input gain within this of 1 is 1
 GAIN_TOLERANCE = 1e-6
+#: τ_mem/dt (and r) written for dv = 0, a membrane that does not leak: 2**64, so dt/τ_mem is
+#: exactly 2**-64 (a power of two: no rounding in float32 or float64), 1 − 2**-64 rounds to 1.0
+#: in both (snnTorch's β), and Norse's v + (dt/τ)(r·I − v) is v + I rounded once (module docstring)
+NO_LEAK_TAU_STEPS = 2.0 ** 64
+#: v_threshold written for a neuron that never fires (the potential readout): float32's largest
+#: value, which no finite float32 membrane exceeds (``v > θ`` is never true)
+NEVER_FIRES = float(np.finfo(np.float32).max)
+#: NIR file versions (the file's own ``version``) this reader takes: major version 0 or 1
+NIR_FILE_MAJOR_VERSIONS = (0, 1)
 #: NIR node types :func:`from_nir_graph` reads
 SYNAPSE_TYPES = ("Conv2d", "Affine", "Linear")
 NEURON_TYPES = ("CubaLIF", "LIF", "IF", "I")
@@ -166,6 +176,22 @@ class _Builder:
 
     def edge(self, source: str, target: str) -> None:
         self.edges.append((source, target))
+
+
+def _numeric_arrays(node):
+    """(parameter, float array) of every floating-point value a NIR node holds."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name, None)
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            if isinstance(v, (str, bytes)) or v is None:
+                continue
+            try:
+                a = np.asarray(v)
+            except (ValueError, TypeError):
+                continue  # ragged or odd: the node's own checks name it
+            if a.dtype.kind in "fc":
+                yield (f.name if key is None else f"{f.name}[{key}]"), a
 
 
 def _check_exportable(net: Network, dt: float) -> None:
@@ -243,9 +269,10 @@ def _neuron_node(layer, out_shape: tuple, dt: float) -> nir.CubaLIF:
         return np.full(out_shape, value, dtype=np.float64)
 
     w_in = _UNITY / (int(n.du) + LOIHI2.current_decay_offset)
-    mem = _UNITY / int(n.dv) if int(n.dv) else math.inf  # τ_mem / dt
+    mem = _UNITY / int(n.dv) if int(n.dv) else NO_LEAK_TAU_STEPS  # τ_mem / dt
+    threshold = float(n.threshold) if math.isfinite(n.threshold) else NEVER_FIRES
     return nir.CubaLIF(tau_syn=full(dt * w_in), tau_mem=full(dt * mem), r=full(mem),
-                       v_leak=full(0.0), v_threshold=full(float(n.threshold)), v_reset=full(0.0),
+                       v_leak=full(0.0), v_threshold=full(threshold), v_reset=full(0.0),
                        w_in=full(w_in))
 
 
@@ -309,6 +336,11 @@ def to_nir_graph(net: Network, *, dt: float = DEFAULT_DT,
         prev, shape = name, out_shape
     b.add("output", nir.Output(output_type={"output": np.array(shape)}))
     b.edge(prev, "output")
+    for name, node in b.nodes.items():
+        for param, values in _numeric_arrays(node):
+            if not np.all(np.isfinite(values)):
+                raise NirFormatError(f"node {name!r}: {param} holds NaN or inf; a NIR file of this "
+                                     f"project holds finite numbers only (other readers run NaN)")
     try:
         return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=_graph_metadata(net, dt, provenance))
     except (ValueError, AssertionError) as e:  # NIR's own type check: a bug, said plainly
@@ -379,6 +411,16 @@ def _refuse_node_type(name: str, kind: str) -> None:
                              f"exactly on Loihi 2 (supported: {', '.join(READ_NODE_TYPES)})")
 
 
+def _check_nir_version(path: Path, dataset) -> None:
+    """The file's own NIR version: ``major.minor...`` with a major version this reader knows."""
+    text = _text(dataset[()]) if isinstance(dataset, h5py.Dataset) and dataset.size == 1 else None
+    major = (text or "").split(".")[0]
+    if not (major.isdigit() and int(major) in NIR_FILE_MAJOR_VERSIONS and "." in text):
+        raise NirFormatError(f"{path}: NIR version {text!r} is not one this reader takes (major "
+                             f"version {' or '.join(map(str, NIR_FILE_MAJOR_VERSIONS))}, nir "
+                             f"{getattr(nir, '__version__', '?')} installed)")
+
+
 def _check_file(path: Path) -> None:
     try:
         f = h5py.File(path, "r")
@@ -388,6 +430,7 @@ def _check_file(path: Path) -> None:
         if "node" not in f or not isinstance(f["node"], h5py.Group) or "version" not in f:
             raise NirFormatError(f"{path}: not a NIR file (no 'version' and 'node' entries)")
         _check_tree(f, str(path), 0, [0])
+        _check_nir_version(path, f["version"])
         root = f["node"]
         if "type" not in root or _text(root["type"][()]) != "NIRGraph":
             raise NirFormatError(f"{path}: the root node is not a NIRGraph")
@@ -500,6 +543,35 @@ def _dynamics(name: str, node, dt: float) -> _Dynamics:
     return _Dynamics(du, dv, threshold, gain * dt * _uniform(name, node, "w_in") / tau_syn)
 
 
+#: the membrane time constant of each leaky node type; +inf in it and in r (both, everywhere)
+#: is the no-leak membrane older files of this project and snnTorch's β = 1 write
+_LEAK_TAU = {"CubaLIF": "tau_mem", "LIF": "tau"}
+
+
+def _legacy_inf(node, param: str, values: np.ndarray) -> bool:
+    """Whether +inf in ``param`` means what older writers meant: never fires, or no leak."""
+    kind = type(node).__name__
+    if not np.all(np.isposinf(values)):
+        return False
+    if param == "v_threshold":
+        return kind in NEURON_TYPES
+    tau = _LEAK_TAU.get(kind)
+    if tau is None or param not in (tau, "r"):
+        return False
+    return all(np.all(np.isposinf(np.asarray(getattr(node, p), dtype=np.float64))) for p in (tau, "r"))
+
+
+def _check_finite(name: str, node) -> None:
+    """NaN anywhere, and inf other than :func:`_legacy_inf`'s, refused naming node and parameter."""
+    for param, values in _numeric_arrays(node):
+        if np.any(np.isnan(values)):
+            raise NirFormatError(f"node {name!r}: {param} holds NaN")
+        if np.any(np.isinf(values)) and not _legacy_inf(node, param, values):
+            raise NirFormatError(
+                f"node {name!r}: {param} holds inf; inf is read only as v_threshold = +inf "
+                f"(never fires) and tau/tau_mem = r = +inf together (no leak)")
+
+
 @dataclass
 class _Synapse:
     name: str
@@ -517,6 +589,7 @@ class _Topology:
             raise NirFormatError(f"{len(self.nodes)} nodes, more than {_MAX_NODES}")
         for name, node in self.nodes.items():
             _refuse_node_type(name, type(node).__name__)
+            _check_finite(name, node)
         self.edges = [(str(a), str(b)) for a, b in graph.edges]
         if len(set(self.edges)) != len(self.edges):
             raise NirFormatError("the graph lists an edge twice")
@@ -712,9 +785,9 @@ class _Importer:
         self.shape_of[neuron] = out_shape
 
     def neuron(self, name: str, dyn: _Dynamics, last: bool) -> Neuron:
-        if math.isinf(dyn.threshold):
+        if dyn.threshold >= NEVER_FIRES:
             if not (last and dyn.du == _NO_CURRENT_DECAY and dyn.dv == 0):
-                raise NirFormatError(f"node {name!r} never fires (threshold +inf); only the last "
+                raise NirFormatError(f"node {name!r} never fires (threshold >= {NEVER_FIRES:.8g}); only the last "
                                      f"neuron may, as a non-leaky integrator (the potential readout)")
             self.readout = "potential"
             return readout_neuron(False)
@@ -750,10 +823,12 @@ def _graph_dt(graph: nir.NIRGraph, dt: Optional[float]) -> tuple:
     meta = graph.metadata if isinstance(graph.metadata, dict) else {}
     ours = _text(meta.get("format", "")) == NIR_FORMAT
     if ours:
-        version = int(np.asarray(meta.get("format_version", -1)).reshape(-1)[0])
-        if version != NIR_FORMAT_VERSION:
-            raise NirFormatError(f"{NIR_FORMAT} format version {version} is not one this code "
-                                 f"reads ({NIR_FORMAT_VERSION})")
+        raw = np.asarray(meta.get("format_version", "missing")).reshape(-1)
+        version = raw[0] if raw.size == 1 else raw
+        if not (isinstance(version, np.integer) and int(version) == NIR_FORMAT_VERSION):
+            raise NirFormatError(f"metadata format_version = {_text(version)!r}: this code reads "
+                                 f"{NIR_FORMAT} format version {NIR_FORMAT_VERSION} only (a newer "
+                                 f"file needs a newer nqloihi)")
         dt = float(np.asarray(meta["dt"]).reshape(-1)[0])
     dt = DEFAULT_DT if dt is None else float(dt)
     if not (math.isfinite(dt) and dt > 0):

@@ -11,12 +11,17 @@ the mapping checked against snnTorch 1.0 in both directions, and clear refusals.
 * Import, checked by snnTorch and Lava: a network built in snnTorch and written by its own
   ``export_to_nir`` reads into an IR that runs exactly as the snnTorch model, and quantized,
   written as .net and run in Lava it equals the bit-accurate simulator (agreement 1.000).
+* Export, checked by Norse (issue 18): ``norse.torch.from_nir`` of our file gives our float
+  simulator's class on every digits test sample; no file we write holds NaN or inf (Norse
+  1.1.0 turned the inf of older files into NaN membranes); older files with inf still read.
 * Refusals name the node (or layer): unsupported node types, neurons Loihi 2 cannot run
-  exactly, graphs the IR cannot hold, if_soft export, corrupt files.
+  exactly, graphs the IR cannot hold, if_soft export, corrupt files, NaN and inf parameters,
+  unknown format versions (ours and NIR's).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import h5py
@@ -25,12 +30,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.nir_agreement import (agreement, export_snntorch, float32_view, quietly, run_snntorch,
-                                 synaptic)
+from bench.nir_agreement import (agreement, export_snntorch, float32_view, norse_module, quietly,
+                                 run_norse, run_snntorch, synaptic)
 from hardware import ir
 from hardware.errors import NirFormatError, ToolkitError
-from hardware.nir_io import DEFAULT_DT, NIR_FORMAT, from_nir_graph, read_nir, to_nir_graph, write_nir
-from hardware.simulator import simulate
+from hardware.nir_io import (DEFAULT_DT, NEVER_FIRES, NIR_FORMAT, NO_LEAK_TAU_STEPS, from_nir_graph,
+                             read_nir, to_nir_graph, write_nir)
+from hardware.simulator import first_argmax, simulate
 
 DATA = Path(__file__).resolve().parent / "data"
 SNNTORCH_FILE = DATA / "snntorch_digits.nir"
@@ -224,6 +230,145 @@ def test_the_float32_view_matters():
     a = simulate(net, x, 4).output_potential
     b = simulate(float32_view(net), x, 4).output_potential
     assert not torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- finite files, Norse
+def test_no_written_file_holds_a_non_finite_value(tmp_path):
+    """Every dataset (and attribute) of every file we write, numbers and the JSON text."""
+    def strict_json(text: str) -> None:
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON metadata"))
+
+    checked = set()
+    for name, make in NETWORKS.items():
+        path = write_nir(make(), tmp_path / f"{name}.nir")
+        with h5py.File(path, "r") as f:
+            items = []
+            f.visititems(lambda key, obj: items.append((key, obj)))
+            for key, obj in items:
+                assert not obj.attrs, (name, key)  # nir.write uses datasets only
+                if not isinstance(obj, h5py.Dataset):
+                    continue
+                value = np.asarray(obj[()])
+                if value.dtype.kind in "SUO":  # text: the one JSON string must be strict JSON
+                    if key.endswith("provenance"):
+                        strict_json(value.reshape(-1)[0].decode())
+                    continue
+                assert value.dtype.kind in "iufb", (name, key, value.dtype)
+                assert np.all(np.isfinite(value)), (name, key)
+                checked.add(key.split("/")[-1])
+        assert {"weight", "tau_mem", "r", "v_threshold"} <= checked
+
+
+def test_no_leak_and_never_fires_are_exact_in_every_consumer_arithmetic():
+    """dt/τ_mem is 2**-64 exactly: snnTorch's β = 1 − dt/τ_mem is 1.0 in float64 and float32, and
+    Norse's coefficient dt·(1/τ_mem) times r is exactly 1 in float32 (so v + (dt/τ)(r·I − v) is
+    v + I rounded once); NEVER_FIRES is float32's largest value, which no finite float32 exceeds."""
+    tau = DEFAULT_DT * NO_LEAK_TAU_STEPS
+    assert 1.0 - DEFAULT_DT / tau == 1.0
+    assert np.float32(1.0) - np.float32(DEFAULT_DT) / np.float32(tau) == np.float32(1.0)
+    coefficient = DEFAULT_DT * (1 / torch.tensor([tau], dtype=torch.float32))  # Norse's lif_box step
+    assert (coefficient * torch.tensor([NO_LEAK_TAU_STEPS], dtype=torch.float32)).item() == 1.0
+    assert np.float32(NEVER_FIRES) == np.finfo(np.float32).max and np.isfinite(np.float32(NEVER_FIRES))
+    # the readout's membrane grows by at most max_j(Σ_i |W_ji| + |b_j|) a step (inputs are spikes)
+    out = dense_net("potential").layers[-1]
+    per_step = float(np.max(np.abs(out.weight).sum(1) + np.abs(out.bias)))
+    assert NEVER_FIRES / per_step > 1e36  # steps before a float64 membrane could reach it
+
+
+def _with_infinities(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """``graph`` as this project wrote it before issue 18: τ_mem = r = inf, readout θ = inf."""
+    nodes = dict(graph.nodes)
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.CubaLIF):
+            no_leak = node.r == NO_LEAK_TAU_STEPS
+            node = dataclasses.replace(node, tau_mem=np.where(no_leak, np.inf, node.tau_mem),
+                                       r=np.where(no_leak, np.inf, node.r),
+                                       v_threshold=np.where(node.v_threshold == NEVER_FIRES, np.inf,
+                                                            node.v_threshold))
+        nodes[name] = node
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=graph.metadata, type_check=False)
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_older_files_with_infinities_read_as_before(name, tmp_path):
+    net = NETWORKS[name]()
+    old = _with_infinities(to_nir_graph(net))
+    assert any(np.isinf(n.r).any() for n in old.nodes.values() if isinstance(n, nir.CubaLIF)) \
+        or name == "decays"
+    path = tmp_path / "old.nir"
+    nir.write(path, old)
+    assert_same_ir(net, read_nir(path))
+
+
+@pytest.fixture(scope="module")
+def digits_test_split() -> torch.Tensor:
+    """The pipeline's digits test split (360 samples)."""
+    from bench.nir_agreement import digits
+
+    return digits()[2]
+
+
+def digits_nets() -> dict:
+    """Small nets on 8×8 digits: both readouts of a dense net and a conv net."""
+    rng = np.random.default_rng(7)
+    conv = ir.Network(input=ir.Input(shape=(1, 8, 8)), layers=[
+        ir.Conv(weight=rng.normal(size=(3, 1, 3, 3)), bias=rng.normal(size=3) * 0.1, neuron=cuba(0.8),
+                stride=(2, 2), padding=(1, 1), name="c1"),
+        ir.Flatten(name="flat"),
+        ir.Dense(weight=rng.normal(size=(10, 48)) * 0.5, bias=rng.normal(size=10) * 0.1,
+                 neuron=ir.readout_neuron(False), name="out")], readout="potential")
+    return {"dense-spikes": dense_net("spikes"), "dense-potential": dense_net("potential"), "conv": conv}
+
+
+def _same_class_in_snntorch_and_norse(name: str, x: torch.Tensor, tmp_path: Path) -> None:
+    """Our file in snnTorch (import_from_nir) and in Norse (from_nir at our dt), float32 both:
+    the class of our float simulator on every sample of ``x``."""
+    from snntorch.import_nir import import_from_nir
+
+    net, steps = digits_nets()[name], 6
+    graph = nir.read(write_nir(net, tmp_path / "model.nir"))
+    ours = first_argmax(_scores(simulate(net, x, steps), net.readout))
+    neurons = [f"{layer.name}.neuron" for layer in net.weighted_layers]
+    runs = {"snntorch": run_snntorch(quietly(import_from_nir, graph), x, steps, float64=False,
+                                     batched=False),
+            "norse": run_norse(norse_module(graph, DEFAULT_DT), x, steps, neurons)}
+    for framework, run in runs.items():
+        scores = run.last_mem if net.readout == "potential" else run.spikes[-1].sum(0).reshape(len(x), -1)
+        assert torch.equal(first_argmax(scores), ours), framework
+        assert torch.isfinite(run.last_mem).all(), framework
+
+
+@pytest.mark.parametrize("name", ["dense-spikes", "dense-potential", "conv"])
+def test_snntorch_and_norse_give_our_class_on_digits_test_samples(name, digits_test_split, tmp_path):
+    _same_class_in_snntorch_and_norse(name, digits_test_split[:90], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dense-spikes", "dense-potential", "conv"])
+def test_snntorch_and_norse_give_our_class_on_every_digits_test_sample(name, digits_test_split,
+                                                                       tmp_path):
+    _same_class_in_snntorch_and_norse(name, digits_test_split, tmp_path)
+
+
+def _scores(result, readout: str) -> torch.Tensor:
+    return result.output_potential[-1] if readout == "potential" else result.output_counts()[-1]
+
+
+def test_norse_ran_older_files_as_nan(tmp_path):
+    """Why the files changed: Norse 1.1.0 computes inf·I and (1/inf)·inf: NaN membranes."""
+    net = dense_net("potential")
+    graph = _with_infinities(to_nir_graph(net))
+    run = run_norse(norse_module(graph, DEFAULT_DT), digits_sample(4), 3, ["fc1.neuron", "out.neuron"])
+    assert torch.isnan(run.last_mem).all() and not any(s.any() for s in run.spikes)
+
+
+def test_norse_evaluates_a_shortcut_after_the_neuron_it_feeds():
+    """The README's residual caveat: nirtorch 2.6's GraphExecutor (what norse.torch.from_nir
+    returns) orders the nodes so a shortcut runs after the neuron it feeds, which then sums
+    the shortcut's output of the previous step (a one-step delay our simulator does not have)."""
+    module = norse_module(to_nir_graph(residual_net()), DEFAULT_DT)
+    order = [node.name for node in module.execution_order]
+    assert order.index("c_extra0") > order.index("c_neuron")
 
 
 # ----------------------------------------------------------------------------- import from snnTorch
