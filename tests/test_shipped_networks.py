@@ -260,3 +260,22 @@ def test_mnist_run_lava_streams_samples_as_the_simulator():
         assert np.array_equal(lava.layer_counts[i], ref.layer_counts[i].numpy()), name
         assert np.array_equal(lava.layer_step_spikes[i], ref.layer_step_spikes[i].numpy()), name
     assert all(int(c.sum()) > 0 for c in lava.layer_counts[:3])
+
+
+@pytest.mark.lava
+def test_tiny_run_lava_streams_samples_as_the_simulator():
+    """The same for tiny.net (conv layers after an input neuron layer): two samples of random
+    graded input streamed through stock netx, every layer's spikes per step ==."""
+    from hardware.lava_runner import run_lava
+
+    net = read_net(TINY).replace(input_bits=8)
+    x = np.random.default_rng(2).integers(0, 256, size=(2,) + net.input.shape)
+    steps = 5
+    lava = run_lava(net, x, steps, net_path=str(TINY), progress=False, probes="counts")
+    ref = simulate(net, x, steps)
+    assert lava.layer_names == ref.layer_names and len(ref.layer_names) == 3
+    for i, name in enumerate(lava.layer_names):
+        assert np.array_equal(lava.layer_counts[i], ref.layer_counts[i].numpy()), name
+        assert np.array_equal(lava.layer_step_spikes[i], ref.layer_step_spikes[i].numpy()), name
+    assert np.array_equal(lava.output_spikes, ref.output_spikes.numpy().transpose(1, 0, 2))
+    assert all(int(c.sum()) > 0 for c in lava.layer_counts)
