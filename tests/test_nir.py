@@ -614,3 +614,99 @@ def test_bad_files_are_one_clear_error(damage, tmp_path):
     assert isinstance(err.value, ToolkitError)
     if damage == "unknown-type":
         assert "node 'fc1' is a NIR Quantum node" in message
+
+
+# ----------------------------------------------------------------------------- non-finite, versions
+def _replace_node(graph: nir.NIRGraph, name: str, **changes) -> nir.NIRGraph:
+    nodes = dict(graph.nodes)
+    nodes[name] = dataclasses.replace(nodes[name], **changes)
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=graph.metadata, type_check=False)
+
+
+def _poisoned(values: np.ndarray, value: float) -> np.ndarray:
+    out = np.array(values, dtype=np.float64, copy=True)
+    out.reshape(-1)[-1] = value
+    return out
+
+
+@pytest.mark.parametrize("node, param, value", [
+    ("fc1", "weight", np.nan), ("fc1", "weight", np.inf), ("out", "weight", -np.inf),
+    ("fc1", "bias", np.inf), ("fc1", "bias", np.nan),
+    ("fc1.neuron", "v_threshold", np.nan), ("fc1.neuron", "v_threshold", -np.inf),
+    ("fc1.neuron", "tau_syn", np.inf), ("fc1.neuron", "w_in", np.inf), ("fc1.neuron", "r", np.nan),
+    ("fc1.neuron", "v_leak", np.nan), ("fc1.neuron", "v_reset", np.inf),
+])
+def test_import_refuses_non_finite_values_naming_node_and_parameter(node, param, value, tmp_path):
+    graph = to_nir_graph(dense_net())
+    bad = _replace_node(graph, node, **{param: _poisoned(getattr(graph.nodes[node], param), value)})
+    what = "NaN" if np.isnan(value) else "inf"
+    with pytest.raises(NirFormatError, match=rf"node '{node}': {param} holds {what}"):
+        from_nir_graph(bad)
+    path = tmp_path / "bad.nir"
+    nir.write(path, bad)
+    with pytest.raises(NirFormatError, match=rf"{path}: node '{node}': {param} holds {what}"):
+        read_nir(path)
+
+
+def test_import_reads_inf_only_where_it_meant_no_leak_or_never_fires():
+    """+inf in τ_mem and r together (no leak) and in v_threshold (never fires) is the legacy
+    meaning; +inf in only one of τ_mem and r, in part of a node, or in an I node's r is not."""
+    graph = to_nir_graph(dense_net("potential"))
+    hidden, readout = graph.nodes["fc1.neuron"], graph.nodes["out.neuron"]
+    inf12 = np.full(12, np.inf)
+    cases = {
+        "r": _replace_node(graph, "fc1.neuron", r=inf12),
+        "tau_mem": _replace_node(graph, "fc1.neuron", tau_mem=inf12),
+        "v_threshold": _replace_node(graph, "out.neuron",
+                                     v_threshold=_poisoned(readout.v_threshold, np.inf)),
+    }
+    for param, bad in cases.items():
+        with pytest.raises(NirFormatError, match=rf"node '\S+': {param} holds inf"):
+            from_nir_graph(bad)
+    assert np.all(hidden.r == NO_LEAK_TAU_STEPS) and np.all(readout.v_threshold == NEVER_FIRES)
+    legacy = _replace_node(graph, "fc1.neuron", r=inf12, tau_mem=inf12)
+    assert ir.networks_equal(from_nir_graph(legacy), dense_net("potential"))
+    integrator = foreign_graph()
+    nodes = dict(integrator.nodes)
+    nodes["readout"] = nir.I(r=np.full(3, np.inf))
+    with pytest.raises(NirFormatError, match=r"node 'readout': r holds inf"):
+        from_nir_graph(nir.NIRGraph(nodes=nodes, edges=list(integrator.edges), type_check=False))
+
+
+def test_export_refuses_a_non_finite_network_naming_the_node():
+    net = dense_net()
+    layers = [dataclasses.replace(la, weight=_poisoned(la.weight, np.nan)) if la.name == "out" else la
+              for la in net.layers]
+    with pytest.raises(NirFormatError, match=r"node 'out': weight holds NaN or inf"):
+        to_nir_graph(net.replace(layers=layers))
+
+
+def _with_metadata(path: Path, key: str, value) -> None:
+    with h5py.File(path, "r+") as f:
+        del f[key]
+        if value is not None:
+            f.create_dataset(key, data=value)
+
+
+@pytest.mark.parametrize("value, shown", [(2, "'2'"), (0, "'0'"), (1.5, "'1.5'"), ("1", "'1'"),
+                                          (None, "'missing'"), (np.array([1, 1]), r"'\[1 1\]'")])
+def test_import_refuses_an_unknown_format_version_of_ours(value, shown, tmp_path):
+    path = write_nir(dense_net(), tmp_path / "model.nir")
+    _with_metadata(path, "node/metadata/format_version", value)
+    with pytest.raises(NirFormatError, match=rf"format_version = {shown}.*reads nqloihi-nir format "
+                                             rf"version 1 only"):
+        read_nir(path)
+
+
+@pytest.mark.parametrize("version", ["2.0.0", "10.1", "abc", "", "1"])
+def test_import_refuses_a_nir_version_this_reader_does_not_know(version, tmp_path):
+    path = write_nir(dense_net(), tmp_path / "model.nir")
+    with h5py.File(path, "r+") as f:
+        del f["version"]
+        f.create_dataset("version", data=version, dtype=h5py.string_dtype())
+    with pytest.raises(NirFormatError, match=rf"{path}: NIR version '{version}' is not one this reader"):
+        read_nir(path)
+    with h5py.File(path, "r+") as f:  # an older NIR 1.x (snnTorch 1.0's files say 1.0.x)
+        del f["version"]
+        f.create_dataset("version", data="1.0.0", dtype=h5py.string_dtype())
+    assert_same_ir(dense_net(), read_nir(path))
