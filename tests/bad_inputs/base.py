@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import gzip
 import json
+import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -68,6 +69,40 @@ class Workspace:
         for ov in overrides:
             args += ["--set", ov]
         return args
+
+
+# --------------------------------------------------------------------------- not regular files
+def not_regular(kind: str) -> Callable[[Path], None]:
+    """Replace the file at a path by something that is not a regular file (issue 18): a link to
+    /dev/zero or /dev/urandom (endless), a FIFO (an open would wait for a writer), a directory,
+    a socket, or a sparse file far beyond any artifact's size (no disk, never to be read)."""
+    def make(path: Path) -> None:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        if kind in ("dev-zero", "dev-urandom"):
+            path.symlink_to(f"/dev/{kind[4:]}")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "directory":
+            path.mkdir()
+        elif kind == "socket":
+            import socket
+            with socket.socket(socket.AF_UNIX) as s:
+                s.bind(str(path))
+        elif kind == "huge-sparse":
+            with open(path, "wb") as f:
+                f.truncate(16 << 30)
+        else:
+            raise ValueError(kind)
+    return make
+
+
+NOT_REGULAR_KINDS = ("dev-zero", "dev-urandom", "fifo", "directory", "socket", "huge-sparse")
+
+
+def many_keys_json(n: int = 100_000, duplicate: str = "k7") -> str:
+    """A JSON object of ``n`` keys whose last one repeats ``duplicate`` (a quadratic check spins)."""
+    return "{" + ", ".join(f'"k{i}": {i}' for i in range(n)) + f', "{duplicate}": 0}}'
 
 
 # --------------------------------------------------------------------------- payloads

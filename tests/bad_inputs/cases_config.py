@@ -3,7 +3,9 @@ bombs, run.dir and the config path itself, and --set overrides. Stage: ``train``
 config error must come before any work; an accepted config trains for one epoch)."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -12,6 +14,7 @@ import yaml
 
 from . import Case, text_config
 from .base import Workspace
+from .harness import LAUNCH_ENV_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 #: the tiny settings, as YAML lines, for configs written as raw text
@@ -291,6 +294,60 @@ def _override_case(name: str, text: str) -> Case:
                 needles=((needle, "override"),), payload="MARKER" in text, light=True)
 
 
+#: torchrun's variables for rank 0 of a valid two-process job; each case breaks one (issue 18: an
+#: out-of-range WORLD_SIZE ended in a TypeError traceback)
+LAUNCH = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+BAD_LAUNCH = {
+    "world-size-huge": {"WORLD_SIZE": "99999999999999999999"}, "world-size-2^40": {"WORLD_SIZE": str(1 << 40)},
+    "world-size-0": {"WORLD_SIZE": "0"}, "world-size-negative": {"WORLD_SIZE": "-2"},
+    "world-size-text": {"WORLD_SIZE": "two"}, "world-size-float": {"WORLD_SIZE": "2.0"},
+    "world-size-empty": {"WORLD_SIZE": ""}, "rank-equal-world": {"RANK": "2"}, "rank-negative": {"RANK": "-1"},
+    "rank-huge": {"RANK": "1" * 30}, "local-rank-negative": {"LOCAL_RANK": "-1"},
+    "local-rank-beyond-local-world": {"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "1"},
+    "local-world-size-beyond-world": {"LOCAL_WORLD_SIZE": "3"}, "local-world-size-0": {"LOCAL_WORLD_SIZE": "0"},
+    "master-port-0": {"MASTER_PORT": "0"}, "master-port-65536": {"MASTER_PORT": "65536"},
+    "master-port-text": {"MASTER_PORT": "http"}, "master-port-missing": {"MASTER_PORT": None},
+    "master-addr-space": {"MASTER_ADDR": "local host"}, "master-addr-nul-like": {"MASTER_ADDR": "a\x01b"},
+    "master-addr-long": {"MASTER_ADDR": "h" * 300}, "rank-missing": {"RANK": None},
+}
+#: launch cases in the default run (the rest: -m slow)
+LAUNCH_DEFAULT = {"world-size-huge", "world-size-0", "rank-equal-world", "local-rank-beyond-local-world",
+                  "master-port-65536", "master-addr-space"}
+
+
+def launch_env(changes: dict) -> Callable[[Workspace], Sequence[str]]:
+    """A plant that gives the CLI call torchrun's variables with ``changes`` (None: unset)."""
+    def plant(ws: Workspace) -> Sequence[str]:
+        ws.write_config()
+        env = {k: v for k, v in {**LAUNCH, **changes}.items() if v is not None}
+        (ws.root / LAUNCH_ENV_FILE).write_text(json.dumps(env))
+        return ()
+    return plant
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch_cases() -> list[Case]:
+    def needle(name: str, changes: dict) -> tuple:
+        return (next(iter(changes)).replace("LOCAL_WORLD_SIZE", "LOCAL_"),)
+
+    cases = [Case(id=f"launch-{name}", owner="D", stage="train", plant=launch_env(changes),
+                  needles=needle(name, changes), light=True, slow=name not in LAUNCH_DEFAULT, timeout=20)
+             for name, changes in BAD_LAUNCH.items()]
+    # a rank whose peers never come gives up after train.dist_timeout_s (it waited 60 minutes)
+    for rank in ("0", "1"):
+        def plant(ws: Workspace, rank=rank) -> Sequence[str]:
+            launch_env({"RANK": rank, "LOCAL_RANK": rank, "MASTER_PORT": _free_port()})(ws)
+            return ("train.dist_timeout_s=2",)
+        cases.append(Case(id=f"launch-peers-never-come-rank{rank}", owner="D", stage="train", plant=plant,
+                          needles=("rank", "train.dist_timeout_s"), slow=True, timeout=60))
+    return cases
+
+
 def config_cases() -> list[Case]:
     cases = [_config_case(f"syntax-{k}", text_config(v), payload="MARKER" in v)
              for k, v in SYNTAX.items()]
@@ -304,4 +361,5 @@ def config_cases() -> list[Case]:
     cases += _run_dir_cases()
     cases += _config_path_cases()
     cases += [_override_case(k, v) for k, v in OVERRIDES.items()]
+    cases += _launch_cases()
     return cases

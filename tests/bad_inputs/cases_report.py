@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from pipeline.artifacts import REPORT_JSON
 
 from . import Case, default_run
-from .base import Workspace, deep_json
+from .base import NOT_REGULAR_KINDS, Workspace, deep_json, many_keys_json, not_regular
 
 
 def report_text(make: Callable[[str], str | bytes]) -> Callable[[Workspace], Sequence[str]]:
@@ -52,7 +52,12 @@ TEXT = {
     "invalid-utf8": lambda t: b'{"format_version": 1, "x": "\xff\xfe"}',
     "deeply-nested": lambda t: '{"format_version": 1, "accuracy": ' + deep_json(100000) + "}",
     "duplicate-keys": lambda t: t.rstrip()[:-1] + ', "format_version": 1, "format_version": 7}',
+    # issue 18: a quadratic duplicate-key check spun for over a minute on these
+    "100k-keys-one-duplicate": lambda t: many_keys_json(100_000),
+    "100k-keys-duplicate-first": lambda t: many_keys_json(100_000, duplicate="k0"),
 }
+#: texts whose refusal must be fast (bomb: under a second)
+FAST_TEXT = ("deeply-nested", "100k-keys-one-duplicate", "100k-keys-duplicate-first")
 #: (dotted path, wrong value) for sections the stages and the report read
 WRONG = [
     ("format_version", 99), ("format_version", "1"), ("format_version", None),
@@ -62,6 +67,11 @@ WRONG = [
     ("training.history", [1, 2]), ("checkpoint", []), ("checkpoint.sigma", "x"), ("export", 5),
     ("export.path", 7), ("quantization", "x"), ("config", []), ("lava", "x"),
     ("lava.agreement", "all"), ("energy", [1]), ("probes", "x"), ("accuracy.ann", 1e999),
+    # issue 18: values that do not mean what they say
+    ("lava.agreement", float("nan")), ("lava.agreement", float("inf")), ("lava.agreement", 1.5),
+    ("lava.agreement", -0.1), ("accuracy.ann", float("nan")), ("accuracy.snn_float", {"2": float("nan")}),
+    ("checkpoint.lambda", [0.0]), ("checkpoint.lambda", [-1.0]), ("checkpoint.lambda", [float("nan")]),
+    ("checkpoint.sigma", [-0.5]), ("format_version", 2), ("format_version", 0),
 ]
 
 
@@ -77,12 +87,31 @@ def _id(path: str, value: Any) -> str:
     return f"{path}={json.dumps(value, allow_nan=True).replace(' ', '')[:16]}"
 
 
+#: (stage, kind) of the not-regular report.json cases in the default run (the rest: -m slow)
+NOT_REGULAR_DEFAULT = {("report", "dev-zero"), ("report", "fifo"), ("evaluate", "dev-zero"),
+                       ("evaluate", "fifo"), ("evaluate", "huge-sparse"), ("train", "fifo"),
+                       ("report", "socket"), ("report", "directory")}
+
+
+def _not_regular_cases(case) -> list[Case]:
+    """report.json that is not a regular file: every stage reads it first (issue 18: a link to
+    /dev/zero was read without limit, a FIFO blocked forever). Refused at once, without reading."""
+    def plant(kind: str):
+        def put(ws: Workspace) -> Sequence[str]:
+            not_regular(kind)(ws.run / REPORT_JSON)
+            return ()
+        return put
+
+    return [case(kind, plant(kind), stage=stage, bomb=kind != "socket", timeout=30)
+            for stage in ("report", "evaluate", "export", "train", "run") for kind in NOT_REGULAR_KINDS]
+
+
 def report_cases() -> list[Case]:
     def case(id_, plant, stage="report", **kw):
         return Case(id=f"report-{stage}-{id_}", owner="A2", stage=stage, plant=plant, base="trained",
                     needles=(REPORT_JSON,), **kw)
 
-    cases = [case(k, report_text(v), bomb=k == "deeply-nested") for k, v in TEXT.items()]
+    cases = [case(k, report_text(v), bomb=k in FAST_TEXT) for k, v in TEXT.items()]
     cases += [case(_id(p, v), report_edit(set_path(p, v))) for p, v in WRONG]
 
     def directory(ws: Workspace) -> Sequence[str]:
@@ -96,6 +125,7 @@ def report_cases() -> list[Case]:
         return ()
 
     cases += [case("is-a-directory", directory), case("symlink-loop", symlink_loop)]
+    cases += _not_regular_cases(case)
     # stages that update report.json: refused before their work, not after it
     for stage in ("evaluate", "export", "train"):
         cases.append(case("truncated-half", report_text(TEXT["truncated-half"]), stage=stage))
@@ -108,5 +138,9 @@ def report_cases() -> list[Case]:
         "report-evaluate-list", "report-export-truncated-half", "report-train-list",
         "report-report-null", "report-report-number", "report-report-string",
         "report-report-truncated-last-brace",
-        f"report-evaluate-{_id('accuracy', 'high')}", f"report-export-{_id('format_version', 99)}"}
+        f"report-evaluate-{_id('accuracy', 'high')}", f"report-export-{_id('format_version', 99)}",
+        "report-report-100k-keys-duplicate-first"} | {
+        f"report-report-{_id(p, v)}" for p, v in WRONG[-10:]}  # the issue-18 values: two in the default run
+    slow |= {f"report-{stage}-{kind}" for stage in ("report", "evaluate", "export", "train", "run")
+             for kind in NOT_REGULAR_KINDS if (stage, kind) not in NOT_REGULAR_DEFAULT}
     return default_run(cases, {c.id for c in cases} - slow)

@@ -18,9 +18,9 @@ import numpy as np
 from pipeline.artifacts import CHECKPOINT, LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE
 
 from . import Case, default_run
-from .base import (Workspace, edit_safetensors, fill_tensor, float_tensor_names, legacy_checkpoint,
-                   metadata_set, pickle_payload, tensor_names, torch_zip_payload,
-                   torchscript_archive)
+from .base import (NOT_REGULAR_KINDS, Workspace, edit_safetensors, fill_tensor, float_tensor_names,
+                   legacy_checkpoint, metadata_find, metadata_set, not_regular, pickle_payload, tensor_names,
+                   torch_zip_payload, torchscript_archive)
 
 Plant = Callable[[Workspace], Sequence[str]]
 
@@ -59,6 +59,31 @@ def meta(name: str, key: str, value: Any = None, delete: bool = False) -> Plant:
         metadata_set(header, key, value, delete=delete)
         return header, data
     return header_edit(name, edit)
+
+
+def meta_list(name: str, key: str, index: int, value: float) -> Plant:
+    """Set element ``index`` of the list field ``key`` (σ or λ per layer, as many as the file has)."""
+    def edit(header: dict, data: bytes):
+        entry, path = metadata_find(header, key)
+        node = json.loads(header["__metadata__"][entry])
+        for part in path:
+            node = node[part]
+        values = list(node)
+        values[index] = value
+        metadata_set(header, key, values)
+        return header, data
+    return header_edit(name, edit)
+
+
+def replaced_by(name: str, kind: str) -> Plant:
+    def plant(ws: Workspace) -> Sequence[str]:
+        not_regular(kind)(ws.run / name)
+        return ()
+    return plant
+
+
+def overrides(*settings: str) -> Plant:
+    return lambda ws: settings
 
 
 def raw_header(header_len: int, body: bytes = b"") -> Callable[[bytes, Workspace], bytes]:
@@ -222,6 +247,36 @@ def _id(value: Any) -> str:
     return "deleted" if value is None else json.dumps(value).replace(" ", "")
 
 
+#: λ (a firing threshold: > 0) and σ (a standard deviation: >= 0) that mean nothing
+BAD_LAYER_VALUES = [("lambda", 0, 0.0), ("lambda", -1, -1.0), ("lambda", 0, float("nan")),
+                    ("lambda", 0, float("inf")), ("lambda", -1, 1e-320 * -1), ("sigma", 0, -0.25),
+                    ("sigma", -1, float("nan"))]
+#: another configuration than the trained base's: train and export must not replace its work
+OTHER_TRAINING = {"seed": "train.seed=5", "epochs": "train.epochs=2", "arch": "model.arch=cnn-small",
+                  "levels": "nq.levels=8", "neuron": "snn.neuron=cuba", "lr": "train.lr=0.01"}
+OTHER_EXPORT = {"neuron": "snn.neuron=cuba", "input-bits": "quant.input_bits=6", "timesteps": "eval.timesteps=3",
+                "readout": "snn.readout=spikes"}
+#: issue-18 cases in the exhaustive run only
+ISSUE18_SLOW = {f"checkpoint-evaluate-meta-{k}[{i}]={_v}" for k, i, _v in (
+    ("lambda", -1, "-1.0"), ("lambda", 0, "inf"), ("lambda", -1, "-1e-320"), ("sigma", -1, "nan"))} | {
+    f"checkpoint-{stage}-{kind}" for stage in ("evaluate", "export") for kind in NOT_REGULAR_KINDS
+    if (stage, kind) not in {("evaluate", "dev-zero"), ("evaluate", "fifo"), ("export", "huge-sparse")}} | {
+    f"checkpoint-train-other-{k}" for k in ("epochs", "levels", "lr")} | {
+    f"checkpoint-export-other-{k}" for k in ("timesteps", "readout")}
+
+
+def _issue18_checkpoint_cases(case) -> list[Case]:
+    cases = [case(f"meta-{key}[{index}]={value!r}".replace("'", ""), meta_list(CHECKPOINT, key, index, value),
+                  needles=(CHECKPOINT, key)) for key, index, value in BAD_LAYER_VALUES]
+    cases += [case(kind, replaced_by(CHECKPOINT, kind), stage=stage, bomb=kind != "socket", timeout=30)
+              for stage in ("evaluate", "export") for kind in NOT_REGULAR_KINDS]
+    cases += [case(f"other-{k}", overrides(v), stage="train", needles=(CHECKPOINT, "--overwrite", "run.dir"))
+              for k, v in OTHER_TRAINING.items()]
+    cases += [case(f"other-{k}", overrides(v), stage="export", needles=("model.net", "--overwrite", "run.dir"))
+              for k, v in OTHER_EXPORT.items()]
+    return cases
+
+
 def checkpoint_cases() -> list[Case]:
     def case(id_, plant, stage="evaluate", needles=(CHECKPOINT,), **kw):
         return Case(id=f"checkpoint-{stage}-{id_}", owner="A1", stage=stage, plant=plant,
@@ -249,7 +304,9 @@ def checkpoint_cases() -> list[Case]:
              needles=(LEGACY_CHECKPOINT,), payload=True),
         case("missing", file_of("unrelated.txt", lambda p, ws: p.write_text("x"), remove=CHECKPOINT)),
     ]
-    cases = default_run(cases, {c.id for c in cases} - {f"checkpoint-evaluate-{k}" for k in CHECKPOINT_SLOW})
+    cases += _issue18_checkpoint_cases(case)
+    cases = default_run(cases, {c.id for c in cases} - {f"checkpoint-evaluate-{k}" for k in CHECKPOINT_SLOW}
+                        - ISSUE18_SLOW)
     for id_, plant, payload in [
             ("torchscript", file_of(CHECKPOINT, lambda p, ws: torchscript_archive(p)), False),
             ("pickle-payload", bytes_of(CHECKPOINT, lambda old, ws: pickle_payload(ws.marker)), True),
@@ -291,7 +348,9 @@ def train_state_cases() -> list[Case]:
                                               remove=TRAIN_STATE),
              needles=(LEGACY_TRAIN_STATE,), payload=True),
     ]
-    default = {f"train-state-{k}" for k in (
+    cases += [case(kind, replaced_by(TRAIN_STATE, kind), bomb=kind != "socket", bomb_seconds=3.0, timeout=30)
+              for kind in NOT_REGULAR_KINDS]
+    default = {f"train-state-{k}" for k in ("dev-zero", "fifo",
         "empty", "truncated-50pct", "pickle-payload", "header-len-2^63", "random-bytes", "drop-tensor",
         "transposed-tensor", "all-nan", "meta-epoch-1000000000", "meta-epoch--1",
         "meta-format_version-999", "torchscript", "torch-zip-payload", "legacy-train_state.pt")}

@@ -40,6 +40,10 @@ EXIT_UNCAUGHT = 98
 SUBPROCESS_ADDRESS_SPACE = 4 << 30
 #: extra address space a forked child may map beyond what the test process already has
 FORK_HEADROOM = 2 << 30
+#: a JSON object of environment variables a case wants its CLI call to see (e.g. torchrun's),
+#: read from the workspace (the call's cwd) by the forked child only: the test process's own
+#: environment is never changed
+LAUNCH_ENV_FILE = "launch-env.json"
 
 
 @dataclass
@@ -129,6 +133,8 @@ def _child(argv: Sequence[str], cwd: Path, out: Path, err: Path, result: Path,
     try:
         os.setsid()
         os.chdir(cwd)
+        if (cwd / LAUNCH_ENV_FILE).exists():
+            os.environ.update(json.loads((cwd / LAUNCH_ENV_FILE).read_text()))
         vm = _vm_size()
         resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
         for fd, path in ((1, out), (2, err)):
@@ -257,6 +263,8 @@ def run_subprocess(argv: Sequence[str], cwd: Path, timeout: float = 300.0,
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    if (Path(cwd) / LAUNCH_ENV_FILE).exists():
+        env.update(json.loads((Path(cwd) / LAUNCH_ENV_FILE).read_text()))
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
