@@ -27,8 +27,10 @@ stock ``netx.hdf5.Network`` needs and cannot find in the layers:
 ``input_message_bits`` (the graded input's bits; netx's default 0 would
 silently turn the graded input into binary spikes), ``reset_interval`` (steps
 per sample, when the writer was told it) and ``reset_offset``
-(:data:`STOCK_RESET_OFFSET`), plus ``stock_netx_call``, the exact call as
-text, and ``stock_netx_note`` (how to feed and read the network).
+(:func:`stock_reset_offset`), plus ``stock_netx_call``, the exact call as
+text, only on a network stock netx runs (:func:`stock_netx_runs`: sequential, ``cuba``;
+an if_soft or residual file carries none), and ``stock_netx_note`` (how to feed and
+read the network, or why stock netx cannot).
 :func:`hardware.stock_netx.stock_network` builds that network.
 
 Writing is atomic: the file is written under a temporary name in the same
@@ -146,7 +148,7 @@ __all__ = [
     "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
     "STOCK_RESET_OFFSET", "MAX_DATASET_ELEMENTS", "MAX_TOTAL_ELEMENTS",
     "GRAPH_FORMAT", "GRAPH_VERSION", "write_net", "read_net", "netx_dense_effective",
-    "stock_reset_offset",
+    "stock_reset_offset", "stock_netx_runs",
 ]
 
 NETX_FORMAT_VERSION = "1"
@@ -341,8 +343,18 @@ def _check_netx_representable(net: Network) -> None:
         in_shape, prev_is_input = out_shape, False
 
 
+def stock_netx_runs(net: Network) -> bool:
+    """Whether stock netx builds and runs this network as the IR says: a chain of ``cuba``
+    layers with stated input bits. Stock netx fails on an ``IF_SOFT`` layer (``AttributeError:
+    'NoneType' object has no attribute 'pop'``) and on a residual file's first ``concat``
+    layer (``NotImplementedError: concat is not implemented.``), whichever comes first."""
+    return (net.is_sequential and net.input_bits is not None
+            and {layer.neuron.kind for layer in net.weighted_layers} == {"cuba"})
+
+
 def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
-    """Root attributes that tell a stock netx user the arguments the layers cannot."""
+    """Root attributes that tell a stock netx user the arguments the layers cannot; the
+    ``stock_netx_call`` only for a network stock netx runs (:func:`stock_netx_runs`)."""
     attrs: dict = {}
     args = ["net_config=<this file>"]
     if net.input_bits is not None:
@@ -352,13 +364,15 @@ def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
         attrs["reset_interval"] = integer_scalar(steps_per_sample, "input", "steps_per_sample", 1)
         attrs["reset_offset"] = stock_reset_offset(net)
         args += [f"reset_interval={attrs['reset_interval']}", f"reset_offset={attrs['reset_offset']}"]
-    attrs["stock_netx_call"] = f"lava.lib.dl.netx.hdf5.Network({', '.join(args)})"
+    if stock_netx_runs(net):
+        attrs["stock_netx_call"] = f"lava.lib.dl.netx.hdf5.Network({', '.join(args)})"
     kinds = {layer.neuron.kind for layer in net.weighted_layers}
     notes = ["Feed sample k as the graded input of steps kT+1 .. kT+T (a RingBuffer column c "
              "is sent at step c+1); every block resets at the start of its window."]
     if kinds != {"cuba"}:
         notes.append("This network has IF_SOFT (reset-by-subtraction) layers, which stock netx "
-                     "refuses; run it with this project's hardware.lava_net loader.")
+                     "cannot build (AttributeError: 'NoneType' object has no attribute 'pop'); "
+                     "run it with this project's hardware.lava_net loader.")
     if not net.is_sequential:
         notes.append(f"This is a residual network (graph_format {GRAPH_FORMAT!r}): its layers "
                      f"of type 'concat' have extra inputs, which stock netx refuses ('concat is "
