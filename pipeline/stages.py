@@ -31,7 +31,8 @@ from hardware.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from hardware.validate import simulator_limits, validate_network
 
-from .artifacts import ArtifactError, Report, RunDir, atomic_path, check_input_file, merge_report, sha256_of
+from .artifacts import (MAX_ARTIFACT_BYTES, ArtifactError, Report, RunDir, atomic_path, check_input_file,
+                        check_regular, merge_report, sha256_of)
 from .data import load_dataset
 from models.converter import count_ann_macs
 
@@ -224,7 +225,7 @@ def _network_to_export(cfg, run_dir: RunDir) -> tuple:
             raise ArtifactError(f"{run_dir.root} holds both a trained checkpoint ({run_dir.checkpoint.name}) "
                                 f"and an imported NIR graph ({run_dir.imported_nir.name}); a run directory "
                                 f"holds one network: import into a new run.dir or delete one of them")
-        net = read_nir(run_dir.imported_nir)
+        net = read_nir(check_regular(run_dir.imported_nir, MAX_ARTIFACT_BYTES))  # no FIFO, no endless file
         return net, {"config": cfg.to_dict(), "imported_nir_sha256": sha256_of(run_dir.imported_nir)}, \
             "imported-nir"
     ckpt = load_checkpoint(run_dir.checkpoint)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
-from pipeline.artifacts import REPORT_JSON
+from pipeline.artifacts import RASTER_NPZ, REPORT_JSON
 
 from . import Case, default_run
 from .base import NOT_REGULAR_KINDS, Workspace, deep_json, many_keys_json, not_regular
@@ -102,8 +102,21 @@ def _not_regular_cases(case) -> list[Case]:
             return ()
         return put
 
+    def raster(kind: str):
+        """A report that names a raster, and in the raster's place something endless or blocking."""
+        named = report_edit(set_path("raster", {"path": RASTER_NPZ, "sha256": "0" * 64}))
+
+        def put(ws: Workspace) -> Sequence[str]:
+            named(ws)
+            not_regular(kind)(ws.run / RASTER_NPZ)
+            return ()
+        return put
+
     return [case(kind, plant(kind), stage=stage, bomb=kind != "socket", timeout=30)
-            for stage in ("report", "evaluate", "export", "train", "run") for kind in NOT_REGULAR_KINDS]
+            for stage in ("report", "evaluate", "export", "train", "run") for kind in NOT_REGULAR_KINDS] + [
+        Case(id=f"raster-report-{kind}", owner="A2", stage="report", plant=raster(kind), base="trained",
+             needles=(RASTER_NPZ,), bomb=True, timeout=30, slow=kind not in ("fifo", "dev-zero"))
+        for kind in ("fifo", "dev-zero", "huge-sparse", "directory")]
 
 
 def report_cases() -> list[Case]:
