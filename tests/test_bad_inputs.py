@@ -24,13 +24,14 @@ from tests.bad_inputs.base import Workspace, valid_digits_net, write_idx_dataset
 from tests.bad_inputs.cases_config import config_cases
 from tests.bad_inputs.cases_data import dataset_cases
 from tests.bad_inputs.cases_net import net_cases
+from tests.bad_inputs.cases_nir import nir_cases
 from tests.bad_inputs.cases_report import report_cases
 from tests.bad_inputs.cases_weights import checkpoint_cases, train_state_cases
 from tests.bad_inputs.harness import (EXIT_REACHED_LAVA, LightForkServer, Outcome, run_forked,
                                       run_subprocess, snapshot, warm_imports)
 
 ALL_CASES: list[Case] = (config_cases() + net_cases() + checkpoint_cases() + train_state_cases()
-                         + report_cases() + dataset_cases())
+                         + report_cases() + dataset_cases() + nir_cases())
 BY_ID = {c.id: c for c in ALL_CASES}
 assert len(BY_ID) == len(ALL_CASES), "case ids must be unique"
 
