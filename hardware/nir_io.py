@@ -33,8 +33,8 @@ Export (float IR -> NIR), per layer ``L`` of the IR::
     Dense  -> node "L": Affine(weight·2**weight_exp, b), Linear if b is None
     Flatten-> node "F": Flatten(start_dim=0, end_dim=-1)  (all non-batch dimensions, C order)
     cuba   -> node "L.neuron": CubaLIF(τ_syn = dt·4096/(du+1), w_in = 4096/(du+1),
-                                       τ_mem = dt·4096/dv, R = 4096/dv  (dv = 0: both +inf,
-                                       the limit R/τ_mem = 1/dt, as snnTorch writes β = 1),
+                                       τ_mem = dt·4096/dv, R = 4096/dv  (dv = 0: τ_mem = dt·2**64,
+                                       R = 2**64, finite and exact: see "No leak" below),
                                        v_threshold = θ, v_leak = 0, v_reset = 0)
     extra input k of L (ir.Projection from layer S, IR 1.2)
            -> node "L.extra<k>": Conv2d (zero bias) or Linear, its source edge from
@@ -46,10 +46,29 @@ bias ``b`` travels in the synapse (NIR neurons have no bias but ``v_leak``), so 
 current: exact when the current does not accumulate, ``du = 4095`` (u = a + b, this project's
 every network); a non-zero bias with ``du < 4095`` is refused. The readout of
 ``net.readout == 'potential'`` (a non-firing integrator, :func:`hardware.ir.readout_neuron`)
-is what the IR says it is: a CubaLIF with ``v_threshold = +inf``, τ_syn = dt (α = 0) and
-τ_mem = +inf (β = 1), so ``v[T] = Σ_t (W·s_t + b)``; read its membrane after the last step (in
-snnTorch: the imported ``Synaptic`` module's ``mem``). It runs unchanged in snnTorch's
-``import_from_nir``, which has no mapping for NIR's ``I`` node; ``I`` is accepted on import.
+is what the IR says it is: a CubaLIF with ``v_threshold =`` :data:`NEVER_FIRES`, τ_syn = dt
+(α = 0) and no leak (β = 1), so ``v[T] = Σ_t (W·s_t + b)``; read its membrane after the last
+step (in snnTorch: the imported ``Synaptic`` module's ``mem``; in Norse: the node's
+``LIFBoxFeedForwardState.v``). It runs unchanged in snnTorch's ``import_from_nir``, which has no
+mapping for NIR's ``I`` node; ``I`` is accepted on import.
+
+No inf or NaN in a file (issue 18). Older files wrote the no-leak membrane as τ_mem = R = +inf
+and the readout's threshold as +inf: snnTorch special-cases that, Norse 1.1.0 computes inf·I
+and (1/inf)·inf, so every membrane is NaN and nothing fires, silently. Now:
+
+* No leak (dv = 0): τ_mem = dt·:data:`NO_LEAK_TAU_STEPS` (2**64), R = 2**64. dt/τ_mem is exactly
+  2**-64 (a power of two: no rounding in float32 or float64), so snnTorch's β = 1 − dt/τ_mem is
+  exactly 1.0 in both, our reader's dv is 0 and its gain dt·R/τ_mem exactly 1. Norse steps
+  v + (dt·(1/τ_mem))·(R·I − v); at dt = 1e-4 its float32 coefficient dt·(1/τ_mem) is exactly
+  2**-64 (tested), R·I is exact (a power of two), and the v·2**-64 term changes the result only
+  where |I| ≤ |v|·2**-39, where v + I rounds to v anyway: v + I rounded once, the IR's
+  arithmetic. R·I overflows float32 only for |I| ≥ 2**64.
+* Never fires: v_threshold = :data:`NEVER_FIRES`, float32's largest value: ``v > θ`` is false
+  for every finite float32 membrane; a float64 membrane driven by spikes grows by at most
+  max_j(Σ_i |W_ji| + |b_j|) a step, so it needs more than 3.4e38 / that many steps to reach it.
+
+On import both the new values and the old +inf mean the same (reading older files is fine);
+NaN anywhere and inf anywhere else are refused naming the node and parameter.
 
 Refused on export with :class:`~hardware.errors.NirFormatError` naming the layer: ``if_soft``
 neurons (reset by subtraction, v(0) = θ/2: NIR's neurons all reset to ``v_reset``, and a
@@ -81,8 +100,12 @@ and further synapses read earlier neurons (extra inputs); no cycle (recurrence).
 The decays must lie on Loihi's 12-bit grid (within :data:`DECAY_TOLERANCE` of an integer, the
 float32 rounding of files written by others; du in 0..4095, dv in 0..4095), every parameter
 must be one value for the whole node (the IR has one neuron per layer), ``v_leak`` and
-``v_reset`` zero, the threshold positive (+inf only on the last neuron of du = 4095, dv = 0:
-the potential readout). A gain within :data:`GAIN_TOLERANCE` of 1 is 1; any other is folded
+``v_reset`` zero, the threshold positive (≥ :data:`NEVER_FIRES`, or +inf, only on the last
+neuron of du = 4095, dv = 0: the potential readout). NaN and inf are refused in every node
+(naming the node and parameter) except +inf as v_threshold (never fires) and as τ_mem (τ) and
+R together (no leak, what older files and snnTorch's export write for β = 1). Versions: a
+graph of ours must say ``format_version`` :data:`NIR_FORMAT_VERSION` (an integer), a file's
+own NIR ``version`` must be ``major.minor...`` with a major in :data:`NIR_FILE_MAJOR_VERSIONS`. A gain within :data:`GAIN_TOLERANCE` of 1 is 1; any other is folded
 into the weights and biases of every synapse into the neuron (both scale its drive). A bias
 into a neuron with du < 4095 is refused (Loihi adds biases to v). Conv2d padding 'valid' is 0,
 'same' is (dilation·(k − 1))/2 where that is exact. A layer's bias is the sum of the biases of
@@ -142,9 +165,9 @@ NEURON_MODEL_TEXT = (
     "Loihi 2 CUBA (reset to zero), forward Euler with time step dt: "
     "I <- (1 - dt/tau_syn) I + (dt w_in/tau_syn) x; v <- (1 - dt/tau_mem) v + (dt r/tau_mem) I; "
     "z = v > v_threshold; v <- 0 where z; tau_syn = dt 4096/(du+1), tau_mem = dt 4096/dv "
-    "(inf: no leak), w_in = tau_syn/dt, r = tau_mem/dt; the synapse bias enters I (du = 4095: "
-    "I = W x + b). v_threshold = inf: a non-firing integrator whose v after the last step is "
-    "the readout. Each step the graph is evaluated input to output (no per-layer delay).")
+    "(dv = 0, no leak: tau_mem = dt 2**64), w_in = tau_syn/dt, r = tau_mem/dt; the synapse bias "
+    "enters I (du = 4095: I = W x + b). v_threshold = 3.4028235e38 (float32 max): a non-firing "
+    "integrator whose v after the last step is the readout. Each step the graph is evaluated input to output (no per-layer delay).")
 
 _UNITY = LOIHI2.decay_unity  # 4096
 _NO_CURRENT_DECAY = LOIHI2.decay_max  # du = 4095: u = a, no memory
