@@ -20,7 +20,7 @@ from hardware.nir_io import read_nir
 from pipeline.artifacts import CHECKPOINT, IMPORTED_NIR, NET_FILE, NIR_FILE, REPORT_JSON
 from tests.bad_inputs.base import Workspace
 from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess, warm_imports
-from tests.test_nir import SNNTORCH_FILE, _with_node
+from tests.test_nir import SNNTORCH_FILE, _with_node, non_finite_values
 
 EXIT_TOOLKIT_ERROR = 2
 
@@ -70,6 +70,8 @@ def test_import_export_run_a_network_made_in_snntorch(tmp_path):
     assert section["source"] == str(SNNTORCH_FILE) and section["readout"] == "spikes"
     assert section["dt"] == 1e-4 and len(section["layers"]) == 3
     assert ir.networks_equal(read_nir(ws.run / IMPORTED_NIR), read_nir(SNNTORCH_FILE))
+    # snnTorch writes β = 1 as τ_mem = r = inf; the graph import rewrote holds finite values only
+    assert non_finite_values(SNNTORCH_FILE)[0] and non_finite_values(ws.run / IMPORTED_NIR)[0] == []
 
     ok(cli(ws, "export", "eval.timesteps=8"))
     assert report(ws)["export"]["source"] == "imported-nir" and (ws.run / NET_FILE).is_file()
@@ -94,6 +96,7 @@ def test_export_nir_from_a_trained_cuba_checkpoint(tmp_path):
     net = read_nir(ws.run / NIR_FILE)
     assert net.readout == "potential" and {la.neuron.kind for la in net.weighted_layers} == {"cuba"}
     assert net.metadata["arch"] == "cnn-small" and "checkpoint_sha256" in net.metadata
+    assert non_finite_values(ws.run / NIR_FILE)[0] == []  # the readout too: no inf threshold
     section = report(ws)["export_nir"]
     assert (section["source"], section["neuron"]) == ("checkpoint", "cuba")
     assert not (ws.run / NET_FILE).exists()  # the nir export writes model.nir only
