@@ -1,4 +1,4 @@
-"""NIR interop figures, checked against snnTorch (issue 11).
+"""NIR interop figures, checked against snnTorch (issue 11) and Norse (issue 18).
 
 Export: a ``cuba`` digits model trained by this project's pipeline (cnn-small, the
 cuba-matched activation; trained here into ``runs/nir_agreement/`` unless ``--checkpoint``
@@ -12,7 +12,11 @@ spikes at every step and on the potential readout:
 * snnTorch's modules with float64 state (its float32 spikes and inputs cast to float64 by
   forward pre-hooks, nothing else changed) against the IR whose weights, biases and
   thresholds are rounded to float32 as ``import_from_nir`` rounds them (``torch.Tensor``).
-  This isolates the neuron mapping from float32 arithmetic: it must agree exactly.
+  This isolates the neuron mapping from float32 arithmetic: it must agree exactly;
+* Norse 1.1.0's own ``norse.torch.from_nir`` at dt = 1e-4 (float32; one sample at a time: its
+  imported Flatten is ``torch.nn.Flatten(0, -1)``, which flattens a batch too) against the
+  float64 IR. Its synapse steps I + (dt/τ_syn)(w_in·x − I), which is x only up to float32
+  rounding, so a spike may differ where a membrane lies within rounding of its threshold.
 
 Import: a network built and trained in snnTorch (Flatten, Linear, ``Synaptic(α = 0.5, β = 1)``,
 Linear, ``Synaptic(α = 0, β = 1 − 256/4096)``, reset to zero, BPTT with snnTorch's surrogate
@@ -297,7 +301,7 @@ def export_direction(checkpoint: Path, x: torch.Tensor, y: torch.Tensor, steps: 
     import nir
     from snntorch.import_nir import import_from_nir
 
-    from hardware.nir_io import read_nir, write_nir
+    from hardware.nir_io import DEFAULT_DT, read_nir, write_nir
     from hardware.simulator import first_argmax, simulate
     from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
     from pipeline.training import to_ir
@@ -315,9 +319,15 @@ def export_direction(checkpoint: Path, x: torch.Tensor, y: torch.Tensor, steps: 
            "layers": [layer.name for layer in net.layers], "nodes": sorted(graph.nodes)}
     ref64 = simulate(net, x, steps, record_spikes=True)
     ref32 = simulate(float32_view(net), x, steps, record_spikes=True)
-    for name, float64, ref in (("snntorch_float32", False, ref64), ("snntorch_float64_state", True, ref32)):
+    neurons = [f"{layer.name}.neuron" for layer in net.weighted_layers]
+    runs = {"snntorch_float32": (lambda: run_snntorch(quietly(import_from_nir, graph), x, steps,
+                                                       float64=False, batched=False), ref64),
+            "snntorch_float64_state": (lambda: run_snntorch(quietly(import_from_nir, graph), x, steps,
+                                                             float64=True, batched=False), ref32),
+            "norse_float32": (lambda: run_norse(norse_module(graph, DEFAULT_DT), x, steps, neurons), ref64)}
+    for name, (run_it, ref) in runs.items():
         start = time.perf_counter()
-        run = run_snntorch(quietly(import_from_nir, graph), x, steps, float64=float64, batched=False)
+        run = run_it()
         out[name] = {**dataclasses.asdict(agreement(run, ref, "potential")),
                      "accuracy": float((first_argmax(run.last_mem) == y).double().mean()),
                      "seconds": round(time.perf_counter() - start, 1)}
@@ -379,6 +389,14 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
+def _norse_row(norse: Optional[dict]) -> list:
+    if norse is None:  # a results file from before Norse was checked
+        return []
+    return [f"| Norse `from_nir(graph, dt=1e-4)` (float32) | float64 IR | {norse['all_spikes']:.3f} | "
+            f"{norse['predictions']:.3f} | {norse['readout_max_abs']:.2e} ({norse['readout_max_rel']:.1e}) | "
+            f"{_pct(norse['accuracy'])} |"]
+
+
 def markdown(res: dict) -> str:
     e, i = res["export"], res["import"]
     f32, f64 = e["snntorch_float32"], e["snntorch_float64_state"]
@@ -387,13 +405,14 @@ def markdown(res: dict) -> str:
         f"{e['epoch']}, {e['activation']['activation']} activation at T = {e['activation']['timesteps']}; "
         f"run at T = {e['timesteps']} on {f32['samples']} digits test samples, potential readout; "
         f"{res['date']}, {res['machine']}):", "",
-        "| snnTorch run of our NIR file | compared with | all layers' spikes equal | same class "
-        "| max abs Δv[T] (rel) | snnTorch accuracy |",
+        "| run of our NIR file | compared with | all layers' spikes equal | same class "
+        "| max abs Δv[T] (rel) | its accuracy |",
         "|---|---|---|---|---|---|",
-        f"| as imported (float32) | float64 IR | {f32['all_spikes']:.3f} | {f32['predictions']:.3f} | "
+        f"| snnTorch `import_from_nir` as imported (float32) | float64 IR | {f32['all_spikes']:.3f} | {f32['predictions']:.3f} | "
         f"{f32['readout_max_abs']:.2e} ({f32['readout_max_rel']:.1e}) | {_pct(f32['accuracy'])} |",
-        f"| float64 state | float32-rounded IR | {f64['all_spikes']:.3f} | {f64['predictions']:.3f} | "
-        f"{f64['readout_max_abs']:.2e} ({f64['readout_max_rel']:.1e}) | {_pct(f64['accuracy'])} |", "",
+        f"| snnTorch, float64 state | float32-rounded IR | {f64['all_spikes']:.3f} | {f64['predictions']:.3f} | "
+        f"{f64['readout_max_abs']:.2e} ({f64['readout_max_rel']:.1e}) | {_pct(f64['accuracy'])} |",
+        *_norse_row(e.get("norse_float32")), "",
         f"Our float simulator's accuracy on the same samples: {_pct(e['ours_float_accuracy'])} %. "
         f"Whole benchmark: {res.get('seconds', '?')} s after {res.get('checkpoint_seconds', '?')} s "
         f"for the checkpoint (trained by the pipeline unless it was there).", "",

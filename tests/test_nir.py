@@ -314,7 +314,7 @@ def test_older_files_with_infinities_read_as_before(name, tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_test_split() -> torch.Tensor:
-    """The pipeline's digits test split (360 samples)."""
+    """The pipeline's digits test split (359 samples)."""
     from bench.nir_agreement import digits
 
     return digits()[2]
