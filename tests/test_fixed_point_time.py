@@ -148,6 +148,20 @@ def test_networks_the_one_step_rule_covers_keep_their_scale():
     assert np.array_equal(one.layers[-1].weight, six.layers[-1].weight)
 
 
+def test_without_steps_the_bound_covers_one_step_and_says_so():
+    """A spike-readout net quantized without readout_steps is bounded for T = 1 only, and the
+    report says so (the pipeline always passes eval.timesteps)."""
+    q = quantize(alpha_net(), input_bits=INPUT_BITS)
+    assert [r["state_steps"] for r in q.metadata["quantization"]] == [1, 1]
+    assert _report(q, "alpha")["limited_by"] == "24-bit state"
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "8"])
+def test_bad_step_counts_are_refused(steps):
+    with pytest.raises(QuantizationError, match="readout_steps .* must be a positive integer"):
+        quantize(alpha_net(), input_bits=INPUT_BITS, readout_steps=steps)
+
+
 # ------------------------------------------------------------------ the contract, on any input
 def _input_patterns(w: np.ndarray, T: int, rng) -> list:
     """(T, n_in) payload sequences: every input on, random on/off, and for each neuron the
