@@ -383,6 +383,44 @@ def test_norse_evaluates_a_shortcut_after_the_neuron_it_feeds():
     assert order.index("c_extra0") > order.index("c_neuron")
 
 
+def test_consumer_import_paths_and_time_steps_as_the_readme_says():
+    """snnTorch 1.0: ``import_from_nir`` lives in ``snntorch.import_nir`` (not the package top
+    level) and discretises with its own dt = 1e-4 whatever the file says; Norse 1.1.0:
+    ``norse.torch.from_nir`` defaults to dt = 1e-3, so our files need ``dt=1e-4``."""
+    import inspect
+
+    import norse.torch
+    import snntorch
+    from snntorch.import_nir import import_from_nir
+
+    assert not hasattr(snntorch, "import_from_nir")
+    assert inspect.signature(norse.torch.from_nir).parameters["dt"].default == 1e-3
+    net = decay_net()  # du = 1023, dv = 300 and du = 4095, dv = 4000
+    imported = quietly(import_from_nir, to_nir_graph(net))
+    got = [(float(m.alpha), float(m.beta)) for m in imported.modules() if type(m).__name__ == "Synaptic"]
+    want = [(1 - (la.neuron.du + 1) / 4096, 1 - la.neuron.dv / 4096) for la in net.weighted_layers]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)  # dt/τ at snnTorch's 1e-4
+    x = torch.rand(40, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = first_argmax(simulate(net, x, 8).output_counts()[-1])
+    for dt, same in ((DEFAULT_DT, True), (1e-3, False)):  # Norse at our dt, and at its default
+        run = run_norse(norse_module(to_nir_graph(net), dt), x, 8, ["leaky.neuron", "out.neuron"])
+        assert torch.equal(first_argmax(run.spikes[-1].sum(0).reshape(len(x), -1)), ours) == same, dt
+
+
+@pytest.mark.parametrize("framework", ["snntorch", "norse"])
+def test_a_batch_through_an_imported_flatten_fails(framework):
+    """Both map NIR's Flatten (of the non-batch dimensions) to ``torch.nn.Flatten(0, -1)``,
+    which flattens a batch into one vector: run networks with a Flatten one sample at a time."""
+    from snntorch.import_nir import import_from_nir
+
+    graph = to_nir_graph(dense_net())
+    module = quietly(import_from_nir, graph) if framework == "snntorch" else norse_module(graph, DEFAULT_DT)
+    flatten = [m for m in module.modules() if isinstance(m, torch.nn.Flatten)]
+    assert [(m.start_dim, m.end_dim) for m in flatten] == [(0, -1)]
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        module(torch.rand(2, 1, 8, 8))
+
+
 # ----------------------------------------------------------------------------- import from snnTorch
 def snntorch_conv_net():
     torch.manual_seed(5)
