@@ -80,6 +80,8 @@ def _report(q: Network, name: str) -> dict:
 # ------------------------------------------------------------------ decaying current (u)
 @pytest.mark.parametrize("du", [2047, 2048])
 def test_alpha_half_fan_in_2000_spikes_as_in_float(du):
+    """du = 2047 is α = 0.5 exactly (NIR's import of snnTorch's α = 0.5), 2048 the issue's
+    value. Before the T-step bound u wrapped at step 5: [1, 1, 1, 1, 0, 0] in fixed point."""
     T = 6
     q, fl, fx = float_and_integer(alpha_net(du=du), np.ones((1, 1)), T)
     out = fl.layer_spike_trains[-1][:, 0].T.int()
@@ -124,7 +126,7 @@ def test_several_steps_of_negative_drive_then_positive(kind, dv, neg):
 
 
 def test_decaying_voltage_and_current_together():
-    """dv > 0 and du < 4095 at once, with a positive bias: v leaks, u accumulates."""
+    """dv > 0 and du < 4095 at once, with biases: v leaks while u accumulates."""
     T = 8
     net = alpha_net(du=1500, dv=512, theta=1.2)
     net.layers[-1].bias = np.array([0.01, 0.02, -0.01])
