@@ -100,8 +100,10 @@ def not_regular(kind: str) -> Callable[[Path], None]:
 NOT_REGULAR_KINDS = ("dev-zero", "dev-urandom", "fifo", "directory", "socket", "huge-sparse")
 
 
-def many_keys_json(n: int = 100_000, duplicate: str = "k7") -> str:
-    """A JSON object of ``n`` keys whose last one repeats ``duplicate`` (a quadratic check spins)."""
+def many_keys_json(n: int = 100_000, duplicate: str | None = None) -> str:
+    """A JSON object of ``n`` keys whose last one repeats ``duplicate`` (default: the key before it,
+    which a check that counts each key's occurrences in turn reaches last: quadratic)."""
+    duplicate = f"k{n - 1}" if duplicate is None else duplicate
     return "{" + ", ".join(f'"k{i}": {i}' for i in range(n)) + f', "{duplicate}": 0}}'
 
 
