@@ -2,7 +2,6 @@
 
 No training here: the files are made from freshly built models, then damaged."""
 import json
-import logging
 import math
 import os
 import pickle
