@@ -251,3 +251,21 @@ def test_alpha_case_in_lava_equals_float(tmp_path):
     assert np.array_equal(lava.output_spikes, fx.output_spikes.numpy().transpose(1, 0, 2))
     assert np.array_equal(lava.output_spikes, fl.output_spikes.numpy().transpose(1, 0, 2))
     assert int(lava.output_spikes.sum()) >= 15
+
+
+@pytest.mark.lava
+def test_negative_drive_case_in_lava_equals_float(tmp_path):
+    """Five steps of negative drive, then positive (cuba, dv = 1024), time-varying input: in
+    Lava the same spikes as the integer simulator and as float (v never clipped)."""
+    from hardware.lava_runner import run_lava
+    from hardware.netx_io import read_net, write_net
+
+    T = 12
+    x = on_off(T, 5)
+    q, fl, fx = float_and_integer(negative_drive_net(kind="cuba", dv=1024, neg=2.5), x, T)
+    path = write_net(q, tmp_path / "drive.net", steps_per_sample=T)
+    lava = run_lava(read_net(path), encode_input(x, INPUT_BITS), T, net_path=str(path),
+                    progress=False, probes="counts")
+    assert np.array_equal(lava.output_spikes, fx.output_spikes.numpy().transpose(1, 0, 2))
+    assert np.array_equal(lava.output_spikes, fl.output_spikes.numpy().transpose(1, 0, 2))
+    assert int(lava.output_spikes.sum()) >= 3
