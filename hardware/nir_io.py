@@ -293,7 +293,7 @@ def _neuron_node(layer, out_shape: tuple, dt: float) -> nir.CubaLIF:
 
     w_in = _UNITY / (int(n.du) + LOIHI2.current_decay_offset)
     mem = _UNITY / int(n.dv) if int(n.dv) else NO_LEAK_TAU_STEPS  # τ_mem / dt
-    threshold = float(n.threshold) if math.isfinite(n.threshold) else NEVER_FIRES
+    threshold = NEVER_FIRES if n.threshold == math.inf else float(n.threshold)  # NaN: refused below
     return nir.CubaLIF(tau_syn=full(dt * w_in), tau_mem=full(dt * mem), r=full(mem),
                        v_leak=full(0.0), v_threshold=full(threshold), v_reset=full(0.0),
                        w_in=full(w_in))

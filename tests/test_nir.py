@@ -729,6 +729,9 @@ def test_export_refuses_a_non_finite_network_naming_the_node():
               for la in net.layers]
     with pytest.raises(NirFormatError, match=r"node 'out': weight holds NaN or inf"):
         to_nir_graph(net.replace(layers=layers))
+    layers = [dataclasses.replace(la, neuron=cuba(np.nan)) if la.name == "fc1" else la for la in net.layers]
+    with pytest.raises(NirFormatError, match=r"node 'fc1.neuron': v_threshold holds NaN or inf"):
+        to_nir_graph(net.replace(layers=layers))  # NaN is not +inf: not written as "never fires"
 
 
 def _with_metadata(path: Path, key: str, value) -> None:
