@@ -115,7 +115,7 @@ def _not_regular_cases(case) -> list[Case]:
     return [case(kind, plant(kind), stage=stage, bomb=kind != "socket", timeout=30)
             for stage in ("report", "evaluate", "export", "train", "run") for kind in NOT_REGULAR_KINDS] + [
         Case(id=f"raster-report-{kind}", owner="A2", stage="report", plant=raster(kind), base="trained",
-             needles=(RASTER_NPZ,), bomb=True, timeout=30, slow=kind not in ("fifo", "dev-zero"))
+             needles=(RASTER_NPZ,), bomb=True, bomb_seconds=5.0, timeout=30, slow=kind not in ("fifo", "dev-zero"))
         for kind in ("fifo", "dev-zero", "huge-sparse", "directory")]
 
 
