@@ -153,3 +153,16 @@ def test_config_keys_are_validated_by_name():
         load_config("deploy.yaml", ["import.nri=x.nir"])
     cfg = load_config("deploy.yaml", ["import.nir=graph.nir", "export.format=nir"])
     assert (cfg.import_.nir, cfg.export.format, cfg.to_dict()["import"]["dt"]) == ("graph.nir", "nir", 1e-4)
+
+
+def test_the_bad_input_suites_nir_base_imports(tmp_path):
+    """tests/bad_inputs/cases_nir.py mutates this file: unmutated, ``import`` takes it, so
+    each refusal there is its mutation's doing."""
+    from tests.bad_inputs.cases_nir import with_h5
+
+    ws = workspace(tmp_path)
+    overrides = with_h5(lambda f: None)(ws)
+    ok(cli(ws, "import", *overrides))
+    assert report(ws)["import"]["readout"] == "potential"
+    foreign = workspace(tmp_path / "foreign")
+    ok(cli(foreign, "import", *with_h5(lambda f: None, foreign=True)(foreign)))
