@@ -353,7 +353,7 @@ def import_direction(data: tuple, steps: int, epochs: int, lava_samples: int, in
     with tempfile.TemporaryDirectory() as tmp:
         nir.write(Path(tmp) / "snntorch.nir", export_snntorch(model, (1, 8, 8)))
         fnet = read_nir(Path(tmp) / "snntorch.nir")
-        qnet = quantize(fnet, input_bits=input_bits)
+        qnet = quantize(fnet, input_bits=input_bits, readout_steps=steps)
         net_path = write_net(qnet, Path(tmp) / "snntorch.net", steps_per_sample=steps)
         qnet = read_net(net_path)
         ref = simulate(fnet, x, steps, record_spikes=True)

@@ -457,7 +457,7 @@ def test_snntorch_network_imports_exactly_and_runs_in_lava(tmp_path):
     exact = agreement(run_snntorch(model, x, steps, float64=True, batched=True), ref, "spikes")
     assert exact.all_spikes == 1.0, exact
     assert all(int(c.sum()) > 0 for c in ref.layer_counts)
-    qnet = quantize(net, input_bits=8)
+    qnet = quantize(net, input_bits=8, readout_steps=steps)
     net_path = write_net(qnet, tmp_path / "snntorch.net", steps_per_sample=steps)
     x_int = encode_input(x.numpy(), 8)[:4]
     fixed = simulate(read_net(net_path), torch.as_tensor(x_int), steps)
@@ -501,10 +501,15 @@ def test_stored_snntorch_file_reads_and_matches_its_quantized_form():
     assert [(la.neuron.du, la.neuron.dv) for la in net.weighted_layers] == [(2047, 0), (4095, 256)]
     assert net.readout == "spikes" and net.metadata["source"] == "nir"
     x = digits_sample(100)
-    fixed = simulate(quantize(net, input_bits=8), torch.as_tensor(encode_input(x.numpy(), 8)), 8)
+    qnet = quantize(net, input_bits=8, readout_steps=8)
+    fixed = simulate(qnet, torch.as_tensor(encode_input(x.numpy(), 8)), 8)
     floating = simulate(net, x, 8)
     same = first_argmax(fixed.output_counts()[-1]) == first_argmax(floating.output_counts()[-1])
-    assert same.double().mean() >= 0.95
+    # Its first layer integrates without leak (dv = 0) a decaying current, so v can fall for all 8
+    # steps: the scale that provably never clips v is ~10x below a one-step bound (whose v did
+    # clip on real digits), and 92 of these 100 classes survive it.
+    assert same.double().mean() >= 0.9
+    assert all(layer["state_steps"] == 8 for layer in qnet.metadata["quantization"])
 
 
 # ----------------------------------------------------------------------------- refusals
