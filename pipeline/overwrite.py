@@ -10,7 +10,8 @@ unless the user says so (``--overwrite``, i.e. ``run.overwrite: true``) or picks
   training complete) as before;
 * model.net: the network it was made from (architecture, levels, activation of the
   checkpoint) and what export does with it: the snn and quant sections and
-  ``eval.timesteps`` (the readout bound and the file's reset interval). The evaluation
+  ``eval.timesteps`` (the readout bound and the file's reset interval); model.nir (the float
+  network): the network and the snn section. The evaluation
   batch size, the Lava sample count, the run directory and the like do not count. The
   identity is read from the file's own provenance, so a file an interrupted export
   renamed into place before its report was updated is judged by what it is.
@@ -21,6 +22,7 @@ directory never mixes two networks.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -109,46 +111,68 @@ def clear_trained(run_dir: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- export
-def export_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes a model.net what it is, from its provenance (see the module docstring)."""
+def export_identity(provenance: Mapping[str, Any], fmt: str = "net") -> dict[str, Any]:
+    """What makes an exported file what it is, from its provenance (see the module docstring);
+    ``fmt`` ``nir``: the float network, which quantization and the deployment T do not touch."""
     config = provenance.get("config") if isinstance(provenance.get("config"), Mapping) else {}
     evaluation = config.get("eval") if isinstance(config.get("eval"), Mapping) else {}
-    return {"network": {"arch": provenance.get("arch"), "levels": provenance.get("levels"),
-                        "activation": provenance.get("activation"),
-                        "imported": "imported_nir_sha256" in provenance},
-            "snn": config.get("snn"), "quant": config.get("quant"),
-            "eval": {"timesteps": evaluation.get("timesteps")}}
+    identity = {"network": {"arch": provenance.get("arch"), "levels": provenance.get("levels"),
+                            "activation": provenance.get("activation"),
+                            "imported": "imported_nir_sha256" in provenance},
+                "snn": config.get("snn")}
+    if fmt == "net":
+        identity.update(quant=config.get("quant"), eval={"timesteps": evaluation.get("timesteps")})
+    return identity
 
 
-def check_net_replacement(path: Path, provenance: Mapping[str, Any], overwrite: bool) -> None:
-    """Refuse (:class:`OverwriteError`) to replace the model.net at ``path`` by an export with
-    ``provenance`` when the file was made with another configuration or is not one this
-    toolkit's export wrote, unless ``overwrite``."""
+def check_net_replacement(path: Path, provenance: Mapping[str, Any], overwrite: bool, fmt: str = "net") -> None:
+    """Refuse (:class:`OverwriteError`) to replace the exported file at ``path`` (model.net, or
+    model.nir with ``fmt`` ``nir``) by an export with ``provenance`` when the file was made with
+    another configuration or is not one this toolkit's export wrote, unless ``overwrite``."""
     if overwrite or not (path.exists() or path.is_symlink()):
         return
-    stored = _net_provenance(path)
+    stored = _provenance(path, fmt)
     if stored is None or "config" not in stored:
         raise OverwriteError(f"{path} is not a network this toolkit's export wrote (it has no provenance "
                              f"of an export); export would replace it: {HOW_TO_REPLACE}")
-    diffs = differences(export_identity(stored), export_identity(provenance))
+    diffs = differences(export_identity(stored, fmt), export_identity(provenance, fmt))
     if diffs:
         raise OverwriteError(f"{path} was exported with another configuration ({_listed(diffs)}); export "
                              f"would replace it: {HOW_TO_REPLACE}")
 
 
-def _net_provenance(path: Path) -> Optional[dict]:
-    """The provenance of the .net file at ``path``; None if it cannot be read as one."""
+def _provenance(path: Path, fmt: str) -> Optional[dict]:
+    """The provenance of the exported file at ``path``; None if it cannot be read as one."""
     from hardware.errors import ToolkitError
-    from hardware.netx_io import read_net
 
     from .artifacts import MAX_ARTIFACT_BYTES, check_regular
 
     try:
         check_regular(path, MAX_ARTIFACT_BYTES)
-        metadata = read_net(path).metadata
-    except ToolkitError:
+        if fmt == "nir":
+            from hardware.nir_io import read_nir
+            record = read_nir(path).metadata
+        else:
+            record = _net_provenance(path)
+    except (ToolkitError, *_H5_TROUBLE):
         return None
-    return dict(metadata) if isinstance(metadata, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) else None
+
+
+#: what h5py and json raise for a file that is not what it claims
+_H5_TROUBLE = (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError)
+
+
+def _net_provenance(path: Path) -> Any:
+    """The ``provenance`` root attribute of a .net file (JSON), read alone: this judges whose
+    file it is, not whether the whole network is valid (``run`` checks that)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get("provenance")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text) if isinstance(text, str) else None
 
 
 __all__ = ["OverwriteError", "training_replaces", "clear_trained", "export_identity", "check_net_replacement",

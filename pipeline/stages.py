@@ -256,9 +256,10 @@ def export(cfg, progress: bool = True) -> dict:
 
     run_dir = open_run(cfg)
     net, provenance, source = _network_to_export(cfg, run_dir)
+    fmt_path = run_dir.nir if cfg.export.format == "nir" else run_dir.net
+    check_net_replacement(fmt_path, provenance, cfg.run.overwrite, cfg.export.format)  # before the work
     if cfg.export.format == "nir":
         return _export_nir(run_dir, net, provenance, source)
-    check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     with atomic_path(run_dir.net, suffix=".net") as tmp:

@@ -425,3 +425,18 @@ def test_torchrun_killed_takes_its_training_processes_with_it(tmp_path):
 
 #: the watchdog's poll plus its grace (a main thread stuck in a C call)
 WATCHDOG_LIMIT_S = 15
+
+
+def test_a_nir_export_of_another_configuration_is_not_replaced_either(tmp_path):
+    """model.nir (the float network): another snn.* refuses; a quant.* change does not matter."""
+    from pipeline.artifacts import NIR_FILE
+
+    run_dir = tmp_path / "run"
+    cfg = _cfg(run_dir, "snn.neuron=cuba", "export.format=nir")
+    stages.train(cfg, progress=False)
+    stages.export(cfg, progress=False)
+    stages.export(_cfg(run_dir, "snn.neuron=cuba", "export.format=nir", "quant.input_bits=6"), progress=False)
+    before = sha256_of(run_dir / NIR_FILE)
+    with pytest.raises(OverwriteError, match="snn.readout"):
+        stages.export(_cfg(run_dir, "snn.neuron=cuba", "export.format=nir", "snn.readout=spikes"), progress=False)
+    assert sha256_of(run_dir / NIR_FILE) == before
