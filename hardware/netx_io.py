@@ -214,6 +214,26 @@ MAX_TOTAL_ELEMENTS = 1 << 26
 _MAX_LAYERS = 4096
 _MAX_TEXT = 1 << 24
 _SMALL = 8
+#: at most this many attributes on one object (this project writes at most 13), bytes in a
+#: fixed-size attribute other than the provenance, and keys in one layer group
+_MAX_ATTRS = 64
+_MAX_ATTR_BYTES = 4096
+_MAX_LAYER_KEYS = 64
+
+#: the keys each layer type may hold: this project's writer's, and slayer's (``inChannels``,
+#: ``outChannels``, ``kernelSize``, ``inFeatures``, ``outFeatures``, which netx ignores);
+#: ``delay`` is refused with its own message. A key of another type means the type disagrees
+#: with the contents (a relabelled layer): refused in every file. Any other key is refused in
+#: this project's files (its writer writes none) and left alone in others' (netx ignores it).
+_LAYER_KEYS = {
+    "input": frozenset({"type", "shape", "neuron", "weight", "bias"}),
+    "flatten": frozenset({"type", "shape"}),
+    "conv": frozenset({"type", "shape", "weight", "bias", "stride", "padding", "dilation", "groups",
+                       "neuron", "inChannels", "outChannels", "kernelSize", "delay"}),
+    "dense": frozenset({"type", "shape", "weight", "bias", "neuron", "inFeatures", "outFeatures",
+                        "delay"}),
+    "concat": frozenset({"layer_type", "inputs"}),  # + the keys of its layer_type
+}
 
 PathLike = Union[str, Path]
 
@@ -490,6 +510,58 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
 # reading
 # --------------------------------------------------------------------------
 
+#: JSON types of the annotations of hardware.quantize.LayerQuantReport's fields
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+               "dict": (dict,), "list": (list,), "None": (type(None),)}
+
+
+def _quantization_field_types() -> dict:
+    """{field: (accepted Python types, description)} of the quantizer's per-layer report, the
+    ``quantization`` list of the provenance, read from the dataclass so that they never drift."""
+    from .quantize import LayerQuantReport
+
+    out = {}
+    for f in dataclasses.fields(LayerQuantReport):
+        parts = [part.strip() for part in str(f.type).split("|")]
+        if all(part in _JSON_TYPES for part in parts):
+            out[f.name] = (tuple(t for part in parts for t in _JSON_TYPES[part]), " or ".join(parts))
+    return out
+
+
+def _json_type_problem(value: Any, types: tuple, what: str, expected: str) -> Optional[str]:
+    # bool is an int in Python, never in a file's meaning
+    if isinstance(value, types) and (bool in types or not isinstance(value, bool)):
+        return None
+    return f"{what} is a {type(value).__name__} ({str(value)[:40]!r}), expected {expected}"
+
+
+def provenance_problem(metadata: dict) -> Optional[str]:
+    """What is wrong with the provenance keys this project reads back (``quantization``,
+    ``ann_macs``, ``netx_default_neuron_layers``), or None: a wrong type there would end as a
+    TypeError deep in a stage."""
+    quant = metadata.get("quantization")
+    if quant is not None:
+        if not isinstance(quant, list) or not all(isinstance(q, dict) for q in quant):
+            return "'quantization' must be a list of objects (one per layer)"
+        fields = _quantization_field_types()
+        for k, entry in enumerate(quant):
+            for key, value in entry.items():
+                if key in fields:
+                    bad = _json_type_problem(value, fields[key][0], f"'quantization'[{k}].{key}",
+                                             fields[key][1])
+                    if bad:
+                        return bad
+    macs = metadata.get("ann_macs")
+    if macs is not None:
+        bad = _json_type_problem(macs, (int,), "'ann_macs'", "a non-negative integer")
+        if bad or macs < 0:
+            return bad or f"'ann_macs' is {macs}, expected a non-negative integer"
+    names = metadata.get("netx_default_neuron_layers")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "'netx_default_neuron_layers' must be a list of layer names"
+    return None
+
+
 def _shape_only(shape: tuple) -> np.ndarray:
     """A zero-strided array of ``shape``: lets shape checks run before any data is read."""
     return np.broadcast_to(np.int8(0), tuple(shape))
@@ -595,21 +667,37 @@ class _Access:
             raise self.fail(f"{what} is longer than {_MAX_TEXT} characters")
         return v
 
-    def attr(self, obj: Any, key: str, where: str) -> Any:
-        """One attribute value (None if absent), its type and size checked first."""
+    def attr(self, obj: Any, key: str, where: str, max_bytes: int = _MAX_ATTR_BYTES) -> Any:
+        """One attribute value (None if absent), checked before it is read as datasets are:
+        the object's number of attributes, then the attribute's shape, type, declared size
+        (at most ``max_bytes``) and the bytes the file stores for it."""
+        n_attrs = obj.attrs.__len__()
+        if n_attrs > _MAX_ATTRS:
+            raise self.fail(f"{where}: {n_attrs} attributes; at most {_MAX_ATTRS} are accepted")
         if key not in obj.attrs:
             return None
         aid = obj.attrs.get_id(key)
         if aid.shape not in ((), (1,)):
             raise self.fail(f"{where}: attribute '{key}' has shape {aid.shape}, expected one value")
-        if aid.dtype.kind not in "iufS" and h5py.check_string_dtype(aid.dtype) is None \
-                or aid.dtype.itemsize > _MAX_TEXT:
+        vlen = h5py.check_string_dtype(aid.dtype)
+        if aid.dtype.kind not in "iufS" and vlen is None:
             raise self.fail(f"{where}: attribute '{key}' has unsupported type {aid.dtype}")
+        if aid.dtype.itemsize > max_bytes:
+            raise self.fail(f"{where}: attribute '{key}' declares {aid.dtype.itemsize} bytes; at "
+                            f"most {max_bytes} are accepted")
+        if aid.get_storage_size() < aid.dtype.itemsize:  # a variable-length string: its reference
+            raise self.fail(f"{where}: attribute '{key}' declares {aid.dtype.itemsize} bytes but "
+                            f"the file stores {aid.get_storage_size()} (truncated or corrupt)")
         v = obj.attrs[key]
-        return v.reshape(-1)[0] if isinstance(v, np.ndarray) else v
+        v = v.reshape(-1)[0] if isinstance(v, np.ndarray) else v
+        if isinstance(v, (str, bytes)) and len(v) > max(max_bytes, _MAX_ATTR_BYTES):
+            raise self.fail(f"{where}: attribute '{key}' holds {len(v)} characters; at most "
+                            f"{max(max_bytes, _MAX_ATTR_BYTES)} are accepted")
+        return v
 
-    def attr_text(self, obj: Any, key: str, where: str, default: Optional[str] = None) -> Optional[str]:
-        v = self.attr(obj, key, where)
+    def attr_text(self, obj: Any, key: str, where: str, default: Optional[str] = None,
+                  max_bytes: int = _MAX_ATTR_BYTES) -> Optional[str]:
+        v = self.attr(obj, key, where, max_bytes)
         return default if v is None else self._as_text(v, f"{where}: attribute '{key}'")
 
     def attr_int(self, obj: Any, key: str, where: str, low: Optional[int] = None,
@@ -766,7 +854,11 @@ class _Reader(_Access):
         return n_in
 
     def read_dense(self, i: int, g: h5py.Group, where: str) -> Dense:
-        n_out = int(np.prod(self.shape_of(g, where)))
+        shape = self.shape_of(g, where)
+        # (N,), or slayer's (N, 1, 1); a (C, H, W) of several non-unit sizes is a conv's
+        if (len(shape) != 1 and self.ours) or sum(s != 1 for s in shape) > 1:
+            raise self.fail(f"{where}: shape {shape} is not a dense layer's (N,)")
+        n_out = int(np.prod(shape))
         n_in = self.dense_inputs(tuple(self.child(g, "weight", where).shape), n_out, where)
         self.no_delays(g, where)
         w = self.values(g, "weight", where, MAX_DATASET_ELEMENTS)
@@ -866,9 +958,33 @@ class _Reader(_Access):
 
     # -- layers (continued) -------------------------------------------------
 
+    def check_keys(self, g: h5py.Group, ltype: str, where: str) -> None:
+        """Refuse a layer whose keys belong to another layer type (its type disagrees with what
+        it holds: a relabelled layer), and in this project's files any key its writer does not
+        write (see :data:`_LAYER_KEYS`)."""
+        if ltype not in _LAYER_KEYS:
+            return
+        n = len(g)
+        if n > _MAX_LAYER_KEYS:
+            raise self.fail(f"{where}: {n} keys; a layer holds at most {_MAX_LAYER_KEYS}")
+        allowed = _LAYER_KEYS[ltype]
+        if ltype == "concat":
+            kind = self.text(g, "layer_type", where) if "layer_type" in g else None
+            if kind not in ("conv", "dense"):
+                return  # refused by read_concat (or as unsupported outside a residual file)
+            allowed = allowed | _LAYER_KEYS[kind]
+        extra = sorted(set(g.keys()) - allowed)
+        owners = sorted({t for t, keys in _LAYER_KEYS.items() if t != ltype and keys & set(extra)})
+        if owners:
+            raise self.fail(f"{where}: holds {', '.join(map(repr, extra[:6]))}, keys of a "
+                            f"{' or '.join(owners)} layer: its type disagrees with its contents")
+        if extra and self.ours:
+            raise self.fail(f"{where}: unexpected key(s) {', '.join(map(repr, extra[:6]))}")
+
     def read_layer(self, i: int, g: h5py.Group) -> None:
         ltype = self.text(g, "type", f"layer {i}")
         where = f"layer {i} ({ltype})"
+        self.check_keys(g, ltype, where)
         if ltype == "concat" and self.graph is not None:
             self.layers.append(self.read_concat(i, g, where))
             self.weighted_at[i] = (self.layers[-1].name, self.shape)
@@ -907,13 +1023,16 @@ class _Reader(_Access):
         return [self.child(layers_g, str(i), f"layer {i}", h5py.Group) for i in range(len(keys))]
 
     def provenance(self) -> dict:
-        text = self.attr_text(self.f, "provenance", "root", "{}")
+        text = self.attr_text(self.f, "provenance", "root", "{}", max_bytes=_MAX_TEXT)
         try:
             metadata = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:
             raise self.fail(f"provenance attribute is not valid JSON ({type(e).__name__})") from None
         if not isinstance(metadata, dict):
             raise self.fail(f"provenance attribute is a JSON {type(metadata).__name__}, not an object")
+        problem = provenance_problem(metadata)
+        if problem:
+            raise self.fail(f"provenance attribute: {problem}")
         return metadata
 
     def version_and_readout(self) -> tuple[str, str]:
@@ -957,6 +1076,11 @@ class _Reader(_Access):
             raise self.fail("no input layer and no layer to infer the input shape from")
         if not self.layers:
             raise self.fail("the network has no weighted layer")
+        if self.graph is not None and not any(getattr(layer, "extra_inputs", ())
+                                              for layer in self.layers):
+            raise self.fail(f"the root declares graph_format {GRAPH_FORMAT!r} but no layer has "
+                            f"extra inputs (no 'concat' layer): a residual file whose shortcuts "
+                            f"were removed")
         if self.ours:
             metadata, input_bits, version, readout = self.ours_root()
         else:

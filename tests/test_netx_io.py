@@ -84,7 +84,7 @@ def dense_only_ir(weight, kind="cuba", threshold=100, bias=None, input_bits=8):
 def test_round_trip_identical(tmp_path, seed):
     net = random_ir(seed)
     prov = {"config": {"model": "tiny", "T": 8}, "checkpoint_sha256": "ab" * 32,
-            "quantization": {"layers": [{"name": "conv_a", "scale": 0.5}]}}
+            "quantization": [{"name": "conv_a", "scale": 0.5}]}
     path = write_net(net, tmp_path / "n.net", provenance=prov)
     back = read_net(path)
     assert networks_equal(net, back)

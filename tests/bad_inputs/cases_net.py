@@ -4,6 +4,7 @@ bytes and declared sizes no file can hold. Stage: ``run`` with ``run.net`` set; 
 file must be refused before the Lava phase (the harness makes reaching it a failure)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -260,6 +261,127 @@ def attribute_cases() -> list[Case]:
     return cases
 
 
+def _timed(id_: str, plant, needles=(), **kw) -> Case:
+    """A case refused from the file's metadata, in under a second (the bomb time limit)."""
+    return _case(id_, plant, needles, bomb=True, **kw)
+
+
+def _relabel(group: h5py.Group, new_type: str) -> None:
+    del group["type"]
+    group.create_dataset("type", (1,), "S10", [new_type.encode()])
+
+
+def residual(name: str, edit: Callable[[h5py.File], None]) -> Callable[[Workspace], Sequence[str]]:
+    """A plant that writes one of tests/test_residual_netx.py's residual networks in place of
+    the base .net, then edits it."""
+    def plant(ws: Workspace) -> Sequence[str]:
+        from hardware.netx_io import write_net
+        from tests.test_residual_netx import NETS
+        write_net(NETS[name], net_path(ws), steps_per_sample=2)
+        with h5py.File(net_path(ws), "r+") as f:
+            edit(f)
+        return (f"run.net={net_path(ws)}",)
+    return plant
+
+
+def _concat_as_its_kind(remove_inputs: bool = False, first_only: bool = True):
+    def edit(f: h5py.File) -> None:
+        concat = [g for g in (f[f"layer/{i}"] for i in range(len(f["layer"])))
+                  if g["type"][0] == b"concat"]
+        for g in concat[:1] if first_only else concat:
+            _relabel(g, g["layer_type"][0].decode())
+            if remove_inputs:
+                del g["layer_type"], g["inputs"]
+    return edit
+
+
+def layer_type_cases() -> list[Case]:
+    """A layer whose type disagrees with what it holds: read as its type, it would be another
+    network (a relabelled 'concat' runs with its shortcut dropped)."""
+    def h5(edit):
+        return with_h5(lambda f, ws: edit(f))
+
+    def add(key: str, value: Any):
+        return h5(lambda f: f.create_dataset(key, data=value))
+
+    return [
+        _timed("type-concat-relabelled-conv", residual("conv-cuba-potential", _concat_as_its_kind()),
+              needles=("(conv)", "concat")),
+        _timed("type-concat-relabelled-dense", residual("dense-cuba", _concat_as_its_kind()),
+              needles=("(dense)", "concat")),
+        _timed("type-if-soft-concat-relabelled", residual("conv-if_soft", _concat_as_its_kind()),
+              needles=("(conv)", "concat")),
+        _timed("type-residual-shortcuts-removed",
+              residual("dense-cuba", _concat_as_its_kind(remove_inputs=True, first_only=False)),
+              needles=("graph_format", "concat")),
+        _timed("type-conv-relabelled-dense", h5(lambda f: _relabel(f[CONV], "dense")),
+              needles=("layer 1 (dense)", "conv")),
+        _timed("type-dense-relabelled-flatten", h5(lambda f: _relabel(f[DENSE], "flatten")),
+              needles=("layer 3 (flatten)", "weight")),
+        _timed("type-dense-relabelled-conv", h5(lambda f: _relabel(f[DENSE], "conv")),
+              needles=("layer 3 (conv)",)),
+        _timed("type-flatten-with-weight", add(FLAT + "/weight", np.ones((4, 4), np.int32)),
+              needles=("layer 2 (flatten)", "weight")),
+        _timed("type-input-with-stride", add(INPUT + "/stride", np.array([1, 1])),
+              needles=("layer 0 (input)", "stride")),
+        _timed("type-dense-with-conv-shape", replace(DENSE + "/shape", np.array([5, 2, 1])),
+              needles=("layer 3 (dense)", "shape")),
+        _timed("type-foreign-dense-with-conv-shape",
+              replace(DENSE + "/shape", np.array([5, 2, 1]), foreign=True),
+              needles=("layer 3 (dense)", "shape")),
+        _timed("type-conv-unknown-key", add(CONV + "/kernel_scale", 2),
+              needles=("layer 1 (conv)", "kernel_scale")),
+    ]
+
+
+def provenance_type_cases() -> list[Case]:
+    """Provenance keys this project reads back, holding the wrong type (a TypeError in run
+    before): refused by the reader, naming the key."""
+    bad = [
+        ("quantization-object", {"quantization": {"fc_out": {"scale": 1.0}}}, "quantization"),
+        ("quantization-numbers", {"quantization": [1, 2, 3]}, "quantization"),
+        ("readout-steps-string", {"quantization": [{"name": "fc_out", "readout_steps": "8"}]},
+         "readout_steps"),
+        ("readout-steps-bool", {"quantization": [{"name": "fc_out", "readout_steps": True}]},
+         "readout_steps"),
+        ("quantization-name-int", {"quantization": [{"name": 3}]}, "name"),
+        ("quantization-scale-list", {"quantization": [{"name": "c", "scale": [1, 2]}]}, "scale"),
+        ("ann-macs-string", {"ann_macs": "many"}, "ann_macs"),
+        ("ann-macs-negative", {"ann_macs": -1}, "ann_macs"),
+        ("default-neuron-layers-int", {"netx_default_neuron_layers": 3},
+         "netx_default_neuron_layers"),
+    ]
+    return [_timed(f"provenance-{name}", set_attr("provenance", json.dumps(value)),
+                  needles=("provenance", needle)) for name, value, needle in bad]
+
+
+def attribute_size_cases() -> list[Case]:
+    """Attributes are checked for count, shape, type and size before they are read."""
+    def many(where: str, n: int):
+        def edit(f: h5py.File, ws: Workspace) -> None:
+            for k in range(n):
+                f[where].attrs[f"extra{k}"] = k
+        return with_h5(edit)
+
+    long_fixed, long_text = np.bytes_(b"x" * 5000), "y" * 5000
+    return [
+        _timed("attr-root-200-attributes", many("/", 200), needles=("attributes",)),
+        _timed("attr-layer-200-attributes", many(CONV, 200), needles=("attributes",)),
+        _timed("attr-readout-5000-bytes", set_attr("readout", long_fixed), needles=("readout",)),
+        _timed("attr-ir-version-5000-chars", set_attr("ir_version", long_text),
+              needles=("ir_version",)),
+        _timed("attr-name-5000-bytes", set_attr("name", long_fixed, CONV), needles=("name",)),
+        _timed("attr-neuron-kind-5000-chars", set_attr("neuron_kind", long_text, CONV),
+              needles=("neuron_kind",)),
+        _timed("attr-input-bits-array", set_attr("input_bits", np.arange(1000)),
+              needles=("input_bits",)),
+        _timed("attr-weight-exp-matrix", set_attr("weight_exp", np.zeros((30, 30)), DENSE),
+              needles=("weight_exp",)),
+        _timed("attr-graph-version-compound", set_attr("graph_version",
+              np.zeros(1, dtype=[("a", "i4"), ("b", "f8")])), needles=("graph_version",)),
+    ]
+
+
 def link_cases() -> list[Case]:
     def soft_cycle(f, ws):
         del f[CONV + "/weight"]
@@ -400,6 +522,7 @@ SLOW = {
 
 def net_cases() -> list[Case]:
     cases = (missing_key_cases() + value_cases() + geometry_cases() + size_bomb_cases()
-             + attribute_cases() + link_cases() + damaged_file_cases() + _special_path_cases()
-             + bit_flip_cases())
+             + attribute_cases() + layer_type_cases() + provenance_type_cases()
+             + attribute_size_cases() + link_cases() + damaged_file_cases()
+             + _special_path_cases() + bit_flip_cases())
     return default_run(cases, {c.id for c in cases} - SLOW)
