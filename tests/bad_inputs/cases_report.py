@@ -102,6 +102,14 @@ def _not_regular_cases(case) -> list[Case]:
             return ()
         return put
 
+    def net_file(kind: str):
+        """run.dir's model.net (the file run executes, the file export would replace) as
+        something that is not a regular file."""
+        def put(ws: Workspace) -> Sequence[str]:
+            not_regular(kind)(ws.run / "model.net")
+            return ()
+        return put
+
     def raster(kind: str):
         """A report that names a raster, and in the raster's place something endless or blocking."""
         named = report_edit(set_path("raster", {"path": RASTER_NPZ, "sha256": "0" * 64}))
@@ -116,7 +124,11 @@ def _not_regular_cases(case) -> list[Case]:
             for stage in ("report", "evaluate", "export", "train", "run") for kind in NOT_REGULAR_KINDS] + [
         Case(id=f"raster-report-{kind}", owner="A2", stage="report", plant=raster(kind), base="trained",
              needles=(RASTER_NPZ,), bomb=True, bomb_seconds=5.0, timeout=30, slow=kind not in ("fifo", "dev-zero"))
-        for kind in ("fifo", "dev-zero", "huge-sparse", "directory")]
+        for kind in ("fifo", "dev-zero", "huge-sparse", "directory")] + [
+        Case(id=f"net-in-run-dir-{stage}-{kind}", owner="A2", stage=stage, plant=net_file(kind), base="trained",
+             needles=("model.net",), bomb=kind != "socket", bomb_seconds=5.0, timeout=30,
+             slow=(stage, kind) not in (("run", "fifo"), ("export", "dev-zero")))
+        for stage in ("run", "export") for kind in NOT_REGULAR_KINDS]
 
 
 def report_cases() -> list[Case]:
