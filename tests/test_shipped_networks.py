@@ -279,3 +279,15 @@ def test_tiny_run_lava_streams_samples_as_the_simulator():
         assert np.array_equal(lava.layer_step_spikes[i], ref.layer_step_spikes[i].numpy()), name
     assert np.array_equal(lava.output_spikes, ref.output_spikes.numpy().transpose(1, 0, 2))
     assert all(int(c.sum()) > 0 for c in lava.layer_counts)
+
+
+def test_input_neuron_network_is_refused_on_the_board():
+    """Stock netx's Input block drops what reaches its inp port; on the CPU the runner feeds the
+    input neurons' a_in, through lava-loihi's adapters that path is unverified: refused."""
+    from hardware.errors import LavaBackendError
+    from hardware.lava_runner import run_lava
+
+    net = read_net(MNIST).replace(input_bits=8)
+    with pytest.raises(LavaBackendError, match="input neuron layer .* loihi2-sim only"):
+        run_lava(net, np.zeros((1, 784), dtype=np.int64), 2, backend="loihi2-hw",
+                 net_path=str(MNIST), progress=False)
