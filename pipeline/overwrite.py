@@ -16,9 +16,11 @@ unless the user says so (``--overwrite``, i.e. ``run.overwrite: true``) or picks
   identity is read from the file's own provenance, so a file an interrupted export
   renamed into place before its report was updated is judged by what it is.
 
-With ``--overwrite``, ``train`` removes the old checkpoint and everything made from it
-(resume state, model.net, model.nir, raster, report.json and report.md, plots), so the
-directory never mixes two networks.
+* imported.nir: the source graph (its SHA-256) and the dt it was read with.
+
+With ``--overwrite``, ``train`` (``import``) removes the old checkpoint (imported graph) and
+everything made from it (resume state, model.net, model.nir, raster, report.json and
+report.md, plots), so the directory never mixes two networks.
 """
 from __future__ import annotations
 
@@ -26,16 +28,17 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .artifacts import (CHECKPOINT, NET_FILE, NIR_FILE, PLOT_FILES, RASTER_NPZ, REPORT_JSON, REPORT_MD,
+from .artifacts import (CHECKPOINT, IMPORTED_NIR, NET_FILE, NIR_FILE, PLOT_FILES, RASTER_NPZ, REPORT_JSON, REPORT_MD,
                         TRAIN_STATE, ArtifactError)
 from .checkpoints import CheckpointError, stored_config, training_identity
 
 #: what the user is told to do about a refusal
 HOW_TO_REPLACE = ("pass --overwrite (or --set run.overwrite=true) to replace it, or set a new run.dir "
                   "(--set run.dir=...) to keep it")
-#: the files a trained checkpoint makes (removed with it by ``train --overwrite``)
-DERIVED_FROM_CHECKPOINT = (TRAIN_STATE, NET_FILE, NIR_FILE, RASTER_NPZ, REPORT_JSON, REPORT_MD,
-                           *PLOT_FILES.values())
+#: the files made from a run directory's network (removed with it by ``--overwrite``)
+DERIVED_FILES = (NET_FILE, NIR_FILE, RASTER_NPZ, REPORT_JSON, REPORT_MD, *PLOT_FILES.values())
+#: the files a trained checkpoint makes
+DERIVED_FROM_CHECKPOINT = (TRAIN_STATE, *DERIVED_FILES)
 #: how many differing keys an error lists
 _SHOWN = 4
 
@@ -110,6 +113,35 @@ def clear_trained(run_dir: Path) -> list[str]:
     return removed
 
 
+# --------------------------------------------------------------------------- import
+def import_replaces(run_dir: Path, metadata: Mapping[str, Any], overwrite: bool) -> bool:
+    """True if ``run_dir`` holds an imported graph of another source (or read with another dt)
+    than the one ``metadata`` describes and ``overwrite`` allows replacing it (the caller then
+    clears what was made from it); False if there is none or it is the same; OverwriteError
+    otherwise."""
+    path = run_dir / IMPORTED_NIR
+    if not (path.exists() or path.is_symlink()):
+        return False
+    stored = _provenance(path, "nir") or {}
+    keys = ("imported_sha256", "dt")
+    diffs = differences({k: stored.get(k) for k in keys}, {k: metadata.get(k) for k in keys})
+    if diffs and not overwrite:
+        raise OverwriteError(f"{path} holds another imported graph ({_listed(diffs)}); import would replace "
+                             f"it and the files made from it: {HOW_TO_REPLACE}")
+    return bool(diffs)
+
+
+def clear_imported(run_dir: Path) -> list[str]:
+    """Remove the imported graph and every file made from it (``import --overwrite``)."""
+    removed = []
+    for name in (IMPORTED_NIR, *DERIVED_FILES):
+        path = run_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 # --------------------------------------------------------------------------- export
 def export_identity(provenance: Mapping[str, Any], fmt: str = "net") -> dict[str, Any]:
     """What makes an exported file what it is, from its provenance (see the module docstring);
@@ -175,5 +207,5 @@ def _net_provenance(path: Path) -> Any:
     return json.loads(text) if isinstance(text, str) else None
 
 
-__all__ = ["OverwriteError", "training_replaces", "clear_trained", "export_identity", "check_net_replacement",
+__all__ = ["OverwriteError", "training_replaces", "clear_trained", "import_replaces", "clear_imported", "export_identity", "check_net_replacement",
            "differences", "HOW_TO_REPLACE"]

@@ -38,7 +38,7 @@ from models.converter import count_ann_macs
 
 from .checkpoints import load_checkpoint, model_from_checkpoint
 from .distributed import peer_timeout, process_group
-from .overwrite import check_net_replacement
+from .overwrite import check_net_replacement, clear_imported, import_replaces
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .training import train as train_model
 
@@ -236,10 +236,12 @@ def _network_to_export(cfg, run_dir: RunDir) -> tuple:
     return net, _export_provenance(cfg, ckpt, ckpt_sha, model), "checkpoint"
 
 
-def _export_nir(run_dir: RunDir, net, provenance: dict, source: str) -> dict:
+def _export_nir(run_dir: RunDir, net, provenance: dict, source: str, overwrite: bool = False) -> dict:
     """The float network as a NIR graph, model.nir (atomic; refused for if_soft neurons)."""
-    from hardware.nir_io import DEFAULT_DT, write_nir
+    from hardware.nir_io import DEFAULT_DT, to_nir_graph, write_nir
 
+    to_nir_graph(net, provenance=provenance)  # what NIR cannot hold is the first error
+    check_net_replacement(run_dir.nir, provenance, overwrite, "nir")
     write_nir(net, run_dir.nir, provenance=provenance)
     result = {"export_nir": {"path": str(run_dir.nir), "sha256": sha256_of(run_dir.nir), "format": "nir",
                              "neuron": net.weighted_layers[0].neuron.kind, "readout": net.readout,
@@ -256,10 +258,9 @@ def export(cfg, progress: bool = True) -> dict:
 
     run_dir = open_run(cfg)
     net, provenance, source = _network_to_export(cfg, run_dir)
-    fmt_path = run_dir.nir if cfg.export.format == "nir" else run_dir.net
-    check_net_replacement(fmt_path, provenance, cfg.run.overwrite, cfg.export.format)  # before the work
     if cfg.export.format == "nir":
-        return _export_nir(run_dir, net, provenance, source)
+        return _export_nir(run_dir, net, provenance, source, cfg.run.overwrite)
+    check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
     with atomic_path(run_dir.net, suffix=".net") as tmp:
@@ -289,6 +290,8 @@ def import_nir(cfg, progress: bool = True) -> dict:
                             f"one network: import into a new run.dir")
     net = read_nir(source, dt=cfg.import_.dt)
     net.metadata = {**net.metadata, "imported_from": str(source), "imported_sha256": sha256_of(source)}
+    if import_replaces(run_dir.root, net.metadata, cfg.run.overwrite):
+        log.warning("run.overwrite: removed %s of another imported graph", ", ".join(clear_imported(run_dir.root)))
     write_nir(net, run_dir.imported_nir)
     # a graph of this project carries its own dt (its metadata is the provenance it was written with)
     dt = net.metadata.get("dt") if net.metadata.get("source") == "nir" else None

@@ -440,3 +440,27 @@ def test_a_nir_export_of_another_configuration_is_not_replaced_either(tmp_path):
     with pytest.raises(OverwriteError, match="snn.readout"):
         stages.export(_cfg(run_dir, "snn.neuron=cuba", "export.format=nir", "snn.readout=spikes"), progress=False)
     assert sha256_of(run_dir / NIR_FILE) == before
+
+
+def test_import_of_another_graph_does_not_replace_the_imported_one_silently(tmp_path):
+    """A second import of another graph would leave model.net of the first: refused, or with
+    run.overwrite the old graph goes with the files made from it."""
+    from hardware.nir_io import read_nir, write_nir
+    from pipeline.artifacts import IMPORTED_NIR
+    from tests.test_nir import SNNTORCH_FILE
+
+    other = tmp_path / "other.nir"
+    net = read_nir(SNNTORCH_FILE)
+    net.weighted_layers[0].weight[0].flat[0] += 0.5
+    write_nir(net, other)
+    run_dir = tmp_path / "run"
+    cfg = _cfg(run_dir, f"import.nir={SNNTORCH_FILE}")
+    stages.import_nir(cfg, progress=False)
+    stages.import_nir(cfg, progress=False)  # the same graph again: fine
+    stages.export(cfg, progress=False)
+    before = sha256_of(run_dir / IMPORTED_NIR)
+    with pytest.raises(OverwriteError, match="imported_sha256"):
+        stages.import_nir(_cfg(run_dir, f"import.nir={other}"), progress=False)
+    assert sha256_of(run_dir / IMPORTED_NIR) == before and (run_dir / NET_FILE).exists()
+    stages.import_nir(_cfg(run_dir, f"import.nir={other}", "run.overwrite=true"), progress=False)
+    assert not (run_dir / NET_FILE).exists(), "model.net of the old graph left beside the new one"
