@@ -1111,6 +1111,88 @@ _H5_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeErr
               RuntimeError, RecursionError, OverflowError)
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GLOBAL_HEAP = b"GCOL"
+#: an object header in a global heap collection: index (2), references (2), reserved (4), size (8)
+_HEAP_OBJECT_HEADER = 16
+
+
+def _lengths_size(m) -> Optional[int]:
+    """The superblock's "size of lengths" (8 in every file h5py writes), or None if the file
+    does not start with a superblock this check understands."""
+    if m[:8] != _HDF5_SIGNATURE or len(m) < 16:
+        return None
+    return {0: m[14], 1: m[14], 2: m[10], 3: m[10]}.get(m[8])
+
+
+def _heap_objects(m, at: int, objects: dict) -> Optional[str]:
+    """Walk the global heap collection at ``at`` exactly as HDF5's loader does (by the object
+    sizes it stores), noting ``objects[(at, index)] = size``; what would send that walk outside
+    the collection or nowhere, or None."""
+    if at + 16 > len(m) or m[at + 4] != 1:
+        return None  # not a collection header: HDF5 refuses it or never reads it as one
+    end = at + int.from_bytes(m[at + 8:at + 16], "little")
+    if end > len(m) or end < at + 16:
+        return None  # HDF5 fails reading it; it never walks it
+    p = at + 16
+    while p + _HEAP_OBJECT_HEADER <= end:
+        index = int.from_bytes(m[p:p + 2], "little")
+        size = int.from_bytes(m[p + 8:p + 16], "little")
+        # index 0 is the free space, whose size counts its header; an object's is padded to 8
+        need = size if index == 0 else _HEAP_OBJECT_HEADER + (size + 7) // 8 * 8
+        if need < _HEAP_OBJECT_HEADER or p + need > end:
+            return f"object {index} at byte {p} declares {size} bytes, beyond its collection"
+        if index:
+            objects[(at, index)] = size
+        p += need
+    return None
+
+
+def _vlen_length_problem(m, objects: dict) -> Optional[str]:
+    """A variable-length string's reference (length: 4 bytes, collection address: 8, object
+    index: 4) whose length is longer than any string read here and than its heap object: HDF5
+    allocates that length before it compares the two (seconds per reference near 4 GB)."""
+    for at in {a for a, _ in objects}:
+        needle = at.to_bytes(8, "little")
+        q = m.find(needle, 4)
+        while q >= 0:
+            length = int.from_bytes(m[q - 4:q], "little")
+            index = int.from_bytes(m[q + 8:q + 12], "little")
+            size = objects.get((at, index))
+            if size is not None and length > _MAX_TEXT and length != size:
+                return (f"a variable-length string at byte {q - 4} declares {length} bytes, its "
+                        f"heap object holds {size}")
+            q = m.find(needle, q + 1)
+    return None
+
+
+def _check_global_heaps(path: Path) -> None:
+    """Refuse a file whose global heap (where variable-length strings live: this project's
+    string attributes among them) would make HDF5 loop forever. HDF5 1.x walks a collection by
+    the sizes it stores without checking them: one damaged size sends the walk backwards (an
+    unsigned wrap) or nowhere (a free-space size of 0), and reading any string attribute then
+    never returns; a damaged string length makes it allocate up to 4 GB first. A few passes
+    over the file, mapped, linear in its size."""
+    import mmap
+
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size < len(_HDF5_SIGNATURE):
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if _lengths_size(m) != 8:
+                return  # not a layout this walk knows: left to h5py
+            objects: dict = {}
+            at = m.find(_GLOBAL_HEAP)
+            while at >= 0:
+                problem = _heap_objects(m, at, objects)
+                if problem:
+                    raise NetxFormatError(f"{path}: corrupt global heap at byte {at}: {problem}")
+                at = m.find(_GLOBAL_HEAP, at + len(_GLOBAL_HEAP))
+            problem = _vlen_length_problem(m, objects)
+            if problem:
+                raise NetxFormatError(f"{path}: corrupt file: {problem}")
+
+
 def read_net(path: PathLike) -> Network:
     """Read a netx HDF5 file into an integer IR (see module docstring).
 
@@ -1124,6 +1206,7 @@ def read_net(path: PathLike) -> Network:
     try:
         if not path.is_file():
             raise NetxFormatError(f"{path}: no such file")
+        _check_global_heaps(path)
         f = h5py.File(path, "r")
     except NetxFormatError:
         raise

@@ -166,3 +166,25 @@ def test_too_many_attributes_are_refused(digits_net):
         for k in range(3000):
             f[CONV].attrs[f"a{k}"] = k
     _refused(digits_net, "attributes")
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("heap_free_space_zero", "corrupt global heap"),
+    ("heap_object_size_wrapped", "corrupt global heap"),
+    ("vlen_length_4gb", "variable-length string"),
+])
+def test_damaged_string_storage_is_refused_before_hdf5_reads_it(digits_net, damage, needle):
+    """Found by fuzzing the root attributes: HDF5 walks a global heap by the sizes it stores
+    (a damaged one loops forever) and allocates a string's stored length before checking it
+    (seconds near 4 GB). Before: read_net hung, or took seconds per attribute."""
+    from tests.bad_inputs import cases_net
+    digits_net.write_bytes(getattr(cases_net, damage)(digits_net.read_bytes()))
+    _refused(digits_net, needle)
+
+
+def test_every_file_the_project_writes_passes_the_heap_check(tmp_path):
+    from tests.test_netx_io import random_ir
+    for seed in range(6):
+        read_net(write_net(random_ir(seed), tmp_path / f"n{seed}.net", steps_per_sample=3))
+    for name, net in NETS.items():
+        read_net(write_net(net, tmp_path / f"{name}.net", steps_per_sample=3))

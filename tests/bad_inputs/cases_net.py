@@ -355,6 +355,42 @@ def provenance_type_cases() -> list[Case]:
                   needles=("provenance", needle)) for name, value, needle in bad]
 
 
+def _heap_objects(b: bytes) -> tuple[int, list]:
+    """(address, [(offset, index, size), ...]) of the first global heap collection of a file."""
+    at = b.find(b"GCOL")
+    end, p, found = at + int.from_bytes(b[at + 8:at + 16], "little"), at + 16, []
+    while p + 16 <= end:
+        index, size = int.from_bytes(b[p:p + 2], "little"), int.from_bytes(b[p + 8:p + 16], "little")
+        found.append((p, index, size))
+        p += size if index == 0 else 16 + (size + 7) // 8 * 8
+    return at, found
+
+
+def heap_free_space_zero(b: bytes) -> bytes:
+    """The free-space object's size set to 0: HDF5's heap walk never advances (a hang)."""
+    _, found = _heap_objects(b)
+    p = next(p for p, index, _ in found if index == 0)
+    return b[:p + 8] + bytes(8) + b[p + 16:]
+
+
+def heap_object_size_wrapped(b: bytes) -> bytes:
+    """An object's size near 2**64: HDF5's walk wraps backwards (a hang)."""
+    _, found = _heap_objects(b)
+    p = found[2][0]
+    return b[:p + 8] + (2 ** 64 - 64).to_bytes(8, "little") + b[p + 16:]
+
+
+def vlen_length_4gb(b: bytes) -> bytes:
+    """The first variable-length string reference's length set near 4 GB: HDF5 allocates it
+    before comparing it with the heap object (seconds per read)."""
+    at, found = _heap_objects(b)
+    indices = {index for _, index, _ in found if index}
+    q = b.find(at.to_bytes(8, "little"), 4)
+    while int.from_bytes(b[q + 8:q + 12], "little") not in indices:
+        q = b.find(at.to_bytes(8, "little"), q + 1)
+    return b[:q - 4] + (0xF0000000).to_bytes(4, "little") + b[q:]
+
+
 def attribute_size_cases() -> list[Case]:
     """Attributes are checked for count, shape, type and size before they are read."""
     def many(where: str, n: int):
@@ -379,6 +415,12 @@ def attribute_size_cases() -> list[Case]:
               needles=("weight_exp",)),
         _timed("attr-graph-version-compound", set_attr("graph_version",
               np.zeros(1, dtype=[("a", "i4"), ("b", "f8")])), needles=("graph_version",)),
+        _timed("attr-heap-free-space-zero", with_bytes(heap_free_space_zero),
+               needles=("global heap",)),
+        _timed("attr-heap-object-size-wrapped", with_bytes(heap_object_size_wrapped),
+               needles=("global heap",)),
+        _timed("attr-string-length-4gb", with_bytes(vlen_length_4gb),
+               needles=("variable-length string",)),
     ]
 
 
