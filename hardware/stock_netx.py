@@ -35,7 +35,7 @@ from typing import Optional, Union
 import h5py
 
 from .errors import NetxFormatError
-from .netx_io import STOCK_RESET_OFFSET, read_net
+from .netx_io import read_net, stock_reset_offset
 from .validate import integer_scalar
 
 __all__ = ["stock_netx_arguments", "stock_network"]
@@ -62,7 +62,7 @@ def stock_netx_arguments(path: Union[str, Path], reset_interval: Optional[int] =
         stored = {k: int(f.attrs[k]) for k in ("reset_interval", "reset_offset") if k in f.attrs}
     if reset_interval is not None:
         stored = {"reset_interval": integer_scalar(reset_interval, "input", "reset_interval", 1),
-                  "reset_offset": stored.get("reset_offset", STOCK_RESET_OFFSET)}
+                  "reset_offset": stored.get("reset_offset", stock_reset_offset(net))}
     if "reset_interval" not in stored:
         raise NetxFormatError(f"{path}: the file does not state its steps per sample "
                               f"(reset_interval); pass reset_interval=T")
