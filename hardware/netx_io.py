@@ -535,10 +535,10 @@ def _json_type_problem(value: Any, types: tuple, what: str, expected: str) -> Op
     return f"{what} is a {type(value).__name__} ({str(value)[:40]!r}), expected {expected}"
 
 
-def provenance_problem(metadata: dict) -> Optional[str]:
+def provenance_problem(metadata: dict, n_weighted: Optional[int] = None) -> Optional[str]:
     """What is wrong with the provenance keys this project reads back (``quantization``,
     ``ann_macs``, ``netx_default_neuron_layers``), or None: a wrong type there would end as a
-    TypeError deep in a stage."""
+    TypeError deep in a stage. ``n_weighted``: the network's conv/dense layers, if known."""
     quant = metadata.get("quantization")
     if quant is not None:
         if not isinstance(quant, list) or not all(isinstance(q, dict) for q in quant):
@@ -553,9 +553,12 @@ def provenance_problem(metadata: dict) -> Optional[str]:
                         return bad
     macs = metadata.get("ann_macs")
     if macs is not None:
-        bad = _json_type_problem(macs, (int,), "'ann_macs'", "a non-negative integer")
-        if bad or macs < 0:
-            return bad or f"'ann_macs' is {macs}, expected a non-negative integer"
+        # the ANN's multiply-accumulates per weighted layer (models.converter.count_ann_macs)
+        if not isinstance(macs, list) or any(isinstance(m, bool) or not isinstance(m, int) or m < 0
+                                             for m in macs):
+            return f"'ann_macs' is {str(macs)[:40]!r}, expected a list of non-negative integers"
+        if n_weighted is not None and len(macs) != n_weighted:
+            return f"'ann_macs' has {len(macs)} entries for {n_weighted} weighted layers"
     names = metadata.get("netx_default_neuron_layers")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         return "'netx_default_neuron_layers' must be a list of layer names"
@@ -1030,7 +1033,8 @@ class _Reader(_Access):
             raise self.fail(f"provenance attribute is not valid JSON ({type(e).__name__})") from None
         if not isinstance(metadata, dict):
             raise self.fail(f"provenance attribute is a JSON {type(metadata).__name__}, not an object")
-        problem = provenance_problem(metadata)
+        problem = provenance_problem(metadata, sum(isinstance(layer, (Conv, Dense))
+                                                   for layer in self.layers))
         if problem:
             raise self.fail(f"provenance attribute: {problem}")
         return metadata

@@ -122,7 +122,9 @@ def test_unknown_key_in_a_project_file_is_refused(digits_net):
     ({"quantization": [{"name": "x", "scale": "big"}]}, "scale"),
     ({"quantization": [{"name": "x", "readout_steps": True}]}, "readout_steps"),
     ({"ann_macs": "lots"}, "ann_macs"),
-    ({"ann_macs": -5}, "ann_macs"),
+    ({"ann_macs": [100, -5]}, "ann_macs"),
+    ({"ann_macs": 2304}, "ann_macs"),
+    ({"ann_macs": [1, 2, 3]}, "2 weighted layers"),
     ({"netx_default_neuron_layers": 5}, "netx_default_neuron_layers"),
 ])
 def test_provenance_of_the_wrong_type_is_refused(digits_net, provenance, needle):
@@ -135,10 +137,11 @@ def test_provenance_the_project_writes_is_read(tmp_path):
     from hardware.quantize import quantize
     from tests.test_netx_io import random_ir
     net = random_ir(3, kinds=("cuba",))
-    path = write_net(net, tmp_path / "q.net", provenance={"ann_macs": 12345, "quantization": [
+    macs = [100 * (i + 1) for i in range(len(net.weighted_layers))]
+    path = write_net(net, tmp_path / "q.net", provenance={"ann_macs": macs, "quantization": [
         {"name": "fc", "scale": 2.5, "limited_by": "weight", "readout_steps": None,
          "state_bounds": {"u_max": 3}, "state_steps": 4}]})
-    assert read_net(path).metadata["ann_macs"] == 12345
+    assert read_net(path).metadata["ann_macs"] == macs
     assert quantize  # the field types come from its LayerQuantReport
 
 

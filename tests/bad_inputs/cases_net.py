@@ -347,7 +347,8 @@ def provenance_type_cases() -> list[Case]:
         ("quantization-name-int", {"quantization": [{"name": 3}]}, "name"),
         ("quantization-scale-list", {"quantization": [{"name": "c", "scale": [1, 2]}]}, "scale"),
         ("ann-macs-string", {"ann_macs": "many"}, "ann_macs"),
-        ("ann-macs-negative", {"ann_macs": -1}, "ann_macs"),
+        ("ann-macs-negative", {"ann_macs": [10, -1]}, "ann_macs"),
+        ("ann-macs-wrong-length", {"ann_macs": [10, 20, 30, 40]}, "ann_macs"),
         ("default-neuron-layers-int", {"netx_default_neuron_layers": 3},
          "netx_default_neuron_layers"),
     ]
