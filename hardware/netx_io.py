@@ -148,7 +148,7 @@ __all__ = [
     "NETX_FORMAT_VERSION", "PROJECT_NAME", "NEURON_TYPE_OF_KIND", "READABLE_IR_VERSIONS",
     "STOCK_RESET_OFFSET", "MAX_DATASET_ELEMENTS", "MAX_TOTAL_ELEMENTS",
     "GRAPH_FORMAT", "GRAPH_VERSION", "write_net", "read_net", "netx_dense_effective",
-    "stock_reset_offset", "stock_netx_runs",
+    "stock_reset_offset", "stock_netx_runs", "read_provenance",
 ]
 
 NETX_FORMAT_VERSION = "1"
@@ -1034,7 +1034,7 @@ class _Reader(_Access):
         if not isinstance(metadata, dict):
             raise self.fail(f"provenance attribute is a JSON {type(metadata).__name__}, not an object")
         problem = provenance_problem(metadata, sum(isinstance(layer, (Conv, Dense))
-                                                   for layer in self.layers))
+                                                   for layer in self.layers) or None)
         if problem:
             raise self.fail(f"provenance attribute: {problem}")
         return metadata
@@ -1197,15 +1197,8 @@ def _check_global_heaps(path: Path) -> None:
                 raise NetxFormatError(f"{path}: corrupt file: {problem}")
 
 
-def read_net(path: PathLike) -> Network:
-    """Read a netx HDF5 file into an integer IR (see module docstring).
-
-    Raises :class:`NetxFormatError` (one line naming the file, and the layer
-    and key where there is one) for a missing, non-HDF5, truncated, corrupt or
-    oversized file, links that leave the file, layers the IR or stock netx
-    cannot represent, and values outside the limits of
-    :mod:`hardware.validate` (its :class:`LoihiRangeError` is the cause).
-    """
+def _read_checked(path: PathLike, what):
+    """``what(reader)`` on the opened file, every failure one :class:`NetxFormatError` line."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -1218,7 +1211,7 @@ def read_net(path: PathLike) -> Network:
         raise NetxFormatError(f"{path}: not a readable HDF5 file ({' '.join(str(e).split())})") from None
     try:
         with f:
-            return _Reader(f, path).read()
+            return what(_Reader(f, path))
     except NetxFormatError:
         raise
     except LoihiRangeError as e:
@@ -1226,3 +1219,23 @@ def read_net(path: PathLike) -> Network:
     except _H5_ERRORS as e:
         raise NetxFormatError(f"{path}: corrupt or incomplete netx file "
                               f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+
+def read_net(path: PathLike) -> Network:
+    """Read a netx HDF5 file into an integer IR (see module docstring).
+
+    Raises :class:`NetxFormatError` (one line naming the file, and the layer
+    and key where there is one) for a missing, non-HDF5, truncated, corrupt or
+    oversized file, links that leave the file, layers the IR or stock netx
+    cannot represent, and values outside the limits of
+    :mod:`hardware.validate` (its :class:`LoihiRangeError` is the cause).
+    """
+    return _read_checked(path, lambda reader: reader.read())
+
+
+def read_provenance(path: PathLike) -> dict:
+    """The ``provenance`` root attribute of a .net file alone (``{}`` if it has none), checked
+    as :func:`read_net` checks it (global heap, the attribute's count, size and storage, a JSON
+    object, the types of the keys this project reads) without reading the layers: for a caller
+    that only needs to know whose file it is. Raises :class:`NetxFormatError`."""
+    return _read_checked(path, lambda reader: reader.provenance())

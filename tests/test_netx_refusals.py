@@ -191,3 +191,17 @@ def test_every_file_the_project_writes_passes_the_heap_check(tmp_path):
         read_net(write_net(random_ir(seed), tmp_path / f"n{seed}.net", steps_per_sample=3))
     for name, net in NETS.items():
         read_net(write_net(net, tmp_path / f"{name}.net", steps_per_sample=3))
+
+
+def test_read_provenance_alone_is_checked_as_read_net_checks_it(digits_net, tmp_path):
+    from hardware.netx_io import read_provenance
+    from tests.bad_inputs.cases_net import heap_free_space_zero
+    assert read_provenance(digits_net)["purpose"] == "bad-input base"
+    hung = tmp_path / "hung.net"
+    hung.write_bytes(heap_free_space_zero(digits_net.read_bytes()))
+    with pytest.raises(NetxFormatError, match="corrupt global heap"):
+        read_provenance(hung)
+    with h5py.File(digits_net, "r+") as f:
+        f.attrs["provenance"] = json.dumps({"quantization": {"a": 1}})
+    with pytest.raises(NetxFormatError, match="'quantization' must be a list"):
+        read_provenance(digits_net)
