@@ -7,7 +7,7 @@ CONFIG ?= deploy.yaml
 # 30 short epochs cannot pull λ down from 8, which leaves T = 1 at chance (BENCHMARKS.md).
 DEMO_SET ?= --set nq.init_threshold=2
 PROPERTY_TESTS := tests/test_simulator.py tests/test_quantize.py tests/test_cuba_activation.py \
-	tests/test_residual_hardware.py
+	tests/test_residual_hardware.py tests/test_fixed_point_time.py
 
 .PHONY: venv data demo test test-all test-explore bench clean
 
