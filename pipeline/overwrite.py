@@ -24,7 +24,6 @@ report.md, plots), so the directory never mixes two networks.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -185,26 +184,11 @@ def _provenance(path: Path, fmt: str) -> Optional[dict]:
             from hardware.nir_io import read_nir
             record = read_nir(path).metadata
         else:
-            record = _net_provenance(path)
-    except (ToolkitError, *_H5_TROUBLE):
+            from hardware.netx_io import read_provenance
+            record = read_provenance(path)  # the reader's checks: a damaged heap cannot hang it
+    except ToolkitError:
         return None
     return dict(record) if isinstance(record, Mapping) else None
-
-
-#: what h5py and json raise for a file that is not what it claims
-_H5_TROUBLE = (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError)
-
-
-def _net_provenance(path: Path) -> Any:
-    """The ``provenance`` root attribute of a .net file (JSON), read alone: this judges whose
-    file it is, not whether the whole network is valid (``run`` checks that)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        text = f.attrs.get("provenance")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return json.loads(text) if isinstance(text, str) else None
 
 
 __all__ = ["OverwriteError", "training_replaces", "clear_trained", "import_replaces", "clear_imported", "export_identity", "check_net_replacement",
