@@ -101,15 +101,20 @@ def training_replaces(run_dir: Path, config: Mapping[str, Any], overwrite: bool)
     return False
 
 
-def clear_trained(run_dir: Path) -> list[str]:
-    """Remove the checkpoint and every file made from it (``train --overwrite``); their names."""
+def _remove(run_dir: Path, names: tuple) -> list[str]:
+    """Remove the files (or links) of ``run_dir`` named ``names``; the names of those removed."""
     removed = []
-    for name in (CHECKPOINT, *DERIVED_FROM_CHECKPOINT):
+    for name in names:
         path = run_dir / name
         if path.is_file() or path.is_symlink():
             path.unlink()
             removed.append(name)
     return removed
+
+
+def clear_trained(run_dir: Path) -> list[str]:
+    """Remove the checkpoint and every file made from it (``train --overwrite``); their names."""
+    return _remove(run_dir, (CHECKPOINT, *DERIVED_FROM_CHECKPOINT))
 
 
 # --------------------------------------------------------------------------- import
@@ -132,13 +137,7 @@ def import_replaces(run_dir: Path, metadata: Mapping[str, Any], overwrite: bool)
 
 def clear_imported(run_dir: Path) -> list[str]:
     """Remove the imported graph and every file made from it (``import --overwrite``)."""
-    removed = []
-    for name in (IMPORTED_NIR, *DERIVED_FILES):
-        path = run_dir / name
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-            removed.append(name)
-    return removed
+    return _remove(run_dir, (IMPORTED_NIR, *DERIVED_FILES))
 
 
 # --------------------------------------------------------------------------- export
