@@ -126,6 +126,13 @@ def _tiny_digits_net(path: Path) -> Path:
     return write_net(net, path)
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default action in the CLI, as a terminal gives it. A test suite started in the
+    background (``make test &``, a non-interactive shell's ``&``, CI runners) hands its children
+    SIGINT ignored, and Python then keeps it ignored: the CLI would rightly run to the end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One CLI `run` per signal, started together; killed at module end if a test failed."""
@@ -139,7 +146,7 @@ def runs(tmp_path_factory):
                "--set", "eval.timesteps=32", "--set", "run.probes=false"]
         procs[sig] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_as_from_a_terminal)
     yield procs
     for proc in procs.values():
         if proc.poll() is None:
