@@ -563,15 +563,19 @@ def _with_node(kind: str) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
 
 
+def _refused_as_graph_and_as_file(graph, message: str, path) -> None:
+    """``graph`` is refused with ``message`` in memory, and read from ``path`` with the path first."""
+    with pytest.raises(NirFormatError, match=message):
+        from_nir_graph(graph)
+    nir.write(path, graph)
+    with pytest.raises(NirFormatError, match=rf"{path}: {message}"):
+        read_nir(path)
+
+
 @pytest.mark.parametrize("kind", ["LI", "Delay", "Scale", "CubaLI"])
 def test_import_refuses_an_unsupported_node_with_its_name(kind, tmp_path):
     graph = _with_node(kind)
-    with pytest.raises(NirFormatError, match=rf"node 'odd_one' is a NIR {kind} node"):
-        from_nir_graph(graph)
-    path = tmp_path / "odd.nir"
-    nir.write(path, graph)
-    with pytest.raises(NirFormatError, match=rf"{path}: node 'odd_one' is a NIR {kind} node"):
-        read_nir(path)
+    _refused_as_graph_and_as_file(graph, rf"node 'odd_one' is a NIR {kind} node", tmp_path / "odd.nir")
 
 
 def test_import_refuses_an_snntorch_recurrent_layer_naming_its_neuron(tmp_path):
@@ -695,12 +699,7 @@ def test_import_refuses_non_finite_values_naming_node_and_parameter(node, param,
     graph = to_nir_graph(dense_net())
     bad = _replace_node(graph, node, **{param: _poisoned(getattr(graph.nodes[node], param), value)})
     what = "NaN" if np.isnan(value) else "inf"
-    with pytest.raises(NirFormatError, match=rf"node '{node}': {param} holds {what}"):
-        from_nir_graph(bad)
-    path = tmp_path / "bad.nir"
-    nir.write(path, bad)
-    with pytest.raises(NirFormatError, match=rf"{path}: node '{node}': {param} holds {what}"):
-        read_nir(path)
+    _refused_as_graph_and_as_file(bad, rf"node '{node}': {param} holds {what}", tmp_path / "bad.nir")
 
 
 def test_import_reads_inf_only_where_it_meant_no_leak_or_never_fires():
