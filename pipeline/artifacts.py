@@ -190,14 +190,14 @@ def open_regular(path: Any, limit: int, key: str = "") -> Iterator[Any]:
 def read_regular(path: Any, limit: int, key: str = "") -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`); a file
     that grows while it is read is cut at ``limit + 1`` bytes and refused."""
+    name = f"{key} {path}" if key else str(path)
     with open_regular(path, limit, key) as f:
         try:
             data = f.read(limit + 1)
         except OSError as exc:
-            raise ArtifactError(f"{key + ' ' if key else ''}{path} is not readable: "
-                                f"{exc.strerror or exc}") from None
+            raise ArtifactError(f"{name} is not readable: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise ArtifactError(f"{key + ' ' if key else ''}{path} grew beyond {limit} bytes while it was read")
+        raise ArtifactError(f"{name} grew beyond {limit} bytes while it was read")
     return data
 
 
