@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the benchmark network, its inputs, timing.
 
 The network is either a run directory's ``model.net`` (``--net PATH``, read
-with :func:`hardware.netx_io.read_net`) or a random integer IR of the
+with :func:`hardware.formats.netx.read_net`) or a random integer IR of the
 digits-demo size, dense 64-128-10 with if_soft neurons, 8-bit graded input.
 Random weights are uniform integers in [-42, 63] (inside Loihi 2's 8-bit
 range) and each layer's threshold is set to the median of its positive mean
@@ -67,7 +67,7 @@ def load_net(path, timesteps: int, seed: int = 0) -> ir.Network:
     """``path`` (a .net file or a run directory holding model.net) or the random net."""
     if path is None:
         return random_dense_net(timesteps=timesteps, seed=seed)
-    from hardware.netx_io import read_net
+    from hardware.formats.netx import read_net
     if os.path.isdir(path):
         path = os.path.join(path, "model.net")
     return read_net(path)
@@ -134,7 +134,7 @@ def pipeline_net(arch: str, shape: tuple, neuron: str = "if_soft", timesteps: in
     """(integer IR, float IR, image source) of ``arch`` built as the pipeline builds it
     (module doc): potential readout, quantized for T up to ``timesteps``."""
     import torch
-    from hardware.quantize import quantize
+    from hardware.fixed_point.quantize import quantize
     from models.architectures import build_model
     from models.converter import convert
 

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hardware.netx_io import write_net
-from hardware.quantize import quantize
+from hardware.formats.netx import write_net
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from models.converter import convert
 from pipeline.data import load_dataset
@@ -134,7 +134,7 @@ def _run_key(args, arm: str, seed: int, cfg) -> dict:
 def lava_agreement(net, data, input_bits: int, samples: int) -> dict:
     """Lava (loihi2-sim) against the bit-accurate simulator on the first test samples; a cuba
     network goes through its .net file and stock lava-dl netx."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     x = torch.stack([data.test[i][0] for i in range(samples)]).numpy()
     payload = encode_input(x, input_bits)

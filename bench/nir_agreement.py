@@ -2,7 +2,7 @@
 
 Export: a ``cuba`` digits model trained by this project's pipeline (cnn-small, the
 cuba-matched activation; trained here into ``runs/nir_agreement/`` unless ``--checkpoint``
-names one) is converted to the float IR, written as NIR (:mod:`hardware.nir_io`), loaded by
+names one) is converted to the float IR, written as NIR (:mod:`hardware.formats.nir`), loaded by
 snnTorch's own ``import_from_nir`` and run on the test split, one sample at a time (snnTorch
 1.0's imported Flatten also flattens the batch dimension). Compared with the reference
 simulator (:func:`hardware.simulator.simulate`, float IR, same-step timing) on every layer's
@@ -20,8 +20,8 @@ spikes at every step and on the potential readout:
 
 Import: a network built and trained in snnTorch (Flatten, Linear, ``Synaptic(α = 0.5, β = 1)``,
 Linear, ``Synaptic(α = 0, β = 1 − 256/4096)``, reset to zero, BPTT with snnTorch's surrogate
-gradient) is exported with snnTorch's ``export_to_nir``, read by :func:`hardware.nir_io.read_nir`,
-compared with the snnTorch model itself, quantized (:mod:`hardware.quantize`), written as
+gradient) is exported with snnTorch's ``export_to_nir``, read by :func:`hardware.formats.nir.read_nir`,
+compared with the snnTorch model itself, quantized (:mod:`hardware.fixed_point.quantize`), written as
 ``.net``, loaded by stock lava-dl netx and run in Lava (``loihi2-sim``) against the
 bit-accurate simulator.
 
@@ -301,7 +301,7 @@ def export_direction(checkpoint: Path, x: torch.Tensor, y: torch.Tensor, steps: 
     import nir
     from snntorch.import_nir import import_from_nir
 
-    from hardware.nir_io import DEFAULT_DT, read_nir, write_nir
+    from hardware.formats.nir import DEFAULT_DT, read_nir, write_nir
     from hardware.simulator import first_argmax, simulate
     from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
     from pipeline.training import to_ir
@@ -339,10 +339,10 @@ def import_direction(data: tuple, steps: int, epochs: int, lava_samples: int, in
                      hidden: int = 64) -> dict:
     import nir
 
-    from hardware.lava_runner import run_lava
-    from hardware.netx_io import read_net, write_net
-    from hardware.nir_io import read_nir
-    from hardware.quantize import quantize
+    from hardware.runtime.runner import run_lava
+    from hardware.formats.netx import read_net, write_net
+    from hardware.formats.nir import read_nir
+    from hardware.fixed_point.quantize import quantize
     from hardware.simulator import encode_input, first_argmax, simulate
 
     x_train, y_train, x, y = data

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hardware.quantize import quantize
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from pipeline.data import load_dataset
 from pipeline.artifacts import CHECKPOINT, TRAIN_STATE
@@ -69,7 +69,7 @@ def fixed_point_accuracy(model, data, neuron: str, readout: str, output_threshol
 
 def lava_agreement(model, data, neuron: str, input_bits: int, samples: int) -> dict:
     """Lava (loihi2-sim) against the bit-accurate simulator on the first test samples."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     net = quantize(to_ir(model, data.input_shape, neuron), input_bits=input_bits, readout_steps=max(STEPS))
     x = torch.stack([data.test[i][0] for i in range(samples)]).numpy()

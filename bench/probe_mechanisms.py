@@ -1,7 +1,7 @@
 """Benchmark-only probe mechanisms for ``run_lava(..., probe_taps=...)``.
 
 The product records per-layer spikes with one SpikeRecorder process
-(:class:`hardware.lava_runner.RecorderTaps`). These are the alternatives it was
+(:class:`hardware.runtime.runner.RecorderTaps`). These are the alternatives it was
 measured against (``bench/probe_overhead.py``, figures in BENCHMARKS.md); they
 are exact too (``tests/test_lava_probes.py``) but cost more:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.lava_schedule import LayerProbes, lava_rows
+from hardware.runtime.schedule import LayerProbes, lava_rows
 
 __all__ = ["RingBufferTaps", "MonitorTaps", "MECHANISMS"]
 

@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from bench_common import describe, load_net, machine, mean_std, random_inputs, today
-from hardware.lava_runner import run_lava
+from hardware.runtime.runner import run_lava
 from probe_mechanisms import MECHANISMS
 
 MODES = [("off", dict(probes=False)),

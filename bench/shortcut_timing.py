@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hardware.quantize import quantize
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from pipeline.artifacts import CHECKPOINT
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
@@ -62,7 +62,7 @@ def _simulator_predictions(net, x: torch.Tensor, input_bits: int, T: int, batch:
 
 
 def measure(run_dir: Path, config: str, samples: int, T: int, overrides=()) -> dict:
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)

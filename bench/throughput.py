@@ -35,7 +35,7 @@ import torch
 
 from bench_common import (bench_images, describe, image_inputs, load_net, machine,
                           pipeline_net, random_inputs, timed, today)
-from hardware.lava_runner import run_lava
+from hardware.runtime.runner import run_lava
 from hardware.simulator import kernel_plan, simulate
 
 DEFAULT_NETS = "cnn-small:1x8x8,vgg-small:1x28x28"

@@ -21,10 +21,10 @@ class NetxFormatError(ToolkitError, ValueError):
 class LoihiRangeError(IRError, QuantizationError):
     """An integer network value or shape that Loihi 2 (or netx + Lava) cannot hold.
 
-    The one error :mod:`hardware.validate` raises; its message names the layer,
+    The one error :mod:`hardware.ir.validate` raises; its message names the layer,
     the field, the value and the limit. It is an :class:`IRError` and a
     :class:`QuantizationError` so that ``except`` sites written for either keep
-    working; :func:`hardware.netx_io.read_net` re-raises it as a
+    working; :func:`hardware.formats.netx.read_net` re-raises it as a
     :class:`NetxFormatError` naming the file (the original is its ``__cause__``).
     """
 

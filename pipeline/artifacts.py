@@ -41,7 +41,7 @@ TRAIN_STATE = "train_state.safetensors"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 NET_FILE = "model.net"
-#: ``export --set export.format=nir``: the float network as a NIR graph (hardware.nir_io)
+#: ``export --set export.format=nir``: the float network as a NIR graph (hardware.formats.nir)
 NIR_FILE = "model.nir"
 #: ``import``: a NIR graph made elsewhere, read and rewritten by this project; export's network
 IMPORTED_NIR = "imported.nir"
@@ -267,7 +267,7 @@ def check_input_file(path: Any, key: str, hint: str = "", limit: int = MAX_ARTIF
 # --------------------------------------------------------------------------- stale temporaries
 def _writer_pids(name: str, artifact: str) -> list[int]:
     """The pids a temporary file's name carries: atomic_path's ``.{artifact}.{pid}.…`` and
-    hardware.netx_io.atomic_target's ``….{pid}.tmp`` (both, when one writer wraps the other)."""
+    hardware.formats.netx.atomic_target's ``….{pid}.tmp`` (both, when one writer wraps the other)."""
     pids = []
     head = re.match(r"\.(\d+)\.", name[len(artifact) + 1:])
     if name.startswith(".") and head:
@@ -437,7 +437,7 @@ class ProbeLayer(_Section):
 
 
 class Probes(_Section):
-    """Activity per layer, means per sample (``hardware.activity.ActivityReport.to_dict``)."""
+    """Activity per layer, means per sample (``hardware.analysis.activity.ActivityReport.to_dict``)."""
 
     source: Optional[str] = None
     samples: int
@@ -497,7 +497,7 @@ class EnergyReference(_Section):
 
 
 class Energy(_Section):
-    """The energy ESTIMATE per inference (``hardware.energy.energy_estimate``)."""
+    """The energy ESTIMATE per inference (``hardware.analysis.energy.energy_estimate``)."""
 
     total_pj: float
     formula: str
@@ -532,7 +532,7 @@ class ResourceLayer(_Section):
 
 
 class Resources(_Section):
-    """Loihi 2 resource fit (``hardware.resources.FitReport.to_dict``)."""
+    """Loihi 2 resource fit (``hardware.analysis.resources.FitReport.to_dict``)."""
 
     fits: bool
     cores: int

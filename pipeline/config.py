@@ -46,9 +46,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
-from hardware.energy import ENERGY_CONSTANTS, EnergyConfigError, check_override
+from hardware.analysis.energy import ENERGY_CONSTANTS, EnergyConfigError, check_override
 from hardware.errors import ToolkitError
-from hardware.ir import READOUTS
+from hardware.kinds import EXPORT_FORMATS as _EXPORT_FORMATS, READOUTS
 from hardware.spec import LOIHI2
 
 #: deploy.yaml is 4 kB; a file 16 times that is not a config (and is not read into memory,
@@ -324,8 +324,8 @@ class RunConfig:
 
 
 #: ``export.format``: the file ``export`` writes (``net``: quantized netx HDF5, ``nir``: the
-#: float network as a NIR graph, hardware.nir_io)
-EXPORT_FORMATS = ("net", "nir")
+#: float network as a NIR graph, hardware.formats.nir)
+EXPORT_FORMATS = _EXPORT_FORMATS
 
 
 @dataclass(frozen=True)

@@ -180,10 +180,10 @@ def _provenance(path: Path, fmt: str) -> Optional[dict]:
     try:
         check_regular(path, MAX_ARTIFACT_BYTES)
         if fmt == "nir":
-            from hardware.nir_io import read_nir
+            from hardware.formats.nir import read_nir
             record = read_nir(path).metadata
         else:
-            from hardware.netx_io import read_provenance
+            from hardware.formats.netx import read_provenance
             record = read_provenance(path)  # the reader's checks: a damaged heap cannot hang it
     except ToolkitError:
         return None

@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from hardware.activity import load_raster
-from hardware.energy import count_macs, energy_estimate, LOIHI2_CAVEAT, PILOTNET_LOIHI2_REFERENCE
+from hardware.analysis.activity import load_raster
+from hardware.analysis.energy import count_macs, energy_estimate, LOIHI2_CAVEAT, PILOTNET_LOIHI2_REFERENCE
 from hardware.errors import ToolkitError
-from hardware.resources import check_fit
+from hardware.analysis.resources import check_fit
 
 from . import plots
 from .artifacts import RASTER_NPZ, REPORT_JSON, ArtifactError, RunDir, atomic_write_text, sha256_of
@@ -82,7 +82,7 @@ def _load_net(report: dict, run_dir: Path, notes: list):
     if path is None:
         return None
     try:
-        from hardware.netx_io import read_net
+        from hardware.formats.netx import read_net
         return read_net(path)
     except (ImportError, ToolkitError, OSError) as exc:
         notes.append(f"network file {path} could not be read ({exc}); resource fit and ANN MACs "

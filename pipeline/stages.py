@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hardware.activity import activity_from_sim, save_raster, spiking_layers
-from hardware.energy import count_macs, energy_estimate
+from hardware.analysis.activity import activity_from_sim, save_raster, spiking_layers
+from hardware.analysis.energy import count_macs, energy_estimate
 from hardware.errors import NetxFormatError
-from hardware.resources import check_fit, require_fit
-from hardware.quantize import quantize
+from hardware.analysis.resources import check_fit, require_fit
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
-from hardware.validate import simulator_limits, validate_network
+from hardware.ir.validate import simulator_limits, validate_network
 
 from .artifacts import (MAX_ARTIFACT_BYTES, ArtifactError, Report, RunDir, atomic_path, check_input_file,
                         check_regular, merge_report, sha256_of)
@@ -218,7 +218,7 @@ def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model) -> dict:
 def _network_to_export(cfg, run_dir: RunDir) -> tuple:
     """(float IR, provenance, source) of the run directory's one network: the NIR graph ``import``
     wrote (source ``'imported-nir'``) or the trained checkpoint converted with snn.* (``'checkpoint'``)."""
-    from hardware.nir_io import read_nir
+    from hardware.formats.nir import read_nir
 
     if run_dir.imported_nir.exists():
         if run_dir.checkpoint.exists():
@@ -238,7 +238,7 @@ def _network_to_export(cfg, run_dir: RunDir) -> tuple:
 
 def _export_nir(run_dir: RunDir, net, provenance: dict, source: str, overwrite: bool = False) -> dict:
     """The float network as a NIR graph, model.nir (atomic; refused for if_soft neurons)."""
-    from hardware.nir_io import DEFAULT_DT, to_nir_graph, write_nir
+    from hardware.formats.nir import DEFAULT_DT, to_nir_graph, write_nir
 
     to_nir_graph(net, provenance=provenance)  # what NIR cannot hold is the first error
     check_net_replacement(run_dir.nir, provenance, overwrite, "nir")
@@ -254,7 +254,7 @@ def export(cfg, progress: bool = True) -> dict:
     """The run directory's network (trained checkpoint -> float IR, or the imported NIR graph) ->
     export.format ``net``: Loihi 2 fixed point -> model.net (netx HDF5); ``nir``: model.nir (NIR).
     Every file is written atomically."""
-    from hardware.netx_io import write_net
+    from hardware.formats.netx import write_net
 
     run_dir = open_run(cfg)
     net, provenance, source = _network_to_export(cfg, run_dir)
@@ -278,7 +278,7 @@ def import_nir(cfg, progress: bool = True) -> dict:
     """Read the NIR graph ``import.nir`` (made by another framework, or by export) into the run
     directory as ``imported.nir``, rewritten by this project: export and run then take it as a
     trained network. Everything is checked before anything is written."""
-    from hardware.nir_io import read_nir, write_nir
+    from hardware.formats.nir import read_nir, write_nir
 
     run_dir = open_run(cfg)
     if cfg.import_.nir is None:
@@ -358,7 +358,7 @@ def _default_neuron_note(net) -> dict:
 def _load_net_and_data(cfg, path: Path):
     """(net, integer test inputs, labels, input section), refusing a dataset the network was not
     made for."""
-    from hardware.netx_io import read_net
+    from hardware.formats.netx import read_net
 
     net = read_net(path)
     # a foreign file can be valid netx yet use what the simulator does not model
@@ -372,7 +372,7 @@ def _load_net_and_data(cfg, path: Path):
 def _lava_sections(cfg, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
     """Run the first ``run.lava_samples`` samples in Lava and compare them with the reference:
     (lava section, Lava accuracy by t, board measurement or None)."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     steps = cfg.eval.timesteps
     n = min(cfg.run.lava_samples, len(x_int))

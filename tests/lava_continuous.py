@@ -12,7 +12,7 @@ def continuous_block_spikes(lnet, x0: np.ndarray, timesteps: int) -> list:
     from lava.magma.core.run_conditions import RunSteps
     from lava.proc import io
 
-    from hardware.lava_runner import sim_run_config
+    from hardware.runtime.runner import sim_run_config
 
     data = np.repeat(x0.transpose(2, 1, 0)[..., None], timesteps, axis=-1)  # (W, H, C, T)
     src = io.source.RingBuffer(data=data)

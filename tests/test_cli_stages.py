@@ -127,7 +127,7 @@ def test_evaluate_json(evaluated):
 
 
 def test_export(exported):
-    from hardware.netx_io import read_net
+    from hardware.formats.netx import read_net
 
     assert_success(exported)
     net_file = exported.ws.run / NET_FILE

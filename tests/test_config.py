@@ -351,7 +351,7 @@ def test_json_schema_file_is_up_to_date():
 
 
 def test_json_schema_mirrors_the_validator():
-    from hardware.energy import ENERGY_CONSTANT_NAMES
+    from hardware.analysis.energy import ENERGY_CONSTANT_NAMES
     from pipeline.config import DATASETS, json_schema
 
     schema = json_schema()

@@ -8,7 +8,7 @@ from hardware.errors import IRError
 from hardware.ir import Conv, Dense, Flatten, readout_neuron
 from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
-from hardware.energy import count_macs
+from hardware.analysis.energy import count_macs
 from models.converter import convert, ir_quantized_forward
 from models.nq import NQActivation, qcfs
 

@@ -16,8 +16,8 @@ from hypothesis import example, given, settings, strategies as st
 from torch import nn
 
 from hardware import ir
-from hardware.netx_io import read_net, write_net
-from hardware.quantize import quantize
+from hardware.formats.netx import read_net, write_net
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from hardware.spec import LOIHI2
 from models import nq as nq_module
@@ -249,7 +249,7 @@ def _lava_layer_net(theta: int, T: int):
 @pytest.mark.filterwarnings("error:Cannot import module")
 def test_lava_count_equals_activation_count(tmp_path):
     """One Lava case of the property: stock LIF in stock netx counts what the activation says."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     T, theta = 6, 600
     net, x, drives = _lava_layer_net(theta, T)
@@ -268,7 +268,7 @@ def test_cuba_matched_export_runs_unchanged_in_stock_netx(tmp_path):
     """A cnn-small trained-like with the cuba-matched activation and half-bias shift: its .net
     loads in stock lava-dl netx and the output equals the integer simulator."""
     from bench.bench_common import bench_images, calibrate
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     T = 4
     torch.manual_seed(0)

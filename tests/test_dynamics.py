@@ -1,15 +1,17 @@
-"""hardware.dynamics is THE neuron step: Lava's models and the simulator equal it exactly.
+"""hardware.fixed_point.dynamics is THE neuron step: Lava's models and the simulator equal it exactly.
 
 (a) this project's PyIFSoftResetModelBitAcc and (b) Lava's stock PyLifModelBitAcc, each
 run through Lava on a small population driven by random integer synaptic input (large
 enough to wrap u and clip v), and (c) hardware.simulator's integer path, all compared
-with == against hardware.dynamics.run.
+with == against hardware.fixed_point.dynamics.run.
 """
 import numpy as np
 import pytest
 
-from hardware import dynamics, ir
-from hardware.dynamics import NeuronParams
+from hardware import ir
+
+from hardware.fixed_point import dynamics
+from hardware.fixed_point.dynamics import NeuronParams
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
 
@@ -33,8 +35,8 @@ def _run_in_lava(proc, a):
     """Drive ``proc.a_in`` with column t−1 of ``a`` at step t; (spikes, final v)."""
     from lava.proc import io
 
-    from hardware.lava_runner import sim_run_config
-    from hardware.lava_session import LavaSession
+    from hardware.runtime.runner import sim_run_config
+    from hardware.runtime.session import LavaSession
     src = io.source.RingBuffer(data=a)
     sink = io.sink.RingBuffer(shape=(a.shape[0],), buffer=a.shape[1])
     src.s_out.connect(proc.a_in)
@@ -54,7 +56,7 @@ def _assert_fires_sometimes(spikes):
 @pytest.mark.lava
 @pytest.mark.parametrize("du,dv", [(LOIHI2.if_du, LOIHI2.if_dv), (700, 150)])
 def test_if_soft_lava_model_equals_definition(du, dv):
-    from hardware.lava_procs.if_soft import IFSoftReset
+    from hardware.runtime.procs.if_soft import IFSoftReset
     a = _inputs(1)
     bias = np.array([0, 40, -40, 7, 4095, -4096])
     p = NeuronParams("if_soft", vth=900, du=du, dv=dv, bias_mant=bias, bias_exp=6)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from hardware.activity import (ActivityError, activity_from_sim, conv_fan_in, fan_out,
+from hardware.analysis.activity import (ActivityError, activity_from_sim, conv_fan_in, fan_out,
                                input_fan_out, layer_activity, load_raster, save_raster)
-from hardware.energy import (ENERGY_CONSTANT_NAMES, ENERGY_CONSTANTS, EnergyConfigError,
+from hardware.analysis.energy import (ENERGY_CONSTANT_NAMES, ENERGY_CONSTANTS, EnergyConfigError,
                              count_macs, energy_estimate)
 from hardware.errors import ToolkitError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron

@@ -11,10 +11,10 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hardware import dynamics
+from hardware.fixed_point import dynamics
 from hardware.errors import QuantizationError
 from hardware.ir import Dense, Input, Network, Neuron
-from hardware.quantize import quantize
+from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from hardware.spec import LOIHI2
 from tests.property_profiles import examples
@@ -239,8 +239,8 @@ def test_unfittable_layer_is_refused_naming_layer_and_bound():
 def test_alpha_case_in_lava_equals_float(tmp_path):
     """The issue's α = 0.5, fan-in 2,000 net, quantized for T = 6, written as a netx file and
     run by stock netx in Lava: the same spikes as the integer simulator and as float."""
-    from hardware.lava_runner import run_lava
-    from hardware.netx_io import read_net, write_net
+    from hardware.runtime.runner import run_lava
+    from hardware.formats.netx import read_net, write_net
 
     T = 6
     net = alpha_net()
@@ -257,8 +257,8 @@ def test_alpha_case_in_lava_equals_float(tmp_path):
 def test_negative_drive_case_in_lava_equals_float(tmp_path):
     """Five steps of negative drive, then positive (cuba, dv = 1024), time-varying input: in
     Lava the same spikes as the integer simulator and as float (v never clipped)."""
-    from hardware.lava_runner import run_lava
-    from hardware.netx_io import read_net, write_net
+    from hardware.runtime.runner import run_lava
+    from hardware.formats.netx import read_net, write_net
 
     T = 12
     x = on_off(T, 5)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from hardware import ir
-from hardware.netx_io import write_net
+from hardware.formats.netx import write_net
 from hardware.spec import LOIHI2
 
 pytestmark = pytest.mark.lava

@@ -4,13 +4,13 @@ import pytest
 
 from hardware import ir
 from hardware.errors import LavaBackendError
-from hardware.lava_procs.if_soft import IFSoftReset, fixed_point_v0
-from hardware.lava_runner import run_lava
+from hardware.runtime.procs.if_soft import IFSoftReset, fixed_point_v0
+from hardware.runtime.runner import run_lava
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
 
 # Lava's model discovery must not meet any module it cannot import (the
-# process lives in hardware/lava_procs/if_soft/): the warning is an error here.
+# process lives in hardware/runtime/procs/if_soft/): the warning is an error here.
 pytestmark = pytest.mark.filterwarnings("error:Cannot import module")
 
 
@@ -95,7 +95,7 @@ def test_neuron_alone_reset_offset_and_clip():
     from lava.magma.core.run_conditions import RunSteps
     from lava.proc import io
 
-    from hardware.lava_runner import sim_run_config
+    from hardware.runtime.runner import sim_run_config
 
     steps, vth = 14, 100000
     rng = np.random.default_rng(3)

@@ -2,16 +2,16 @@
 
 Lava's per-layer, per-step spike counts (each layer's window offset by its own
 latency), per-neuron counts and spike trains, and the activity counts
-(spikes, synaptic ops, neuron updates) hardware.activity derives from them,
+(spikes, synaptic ops, neuron updates) hardware.analysis.activity derives from them,
 must equal simulate(..., record_spikes=True) + activity_from_sim, with ==.
 """
 import numpy as np
 import pytest
 
-from hardware.activity import activity_from_sim
+from hardware.analysis.activity import activity_from_sim
 from hardware.errors import LavaBackendError
 from bench.probe_mechanisms import MECHANISMS
-from hardware.lava_runner import run_lava
+from hardware.runtime.runner import run_lava
 from hardware.simulator import simulate
 from tests.test_lava_runner import random_net
 
@@ -93,7 +93,7 @@ def test_no_probes_by_default_and_bad_arguments():
 
 
 def test_recorder_pack_unpack_roundtrip():
-    from hardware.lava_procs.spike_recorder import WORD_BITS, unpack
+    from hardware.runtime.procs.spike_recorder import WORD_BITS, unpack
     rng = np.random.default_rng(0)
     shapes = [(3, 2, 5), (7,), (40,)]
     steps = 6

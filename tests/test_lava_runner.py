@@ -11,8 +11,8 @@ import pytest
 
 from hardware import ir
 from hardware.errors import LavaBackendError
-from hardware.lava_net import build_lava_network
-from hardware.lava_runner import run_lava
+from hardware.runtime.network import build_lava_network
+from hardware.runtime.runner import run_lava
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
 from tests.lava_continuous import continuous_block_spikes
@@ -146,7 +146,7 @@ def test_all_layers_every_step_equal_pipelined_simulator():
 
 
 def test_stock_netx_file_equals_own_loader(tmp_path):
-    from hardware.netx_io import write_net
+    from hardware.formats.netx import write_net
 
     T = 5
     net, x = random_net(6, "cuba", True, n_samples=2, T=T)
@@ -154,7 +154,7 @@ def test_stock_netx_file_equals_own_loader(tmp_path):
     stock = run_lava(net, x, T, net_path=str(path), progress=False)
     own = run_lava(net, x, T, progress=False)
     assert stock.loader.startswith("stock")
-    assert own.loader.startswith("hardware.lava_net")
+    assert own.loader.startswith("hardware.runtime.network")
     _assert_moderate(own.output_spikes)
     assert np.array_equal(stock.output_spikes, own.output_spikes)
     assert np.array_equal(own.output_spikes, _sim_out(net, x, T))
@@ -195,7 +195,7 @@ def _no_children(timeout=10.0):
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_error_inside_run_stops_runtime(monkeypatch, exc):
-    import hardware.lava_runner as runner
+    import hardware.runtime.runner as runner
 
     class FailingBar:
         def __init__(self, *a, **k):
@@ -217,7 +217,7 @@ def test_error_inside_run_stops_runtime(monkeypatch, exc):
 def test_board_measurement_path_is_selected_only_with_lava_loihi():
     """On a board, lava-loihi's loihi2_profiler measures power and time; without it the
     path reports why it is unavailable (and the energy stays an estimate)."""
-    from hardware.lava_board import board_profilers, board_profilers_available
+    from hardware.runtime.board import board_profilers, board_profilers_available
 
     ok, reason = board_profilers_available()
     if not ok:

@@ -10,7 +10,7 @@ import pytest
 
 from hardware.errors import IRError, NetxFormatError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, networks_equal
-from hardware.netx_io import (NETX_FORMAT_VERSION, netx_dense_effective, read_net,
+from hardware.formats.netx import (NETX_FORMAT_VERSION, netx_dense_effective, read_net,
                               write_net)
 from hardware.spec import LOIHI2
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hardware.errors import NetxFormatError
-from hardware.netx_io import read_net, write_net
+from hardware.formats.netx import read_net, write_net
 from tests.bad_inputs.base import valid_digits_net
 from tests.test_residual_netx import NETS
 
@@ -134,7 +134,7 @@ def test_provenance_of_the_wrong_type_is_refused(digits_net, provenance, needle)
 
 
 def test_provenance_the_project_writes_is_read(tmp_path):
-    from hardware.quantize import quantize
+    from hardware.fixed_point.quantize import quantize
     from tests.test_netx_io import random_ir
     net = random_ir(3, kinds=("cuba",))
     macs = [100 * (i + 1) for i in range(len(net.weighted_layers))]
@@ -194,7 +194,7 @@ def test_every_file_the_project_writes_passes_the_heap_check(tmp_path):
 
 
 def test_read_provenance_alone_is_checked_as_read_net_checks_it(digits_net, tmp_path):
-    from hardware.netx_io import read_provenance
+    from hardware.formats.netx import read_provenance
     from tests.bad_inputs.cases_net import heap_free_space_zero
     assert read_provenance(digits_net)["purpose"] == "bad-input base"
     hung = tmp_path / "hung.net"

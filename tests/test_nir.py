@@ -1,4 +1,4 @@
-"""NIR graphs (hardware.nir_io, issue 11): write → read → write identity for every node type,
+"""NIR graphs (hardware.formats.nir, issue 11): write → read → write identity for every node type,
 the mapping checked against snnTorch 1.0 in both directions, and clear refusals.
 
 * Identity: every IR this project makes (dense and conv layers, flatten, decaying neurons,
@@ -34,7 +34,7 @@ from bench.nir_agreement import (agreement, export_snntorch, float32_view, norse
                                  run_norse, run_snntorch, synaptic)
 from hardware import ir
 from hardware.errors import NirFormatError, ToolkitError
-from hardware.nir_io import (DEFAULT_DT, NEVER_FIRES, NIR_FORMAT, NO_LEAK_TAU_STEPS, from_nir_graph,
+from hardware.formats.nir import (DEFAULT_DT, NEVER_FIRES, NIR_FORMAT, NO_LEAK_TAU_STEPS, from_nir_graph,
                              read_nir, to_nir_graph, write_nir)
 from hardware.simulator import first_argmax, simulate
 
@@ -441,9 +441,9 @@ def digits_sample(n: int) -> torch.Tensor:
 
 @pytest.mark.lava
 def test_snntorch_network_imports_exactly_and_runs_in_lava(tmp_path):
-    from hardware.lava_runner import run_lava
-    from hardware.netx_io import read_net, write_net
-    from hardware.quantize import quantize
+    from hardware.runtime.runner import run_lava
+    from hardware.formats.netx import read_net, write_net
+    from hardware.fixed_point.quantize import quantize
     from hardware.simulator import encode_input
 
     model, steps = snntorch_conv_net(), 6
@@ -493,7 +493,7 @@ def test_snntorch_leaky_network_imports_exactly():
 
 def test_stored_snntorch_file_reads_and_matches_its_quantized_form():
     """The file snnTorch 1.0.0 wrote (tests/data/make_nir_files.py) as the IR, and quantized."""
-    from hardware.quantize import quantize
+    from hardware.fixed_point.quantize import quantize
     from hardware.simulator import encode_input, first_argmax
 
     net = read_nir(SNNTORCH_FILE)
@@ -536,7 +536,7 @@ def test_export_refuses_what_nir_cannot_type_check_naming_the_layer():
 
 
 def test_export_refuses_an_integer_network_and_a_bias_into_a_decaying_current():
-    from hardware.quantize import quantize
+    from hardware.fixed_point.quantize import quantize
 
     with pytest.raises(NirFormatError, match="float IR"):
         to_nir_graph(quantize(dense_net(), input_bits=8))

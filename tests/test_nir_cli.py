@@ -16,7 +16,7 @@ import nir
 import pytest
 
 from hardware import ir
-from hardware.nir_io import read_nir
+from hardware.formats.nir import read_nir
 from pipeline.artifacts import CHECKPOINT, IMPORTED_NIR, NET_FILE, NIR_FILE, REPORT_JSON
 from tests.bad_inputs.base import Workspace
 from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess, warm_imports

@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 from hardware.errors import LoihiRangeError, QuantizationError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
-from hardware.quantize import quantize
+from hardware.fixed_point.quantize import quantize
 from hardware.spec import LOIHI2
 from tests.property_profiles import examples
 
@@ -98,7 +98,7 @@ def test_threshold_rounding_to_zero_is_refused_naming_the_layer():
 
 def test_quantizer_output_is_checked_by_the_validator(monkeypatch):
     """A rounding bug that produced an out-of-range weight could not slip through."""
-    import hardware.quantize as quantize_module
+    import hardware.fixed_point.quantize as quantize_module
     real_round = quantize_module._round
 
     def broken_round(*args):

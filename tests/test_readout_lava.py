@@ -13,11 +13,11 @@ import pytest
 
 from bench.probe_mechanisms import MECHANISMS
 from hardware import ir
-from hardware.activity import activity_from_sim
+from hardware.analysis.activity import activity_from_sim
 from hardware.errors import LavaBackendError, NetxFormatError
-from hardware.lava_runner import LavaRunResult, run_lava
-from hardware.lava_schedule import chunk_ends, readout_window_ends
-from hardware.netx_io import read_net, write_net
+from hardware.runtime.runner import LavaRunResult, run_lava
+from hardware.runtime.schedule import chunk_ends, readout_window_ends
+from hardware.formats.netx import read_net, write_net
 from hardware.simulator import simulate
 from hardware.spec import LOIHI2
 from tests.test_lava_runner import random_net
@@ -197,7 +197,7 @@ def test_stock_netx_runs_cuba_readout_file_like_simulator(tmp_path):
     assert stock.loader.startswith("stock lava.lib.dl.netx")
     _check_against_simulator(net, x, T, stock)
     own = run_lava(net, x, T, progress=False)
-    assert own.loader.startswith("hardware.lava_net")
+    assert own.loader.startswith("hardware.runtime.network")
     assert np.array_equal(own.output_potential, stock.output_potential)
 
 
@@ -279,7 +279,7 @@ def test_conv_readout_layer_potential_in_ir_order():
 @pytest.mark.lava
 @pytest.mark.filterwarnings("error:Cannot import module")
 def test_error_while_reading_the_potential_stops_runtime(monkeypatch, exc):
-    import hardware.lava_runner as runner
+    import hardware.runtime.runner as runner
     from tests.test_lava_runner import _no_children
 
     def fail(self, end_step):

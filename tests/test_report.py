@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from hardware.activity import layer_activity, save_raster, spiking_layers
-from hardware.energy import count_macs, energy_estimate
+from hardware.analysis.activity import layer_activity, save_raster, spiking_layers
+from hardware.analysis.energy import count_macs, energy_estimate
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
-from hardware.resources import check_fit
+from hardware.analysis.resources import check_fit
 from pipeline.artifacts import ArtifactError, sha256_of
 from pipeline.report import ReportError, render_report
 

@@ -3,11 +3,11 @@ the quantizer's joint scale, the validator, the float and integer simulators (bo
 modes, every kernel path) against an independent numpy reference written here, and the
 activity / energy / resource counts.
 
-The reference loop (:func:`reference_run`) shares nothing with ``hardware/simulator.py``:
+The reference loop (:func:`reference_run`) shares nothing with ``hardware/simulator/__init__.py``:
 its synapses are explicit numpy int64 sums over kernel taps with Lava's output rules
 (Conv: wrap to 24 bits; Dense: int32), its timing is written from the IR's docstring
 (paper's same-step rule; Lava's one step per hop plus ``net.extra_delay`` per
-projection), and its neurons are :func:`hardware.dynamics.step`, the one integer step
+projection), and its neurons are :func:`hardware.fixed_point.dynamics.step`, the one integer step
 that ``tests/test_dynamics.py`` checks against Lava's own models.
 """
 from __future__ import annotations
@@ -21,17 +21,17 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import hardware.simulator as simulator
-from hardware import dynamics
-from hardware.activity import activity_from_sim, fan_in, fan_out, layer_activity
-from hardware.energy import count_macs
+from hardware.fixed_point import dynamics
+from hardware.analysis.activity import activity_from_sim, fan_in, fan_out, layer_activity
+from hardware.analysis.energy import count_macs
 from hardware.errors import LoihiRangeError, QuantizationError
 from hardware.ir import (Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                          readout_neuron)
-from hardware.quantize import SUM_OF_INPUTS, quantize
-from hardware.resources import check_fit
+from hardware.fixed_point.quantize import SUM_OF_INPUTS, quantize
+from hardware.analysis.resources import check_fit
 from hardware.simulator import kernel_plan, simulate
 from hardware.spec import LOIHI2
-from hardware.validate import project_limits, simulator_limits, validate_network
+from hardware.ir.validate import project_limits, simulator_limits, validate_network
 from tests.property_profiles import examples
 
 ACT_MAX = LOIHI2.activation_max

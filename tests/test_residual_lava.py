@@ -2,12 +2,12 @@
 
 Every layer is its netx block and every extra input a ``DelaySparse`` (bit-accurate
 ``PyDelaySparseModelBitAcc``) into the receiving block's neurons, delayed by
-``net.extra_delay`` steps (hardware.lava_net). Output spikes, the potential readout and
+``net.extra_delay`` steps (hardware.runtime.network). Output spikes, the potential readout and
 every layer's probed spikes must equal, on every sample and step:
 
 * a plain int64 numpy reference written here (the paper's same-step semantics: layer l
   at step τ integrates W·s_{l-1}[τ] + Σ P_k·s_{source_k}[τ]; neurons advance by
-  :func:`hardware.dynamics.step`, the shared definition Lava's models are tested against);
+  :func:`hardware.fixed_point.dynamics.step`, the shared definition Lava's models are tested against);
 * ``hardware.simulator.simulate(net, x, T, pipelined=False)``;
 
 and a continuous unreset run equals the simulator's Lava-timing mode
@@ -24,12 +24,14 @@ import numpy as np
 import pytest
 import torch
 
-from hardware import dynamics, ir
+from hardware import ir
+
+from hardware.fixed_point import dynamics
 from hardware.errors import LavaBackendError
 from hardware.errors import LoihiRangeError
-from hardware.lava_net import build_lava_network, lava_order, projection_matrix
-from hardware.lava_runner import run_lava
-from hardware.lava_schedule import weighted_shapes
+from hardware.runtime.network import build_lava_network, lava_order, projection_matrix
+from hardware.runtime.runner import run_lava
+from hardware.runtime.schedule import weighted_shapes
 from hardware.spec import LOIHI2
 from tests.lava_continuous import continuous_block_spikes
 
@@ -251,7 +253,7 @@ def test_conv_residual_net_in_lava_equals_reference(kind):
     res = run_lava(net, x, T, progress=False, probes=True)
     _check_run(net, x, T, res)
     assert res.models["DelaySparse"] == ["PyDelaySparseModelBitAcc"]
-    assert res.loader == "hardware.lava_net.build_lava_network"
+    assert res.loader == "hardware.runtime.network.build_lava_network"
 
 
 @pytest.mark.parametrize("kind,T", [("if_soft", 2), ("cuba", 4)])
@@ -271,13 +273,13 @@ def test_conv_residual_potential_readout_if_soft_T4():
 
 def test_residual_cuba_file_runs_with_own_loader(tmp_path):
     """A residual cuba .net cannot go to stock netx: run_lava uses this project's loader."""
-    from hardware.netx_io import read_net, write_net
+    from hardware.formats.netx import read_net, write_net
     T = 2
     net, x = dense_residual_net("cuba", T=T, n=2)
     path = write_net(net, tmp_path / "res.net", steps_per_sample=T)
     back = read_net(path)
     res = run_lava(back, x, T, net_path=str(path), progress=False, probes=True)
-    assert res.loader == "hardware.lava_net.build_lava_network"
+    assert res.loader == "hardware.runtime.network.build_lava_network"
     _check_run(back, x, T, res)
 
 

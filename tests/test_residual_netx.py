@@ -22,7 +22,7 @@ import pytest
 
 from hardware import ir
 from hardware.errors import IRError, NetxFormatError
-from hardware.netx_io import GRAPH_FORMAT, GRAPH_VERSION, read_net, write_net
+from hardware.formats.netx import GRAPH_FORMAT, GRAPH_VERSION, read_net, write_net
 from tests.test_netx_io import random_ir
 from tests.test_residual_lava import conv_residual_net, dense_residual_net
 
@@ -114,7 +114,7 @@ def test_residual_file_layout(tmp_path):
 
 def test_sequential_file_unchanged_and_still_built_by_stock_netx(tmp_path):
     """A chain is written as before (no graph attributes, no 'concat'); stock netx builds it."""
-    from hardware.stock_netx import stock_network
+    from hardware.runtime.stock_netx import stock_network
     net = random_ir(11, kinds=("cuba",))
     assert net.is_sequential
     path = write_net(net, tmp_path / "seq.net", steps_per_sample=3)
@@ -142,7 +142,7 @@ def test_stock_netx_refuses_residual_file(tmp_path, name):
     unknown types); stock_network refuses first with a typed error naming the layers."""
     from lava.lib.dl.netx.hdf5 import Network as NetxNetwork
 
-    from hardware.stock_netx import stock_netx_arguments, stock_network
+    from hardware.runtime.stock_netx import stock_netx_arguments, stock_network
     net = NETS[name]
     assert {layer.neuron.kind for layer in net.weighted_layers} == {"cuba"}
     path = write_net(net, tmp_path / "res.net", steps_per_sample=3)

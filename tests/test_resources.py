@@ -7,7 +7,7 @@ import pytest
 
 from hardware.errors import ResourceError, ToolkitError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
-from hardware.resources import check_fit, require_fit
+from hardware.analysis.resources import check_fit, require_fit
 from hardware.spec import LOIHI2
 
 NEURON = Neuron("if_soft", 64)

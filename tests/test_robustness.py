@@ -445,7 +445,7 @@ def test_a_nir_export_of_another_configuration_is_not_replaced_either(tmp_path):
 def test_import_of_another_graph_does_not_replace_the_imported_one_silently(tmp_path):
     """A second import of another graph would leave model.net of the first: refused, or with
     run.overwrite the old graph goes with the files made from it."""
-    from hardware.nir_io import read_nir, write_nir
+    from hardware.formats.nir import read_nir, write_nir
     from pipeline.artifacts import IMPORTED_NIR
     from tests.test_nir import SNNTORCH_FILE
 

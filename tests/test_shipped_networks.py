@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from hardware.netx_io import read_net
+from hardware.formats.netx import read_net
 from hardware.simulator import simulate
 
 # lava-dl's wheel installs its netx tests (networks + ground truth) here.
@@ -245,7 +245,7 @@ def test_mnist_run_lava_streams_samples_as_the_simulator():
     loads the file (input neuron block included, reset offset 0 so that every block's window
     starts where its first sample step arrives), every sample's output spikes and per-layer
     spike counts equal the simulator's."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     net = read_net(MNIST).replace(input_bits=8)
     rng = np.random.default_rng(1)
@@ -266,7 +266,7 @@ def test_mnist_run_lava_streams_samples_as_the_simulator():
 def test_tiny_run_lava_streams_samples_as_the_simulator():
     """The same for tiny.net (conv layers after an input neuron layer): two samples of random
     graded input streamed through stock netx, every layer's spikes per step ==."""
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     net = read_net(TINY).replace(input_bits=8)
     x = np.random.default_rng(2).integers(0, 256, size=(2,) + net.input.shape)
@@ -285,7 +285,7 @@ def test_input_neuron_network_is_refused_on_the_board():
     """Stock netx's Input block drops what reaches its inp port; on the CPU the runner feeds the
     input neurons' a_in, through lava-loihi's adapters that path is unverified: refused."""
     from hardware.errors import LavaBackendError
-    from hardware.lava_runner import run_lava
+    from hardware.runtime.runner import run_lava
 
     net = read_net(MNIST).replace(input_bits=8)
     with pytest.raises(LavaBackendError, match="input neuron layer .* loihi2-sim only"):

@@ -1,4 +1,4 @@
-"""Tests of the reference simulator (hardware/simulator.py).
+"""Tests of the reference simulator (hardware/simulator/__init__.py).
 
 Float and integer neuron dynamics by hand, the QCFS rate property of the
 soft-reset IF neuron, Lava's integer edge cases (checked against Lava itself),

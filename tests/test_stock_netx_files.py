@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from hardware.ir import Dense, Input, Network, Neuron, readout_neuron
-from hardware.netx_io import read_net, write_net
+from hardware.formats.netx import read_net, write_net
 from hardware.simulator import simulate
 from tests.test_netx_io import random_ir
 from tests.test_residual_netx import NETS

@@ -15,9 +15,9 @@ import pytest
 
 from hardware.errors import IRError, LoihiRangeError, NetxFormatError, QuantizationError
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
-from hardware.netx_io import MAX_DATASET_ELEMENTS, read_net, write_net
+from hardware.formats.netx import MAX_DATASET_ELEMENTS, read_net, write_net
 from hardware.spec import LOIHI2
-from hardware.validate import netx_limits, simulator_limits, validate_network
+from hardware.ir.validate import netx_limits, simulator_limits, validate_network
 
 
 def small_net(**changes) -> Network:
@@ -284,7 +284,7 @@ _FLIP_SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
     from hardware.errors import NetxFormatError
-    from hardware.netx_io import read_net
+    from hardware.formats.netx import read_net
     path, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     data = open(path, "rb").read()
     rng = np.random.default_rng(seed)
@@ -322,7 +322,7 @@ def test_bit_flipped_files_never_hang_or_escape(good_file):
 # --------------------------------------------------------------------------
 
 def test_write_killed_midway_leaves_the_old_file_and_no_temp(good_file, monkeypatch):
-    import hardware.netx_io as netx_io
+    import hardware.formats.netx as netx_io
     before = good_file.read_bytes()
     real = netx_io._write_layer
     calls = []
@@ -356,7 +356,7 @@ def test_a_partial_temp_file_is_not_the_network(good_file):
 # --------------------------------------------------------------------------
 
 def test_file_states_what_stock_netx_needs(good_file):
-    from hardware.stock_netx import stock_netx_arguments
+    from hardware.runtime.stock_netx import stock_netx_arguments
     with h5py.File(good_file, "r") as f:
         assert int(f.attrs["input_message_bits"]) == 8
         assert int(f.attrs["reset_interval"]) == 4 and int(f.attrs["reset_offset"]) == 1
@@ -378,7 +378,7 @@ def test_stock_network_runs_in_lava_like_the_simulator(tmp_path):
     from lava.proc.io.source import RingBuffer as Source
 
     from hardware.simulator import simulate
-    from hardware.stock_netx import stock_network
+    from hardware.runtime.stock_netx import stock_network
 
     rng = np.random.default_rng(3)
     w1 = rng.integers(-12, 13, (8, 6))

@@ -279,10 +279,10 @@ def deep_json(depth: int) -> str:
 
 # --------------------------------------------------------------------------- .net
 def valid_digits_net(path: Path) -> Path:
-    """A small integer network for 8x8 digits written by ``hardware.netx_io.write_net``:
+    """A small integer network for 8x8 digits written by ``hardware.formats.netx.write_net``:
     conv 1->4 (3x3, pad 1, IF soft reset), flatten, dense 256->10 (potential readout)."""
     from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron, readout_neuron
-    from hardware.netx_io import write_net
+    from hardware.formats.netx import write_net
 
     rng = np.random.default_rng(8)
     conv_w = rng.integers(-40, 41, size=(4, 1, 3, 3))

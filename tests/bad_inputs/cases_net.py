@@ -275,7 +275,7 @@ def residual(name: str, edit: Callable[[h5py.File], None]) -> Callable[[Workspac
     """A plant that writes one of tests/test_residual_netx.py's residual networks in place of
     the base .net, then edits it."""
     def plant(ws: Workspace) -> Sequence[str]:
-        from hardware.netx_io import write_net
+        from hardware.formats.netx import write_net
         from tests.test_residual_netx import NETS
         write_net(NETS[name], net_path(ws), steps_per_sample=2)
         with h5py.File(net_path(ws), "r+") as f:

@@ -39,7 +39,7 @@ def with_h5(edit: Callable[[h5py.File], None], foreign: bool = False) -> Callabl
     """A plant that writes the base graph with this project's writer, then edits it with h5py
     (``foreign``: without this project's metadata, as another framework's file)."""
     def plant(ws: Workspace) -> Sequence[str]:
-        from hardware.nir_io import write_nir
+        from hardware.formats.nir import write_nir
 
         path = write_nir(_base_net(), nir_path(ws))
         with h5py.File(path, "r+") as f:

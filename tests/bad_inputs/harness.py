@@ -85,7 +85,7 @@ def warm_imports() -> None:
     pays for it (seconds each on a loaded machine)."""
     import importlib
 
-    for name in ("pipeline.stages", "pipeline.report", "hardware.netx_io", "hardware.lava_runner",
+    for name in ("pipeline.stages", "pipeline.report", "hardware.formats.netx", "hardware.runtime.runner",
                  "sklearn.datasets"):
         importlib.import_module(name)
 

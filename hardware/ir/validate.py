@@ -50,10 +50,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import IRError, LoihiRangeError
-from .ir import (PROJECTION_KINDS, WEIGHTED, Conv, Dense, Flatten, Network, Neuron,
+from hardware.errors import IRError, LoihiRangeError
+from hardware.ir import (PROJECTION_KINDS, WEIGHTED, Conv, Dense, Flatten, Network, Neuron,
                  Projection, readout_neuron)
-from .spec import LOIHI2, Loihi2Spec
+from hardware.spec import LOIHI2, Loihi2Spec
 
 __all__ = ["Limits", "project_limits", "netx_limits", "simulator_limits", "validate_network",
            "integer_array", "integer_scalar", "check_neuron", "check_input_bits",

@@ -1,6 +1,6 @@
 """The paper's IF neuron (reset by subtraction, v(0) = θ/2): the Lava process.
 
-Its process models are in :mod:`hardware.lava_procs.if_soft.models` (the
+Its process models are in :mod:`hardware.runtime.procs.if_soft.models` (the
 equations are documented there). The layout follows lava's own
 ``lava/proc/<name>/{process,models}.py``: Lava's process-model discovery
 imports every module in the directory of a process's module (as a top-level

@@ -31,7 +31,7 @@ per sample, when the writer was told it) and ``reset_offset``
 text, only on a network stock netx runs (:func:`stock_netx_runs`: sequential, ``cuba``;
 an if_soft or residual file carries none), and ``stock_netx_note`` (how to feed and
 read the network, or why stock netx cannot).
-:func:`hardware.stock_netx.stock_network` builds that network.
+:func:`hardware.runtime.stock_netx.stock_network` builds that network.
 
 Writing is atomic: the file is written under a temporary name in the same
 directory, flushed to disk and renamed over the target, so a writer killed at
@@ -76,9 +76,9 @@ cycles, external links) are refused, every dataset's type and declared size
 is checked against what it should hold, against what the file can store and
 against :data:`MAX_DATASET_ELEMENTS` / :data:`MAX_TOTAL_ELEMENTS`, and the
 layer shapes are checked against each other; then the network read is checked
-by :func:`hardware.validate.validate_network`, with
-:func:`~hardware.validate.project_limits` for this project's files and
-:func:`~hardware.validate.netx_limits` for others. Values are never truncated:
+by :func:`hardware.ir.validate.validate_network`, with
+:func:`~hardware.ir.validate.project_limits` for this project's files and
+:func:`~hardware.ir.validate.netx_limits` for others. Values are never truncated:
 a weight of 0.5, a bool or complex weight or a threshold of 1.5 is an error.
 Other netx files (lava-dl's ``tiny.net``, ``mnist.net``,
 PilotNet LIF) are mapped onto what netx + Lava actually compute: an input
@@ -113,14 +113,14 @@ does not know (there is no ``else`` branch), so an invented type would load as a
 sequential network; ``'concat'`` is one of the types it refuses, raising
 ``NotImplementedError('concat is not implemented.')``. Sequential networks are written
 exactly as before, without the graph attributes, and keep loading in stock netx.
-:func:`hardware.stock_netx.stock_network` refuses a residual file with a
+:func:`hardware.runtime.stock_netx.stock_network` refuses a residual file with a
 :class:`NetxFormatError` before netx sees it.
 
 :func:`read_net` reads ``concat`` layers only from this project's files that declare the
 graph format (a ``concat`` layer anywhere else is refused as before), checks every
 projection's declared sizes against its source's and its layer's shapes before reading
 its weights, refuses a source that is not an earlier conv/dense layer, and checks the
-values (extra inputs included) against :func:`~hardware.validate.project_limits`.
+values (extra inputs included) against :func:`~hardware.ir.validate.project_limits`.
 Written again, the network gives the same datasets and attributes.
 """
 from __future__ import annotations
@@ -137,11 +137,11 @@ from typing import Any, Iterator, Optional, Union
 import h5py
 import numpy as np
 
-from .errors import IRError, LoihiRangeError, NetxFormatError
-from .ir import (IR_VERSION, PROJECTION_KINDS, READABLE_IR_VERSIONS, READOUTS, Conv, Dense,
+from hardware.errors import IRError, LoihiRangeError, NetxFormatError
+from hardware.ir import (IR_VERSION, PROJECTION_KINDS, READABLE_IR_VERSIONS, READOUTS, Conv, Dense,
                  Flatten, Input, Network, Neuron, Projection)
-from .spec import LOIHI2
-from .validate import (check_conv_geometry, integer_array, integer_scalar, netx_limits,
+from hardware.spec import LOIHI2
+from hardware.ir.validate import (check_conv_geometry, integer_array, integer_scalar, netx_limits,
                        project_limits, validate_network)
 
 __all__ = [
@@ -191,7 +191,7 @@ _NETX_REF_DELAY = 1
 #: ``reset_offset`` a stock netx user passes with ``reset_interval = T`` when
 #: sample k occupies source columns kT .. kT+T-1 (a RingBuffer sends column c at
 #: step c + 1): netx resets block i at steps t = offset + 1 + i (mod T), which is
-#: then the first step of block i's window (see :mod:`hardware.lava_runner`).
+#: then the first step of block i's window (see :mod:`hardware.runtime.runner`).
 STOCK_RESET_OFFSET = 1
 
 def stock_reset_offset(net: Network) -> int:
@@ -392,11 +392,11 @@ def _stock_netx_attrs(net: Network, steps_per_sample: Optional[int]) -> dict:
     if kinds != {"cuba"}:
         notes.append("This network has IF_SOFT (reset-by-subtraction) layers, which stock netx "
                      "cannot build (AttributeError: 'NoneType' object has no attribute 'pop'); "
-                     "run it with this project's hardware.lava_net loader.")
+                     "run it with this project's hardware.runtime.network loader.")
     if not net.is_sequential:
         notes.append(f"This is a residual network (graph_format {GRAPH_FORMAT!r}): its layers "
                      f"of type 'concat' have extra inputs, which stock netx refuses ('concat is "
-                     f"not implemented'); run it with this project's hardware.lava_net loader.")
+                     f"not implemented'); run it with this project's hardware.runtime.network loader.")
     if net.readout == "potential":
         notes.append("Readout 'potential': the class is the argmax of the output block's "
                      "neuron.v at the last step of each sample's window (it never spikes).")
@@ -473,7 +473,7 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
 
     Raises :class:`LoihiRangeError` (an :class:`IRError`, naming the layer) for
     anything netx + Lava cannot run exactly as the IR says: every limit of
-    :func:`hardware.validate.project_limits` (a float IR, weight or bias
+    :func:`hardware.ir.validate.project_limits` (a float IR, weight or bias
     outside the 8-bit / 13-bit ranges, a ``weight_exp`` other than 0 (netx picks
     the dense exponent itself and Lava's Conv ignores it), ``bias_exp`` other
     than 6, ...), dense weights netx would rescale inexactly (see module
@@ -510,7 +510,7 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
 # reading
 # --------------------------------------------------------------------------
 
-#: JSON types of the annotations of hardware.quantize.LayerQuantReport's fields
+#: JSON types of the annotations of hardware.fixed_point.quantize.LayerQuantReport's fields
 _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                "dict": (dict,), "list": (list,), "None": (type(None),)}
 
@@ -518,7 +518,7 @@ _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (boo
 def _quantization_field_types() -> dict:
     """{field: (accepted Python types, description)} of the quantizer's per-layer report, the
     ``quantization`` list of the provenance, read from the dataclass so that they never drift."""
-    from .quantize import LayerQuantReport
+    from hardware.fixed_point.quantize import LayerQuantReport
 
     out = {}
     for f in dataclasses.fields(LayerQuantReport):
@@ -586,7 +586,7 @@ class _Access:
     @staticmethod
     def ints(values: Any, where: str, field: str, low: Optional[int] = None,
              high: Optional[int] = None) -> np.ndarray:
-        """:func:`hardware.validate.integer_array` for a value found at ``where``."""
+        """:func:`hardware.ir.validate.integer_array` for a value found at ``where``."""
         return integer_array(values, where.removeprefix("layer "), field, low, high)
 
     @staticmethod
@@ -1228,7 +1228,7 @@ def read_net(path: PathLike) -> Network:
     and key where there is one) for a missing, non-HDF5, truncated, corrupt or
     oversized file, links that leave the file, layers the IR or stock netx
     cannot represent, and values outside the limits of
-    :mod:`hardware.validate` (its :class:`LoihiRangeError` is the cause).
+    :mod:`hardware.ir.validate` (its :class:`LoihiRangeError` is the cause).
     """
     return _read_checked(path, lambda reader: reader.read())
 

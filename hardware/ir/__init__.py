@@ -62,13 +62,11 @@ import numpy as np
 IR_VERSION = "1.2"
 #: IR versions this code reads (1.2 added :class:`Projection` extra inputs).
 READABLE_IR_VERSIONS = ("1.0", "1.1", "1.2")
-NEURON_KINDS = ("if_soft", "cuba")
-#: How the SNN's class is read out (see :class:`Network`).
-READOUTS = ("potential", "spikes")
 
 
-from .errors import IRError  # noqa: E402  (re-exported)
-from .spec import LOIHI2  # noqa: E402
+from hardware.errors import IRError  # noqa: E402  (re-exported)
+from hardware.kinds import NEURON_KINDS, PROJECTION_KINDS, READOUTS  # noqa: E402,F401  (re-exported)
+from hardware.spec import LOIHI2  # noqa: E402
 
 
 @dataclass
@@ -154,8 +152,6 @@ class Projection:
                           f"{self.source!r} outputs {tuple(source_shape)}")
         return self.synapse(name).output_shape(tuple(source_shape))
 
-
-PROJECTION_KINDS = ("conv", "dense")
 
 
 @dataclass

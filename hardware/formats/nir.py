@@ -2,7 +2,7 @@
 
 NIR (package ``nir``, pinned 1.0.8) is how SNNs move between frameworks (snnTorch, Norse,
 SpikingJelly, Sinabs, Rockpool, Lava-dl) and chips. This module is a file format, a peer of
-:mod:`hardware.netx_io`: :func:`write_nir` / :func:`to_nir_graph` write a float IR as a NIR
+:mod:`hardware.formats.netx`: :func:`write_nir` / :func:`to_nir_graph` write a float IR as a NIR
 graph, :func:`read_nir` / :func:`from_nir_graph` read a NIR graph (ours or another
 framework's) into a float IR, which the quantizer, the netx writer and Lava then take as
 any converted network.
@@ -114,8 +114,8 @@ its synapses; the IR's layer names are the names of each neuron's first synapse 
 Write -> read -> write gives the same graph, and read(write(net)) the same IR, for every
 supported node type (conv biases always come back as arrays; ``weight_exp`` is folded, so
 it comes back as 0). Files are checked before ``nir.read`` sees them: HDF5 readable, only hard
-links, every dataset within :data:`hardware.netx_io.MAX_DATASET_ELEMENTS` and all of them within
-:data:`~hardware.netx_io.MAX_TOTAL_ELEMENTS`, every node type known. Writing is atomic.
+links, every dataset within :data:`hardware.formats.netx.MAX_DATASET_ELEMENTS` and all of them within
+:data:`~hardware.formats.netx.MAX_TOTAL_ELEMENTS`, every node type known. Writing is atomic.
 """
 from __future__ import annotations
 
@@ -130,11 +130,11 @@ import h5py
 import nir
 import numpy as np
 
-from .errors import IRError, NirFormatError
-from .ir import (IR_VERSION, READABLE_IR_VERSIONS, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
+from hardware.errors import IRError, NirFormatError
+from hardware.ir import (IR_VERSION, READABLE_IR_VERSIONS, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                  readout_neuron)
-from .netx_io import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME, atomic_target
-from .spec import LOIHI2
+from hardware.formats.netx import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME, atomic_target
+from hardware.spec import LOIHI2
 
 __all__ = ["NIR_FORMAT", "NIR_FORMAT_VERSION", "DEFAULT_DT", "DECAY_TOLERANCE", "GAIN_TOLERANCE",
            "READ_NODE_TYPES", "to_nir_graph", "write_nir", "from_nir_graph", "read_nir"]

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .errors import LavaBackendError
+from hardware.errors import LavaBackendError
 
 __all__ = ["hardware_available", "board_profilers_available", "board_profilers",
            "board_measurement", "board_io", "refuse_on_board"]
@@ -39,7 +39,7 @@ def hardware_available() -> tuple:
 
 RESIDUAL_ON_BOARD = (
     "backend 'loihi2-hw' cannot run residual networks here yet: their extra inputs are "
-    "lava.proc.sparse DelaySparse processes (see hardware.lava_net), and whether "
+    "lava.proc.sparse DelaySparse processes (see hardware.runtime.network), and whether "
     "lava-loihi compiles DelaySparse with these delays onto Loihi 2 cores is unverified "
     "(no board on the machines this project is tested on); a projection left on the host "
     "CPU would not be a hardware run. Use backend 'loihi2-sim'.")

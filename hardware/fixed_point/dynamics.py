@@ -38,7 +38,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .spec import LOIHI2, Loihi2Spec
+from hardware.spec import LOIHI2, Loihi2Spec
 
 __all__ = ["NeuronParams", "decay", "subthreshold", "cuba_spikes", "if_soft_spikes",
            "initial_v", "step", "is_reset_step", "run", "readout_params"]

@@ -81,12 +81,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import dynamics
-from .errors import QuantizationError
-from .ir import (WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
+from hardware.fixed_point import dynamics
+from hardware.errors import QuantizationError
+from hardware.ir import (WEIGHTED, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                  readout_neuron)
-from .spec import LOIHI2, Loihi2Spec
-from .validate import check_input_bits, project_limits, validate_network
+from hardware.spec import LOIHI2, Loihi2Spec
+from hardware.ir.validate import check_input_bits, project_limits, validate_network
 
 #: A potential-readout layer whose accumulation bound leaves its largest weight
 #: fewer signed bits than this is refused rather than quantized to noise.
@@ -179,7 +179,7 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
     and v, and a potential readout's accumulated output, are guaranteed to neither wrap
     nor clip for every T up to it; required when ``net.readout == 'potential'``; without
     it the bound covers one step only. The result is checked by
-    :func:`hardware.validate.validate_network` (``project_limits``), whose
+    :func:`hardware.ir.validate.validate_network` (``project_limits``), whose
     :class:`LoihiRangeError` is a :class:`QuantizationError`.
     """
     input_bits = _check_arguments(net, input_bits, readout_steps, spec)

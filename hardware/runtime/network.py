@@ -9,8 +9,8 @@ it in the process, so instead this module performs the *same* construction as
 ``netx.hdf5.Network._create`` directly from the IR, with the same blocks
 (``lava.lib.dl.netx.blocks.process.Conv``/``Dense``) and the same parameter
 transformations; only the neuron process differs for ``if_soft`` layers
-(:class:`hardware.lava_procs.if_soft.process.IFSoftReset`). For ``cuba`` networks the result
-is identical to stock netx loading the file written by ``hardware.netx_io``.
+(:class:`hardware.runtime.procs.if_soft.process.IFSoftReset`). For ``cuba`` networks the result
+is identical to stock netx loading the file written by ``hardware.formats.netx``.
 
 What netx does and this module mirrors (lava-dl 0.6, ``hdf5.py``):
 
@@ -38,7 +38,7 @@ network with a potential readout (``net.readout == 'potential'``) has
 the stock ``LIF``/``LIFReset`` with vth = 131071, du = 4095, dv = 0 (the
 non-firing integrator of :func:`hardware.ir.readout_neuron`), exactly what
 stock netx builds for that layer of the file. Its membrane is read by
-:mod:`hardware.lava_runner` through ``LavaNetwork.out_layer.neuron.v``.
+:mod:`hardware.runtime.runner` through ``LavaNetwork.out_layer.neuron.v``.
 
 Residual networks (extra inputs, IR 1.2)
 ----------------------------------------
@@ -62,9 +62,9 @@ a = W ⊛ s_prev + Σ_k P_k ⊛ s_{source_k}.
   delay is one extra hop**. A projection from the block at depth j into the block at
   depth i gets delay ``net.extra_delay(layer, proj)`` = i − j − 1: the source's step-τ
   spikes then reach the neuron at the same Lava step as the main chain's step-τ input
-  (see :mod:`hardware.lava_schedule`). Loihi 2 holds 6-bit delays
+  (see :mod:`hardware.runtime.schedule`). Loihi 2 holds 6-bit delays
   (``PyDelaySparseModelBitAcc`` refuses delays above ``LOIHI2.synaptic_delay_max`` = 63;
-  :func:`hardware.validate.validate_network` checks it), so a projection may skip at
+  :func:`hardware.ir.validate.validate_network` checks it), so a projection may skip at
   most 64 layers.
 * Weights: the bit-accurate model clips and truncates like ``Dense``
   (``clip_weights``/``truncate_weights``) and shifts by ``weight_exp``. Each 8-bit
@@ -102,11 +102,11 @@ from lava.proc.lif.process import LIF, LIFReset
 from lava.proc.sparse.process import DelaySparse
 from lava.utils.weightutils import SignMode
 
-from . import ir
-from .errors import LavaBackendError
-from .lava_procs.if_soft.process import IFSoftReset
-from .spec import LOIHI2
-from .validate import check_neuron, project_limits, validate_network
+from hardware import ir
+from hardware.errors import LavaBackendError
+from hardware.runtime.procs.if_soft.process import IFSoftReset
+from hardware.spec import LOIHI2
+from hardware.ir.validate import check_neuron, project_limits, validate_network
 
 __all__ = ["LavaNetwork", "LavaProjection", "build_lava_network", "chw_to_whc",
            "neuron_params", "projection_matrix", "lava_order"]
@@ -153,8 +153,8 @@ def neuron_params(layer_name: str, neuron: ir.Neuron, reset_interval: Optional[i
     """netx's ``get_neuron_params`` dictionary for one IR neuron.
 
     ``cuba`` → ``LIF`` (no reset interval) or ``LIFReset``; ``if_soft`` →
-    :class:`IFSoftReset`. Values are checked by :func:`hardware.validate.check_neuron`
-    (:func:`~hardware.validate.project_limits`) so a value that does not fit raises
+    :class:`IFSoftReset`. Values are checked by :func:`hardware.ir.validate.check_neuron`
+    (:func:`~hardware.ir.validate.project_limits`) so a value that does not fit raises
     :class:`LoihiRangeError` instead of being wrapped by Lava.
     """
     check_neuron(neuron, layer_name, project_limits())
@@ -314,7 +314,7 @@ def build_lava_network(net: ir.Network, reset_interval: Optional[int],
     Layer i (0-based among Conv/Dense) resets at the start of steps ``t`` with
     ``t % reset_interval == (reset_offset + 1 + i) % reset_interval``
     (``reset_interval=None``: never; cuba layers then use ``LIF``). Every value is
-    checked first by :func:`hardware.validate.validate_network` (``project_limits``:
+    checked first by :func:`hardware.ir.validate.validate_network` (``project_limits``:
     8-bit weights, weight exponent 0 since netx derives the dense exponent itself;
     the same for every extra input, whose delay must fit Loihi 2's). Each extra input
     becomes a DelaySparse with delay ``net.extra_delay(layer, proj)`` (module

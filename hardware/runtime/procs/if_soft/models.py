@@ -1,4 +1,4 @@
-"""Process models of :class:`hardware.lava_procs.if_soft.process.IFSoftReset`,
+"""Process models of :class:`hardware.runtime.procs.if_soft.process.IFSoftReset`,
 the paper's IF neuron (reset by subtraction, v0 = θ/2).
 
 Lava's stock ``LIF``/``LIFReset`` reset the membrane to zero after a spike and
@@ -15,10 +15,10 @@ same ``neuron_params`` dictionary netx uses for ``LIFReset``::
 
 Bit-accurate model (:class:`PyIFSoftResetModelBitAcc`, tags
 ``bit_accurate_loihi``/``fixed_pt``): every step is
-:func:`hardware.dynamics.step` of an ``if_soft`` population (the equations are
-in :mod:`hardware.dynamics`; ``tests/test_dynamics.py`` checks this model and
+:func:`hardware.fixed_point.dynamics.step` of an ``if_soft`` population (the equations are
+in :mod:`hardware.fixed_point.dynamics`; ``tests/test_dynamics.py`` checks this model and
 Lava's stock LIF against them), with the periodic reset to (u, v) = (0, v0) of
-:func:`hardware.dynamics.is_reset_step` at the start of the step. It subclasses
+:func:`hardware.fixed_point.dynamics.is_reset_step` at the start of the step. It subclasses
 Lava's ``AbstractPyLifModelFixed`` for its Var and port types, so Lava applies
 the same casts to the synaptic input and the state as for its LIF.
 
@@ -44,8 +44,8 @@ from lava.proc.lif.models import AbstractPyLifModelFixed
 
 # Absolute imports only: Lava's model discovery executes this file again as a
 # top-level module named ``models``, where a relative import fails.
-from hardware import dynamics
-from hardware.lava_procs.if_soft.process import IFSoftReset
+from hardware.fixed_point import dynamics
+from hardware.runtime.procs.if_soft.process import IFSoftReset
 
 __all__ = ["PyIFSoftResetModelBitAcc", "PyIFSoftResetModelFloat"]
 

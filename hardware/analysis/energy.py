@@ -7,7 +7,7 @@ constants below are the Loihi 1 figures (14 nm) measured by Davies et al.,
 estimate, not a measurement of Loihi 2. A measured Loihi 2 figure (lava-dl's
 PilotNet LIF benchmark) is reported beside it for scale.
 
-Per sample (counts from :mod:`hardware.activity`, means over samples)::
+Per sample (counts from :mod:`hardware.analysis.activity`, means over samples)::
 
     E = synops_binary · E_synop + synops_graded · E_graded_synop
       + active_updates · E_update_active + (neuron_updates − active_updates) · E_update_inactive
@@ -17,7 +17,7 @@ Per sample (counts from :mod:`hardware.activity`, means over samples)::
     ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
 
 Residual networks: a projection's synaptic ops are in its receiving layer's
-``synops_binary`` (:mod:`hardware.activity`), so they are charged like any synaptic op;
+``synops_binary`` (:mod:`hardware.analysis.activity`), so they are charged like any synaptic op;
 :func:`count_macs` adds each projection's MACs to its receiving layer; an identity
 shortcut (a diagonal 1×1 projection) is an addition in the ANN, not a multiply-accumulate,
 and counts 0 (as ``models.converter.count_ann_macs`` counts the ANN itself).
@@ -43,8 +43,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import ToolkitError
-from .ir import Conv, Dense, Network
+from hardware.errors import ToolkitError
+from hardware.ir import Conv, Dense, Network
 
 DAVIES_2018 = ("Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', "
                "IEEE Micro 38(1), 2018, Table 1 (Loihi 1, 14 nm)")
@@ -241,7 +241,7 @@ def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
                     steps_per_sample: Optional[int] = None) -> dict:
     """Energy estimate per sample, per layer and per operation (pJ), with the ANN baseline.
 
-    ``activity``: an :class:`hardware.activity.ActivityReport` or its
+    ``activity``: an :class:`hardware.analysis.activity.ActivityReport` or its
     ``to_dict()`` form (``report.json["probes"]``). ``macs_per_layer``: one
     entry per weighted (non-input) layer, e.g. :func:`count_macs`; without it
     the ANN baseline is omitted. ``steps_per_sample``: algorithmic steps the

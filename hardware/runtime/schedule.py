@@ -40,7 +40,7 @@ With this schedule the result equals
 Residual networks (extra inputs). Everything above stays valid because every input
 of a layer is aligned to its main chain depth: block i's extra input from block j
 (j < i) is a DelaySparse with delay d = i − j − 1 = ``net.extra_delay(layer, proj)``
-(:mod:`hardware.lava_net`; measured: delay d delivers d steps after a Dense would).
+(:mod:`hardware.runtime.network`; measured: delay d delivers d steps after a Dense would).
 Block j emits sample k, step τ at Lava step kT + 1 + j + τ; one hop plus d extra
 steps later, at kT + 2 + j + τ + d = kT + 1 + i + τ, it reaches block i's neurons:
 exactly the step at which block i integrates the step-τ output of block i−1 (the
@@ -58,12 +58,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import ir
-from .errors import LavaBackendError, QuantizationError
-from .lava_net import chw_to_whc
+from hardware import ir
+from hardware.errors import LavaBackendError, QuantizationError
+from hardware.runtime.network import chw_to_whc
 # one definition, next to the rest of what the .net file tells a stock netx user
-from .netx_io import STOCK_RESET_OFFSET as RESET_OFFSET
-from .spec import LOIHI2
+from hardware.formats.netx import STOCK_RESET_OFFSET as RESET_OFFSET
+from hardware.spec import LOIHI2
 
 __all__ = ["RESET_OFFSET", "Schedule", "total_steps", "readout_window_ends", "chunk_ends",
            "make_schedule", "validate_inputs", "source_data", "output_spikes", "lava_rows",

@@ -1,4 +1,4 @@
-"""Process model of :class:`hardware.lava_procs.spike_recorder.process.SpikeRecorder`
+"""Process model of :class:`hardware.runtime.procs.spike_recorder.process.SpikeRecorder`
 (packing documented there)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 # Absolute imports only: Lava's model discovery executes this file again as a
 # top-level module named ``models``, where a relative import fails.
-from hardware.lava_procs.spike_recorder.process import MAX_LAYERS, WORD_BITS, SpikeRecorder
+from hardware.runtime.procs.spike_recorder.process import MAX_LAYERS, WORD_BITS, SpikeRecorder
 
 __all__ = ["PySpikeRecorderModel"]
 

@@ -1,13 +1,13 @@
 """Build a stock ``lava.lib.dl.netx.hdf5.Network`` from this project's .net file.
 
 Stock netx reads the layers of the file but needs three arguments the layers
-cannot tell it; :func:`hardware.netx_io.write_net` stores them as root
+cannot tell it; :func:`hardware.formats.netx.write_net` stores them as root
 attributes and this helper passes them on:
 
 * ``input_message_bits``: the graded input's bits. netx's default 0 silently
   turns the graded input into binary spikes and the results are wrong.
 * ``reset_interval``: steps per sample T (stored when the writer was given it).
-* ``reset_offset``: :data:`hardware.netx_io.STOCK_RESET_OFFSET` (1), so every
+* ``reset_offset``: :data:`hardware.formats.netx.STOCK_RESET_OFFSET` (1), so every
   block resets at the start of its window when sample k is fed as source
   columns kT .. kT+T-1.
 
@@ -17,11 +17,11 @@ The equivalent plain call (also stored as the ``stock_netx_call`` attribute)::
     net = hdf5.Network(net_config="model.net", input_message_bits=8,
                        reset_interval=T, reset_offset=1)
 
-The file is read with :func:`hardware.netx_io.read_net` first, so a file that
+The file is read with :func:`hardware.formats.netx.read_net` first, so a file that
 is corrupt, out of range or not this project's raises a one-line
 :class:`NetxFormatError` before netx sees it. Networks with ``if_soft``
-layers cannot run in stock netx (see :mod:`hardware.netx_io`); use
-:func:`hardware.lava_net.build_lava_network` for them. Neither can residual
+layers cannot run in stock netx (see :mod:`hardware.formats.netx`); use
+:func:`hardware.runtime.network.build_lava_network` for them. Neither can residual
 networks (layers with extra inputs, written as netx type ``'concat'``): stock netx
 raises ``NotImplementedError('concat is not implemented.')`` after building the
 blocks before it, so :func:`stock_netx_arguments` refuses such a file first with a
@@ -34,9 +34,9 @@ from typing import Optional, Union
 
 import h5py
 
-from .errors import NetxFormatError
-from .netx_io import read_net, stock_reset_offset
-from .validate import integer_scalar
+from hardware.errors import NetxFormatError
+from hardware.formats.netx import read_net, stock_reset_offset
+from hardware.ir.validate import integer_scalar
 
 __all__ = ["stock_netx_arguments", "stock_network"]
 
@@ -52,10 +52,10 @@ def stock_netx_arguments(path: Union[str, Path], reset_interval: Optional[int] =
         residual = [layer.name for layer in net.weighted_layers if layer.extra_inputs]
         raise NetxFormatError(f"{path}: a residual network (layers {', '.join(residual)} have "
                               f"extra inputs, stored as netx type 'concat'), which stock netx "
-                              f"cannot build; use hardware.lava_net.build_lava_network")
+                              f"cannot build; use hardware.runtime.network.build_lava_network")
     if any(layer.neuron.kind != "cuba" for layer in net.weighted_layers):
         raise NetxFormatError(f"{path}: the network has if_soft layers, which stock netx cannot "
-                              f"run; use hardware.lava_net.build_lava_network")
+                              f"run; use hardware.runtime.network.build_lava_network")
     if net.input_bits is None:
         raise NetxFormatError(f"{path}: no input_bits attribute; not a file this project wrote")
     with h5py.File(path, "r") as f:

@@ -65,8 +65,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import ToolkitError
-from .ir import Conv, Dense, Network, Projection, WEIGHTED
+from hardware.errors import ToolkitError
+from hardware.ir import Conv, Dense, Network, Projection, WEIGHTED
 
 PROBES_FORMAT_VERSION = 1
 RASTER_NAMES_KEY = "layer_names"

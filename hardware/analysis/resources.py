@@ -57,10 +57,10 @@ from typing import Optional
 
 import numpy as np
 
-from .activity import fan_in, fan_out, spiking_layers
-from .errors import ResourceError
-from .ir import Conv, Dense, Network
-from .spec import LOIHI2, Loihi2Spec
+from hardware.analysis.activity import fan_in, fan_out, spiking_layers
+from hardware.errors import ResourceError
+from hardware.ir import Conv, Dense, Network
+from hardware.spec import LOIHI2, Loihi2Spec
 
 CONV_SYNAPSE_MODELS = ("pairs", "shared")
 _COMMON = ("one layer per core group; each neuron's incoming synapses stored in its core at "

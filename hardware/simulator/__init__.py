@@ -105,10 +105,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import IRError, QuantizationError
-from .ir import Conv, Dense, Flatten, Network, Neuron, Projection
-from .spec import LOIHI2
-from .validate import integer_array, integer_scalar, simulator_limits, validate_network
+from hardware.errors import IRError, QuantizationError
+from hardware.ir import Conv, Dense, Flatten, Network, Neuron, Projection
+from hardware.spec import LOIHI2
+from hardware.ir.validate import integer_array, integer_scalar, simulator_limits, validate_network
 
 # IEEE significands: float32 holds every integer below 2**24 exactly, float64
 # below 2**53. A sum of integers stays exact while every partial sum does.

@@ -7,24 +7,24 @@ Backends
     leaf process, the Python model tagged ``fixed_pt``: ``PyDenseModelBitAcc``
     (Dense), ``PyConvModelFixed`` (Conv), ``PyLifModelBitAcc`` /
     ``PyLifResetModelBitAcc`` (LIF / LIFReset),
-    :class:`hardware.lava_procs.if_soft.models.PyIFSoftResetModelBitAcc` (IFSoftReset),
+    :class:`hardware.runtime.procs.if_soft.models.PyIFSoftResetModelBitAcc` (IFSoftReset),
     ``PyDelaySparseModelBitAcc`` (DelaySparse: the extra inputs of a residual
-    network, see :mod:`hardware.lava_net`),
+    network, see :mod:`hardware.runtime.network`),
     ``PySendModelFixed`` / ``PyReceiveModelFixed`` (ring buffers); the netx
     blocks resolve to their ``fixed_pt`` sub-process models. (Checked by
     ``tests/test_lava_runner.py`` and ``tests/test_residual_lava.py``.)
 ``'loihi2-hw'``
-    ``Loihi2HwCfg`` on a Loihi 2 board (:mod:`hardware.lava_board`); needs
+    ``Loihi2HwCfg`` on a Loihi 2 board (:mod:`hardware.runtime.board`); needs
     Intel's lava-loihi package and a reachable board. An ``if_soft`` network is
     refused there: lava-loihi ships microcode only for its own neuron models,
     none of which is a soft-reset IF neuron, and running the neuron on the host
     CPU instead would silently not be a hardware run. A residual network is refused
-    too (:data:`hardware.lava_board.RESIDUAL_ON_BOARD`): whether lava-loihi maps its
+    too (:data:`hardware.runtime.board.RESIDUAL_ON_BOARD`): whether lava-loihi maps its
     DelaySparse extra inputs onto the chip is unverified without a board.
 
 Which Lava step holds which sample, and why every block resets with netx's
-``reset_offset = 1``, is derived in :mod:`hardware.lava_schedule`. The
-RunSteps calls run inside a :class:`hardware.lava_session.LavaSession`: the
+``reset_offset = 1``, is derived in :mod:`hardware.runtime.schedule`. The
+RunSteps calls run inside a :class:`hardware.runtime.session.LavaSession`: the
 runtime is stopped on every exit path (bounded in time) and no Lava worker
 outlives the run, even when the process is killed.
 
@@ -47,14 +47,14 @@ per sample; their per-step time and mean power are averages, which is assumed
 Probes (``run_lava(..., probes=True)``)
 ---------------------------------------
 Every block's neuron output (``block.out``) additionally feeds one
-:class:`hardware.lava_procs.spike_recorder.SpikeRecorder` (all layers,
+:class:`hardware.runtime.procs.spike_recorder.SpikeRecorder` (all layers,
 bit-packed) whose ring holds as many columns as the longest RunSteps chunk and
 is read back after every chunk, so host memory in Lava stays bounded however
-long the run. :class:`hardware.lava_schedule.LayerProbes` sorts the columns
+long the run. :class:`hardware.runtime.schedule.LayerProbes` sorts the columns
 into per-layer counts ``(N, *shape)``, spikes per step ``(T, N)`` and
 (``probes='trains'``/``True``) spike trains ``(T, N, *shape)``, the layouts of
 :class:`hardware.simulator.SimResult`, so
-``hardware.activity.activity_from_sim(net, result, x)`` accepts a
+``hardware.analysis.activity.activity_from_sim(net, result, x)`` accepts a
 :class:`LavaRunResult` unchanged. Other mechanisms (sink RingBuffers, Lava's
 Monitor) are benchmark-only and live in ``bench/probe_mechanisms.py``; they
 plug in through ``run_lava(..., probe_taps=...)``, and ``bench/probe_overhead.py``
@@ -71,21 +71,21 @@ from typing import Callable, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import ir
-from .errors import LavaBackendError
-from .lava_board import board_io, board_measurement, refuse_on_board
-from .lava_net import build_lava_network
-from .validate import netx_limits, project_limits, validate_network
-from .lava_schedule import (RESET_OFFSET, LayerProbes, Schedule, lava_rows, make_schedule,
+from hardware import ir
+from hardware.kinds import BACKENDS
+from hardware.errors import LavaBackendError
+from hardware.runtime.board import board_io, board_measurement, refuse_on_board
+from hardware.runtime.network import build_lava_network
+from hardware.ir.validate import netx_limits, project_limits, validate_network
+from hardware.runtime.schedule import (RESET_OFFSET, LayerProbes, Schedule, lava_rows, make_schedule,
                             output_spikes, readout_window_ends, source_data, validate_inputs,
                             weighted_shapes)
-from .lava_session import LavaSession
-from .netx_io import stock_reset_offset
+from hardware.runtime.session import LavaSession
+from hardware.formats.netx import stock_reset_offset
 
 __all__ = ["LavaRunResult", "run_lava", "RESET_OFFSET", "BACKENDS", "PROBE_MODES",
            "sim_run_config", "RecorderTaps"]
 
-BACKENDS = ("loihi2-sim", "loihi2-hw")
 #: ``probes`` values: what is recorded per spiking layer.
 PROBE_MODES = (False, True, "counts", "trains")
 
@@ -169,9 +169,9 @@ class LavaRunResult:
         return float(np.mean(pred == labels))
 
     def activity(self, net: ir.Network, input_int=None):
-        """:func:`hardware.activity.activity_from_sim` of the probed spikes
+        """:func:`hardware.analysis.activity.activity_from_sim` of the probed spikes
         (exact spikes, synaptic ops and neuron updates; ``source='lava'``)."""
-        from .activity import activity_from_sim
+        from hardware.analysis.activity import activity_from_sim
         if self.layer_counts is None:
             raise LavaBackendError("this run recorded no probes (run_lava(..., probes=True))")
         return activity_from_sim(net, self, input_int, source="lava")
@@ -195,7 +195,7 @@ class RecorderTaps:
     mechanism = "recorder"
 
     def __init__(self, lnet, probes: LayerProbes, ring: int, steps: int):
-        from .lava_procs.spike_recorder import SpikeRecorder
+        from hardware.runtime.procs.spike_recorder import SpikeRecorder
         self.probes, self.ring = probes, ring
         self.lava_shapes = [tuple(b.out.shape) for b in lnet.layers]
         probes.check_block_shapes(self.lava_shapes)
@@ -204,7 +204,7 @@ class RecorderTaps:
             block.out.connect(self.proc.port(j))
 
     def after_chunk(self, done: int, n: int) -> None:
-        from .lava_procs.spike_recorder import unpack
+        from hardware.runtime.procs.spike_recorder import unpack
         cols = (done + np.arange(n)) % self.ring
         words = np.asarray(self.proc.data.get())[:, cols]
         for i, rows in enumerate(unpack(words, self.lava_shapes)):
@@ -292,7 +292,7 @@ def _build(net: ir.Network, timesteps: int, net_path: Optional[str], align_extra
         return lnet, "stock lava.lib.dl.netx.hdf5.Network"
     return (build_lava_network(net, reset_interval=int(timesteps), reset_offset=RESET_OFFSET,
                                align_extra_inputs=align_extra_inputs),
-            "hardware.lava_net.build_lava_network")
+            "hardware.runtime.network.build_lava_network")
 
 
 def _input_port(lnet):
@@ -359,19 +359,19 @@ def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
     ``inputs``: (N, *input_shape) integer graded-spike payloads held for T
     steps (or (N, T, *input_shape), time-varying). Every block resets every
     ``timesteps`` steps so that each block's window holds exactly one sample
-    (:mod:`hardware.lava_schedule`). The run lasts ``N·T + L`` steps, executed
+    (:mod:`hardware.runtime.schedule`). The run lasts ``N·T + L`` steps, executed
     in RunSteps chunks of at most ``chunk_steps`` steps (progress bar per
     chunk); with a potential readout a chunk also ends at every sample's window
     end, where the output layer's v is read (``LavaRunResult.output_potential``).
     The runtime is always stopped and its workers never outlive the run
-    (:class:`hardware.lava_session.LavaSession`); SIGTERM during the run exits
+    (:class:`hardware.runtime.session.LavaSession`); SIGTERM during the run exits
     the process with status 143 once Lava is stopped.
 
     For a sequential ``cuba`` network with ``net_path`` the file is loaded by stock
     ``lava.lib.dl.netx.hdf5.Network`` (proving it runs unchanged in lava-dl);
     otherwise (if_soft neurons, or a residual network, whose extra inputs become
-    DelaySparse processes) :func:`hardware.lava_net.build_lava_network` builds it;
-    residual networks stream, probe and read out as chains (:mod:`hardware.lava_schedule`).
+    DelaySparse processes) :func:`hardware.runtime.network.build_lava_network` builds it;
+    residual networks stream, probe and read out as chains (:mod:`hardware.runtime.schedule`).
 
     ``probes``: ``False`` (default), ``True``/``'trains'`` (per-layer counts,
     spikes per step and spike trains) or ``'counts'`` (no trains); see the

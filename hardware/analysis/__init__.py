@@ -1,0 +1,1 @@
+"""What a network costs: activity (spikes, SynOps), energy estimates and Loihi 2 resources."""
