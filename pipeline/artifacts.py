@@ -625,7 +625,7 @@ def validate_report(raw: Any, source: str) -> Report:
         raise ArtifactError(f"{source}: section {_describe(exc)}") from None
 
 
-def _no_duplicates(pairs: list) -> dict:
+def reject_duplicate_keys(pairs: list) -> dict:
     """A JSON object's pairs as a dict, refusing a repeated key (linear: one dict, one pass)."""
     out: dict = {}
     for key, value in pairs:
@@ -640,7 +640,7 @@ def parse_report_json(path: Path) -> Any:
     if it is anything else or not JSON."""
     data = read_regular(path, MAX_REPORT_BYTES)
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        return json.loads(data.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
     except UnicodeDecodeError:
         raise ArtifactError(f"{path} is not readable JSON (not UTF-8 text)") from None
     except RecursionError:
