@@ -50,7 +50,7 @@ def random_dense_net(sizes=(64, 128, 10), input_bits: int = 8, timesteps: int = 
             neuron=ir.Neuron("if_soft", threshold=1, du=LOIHI2.if_du, dv=LOIHI2.if_dv),
             name=f"fc{k}"))
     net = ir.Network(input=ir.Input(shape=(sizes[0],)), layers=layers, integer=True,
-                     input_bits=input_bits)
+                     input_bits=input_bits, readout="spikes")
     x = random_inputs(net, 16, seed + 1)
     rate = x.astype(float)  # mean per-step input of layer 0
     for li, layer in enumerate(net.layers):

@@ -63,6 +63,7 @@ from torch import nn
 
 from hardware.ir import (READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, Projection,
                          readout_neuron)
+from hardware.kinds import Readout
 from hardware.spec import LOIHI2
 
 from .architectures import ResidualBlock
@@ -161,7 +162,7 @@ class _Conversion:
 
 
 def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
-            metadata: dict | None = None, readout: str = "potential",
+            metadata: dict | None = None, readout: Readout = "potential",
             output_threshold: float | None = None, cuba_shift: str | None = None,
             shift_timesteps: int | None = None) -> Network:
     """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`, residual nets

@@ -80,7 +80,7 @@ def _integer_layer(drives: list, theta: int, bias_offset: int) -> tuple:
         raise ValueError(f"a drive of {int(np.abs(total).max())} needs a weight beyond the 8-bit range")
     layer = ir.Dense(weight=weight, bias=bias, name="hidden",
                      neuron=ir.Neuron("cuba", theta, du=LOIHI2.if_du, dv=LOIHI2.if_dv))
-    net = ir.Network(input=ir.Input((1,)), layers=[layer], integer=True, input_bits=8)
+    net = ir.Network(input=ir.Input((1,)), layers=[layer], integer=True, input_bits=8, readout="spikes")
     return net, np.array([[GRADED_MAX]])
 
 

@@ -17,7 +17,7 @@ def tiny_dense() -> Network:
     """input (2,) -> d1 (3) -> d2 (2); integer weights are irrelevant to the counts."""
     return Network(Input((2,)), [Dense(np.ones((3, 2), np.int64), None, NEURON, name="d1"),
                                  Dense(np.ones((2, 3), np.int64), None, NEURON, name="d2")],
-                   integer=True, input_bits=8)
+                   integer=True, input_bits=8, readout="spikes")
 
 
 def tiny_activity(batch_extra_zero: bool = False):
@@ -178,7 +178,7 @@ def conv_net(rng) -> Network:
     flat = 6 * 3 * 7
     return Network(Input((2, 7, 8)), [c1, c2, Flatten(), Dense(rng.integers(-5, 6, (3, flat)),
                                                                None, NEURON, name="d")],
-                   integer=True, input_bits=8)
+                   integer=True, input_bits=8, readout="spikes")
 
 
 def test_conv_fan_out_brute_force(rng):
@@ -241,7 +241,7 @@ def test_count_macs_hand_computed():
 
     conv = Conv(weight=np.ones((4, 2, 3, 3)), bias=None, neuron=Neuron("if_soft", 1.0), padding=(1, 1))
     dense = Dense(weight=np.ones((3, 100)), bias=None, neuron=Neuron("if_soft", 1.0))
-    net = Network(input=Input(shape=(2, 5, 5)), layers=[conv, Flatten(), dense])
+    net = Network(input=Input(shape=(2, 5, 5)), layers=[conv, Flatten(), dense], readout="spikes")
     # conv: 4·5·5 outputs × (2·3·3) inputs each; dense: 100 × 3
     assert count_macs(net) == [100 * 18, 300]
 

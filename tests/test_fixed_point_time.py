@@ -36,7 +36,7 @@ def alpha_net(du: int = 2047, dv: int = 0, fan_in: int = 2000, theta: float = 0.
     w = w / w.sum(axis=1, keepdims=True) * np.array([[1.0], [0.8], [0.6]])
     layers = [_spread(1, fan_in),
               Dense(weight=w, bias=None, neuron=Neuron("cuba", theta, du=du, dv=dv), name="alpha")]
-    return Network(input=Input(shape=(1,)), layers=layers)
+    return Network(input=Input(shape=(1,)), layers=layers, readout="spikes")
 
 
 def negative_drive_net(kind: str = "cuba", dv: int = 0, fan_in: int = 500,
@@ -48,7 +48,7 @@ def negative_drive_net(kind: str = "cuba", dv: int = 0, fan_in: int = 500,
     layers = [_spread(2, fan_in),
               Dense(weight=np.hstack([w_neg, w_pos]), bias=None,
                     neuron=Neuron(kind, theta, du=LOIHI2.if_du, dv=dv), name="drive")]
-    return Network(input=Input(shape=(2,)), layers=layers)
+    return Network(input=Input(shape=(2,)), layers=layers, readout="spikes")
 
 
 def on_off(T: int, off_from: int) -> np.ndarray:
@@ -207,7 +207,7 @@ def test_accepted_layer_never_wraps_or_clips(seed, kind, du, dv, T, fan_in):
     net = Network(input=Input(shape=(fan_in,)),
                   layers=[Dense(weight=w, bias=rng.normal(size=4) * 0.2,
                                 neuron=Neuron(kind, float(rng.uniform(0.1, 3.0)), du=du, dv=dv),
-                                name="d")])
+                                name="d")], readout="spikes")
     try:
         q = quantize(net, input_bits=INPUT_BITS, readout_steps=T)
     except QuantizationError as exc:

@@ -89,7 +89,7 @@ def _cfg(name: str = "digits", input_bits: int = 8):
 def _flat_net(n: int, input_bits=8):
     from hardware.ir import Dense, Input, Network, Neuron
     layer = Dense(weight=np.ones((2, n), dtype=np.int64), bias=None, neuron=Neuron("cuba", 10), name="d")
-    return Network(input=Input(shape=(n,)), layers=[layer], integer=True, input_bits=input_bits)
+    return Network(input=Input(shape=(n,)), layers=[layer], integer=True, input_bits=input_bits, readout="spikes")
 
 
 @pytest.mark.parametrize("net_size, data_shape, flattened", [

@@ -54,7 +54,7 @@ def _one_layer(du, dv):
     return ir.Network(input=ir.Input(shape=(2,)),
                       layers=[ir.Dense(weight=w, bias=np.array([5, -7, 0, 3, 100, -100]),
                                        neuron=neuron, name="if")],
-                      integer=True, input_bits=16)
+                      integer=True, input_bits=16, readout="spikes")
 
 
 @pytest.mark.lava

@@ -45,7 +45,7 @@ def random_net(seed, kind, conv, input_bits=4, n_samples=3, T=6):
                           bias=rng.integers(-3, 4, size=3), neuron=_neuron(kind, 1, rng),
                           stride=(2, 1), padding=(1, 0), name="conv0"),
                   ir.Flatten()]
-        n_in = int(np.prod(ir.Network(input=inp, layers=layers[:1]).shapes()[-1]))
+        n_in = int(np.prod(ir.Network(input=inp, layers=layers[:1], readout="spikes").shapes()[-1]))
     else:
         inp = ir.Input(shape=(6,))
         layers = [ir.Dense(weight=rng.integers(wlo, whi, size=(8, 6)),
@@ -55,7 +55,7 @@ def random_net(seed, kind, conv, input_bits=4, n_samples=3, T=6):
     layers.append(ir.Dense(weight=rng.integers(wlo, whi, size=(5, n_in)),
                            bias=rng.integers(-3, 4, size=5), neuron=_neuron(kind, 1, rng),
                            name="dense1"))
-    net = ir.Network(input=inp, layers=layers, integer=True, input_bits=input_bits)
+    net = ir.Network(input=inp, layers=layers, integer=True, input_bits=input_bits, readout="spikes")
     x = rng.integers(0, (1 << input_bits), size=(n_samples,) + tuple(inp.shape))
 
     # calibrate thresholds

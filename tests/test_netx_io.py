@@ -55,7 +55,7 @@ def random_ir(seed: int, kinds=("if_soft", "cuba")) -> Network:
              groups=groups2, name="conv_b"),
         Flatten(name="flat"),
     ]
-    n_flat = Network(input=Input((c_in, h, w)), layers=layers).shapes()[-1][0]
+    n_flat = Network(input=Input((c_in, h, w)), layers=layers, readout="spikes").shapes()[-1][0]
     n1, n2 = int(rng.integers(3, 12)), int(rng.integers(2, 6))
     layers += [
         Dense(weight=_weights(rng, (n1, n_flat)), bias=_bias(rng, n1), neuron=_neuron(rng, kind()),
@@ -64,7 +64,7 @@ def random_ir(seed: int, kinds=("if_soft", "cuba")) -> Network:
               name="fc_out"),
     ]
     return Network(input=Input((c_in, h, w), name="image"), layers=layers, integer=True,
-                   input_bits=int(rng.integers(1, 9)), metadata={"seed": seed})
+                   input_bits=int(rng.integers(1, 9)), metadata={"seed": seed}, readout="spikes")
 
 
 def dense_only_ir(weight, kind="cuba", threshold=100, bias=None, input_bits=8):
@@ -73,7 +73,7 @@ def dense_only_ir(weight, kind="cuba", threshold=100, bias=None, input_bits=8):
                    layers=[Dense(weight=np.asarray(weight), bias=bias,
                                  neuron=Neuron(kind, threshold, du=LOIHI2.if_du, dv=0),
                                  name="fc")],
-                   integer=True, input_bits=input_bits)
+                   integer=True, input_bits=input_bits, readout="spikes")
 
 
 # --------------------------------------------------------------------------

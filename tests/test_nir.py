@@ -68,7 +68,7 @@ def conv_net() -> ir.Network:
                       padding=(2, 1), dilation=(2, 1), name="c2"),
               ir.Flatten(name="flat"),
               ir.Dense(weight=rng.normal(size=(5, 6 * 5 * 7)), bias=None, neuron=cuba(2.0), name="out")]
-    return ir.Network(input=ir.Input(shape=(2, 9, 9)), layers=layers)
+    return ir.Network(input=ir.Input(shape=(2, 9, 9)), layers=layers, readout="spikes")
 
 
 def decay_net() -> ir.Network:
@@ -78,7 +78,7 @@ def decay_net() -> ir.Network:
                        name="leaky"),
               ir.Dense(weight=rng.normal(size=(3, 8)), bias=rng.normal(size=3), neuron=cuba(0.5, dv=4000),
                        name="out")]
-    return ir.Network(input=ir.Input(shape=(6,)), layers=layers)
+    return ir.Network(input=ir.Input(shape=(6,)), layers=layers, readout="spikes")
 
 
 def residual_net() -> ir.Network:
@@ -530,7 +530,7 @@ def test_export_refuses_what_nir_cannot_type_check_naming_the_layer():
         to_nir_graph(net.replace(layers=layers))
     tall = ir.Network(input=ir.Input(shape=(1, 5, 5)), layers=[
         ir.Conv(weight=rng.normal(size=(2, 1, 3, 1)), bias=None, neuron=cuba(1.0), name="tall"),
-        ir.Flatten(), ir.Dense(weight=rng.normal(size=(3, 30)), bias=None, neuron=cuba(1.0))])
+        ir.Flatten(), ir.Dense(weight=rng.normal(size=(3, 30)), bias=None, neuron=cuba(1.0))], readout="spikes")
     with pytest.raises(NirFormatError, match=r"layer tall: a 3x1 kernel"):
         to_nir_graph(tall)
 

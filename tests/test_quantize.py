@@ -18,7 +18,7 @@ def _net(w1, b1, w2, theta1, theta2, kind="if_soft"):
     n_in = w1.shape[1]
     layers = [Dense(weight=w1, bias=b1, neuron=Neuron(kind, theta1), name="d0"),
               Dense(weight=w2, bias=np.zeros(w2.shape[0]), neuron=Neuron(kind, theta2), name="d1")]
-    return Network(input=Input(shape=(n_in,)), layers=layers)
+    return Network(input=Input(shape=(n_in,)), layers=layers, readout="spikes")
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -76,7 +76,7 @@ def test_conv_and_flatten_are_kept():
     layers = [Conv(weight=rng.normal(size=(4, 1, 3, 3)), bias=rng.normal(size=4) * 0.1,
                    neuron=Neuron("cuba", 1.0), padding=(1, 1), name="c0"),
               Flatten(), Dense(weight=rng.normal(size=(3, 64)), bias=np.zeros(3), neuron=Neuron("cuba", 2.0))]
-    q = quantize(Network(input=Input(shape=(1, 4, 4)), layers=layers))
+    q = quantize(Network(input=Input(shape=(1, 4, 4)), layers=layers, readout="spikes"))
     assert [type(l).__name__ for l in q.layers] == ["Conv", "Flatten", "Dense"]
     assert q.layers[0].padding == (1, 1) and q.layers[0].neuron.kind == "cuba"
     assert q.input_bits == LOIHI2.input_bits_default

@@ -18,7 +18,7 @@ def small_net(rng) -> Network:
     conv = Conv(rng.integers(-8, 9, (4, 1, 3, 3)), None, NEURON, padding=(1, 1), name="conv1")
     return Network(Input((1, 8, 8)), [conv, Flatten(),
                                       Dense(rng.integers(-8, 9, (10, 256)), None, NEURON, name="fc")],
-                   integer=True, input_bits=8)
+                   integer=True, input_bits=8, readout="spikes")
 
 
 def training_and_eval() -> dict:

@@ -106,7 +106,7 @@ def integer_residual_net(kind: str, seed: int = 0, leaky: bool = True) -> Networ
         layers.append(dataclasses.replace(layer, weight=wq, bias=bias, neuron=neuron,
                                           extra_inputs=extra))
         x_max = 1
-    return Network(input=f.input, layers=layers, integer=True, input_bits=8)
+    return Network(input=f.input, layers=layers, integer=True, input_bits=8, readout="spikes")
 
 
 def _is_diagonal(w: np.ndarray) -> bool:
@@ -298,7 +298,7 @@ def _wide_residual(theta3: float, with_projection: bool = True) -> Network:
               Dense(np.eye(n), None, Neuron("if_soft", 1.0), name="d2"),
               Dense(ones, None, Neuron("if_soft", theta3), name="d3",
                     extra_inputs=(Projection("d1", ones, kind="dense"),) if with_projection else ())]
-    return Network(input=Input((n,)), layers=layers)
+    return Network(input=Input((n,)), layers=layers, readout="spikes")
 
 
 def test_sum_of_both_branches_sets_the_24_bit_bound():
@@ -387,7 +387,7 @@ def test_extra_delay_beyond_loihi_delays_is_refused_for_lava_but_simulated():
               for i in range(n)]
     layers[-1] = dataclasses.replace(layers[-1], extra_inputs=(
         Projection("d0", np.ones((1, 1), np.int64), kind="dense"),))
-    net = Network(input=Input((1,)), layers=layers, integer=True, input_bits=1)
+    net = Network(input=Input((1,)), layers=layers, integer=True, input_bits=1, readout="spikes")
     assert net.extra_delay(layers[-1], layers[-1].extra_inputs[0]) == 64
     with pytest.raises(LoihiRangeError, match=r"extra input from 'd0': extra synaptic delay "
                                               r"\(steps\) value 64 outside \[0, 63\]"):
@@ -476,7 +476,7 @@ def test_projection_sums_beyond_2_23_are_refused():
     src = Conv(np.ones((c, 1, 1, 1), np.int64), None, Neuron("if_soft", 1), name="src")
     dst = Conv(np.ones((1, c, 1, 1), np.int64), None, Neuron("if_soft", 1), name="dst",
                extra_inputs=(Projection("src", np.full((1, c, 1, 1), 255, np.int64)),))
-    big = Network(input=Input((1, 1, 1)), layers=[src, dst], integer=True, input_bits=1)
+    big = Network(input=Input((1, 1, 1)), layers=[src, dst], integer=True, input_bits=1, readout="spikes")
     with pytest.raises(QuantizationError, match="^layer dst, extra input from 'src': the projection's "
                                                 "synaptic sums may reach"):
         simulate(big, np.ones((1, 1, 1, 1), np.int64), 1)
@@ -492,7 +492,7 @@ def test_input_neuron_layer_and_projections():
                    name="c1"),
               Conv(rng.integers(-5, 9, (3, 3, 3, 3)), None, Neuron("if_soft", 5), padding=(1, 1),
                    name="c2", extra_inputs=(Projection("c0", identity(3, 4).astype(np.int64)),))]
-    net = Network(Input((2, 4, 4), neuron=Neuron("if_soft", 3)), layers, integer=True)
+    net = Network(Input((2, 4, 4), neuron=Neuron("if_soft", 3)), layers, integer=True, readout="spikes")
     x = rng.integers(-2, 4, size=(3, 6, 2, 4, 4))
     for piped in (False, True):
         fast = simulate(net, x, 6, pipelined=piped, record_spikes=True)
@@ -543,7 +543,7 @@ def residual_integer_nets(draw):
                extra_inputs=(Projection(src, weights(3, n_flat), kind="dense",
                                         weight_exp=draw(st.integers(-2, 6))),))
     net = Network(input=Input((c0, h, w)), layers=[la, lb, lc, Flatten(), ld, le],
-                  integer=True, input_bits=bits)
+                  integer=True, input_bits=bits, readout="spikes")
     x_max = (1 << bits) - 1
     for layer in net.weighted_layers:  # thresholds below the largest positive input
         rows = [layer.weight.reshape(len(layer.weight), -1) * x_max] + \
@@ -671,7 +671,7 @@ def tiny_residual() -> Network:
         Dense(np.ones((2, 3), np.int64), None, n, name="d2"),
         Dense(np.ones((2, 2), np.int64), None, n, name="d3",
               extra_inputs=(Projection("d1", np.ones((2, 3), np.int64), kind="dense"),))],
-        integer=True, input_bits=8)
+        integer=True, input_bits=8, readout="spikes")
 
 
 def test_activity_counts_include_projections_by_hand():

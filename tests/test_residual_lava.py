@@ -375,7 +375,7 @@ def test_delay_beyond_loihi2_raises():
     layers.append(ir.Dense(weight=np.ones((1, 1), dtype=np.int64), bias=None, neuron=neuron,
                            name="last", extra_inputs=(ir.Projection(
                                "fc0", weight=np.ones((1, 1), dtype=np.int64), kind="dense"),)))
-    net = ir.Network(input=ir.Input((1,)), layers=layers, integer=True, input_bits=1)
+    net = ir.Network(input=ir.Input((1,)), layers=layers, integer=True, input_bits=1, readout="spikes")
     assert net.extra_delay(layers[-1], layers[-1].extra_inputs[0]) == 64
     with pytest.raises(LoihiRangeError, match="layer last, extra input from 'fc0': .*64 outside"):
         build_lava_network(net, reset_interval=2)

@@ -17,7 +17,7 @@ def dense_net(sizes, input_neuron=False) -> Network:
     layers = [Dense(np.zeros((o, i), np.int64), None, NEURON, name=f"fc{k + 1}")
               for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
     return Network(Input((sizes[0],), neuron=NEURON if input_neuron else None), layers,
-                   integer=True, input_bits=8)
+                   integer=True, input_bits=8, readout="spikes")
 
 
 def test_small_network_fits():
@@ -69,7 +69,7 @@ def test_conv_synapse_models():
     conv = Conv(np.zeros((8, 2, 3, 3), np.int64), None, NEURON, padding=(1, 1), name="conv")
     net = Network(Input((2, 6, 6)), [conv, Flatten(),
                                       Dense(np.zeros((4, 8 * 36), np.int64), None, NEURON, name="fc")],
-                  integer=True, input_bits=8)
+                  integer=True, input_bits=8, readout="spikes")
     # brute force: connected (input, output) pairs = Σ over outputs of non-padding taps
     taps_1d = np.array([2, 3, 3, 3, 3, 2])
     pairs = 8 * 2 * int(np.outer(taps_1d, taps_1d).sum())

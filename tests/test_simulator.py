@@ -27,7 +27,7 @@ def _one_dense(kind, threshold, weight=1.0, integer=False, weight_exp=0, bias=No
         input=Input(shape=(w.shape[1],)),
         layers=[Dense(weight=w, bias=bias, weight_exp=weight_exp, name="d0",
                       neuron=Neuron(kind, threshold, du=du, dv=dv, bias_exp=bias_exp))],
-        integer=integer, input_bits=input_bits)
+        integer=integer, input_bits=input_bits, readout="spikes")
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_negative_weight_exp_floors():
     net = Network(input=Input(shape=(1,)),
                   layers=[Dense(weight=w, bias=np.array([0, 2]), weight_exp=-2, name="d0",
                                 neuron=Neuron("cuba", 1, du=4095, dv=0, bias_exp=6))],
-                  integer=True, input_bits=8)
+                  integer=True, input_bits=8, readout="spikes")
     out = simulate(net, np.array([[1]]), 4).output_spikes[:, 0].tolist()
     assert out == [[1, 0]] * 4
 
@@ -211,7 +211,7 @@ def test_predictions_and_counts_tie_breaking():
         [[0, 0, 1], [1, 0, 0]],
     ], dtype=torch.int64)
     res = SimResult(output_spikes=spikes, layer_names=["x"], layer_step_spikes=[],
-                    layer_counts=[])
+                    layer_counts=[], readout="spikes")
     counts = res.output_counts()
     assert counts.shape == (3, 2, 3)
     assert counts[-1].tolist() == [[1, 1, 2], [1, 0, 1]]
@@ -226,7 +226,7 @@ def test_simulate_shapes_and_records():
                 neuron=Neuron("if_soft", 1.0), padding=(1, 1), name="c0")
     net = Network(input=Input(shape=(2, 5, 5)),
                   layers=[conv, Flatten(), Dense(weight=rng.normal(size=(3, 100)), bias=None,
-                                                 neuron=Neuron("cuba", 1.0), name="d1")])
+                                                 neuron=Neuron("cuba", 1.0), name="d1")], readout="spikes")
     res = simulate(net, torch.rand(7, 2, 5, 5, dtype=torch.float64), 5, record_spikes=True)
     assert res.layer_names == ["c0", "d1"]
     assert res.output_spikes.shape == (5, 7, 3) and res.output_spikes.dtype == torch.int64
@@ -251,7 +251,7 @@ def test_pipelined_is_delayed_by_one_step_per_layer():
                     neuron=Neuron("if_soft", 40), name="d0"),
               Dense(weight=rng.integers(-20, 30, size=(5, 6)), bias=None,
                     neuron=Neuron("if_soft", 5), name="d1")]
-    net = Network(input=Input(shape=(4,)), layers=layers, integer=True, input_bits=8)
+    net = Network(input=Input(shape=(4,)), layers=layers, integer=True, input_bits=8, readout="spikes")
     x = rng.integers(0, 256, size=(3, 12, 4))
     plain = simulate(net, x, 12, record_spikes=True)
     piped = simulate(net, x, 12, pipelined=True, record_spikes=True)
@@ -267,7 +267,7 @@ def _conv_net(cin, w_val, vth=1):
     w = np.full((1, cin, 3, 3), w_val, dtype=np.int64)
     return Network(input=Input(shape=(cin, 3, 3)),
                    layers=[Conv(weight=w, bias=None, neuron=Neuron("cuba", vth), name="conv0")],
-                   integer=True, input_bits=8)
+                   integer=True, input_bits=8, readout="spikes")
 
 
 def test_integer_conv_wraps_to_24_bits():
@@ -293,7 +293,7 @@ def test_input_neuron_layer_gets_input_directly():
     net = Network(input=Input(shape=(1,), neuron=Neuron("cuba", 1)),
                   layers=[Dense(weight=np.array([[2]]), bias=None,
                                 neuron=Neuron("cuba", 1), name="d0")],
-                  integer=True)
+                  integer=True, readout="spikes")
     # a_in = 2 → u = v = 128 > 64 → the input layer spikes at step 1 already, and so
     # does d0 (a = 2 → v = 128 > 64);
     # d0 gets it at step 1 (plain) or step 2 (pipelined).
@@ -401,7 +401,7 @@ def integer_nets(draw):
                         neuron=_neuron(draw, kind, 1)))
     layers.append(Dense(weight=rng.integers(-wmax // 2, wmax + 1, size=(3, n1)), bias=None,
                         name="dense2", neuron=_neuron(draw, kind, 1)))
-    net = Network(input=Input(shape=(c0, h, w)), layers=layers, integer=True, input_bits=bits)
+    net = Network(input=Input(shape=(c0, h, w)), layers=layers, integer=True, input_bits=bits, readout="spikes")
     x = rng.integers(0, 1 << bits, size=(draw(st.integers(1, 5)), c0, h, w))
     # thresholds below the largest positive synaptic input, so layers fire
     x_max = (1 << bits) - 1
@@ -452,7 +452,7 @@ def _converter_like_net(kind="if_soft"):
     dense = Dense(weight=spread.reshape(5, -1), bias=rng.integers(-9, 9, 5), name="dense2",
                   neuron=Neuron(kind, 40, du=LOIHI2.if_du, dv=LOIHI2.if_dv))
     net = Network(input=Input(shape=(1, 6, 6)), layers=[conv0, conv1, Flatten(), dense],
-                  integer=True, input_bits=8)
+                  integer=True, input_bits=8, readout="spikes")
     return net, rng.integers(0, 256, size=(7, 1, 6, 6))
 
 
@@ -505,7 +505,7 @@ def test_float32_mode_folds_and_matches_float64_on_exact_values():
                                  "bias": None if layer.bias is None else layer.bias / 8.0,
                                  "neuron": Neuron(layer.neuron.kind, 1.0)})
               for layer in net.layers]
-    fnet = Network(input=net.input, layers=layers, integer=False)
+    fnet = Network(input=net.input, layers=layers, integer=False, readout="spikes")
     xf = x / 255.0
     assert [p["pool"] for p in kernel_plan(fnet, xf, 6, dtype=torch.float32)] == [1, 2, 2]
     r64 = simulate(fnet, xf, 6, record_spikes=True)
@@ -533,7 +533,7 @@ def test_input_neurons_with_per_sample_bias_in_chunks():
                           Flatten(), Dense(weight=rng.integers(-5, 9, size=(4, 48)),
                                            bias=rng.integers(-3, 3, 4), name="d1",
                                            neuron=Neuron("if_soft", 6))],
-                  integer=True)
+                  integer=True, readout="spikes")
     x = rng.integers(-2, 4, size=(5, 6, 2, 4, 4))
     bias = rng.integers(-2, 3, size=(5, 2, 4, 4))
     assert kernel_plan(net, x, 6)[0]["neuron_mode"] == "exact"

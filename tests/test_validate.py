@@ -153,7 +153,7 @@ def test_the_three_sets_of_limits():
 def test_ir_refuses_stride_zero_instead_of_dividing_by_it():
     with pytest.raises(IRError, match="stride"):
         Network(input=Input((1, 4, 4)), layers=[Conv(weight=np.ones((1, 1, 3, 3)), bias=None,
-                                                     neuron=Neuron("cuba", 1), stride=(0, 1))])
+                                                     neuron=Neuron("cuba", 1), stride=(0, 1))], readout="spikes")
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def test_stock_network_runs_in_lava_like_the_simulator(tmp_path):
         w.flat[0], w.flat[1] = 12, -12
     net = Network(input=Input((6,)), integer=True, input_bits=8, layers=[
         Dense(weight=w1, bias=None, neuron=Neuron("cuba", 900), name="h"),
-        Dense(weight=w2, bias=rng.integers(-5, 6, 4), neuron=Neuron("cuba", 50), name="o")])
+        Dense(weight=w2, bias=rng.integers(-5, 6, 4), neuron=Neuron("cuba", 50), name="o")], readout="spikes")
     T, n = 6, 3
     path = write_net(net, tmp_path / "cuba.net", steps_per_sample=T)
     x = rng.integers(0, 256, (n, 6))

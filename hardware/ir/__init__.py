@@ -65,7 +65,7 @@ READABLE_IR_VERSIONS = ("1.0", "1.1", "1.2")
 
 
 from hardware.errors import IRError  # noqa: E402  (re-exported)
-from hardware.kinds import NEURON_KINDS, PROJECTION_KINDS, READOUTS  # noqa: E402,F401  (re-exported)
+from hardware.kinds import NEURON_KINDS, PROJECTION_KINDS, READOUTS, Readout  # noqa: E402,F401  (re-exported)
 from hardware.spec import LOIHI2  # noqa: E402
 
 
@@ -237,7 +237,7 @@ class Network:
     input_bits: Optional[int] = None
     metadata: dict = field(default_factory=dict)
     version: str = IR_VERSION
-    readout: str = "spikes"
+    readout: Readout = "potential"
 
     def __post_init__(self) -> None:
         self.shapes()  # validates the chain of shapes

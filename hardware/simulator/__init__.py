@@ -106,6 +106,7 @@ import torch
 import torch.nn.functional as F
 
 from hardware.errors import IRError, QuantizationError
+from hardware.kinds import Readout
 from hardware.ir import Conv, Dense, Flatten, Network, Neuron, Projection
 from hardware.spec import LOIHI2
 from hardware.ir.validate import integer_array, integer_scalar, simulator_limits, validate_network
@@ -159,7 +160,7 @@ class SimResult:
     layer_counts: list
     layer_spike_trains: Optional[list] = None
     output_potential: Optional[torch.Tensor] = None
-    readout: str = "spikes"
+    readout: Readout = "potential"
 
     def output_counts(self) -> torch.Tensor:
         """Cumulative output spike counts, (T, B, n_out)."""
