@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hardware.errors import ToolkitError
+from hardware.ir import conv_output_size
 
 from .nq import NQActivation, check_activation
 
@@ -100,7 +101,7 @@ def nq_layer_count(arch: str) -> int:
 
 def _conv_out(side: int, stride: int) -> int:
     """Output side of a 3×3 conv with padding 1 (or a 1×1 conv without padding) at ``stride``."""
-    return (side - 1) // stride + 1
+    return conv_output_size(side, 3, stride, padding=1)
 
 
 def feature_map_shapes(arch: str, input_shape: tuple) -> list[tuple[int, int, int]]:

@@ -69,6 +69,13 @@ from hardware.kinds import NEURON_KINDS, PROJECTION_KINDS, READOUTS, Readout  # 
 from hardware.spec import LOIHI2  # noqa: E402
 
 
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """Output length of a convolution along one axis (PyTorch's and Lava's floor rule);
+    below 1 when the dilated kernel does not fit the padded input."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 @dataclass
 class Neuron:
     """Neuron parameters of one layer.
@@ -178,8 +185,8 @@ class Conv:
                           f"{tuple(self.dilation)} and groups {self.groups} must be >= 1 and "
                           f"padding {tuple(self.padding)} >= 0")
         kh, kw = self.weight.shape[2:]
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        oh, ow = (conv_output_size(size, k, s, p, d) for size, k, s, p, d in
+                  zip((h, w), (kh, kw), self.stride, self.padding, self.dilation))
         if c != self.weight.shape[1] * self.groups:
             raise IRError(f"layer {self.name}: input has {c} channels, weight expects "
                           f"{self.weight.shape[1] * self.groups}")

@@ -52,7 +52,7 @@ import numpy as np
 
 from hardware.errors import IRError, LoihiRangeError
 from hardware.ir import (PROJECTION_KINDS, WEIGHTED, Conv, Dense, Flatten, Network, Neuron,
-                 Projection, readout_neuron)
+                         Projection, conv_output_size, readout_neuron)
 from hardware.spec import LOIHI2, Loihi2Spec
 
 __all__ = ["Limits", "project_limits", "netx_limits", "simulator_limits", "validate_network",
@@ -190,14 +190,13 @@ def check_conv_geometry(layer: Conv, in_shape: tuple) -> tuple:
         raise _fail(name, f"groups {groups} do not fit {in_shape[0]} input and {out_c} output "
                           f"channels with weight shape {np.shape(layer.weight)}")
     out = [out_c]
-    for i, size in enumerate(in_shape[1:]):
-        k = (kh, kw)[i]
-        span = pairs["dilation"][i] * (k - 1) + 1
-        padded = size + 2 * pairs["padding"][i]
-        if k < 1 or span > padded:
-            raise _fail(name, f"kernel {k} with dilation {pairs['dilation'][i]} does not fit the "
-                              f"padded input size {padded}")
-        out.append((padded - span) // pairs["stride"][i] + 1)
+    for size, k, stride, pad, dil in zip(in_shape[1:], (kh, kw), pairs["stride"],
+                                         pairs["padding"], pairs["dilation"]):
+        n = conv_output_size(size, k, stride, pad, dil)
+        if k < 1 or n < 1:
+            raise _fail(name, f"kernel {k} with dilation {dil} does not fit the padded input "
+                              f"size {size + 2 * pad}")
+        out.append(n)
     return tuple(out)
 
 
