@@ -14,21 +14,20 @@ kept as they are.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Literal, Mapping, Optional
+from typing import Annotated, Any, ContextManager, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hardware.errors import ToolkitError
+from hardware.formats import files
+from hardware.formats.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 
 class ArtifactError(ToolkitError, ValueError):
@@ -68,66 +67,20 @@ MAX_PATH_BYTES = 4095
 MAX_NAME_BYTES = 255
 
 
-# --------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
-
-    On any error (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
-    ``suffix`` keeps an extension some writers insist on (``np.savez`` appends ``.npz``).
-    """
-    path = Path(path)
-    # the writer's pid in the name: a later stage removes the file only once its writer is gone
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix + ".tmp",
-                                    dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        try:  # mkstemp makes the file private (0600); a run's artifacts get the mode any new file gets
-            os.fchmod(fd, 0o666 & ~_umask())
-        finally:
-            os.close(fd)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+# --------------------------------------------------------------------------- writes and bounded reads
+def open_regular(path: Any, limit: int, key: str = "") -> ContextManager[Any]:
+    """:func:`hardware.formats.files.open_regular` raising :class:`ArtifactError`."""
+    return files.open_regular(path, limit, key, ArtifactError)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (Linux), else the common 022."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+def read_regular(path: Any, limit: int, key: str = "") -> bytes:
+    """:func:`hardware.formats.files.read_regular` raising :class:`ArtifactError`."""
+    return files.read_regular(path, limit, key, ArtifactError)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def check_regular(path: Any, limit: int, key: str = "") -> Path:
+    """:func:`hardware.formats.files.check_regular` raising :class:`ArtifactError`."""
+    return files.check_regular(path, limit, key, ArtifactError)
 
 
 def sha256_of(path: Path, limit: int = MAX_ARTIFACT_BYTES) -> str:
@@ -137,75 +90,6 @@ def sha256_of(path: Path, limit: int = MAX_ARTIFACT_BYTES) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- bounded reads
-def _kind_of(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-@contextlib.contextmanager
-def open_regular(path: Any, limit: int, key: str = "") -> Iterator[Any]:
-    """``path`` opened for binary reading, only if it is a regular file of at most ``limit`` bytes.
-
-    A symbolic link is followed (a run directory may link to a file elsewhere), but what it
-    leads to is checked after opening (``fstat``), so a link to /dev/zero is refused like the
-    device itself; O_NONBLOCK makes the open of a FIFO return at once instead of waiting for
-    a writer. Everything else (a directory, a device, a socket, a loop of links, a file
-    beyond ``limit``) is an :class:`ArtifactError` naming the file (and ``key``).
-    """
-    name = f"{key} {path}" if key else str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ArtifactError(f"{name} is a loop of symbolic links") from None
-        if exc.errno == errno.ENOENT:
-            raise ArtifactError(f"{name}: no such file") from None
-        with contextlib.suppress(OSError):  # a socket cannot be opened at all (ENXIO): say what it is
-            mode = os.stat(path).st_mode
-            if not stat.S_ISREG(mode):
-                raise ArtifactError(f"{name} is {_kind_of(mode)}, not a regular file; it is not read") from None
-        raise ArtifactError(f"{name} is not readable: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ArtifactError(f"{name} is {_kind_of(info.st_mode)}, not a regular file; it is not read")
-        if info.st_size > limit:
-            raise ArtifactError(f"{name} is {info.st_size} bytes, more than the {limit} any file of "
-                                "this kind of this toolkit has; it is not read")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        yield f
-
-
-def read_regular(path: Any, limit: int, key: str = "") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`); a file
-    that grows while it is read is cut at ``limit + 1`` bytes and refused."""
-    name = f"{key} {path}" if key else str(path)
-    with open_regular(path, limit, key) as f:
-        try:
-            data = f.read(limit + 1)
-        except OSError as exc:
-            raise ArtifactError(f"{name} is not readable: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ArtifactError(f"{name} grew beyond {limit} bytes while it was read")
-    return data
-
-
-def check_regular(path: Any, limit: int, key: str = "") -> Path:
-    """``path`` if it is a regular file within ``limit`` (for files a library opens by name)."""
-    with open_regular(path, limit, key):
-        pass
-    return Path(path)
 
 
 # --------------------------------------------------------------------------- path checks
@@ -266,8 +150,9 @@ def check_input_file(path: Any, key: str, hint: str = "", limit: int = MAX_ARTIF
 
 # --------------------------------------------------------------------------- stale temporaries
 def _writer_pids(name: str, artifact: str) -> list[int]:
-    """The pids a temporary file's name carries: atomic_path's ``.{artifact}.{pid}.…`` and
-    hardware.formats.netx.atomic_target's ``….{pid}.tmp`` (both, when one writer wraps the other)."""
+    """The pids a temporary file's name carries: atomic_path's ``.{artifact}.{pid}.…``, and
+    ``….{pid}.tmp``, the name earlier versions' .net/.nir writer gave (nested in atomic_path by
+    export, so a run directory of theirs may hold both in one name)."""
     pids = []
     head = re.match(r"\.(\d+)\.", name[len(artifact) + 1:])
     if name.startswith(".") and head:

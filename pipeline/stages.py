@@ -15,13 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-# Lava calls multiprocessing.set_start_method('fork') when its runtime is imported,
-# which fails once anything (tqdm's write lock, for one) has fixed the start method:
-# import it before any stage runs.
-import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401,E402
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hardware.analysis.activity import activity_from_sim, save_raster, spiking_layers
 from hardware.analysis.energy import count_macs, energy_estimate
@@ -30,6 +25,7 @@ from hardware.analysis.resources import check_fit, require_fit
 from hardware.fixed_point.quantize import quantize
 from hardware.simulator import encode_input, simulate
 from hardware.ir.validate import simulator_limits, validate_network
+from hardware.runtime.progress import tqdm
 
 from .artifacts import (MAX_ARTIFACT_BYTES, ArtifactError, Report, RunDir, atomic_path, check_input_file,
                         check_regular, merge_report, sha256_of)
@@ -263,9 +259,8 @@ def export(cfg, progress: bool = True) -> dict:
     check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
     # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
-    with atomic_path(run_dir.net, suffix=".net") as tmp:
-        write_net(qnet, tmp, provenance={**provenance, "quantization": qnet.metadata["quantization"]},
-                  steps_per_sample=cfg.eval.timesteps)
+    write_net(qnet, run_dir.net, provenance={**provenance, "quantization": qnet.metadata["quantization"]},
+              steps_per_sample=cfg.eval.timesteps)
     result = {"export": {"path": str(run_dir.net), "sha256": sha256_of(run_dir.net),
                          "neuron": net.weighted_layers[0].neuron.kind, "readout": qnet.readout,
                          "input_bits": qnet.input_bits, "format": "net", "source": source},

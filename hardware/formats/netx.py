@@ -132,12 +132,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import h5py
 import numpy as np
 
 from hardware.errors import IRError, LoihiRangeError, NetxFormatError
+from hardware.formats.files import atomic_path
 from hardware.ir import (IR_VERSION, PROJECTION_KINDS, READABLE_IR_VERSIONS, READOUTS, Conv, Dense,
                  Flatten, Input, Network, Neuron, Projection)
 from hardware.spec import LOIHI2
@@ -299,30 +300,6 @@ def _dense_exact(weight: np.ndarray, layer: str) -> None:
 # --------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary name next to ``path``; renamed over it, durably, only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
 
 def _write_str(group: h5py.Group, key: str, value: str) -> None:
     # Same layout as slayer's export (fixed-length ASCII, shape (1,)).
@@ -489,7 +466,7 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
     except (TypeError, ValueError, RecursionError) as e:
         raise IRError(f"provenance/metadata is not JSON-serialisable: {e}") from None
     path = Path(path)
-    with atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_root(f, net, meta_json, steps_per_sample)
             layers = f.create_group("layer")

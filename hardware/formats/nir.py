@@ -133,7 +133,8 @@ import numpy as np
 from hardware.errors import IRError, NirFormatError
 from hardware.ir import (IR_VERSION, READABLE_IR_VERSIONS, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                  readout_neuron)
-from hardware.formats.netx import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME, atomic_target
+from hardware.formats.files import atomic_path
+from hardware.formats.netx import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME
 from hardware.spec import LOIHI2
 
 __all__ = ["NIR_FORMAT", "NIR_FORMAT_VERSION", "DEFAULT_DT", "DECAY_TOLERANCE", "GAIN_TOLERANCE",
@@ -375,7 +376,7 @@ def write_nir(net: Network, path: PathLike, *, dt: float = DEFAULT_DT,
     """Write ``net`` as a NIR file at ``path`` (atomically); returns the path."""
     path = Path(path)
     graph = to_nir_graph(net, dt=dt, provenance=provenance)
-    with atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         nir.write(tmp, graph)
     return path
 
