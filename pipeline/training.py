@@ -52,7 +52,7 @@ from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from models.converter import convert
 
-from .artifacts import CHECKPOINT, TRAIN_STATE, ArtifactError, remove_stale_temporaries
+from .artifacts import CHECKPOINT, TRAIN_STATE, prepare_run_dir, remove_stale_temporaries
 # re-exported: the checkpoint API lived here before pipeline.checkpoints
 from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_model,  # noqa: F401
                           load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
@@ -354,14 +354,10 @@ class _Session:
 
 
 def _prepare_run_dir(cfg, dist: DistContext) -> Path:
-    """``run.dir`` created, without stale temporary files; an existing checkpoint of another
-    configuration refused, or (``run.overwrite``) removed with every file made from it."""
-    run_dir = Path(cfg.run.dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as exc:  # a file in the way, permissions, a NUL byte, a too-long name
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ArtifactError(f"run.dir {str(run_dir)!r}: cannot create the directory ({reason})") from None
+    """``run.dir`` checked and created (:func:`pipeline.artifacts.prepare_run_dir`), without stale
+    temporary files; an existing checkpoint of another configuration refused, or
+    (``run.overwrite``) removed with every file made from it."""
+    run_dir = prepare_run_dir(cfg.run.dir)
     refuse_legacy(run_dir)
     # every rank decides on the same files before rank 0 removes any
     replace = training_replaces(run_dir, cfg.to_dict(), cfg.run.overwrite)

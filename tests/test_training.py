@@ -115,7 +115,7 @@ def test_run_dir_that_cannot_be_a_directory_is_a_clean_error(tmp_path, where):
     from pipeline.artifacts import ArtifactError
 
     (tmp_path / "f").write_text("a file where run.dir should be")
-    with pytest.raises(ArtifactError, match="run.dir .*cannot create the directory"):
+    with pytest.raises(ArtifactError, match="run.dir .* a file, not a directory"):
         train(_cfg(tmp_path, "train.epochs=1", f"run.dir={tmp_path / where}"), progress=False)
 
 
