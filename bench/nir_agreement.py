@@ -467,9 +467,6 @@ def main() -> None:
     parser.add_argument("--lava-samples", type=int, default=360, help="of the test samples")
     parser.add_argument("--report", action="store_true", help="print the table from the results file")
     args = parser.parse_args()
-    # Lava fixes multiprocessing's start method when its runtime is imported, which fails once
-    # anything (the training's tqdm) has fixed it: import it first (as pipeline.stages does)
-    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
     if args.report:
         print(markdown(json.loads(RESULTS.read_text())))
         return

@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+from hardware.runtime.progress import logging_redirect_tqdm
 
 from hardware.errors import ToolkitError
 from pipeline.distributed import launch_from_env, require_single_process

@@ -44,10 +44,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
-from tqdm.auto import tqdm
 
 from hardware.errors import ToolkitError
 from hardware.ir import Network
+from hardware.runtime.progress import tqdm
 from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from models.converter import convert

@@ -289,7 +289,6 @@ def test_single_process_run_is_deterministic_and_outside_any_process_group(tmp_p
     """Without torchrun variables `train` is one plain process, and two runs of it train the same
     model. (No loss recorded on one machine is compared: float kernels differ between CPUs and
     QCFS's floor amplifies the difference, issue 18.)"""
-    from pipeline import stages  # noqa: F401  (Lava fixes the start method before any tqdm bar)
     from pipeline.training import train
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):

@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-# imported before any training: Lava sets the multiprocessing start method on import, which
-# fails once a tqdm progress bar (even a disabled one) has fixed it
 from pipeline import stages
 from pipeline.config import load_config
 from pipeline.data import load_dataset

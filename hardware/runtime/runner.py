@@ -69,13 +69,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hardware import ir
 from hardware.kinds import BACKENDS
 from hardware.errors import LavaBackendError
 from hardware.runtime.board import board_io, board_measurement, refuse_on_board
 from hardware.runtime.network import build_lava_network
+from hardware.runtime.progress import tqdm
 from hardware.ir.validate import netx_limits, project_limits, validate_network
 from hardware.runtime.schedule import (RESET_OFFSET, LayerProbes, Schedule, lava_rows, make_schedule,
                             output_spikes, readout_window_ends, source_data, validate_inputs,
