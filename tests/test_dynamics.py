@@ -2,8 +2,8 @@
 
 (a) this project's PyIFSoftResetModelBitAcc and (b) Lava's stock PyLifModelBitAcc, each
 run through Lava on a small population driven by random integer synaptic input (large
-enough to wrap u and clip v), and (c) hardware.simulator's integer path, all compared
-with == against hardware.fixed_point.dynamics.run.
+enough to wrap u and clip v), and (c) hardware.simulator's two integer neuron paths, all
+compared with == against hardware.fixed_point.dynamics.run.
 """
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from hardware import ir
 
 from hardware.fixed_point import dynamics
 from hardware.fixed_point.dynamics import NeuronParams
-from hardware.simulator import simulate
+from hardware.simulator import kernel_plan, simulate
 from hardware.spec import LOIHI2
 
 pytestmark = pytest.mark.filterwarnings("error:Cannot import module")
@@ -104,13 +104,18 @@ def _per_sample(x, w, timesteps):
 
 @pytest.mark.parametrize("kind,du,dv", [("if_soft", LOIHI2.if_du, 0), ("if_soft", 900, 200),
                                         ("cuba", 1500, 100), ("cuba", LOIHI2.if_du, 0)])
-def test_simulator_integer_path_equals_definition(kind, du, dv):
-    neuron = ir.Neuron(kind, threshold=30000, du=du, dv=dv)
+@pytest.mark.parametrize("input_bits,vth,mode", [(16, 30000, "lava"), (10, 30000 >> 4, "exact")])
+def test_simulator_integer_path_equals_definition(kind, du, dv, input_bits, vth, mode):
+    """Both of the simulator's integer neuron paths: the int64 emulation of every wrap
+    ('lava', large inputs) and exact integers held in floats ('exact', where a static
+    bound proves that no wrap can occur)."""
+    neuron = ir.Neuron(kind, threshold=vth, du=du, dv=dv)
     net, w, bias = _diagonal_net(neuron)
     T = 7
-    x = np.random.default_rng(4).integers(0, 1 << 16, size=(5, 4))
+    x = np.random.default_rng(4).integers(0, 1 << 16, size=(5, 4)) >> (16 - input_bits)
+    assert [row["neuron_mode"] for row in kernel_plan(net, x, T)] == [mode]
     res = simulate(net, x, T)
-    p = NeuronParams(kind, vth=30000, du=du, dv=dv, bias_mant=bias, bias_exp=LOIHI2.netx_bias_exp)
+    p = NeuronParams(kind, vth=vth, du=du, dv=dv, bias_mant=bias, bias_exp=LOIHI2.netx_bias_exp)
     # one fresh state per sample: reset at the start of steps 1, T+1, 2T+1, ...
     want, _ = dynamics.run(_per_sample(x, w, T), p, reset_interval=T, reset_offset=1)
     want = want.reshape(len(w), len(x), T).transpose(2, 1, 0)  # (T, N, neurons)

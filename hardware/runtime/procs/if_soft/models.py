@@ -1,37 +1,17 @@
-"""Process models of :class:`hardware.runtime.procs.if_soft.process.IFSoftReset`,
+"""CPU process models of :class:`hardware.runtime.procs.if_soft.process.IFSoftReset`,
 the paper's IF neuron (reset by subtraction, v0 = θ/2).
 
-Lava's stock ``LIF``/``LIFReset`` reset the membrane to zero after a spike and
-start from v = 0. The NQ-SNN conversion needs the IF neuron of the paper:
-reset by *subtraction* and an initial membrane of half the threshold. This
-module defines it as :class:`IFSoftReset`, a Lava process whose Vars and ports
-mirror :class:`lava.proc.lif.process.LIFReset` so that lava-dl's netx blocks
-(``lava.lib.dl.netx.blocks.process.Dense``/``Conv``) can build it from the
-same ``neuron_params`` dictionary netx uses for ``LIFReset``::
-
-    {'neuron_proc': IFSoftReset, 'bias_key': 'bias_mant', 'vth': θ,
-     'du': du, 'dv': dv, 'bias_exp': 6, 'num_message_bits': 0,
-     'reset_interval': T, 'reset_offset': r}
-
-Bit-accurate model (:class:`PyIFSoftResetModelBitAcc`, tags
-``bit_accurate_loihi``/``fixed_pt``): every step is
-:func:`hardware.fixed_point.dynamics.step` of an ``if_soft`` population (the equations are
-in :mod:`hardware.fixed_point.dynamics`; ``tests/test_dynamics.py`` checks this model and
-Lava's stock LIF against them), with the periodic reset to (u, v) = (0, v0) of
-:func:`hardware.fixed_point.dynamics.is_reset_step` at the start of the step. It subclasses
-Lava's ``AbstractPyLifModelFixed`` for its Var and port types, so Lava applies
-the same casts to the synaptic input and the state as for its LIF.
-
-Floating-point model (:class:`PyIFSoftResetModelFloat`, tag ``floating_pt``)
-follows Lava's float LIF conventions (``du``/``dv`` are fractions in [0, 1],
-the bias is ``bias_mant`` unscaled, ``vth`` is not shifted)::
-
-    u ← u·(1 − du) + a;  v ← v·(1 − dv) + u + bias_mant;
-    s = v ≥ vth;  v ← v − s·vth;  v0 = vth / 2
+* :class:`PyIFSoftResetModelBitAcc` (tags ``bit_accurate_loihi``/``fixed_pt``): every step
+  is :func:`hardware.fixed_point.dynamics.step` of an ``if_soft`` population, after the
+  periodic reset of :func:`hardware.fixed_point.dynamics.is_reset_step` (the equations
+  live there; ``tests/test_dynamics.py`` runs this model in Lava against them). It
+  subclasses Lava's ``AbstractPyLifModelFixed``, so Lava casts the synaptic input and
+  the state as for its LIF.
+* :class:`PyIFSoftResetModelFloat` (tag ``floating_pt``): Lava's float-LIF conventions
+  (``du``/``dv`` fractions in [0, 1], bias = ``bias_mant`` unscaled, ``vth`` unshifted),
+  with the if_soft spike rule s = v ≥ vth, v ← v − s·vth and v0 = vth / 2.
 """
 from __future__ import annotations
-
-import typing as ty
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -50,11 +30,36 @@ from hardware.runtime.procs.if_soft.process import IFSoftReset
 __all__ = ["PyIFSoftResetModelBitAcc", "PyIFSoftResetModelFloat"]
 
 
+class _SoftResetSchedule:
+    """What both models do at the start of a step, before the update: v0 on the first
+    step (unless the caller gave v) and the periodic reset to (u, v) = (0, v0) of
+    :func:`hardware.fixed_point.dynamics.is_reset_step` (where ``PyLifResetModelBitAcc``
+    resets to 0). A mixin, not a process model, so Lava's discovery passes it by."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.reset_interval = proc_params["reset_interval"]
+        self.reset_offset = proc_params["reset_offset"]
+        self.v_is_default = proc_params["v_is_default"]
+        self.started = False
+
+    def _start_step(self, v0) -> None:
+        if not self.started:
+            # The process already initialised v to v0; doing it again here
+            # guards against a vth changed with set() before the first run.
+            if self.v_is_default:
+                self.v[:] = v0
+            self.started = True
+        if dynamics.is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
+            self.u[:] = 0
+            self.v[:] = v0
+
+
 @implements(proc=IFSoftReset, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("bit_accurate_loihi", "fixed_pt")
-class PyIFSoftResetModelBitAcc(AbstractPyLifModelFixed):
-    """Bit-accurate IF neuron with soft reset (see the module docstring).
+class PyIFSoftResetModelBitAcc(_SoftResetSchedule, AbstractPyLifModelFixed):
+    """Bit-accurate IF neuron with soft reset: :func:`hardware.fixed_point.dynamics.step`.
 
     Port and Var types are those of ``PyLifResetModelBitAcc`` (inherited from
     ``AbstractPyLifModelFixed`` plus the same ``s_out``/``vth`` types), so
@@ -64,13 +69,6 @@ class PyIFSoftResetModelBitAcc(AbstractPyLifModelFixed):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     vth: int = LavaPyType(int, np.int32, precision=17)
 
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.reset_interval = proc_params["reset_interval"]
-        self.reset_offset = proc_params["reset_offset"]
-        self.v_is_default = proc_params["v_is_default"]
-        self.started = False
-
     def _params(self) -> dynamics.NeuronParams:
         return dynamics.NeuronParams("if_soft", vth=int(self.vth), du=int(self.du),
                                      dv=int(self.dv), bias_mant=self.bias_mant,
@@ -78,18 +76,7 @@ class PyIFSoftResetModelBitAcc(AbstractPyLifModelFixed):
 
     def run_spk(self):
         a_in_data = self.a_in.recv()
-        v0 = dynamics.initial_v("if_soft", int(self.vth))
-        if not self.started:
-            # The process already initialised v to v0; doing it again here
-            # guards against a vth changed with set() before the first run.
-            if self.v_is_default:
-                self.v[:] = v0
-            self.started = True
-        # Checked at the start of the step, exactly where PyLifResetModelBitAcc
-        # resets u and v to 0.
-        if dynamics.is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
-            self.u[:] = 0
-            self.v[:] = v0
+        self._start_step(dynamics.initial_v("if_soft", int(self.vth)))
         u, v, s_out = dynamics.step(self.u, self.v, a_in_data, self._params())
         self.u[:] = u
         self.v[:] = v
@@ -99,7 +86,7 @@ class PyIFSoftResetModelBitAcc(AbstractPyLifModelFixed):
 @implements(proc=IFSoftReset, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyIFSoftResetModelFloat(PyLoihiProcessModel):
+class PyIFSoftResetModelFloat(_SoftResetSchedule, PyLoihiProcessModel):
     """Floating-point IF neuron with soft reset (Lava float-LIF conventions)."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
@@ -112,23 +99,9 @@ class PyIFSoftResetModelFloat(PyLoihiProcessModel):
     dv: float = LavaPyType(float, float)
     vth: float = LavaPyType(float, float)
 
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.reset_interval = proc_params["reset_interval"]
-        self.reset_offset = proc_params["reset_offset"]
-        self.v_is_default = proc_params["v_is_default"]
-        self.started = False
-
     def run_spk(self):
         a_in_data = self.a_in.recv()
-        v0 = self.vth / 2
-        if not self.started:
-            if self.v_is_default:
-                self.v[:] = v0
-            self.started = True
-        if dynamics.is_reset_step(self.time_step, self.reset_interval, self.reset_offset):
-            self.u[:] = 0
-            self.v[:] = v0
+        self._start_step(self.vth / 2)
         self.u[:] = self.u * (1 - self.du) + a_in_data
         self.v[:] = self.v * (1 - self.dv) + self.u + self.bias_mant
         s_out = self.v >= self.vth

@@ -1,10 +1,9 @@
-"""The paper's IF neuron (reset by subtraction, v(0) = θ/2): the Lava process.
+"""The paper's IF neuron (reset by subtraction, v(0) = θ/2) as a Lava process.
 
-Its process models are in :mod:`hardware.runtime.procs.if_soft.models` (the
-equations are documented there). The layout follows lava's own
-``lava/proc/<name>/{process,models}.py``: Lava's process-model discovery
-imports every module in the directory of a process's module (as a top-level
-module), so this directory holds nothing but the process and its models.
+Its equations are :mod:`hardware.fixed_point.dynamics`; its CPU models are in
+:mod:`hardware.runtime.procs.if_soft.models`. The directory holds nothing but the
+process and its models, because Lava's model discovery imports every module next to
+a process's module (:mod:`hardware.runtime.procs`).
 """
 from __future__ import annotations
 
