@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hardware.errors import ToolkitError
+from hardware.formats.files import open_regular
 from models.architectures import CONV_PLANS, min_input_side
 
 log = logging.getLogger(__name__)
@@ -314,27 +315,27 @@ def _latin1_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
-def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        size = path.stat().st_size
-        if size > MAX_CIFAR_BATCH_BYTES:
-            raise DatasetError(f"{path}: {size} bytes, more than the {MAX_CIFAR_BATCH_BYTES}-byte "
-                               f"limit of a CIFAR-10 batch (the real ones are 31 MB)")
-        with path.open("rb") as fh:
+def _unpickle_batch(path: Path):
+    """The object in a CIFAR-10 batch file: a regular file within MAX_CIFAR_BATCH_BYTES (a FIFO
+    or a device is refused, not waited on), unpickled by the restricted unpickler."""
+    with open_regular(path, MAX_CIFAR_BATCH_BYTES, "CIFAR-10 batch", DatasetError) as fh:
+        try:
             # The official batches were written by Python 2: encoding="bytes"
             # keeps their str keys as bytes instead of guessing a codec.
-            obj = _RestrictedUnpickler(fh, encoding="bytes").load()
-    except DatasetError:
-        raise
-    except OSError as exc:
-        raise DatasetError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
-    except _Refused as exc:
-        raise DatasetError(f"{path}: not loaded, it is not a plain CIFAR-10 batch ({exc}); "
-                           "only dicts, lists, strings, ints and numpy arrays are accepted"
-                           ) from None
-    except Exception as exc:  # any malformed pickle: EOFError, ValueError, TypeError ...
-        raise DatasetError(f"{path}: malformed CIFAR-10 batch "
-                           f"({type(exc).__name__}: {exc})") from None
+            return _RestrictedUnpickler(fh, encoding="bytes").load()
+        except OSError as exc:
+            raise DatasetError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+        except _Refused as exc:
+            raise DatasetError(f"{path}: not loaded, it is not a plain CIFAR-10 batch ({exc}); "
+                               "only dicts, lists, strings, ints and numpy arrays are accepted"
+                               ) from None
+        except Exception as exc:  # any malformed pickle: EOFError, ValueError, TypeError ...
+            raise DatasetError(f"{path}: malformed CIFAR-10 batch "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    obj = _unpickle_batch(path)
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a dict, got {type(obj).__name__}")
     d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}

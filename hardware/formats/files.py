@@ -138,8 +138,8 @@ def open_regular(path: Any, limit: int, key: str = "",
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{name} is {_kind_of(info.st_mode)}, not a regular file; it is not read")
         if info.st_size > limit:
-            raise error(f"{name} is {info.st_size} bytes, more than the {limit} any file of "
-                        "this kind of this toolkit has; it is not read")
+            raise error(f"{name} is {info.st_size} bytes, more than the limit of {limit} bytes for a "
+                        "file of this kind; it is not read")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
