@@ -2,27 +2,24 @@
 
 Two files per run directory (names in :mod:`pipeline.artifacts`):
 
-* ``checkpoint.safetensors``: the best epoch's model (its ``state_dict``) plus, as
-  JSON, the config, architecture, input shape, classes, levels, epoch, output
-  threshold, σ and λ per NQ layer, metrics and the training history;
-* ``train_state.safetensors``: the resume point, rewritten after every epoch:
-  model tensors (``model/<name>``), SGD momentum buffers
-  (``optimizer/<param index>/<key>``), the torch RNG state (``torch_rng``, uint8)
-  and, as JSON, the epoch, history, best record, config, the optimizer's
-  ``param_groups`` and the scheduler's state.
+* ``checkpoint.safetensors``: the best epoch's model (its ``state_dict``) and, as JSON, the
+  config, architecture, input shape, classes, levels, epoch, output threshold, σ and λ per
+  NQ layer, metrics, history and the hidden layers' activation;
+* ``train_state.safetensors``: the resume point, rewritten after every epoch: model tensors
+  (``model/<name>``), SGD momentum buffers (``optimizer/<param index>/<key>``), the torch
+  RNG state (``torch_rng``, uint8) and, as JSON, the epoch, history, best record, config,
+  the optimizer's ``param_groups`` and the scheduler's state.
 
-The JSON document sits in the safetensors ``__metadata__`` under the key
-``nqloihi`` with a ``kind`` and a ``format_version``. Files are written
-atomically (:func:`pipeline.artifacts.atomic_path`); in a multi-process (DDP) run by
-rank 0 alone, from the bare model, so a DDP checkpoint has the tensor names of a
-single-process one (no ``module.`` prefix of the DDP wrapper) and loads the same way.
-Reading never unpickles and never runs code: the header is parsed here, checked for size, kind,
-version, field types and ranges, and the tensor names, dtypes and shapes are
-compared with the model that would be built (on the ``meta`` device, so an
-absurd shape allocates nothing) before any tensor is read; non-finite tensors
-are refused. Every problem is a :class:`CheckpointError` naming the file.
-The torch-pickle files of older versions (``checkpoint.pt``,
-``train_state.pt``) are recognised only to be refused with a clear message.
+The JSON document sits in the safetensors ``__metadata__`` under ``nqloihi`` with a ``kind``
+and a ``format_version``; its fields are the pydantic models :class:`CheckpointMeta` and
+:class:`TrainStateMeta`. Files are written atomically; under DDP by rank 0 alone, from the
+bare model, so the tensor names are those of a single-process run (no ``module.``).
+Reading never unpickles and never runs code: the header is parsed here and checked for size,
+kind, version and fields, and the tensor names, dtypes and shapes are compared with the model
+that would be built (on the ``meta`` device, so an absurd shape allocates nothing) before any
+tensor is read; non-finite tensors are refused. Every problem is a one-line
+:class:`CheckpointError` naming the file (and the field). The torch-pickle files of older
+versions (``checkpoint.pt``, ``train_state.pt``) are recognised only to be refused.
 """
 from __future__ import annotations
 
@@ -33,17 +30,19 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from models.architectures import ARCHITECTURES, build_model, min_input_side, nq_layer_count, nq_layers
-from models.nq import ActivationError, check_activation
+from models.nq import ACTIVATIONS, CUBA_SHIFTS, check_activation
 
-from .artifacts import LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE, ArtifactError, atomic_path, open_regular
+from .artifacts import (LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE, ArtifactError, atomic_path, open_regular,
+                        reject_duplicate_keys)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,8 @@ _DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16"
                 torch.uint8: "U8", torch.bool: "BOOL"}
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1}
-_CHECKPOINT_FIELDS = ("format_version", "kind", "config", "arch", "input_shape", "num_classes", "levels",
-                      "epoch", "output_threshold", "sigma", "lambda", "metrics", "history", "activation")
 #: build_model's activation arguments for a plain QCFS model
 DEFAULT_ACTIVATION = {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
-_TRAIN_STATE_FIELDS = ("format_version", "kind", "config", "epoch", "history", "best", "optimizer",
-                       "scheduler")
 #: optimizer state entries stored as tensors (SGD's only per-parameter state)
 _OPTIMIZER_TENSORS = ("momentum_buffer",)
 _RNG = "torch_rng"
@@ -107,7 +102,7 @@ def _write(path: Path, tensors: Mapping[str, torch.Tensor], doc: dict) -> None:
 
 def save_checkpoint(path: Path, ckpt: Mapping[str, Any]) -> None:
     """Write ``ckpt`` (the dict :func:`load_checkpoint` returns) atomically to ``path``."""
-    doc = {k: ckpt[k] for k in _CHECKPOINT_FIELDS if k not in ("format_version", "kind")}
+    doc = {k: ckpt[k] for k in _field_names(CheckpointMeta) if k not in ("format_version", "kind")}
     doc.update(format_version=CHECKPOINT_FORMAT, kind="checkpoint")
     _write(path, ckpt["state_dict"], doc)
 
@@ -177,19 +172,10 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, size - 8 - header_len
 
 
-def _no_duplicates(pairs: list) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _parse_json(path: Path, raw: bytes | str, what: str) -> Any:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise CheckpointError(f"{path}: the {what} is not valid JSON ({reason})") from None
@@ -218,8 +204,9 @@ def _is_int_list(value: Any) -> bool:
     return isinstance(value, list) and all(type(v) is int for v in value)
 
 
-def _open(path: Path, kind: str, version: int, fields: tuple[str, ...]) -> tuple[dict, Layout]:
+def _open(path: Path, meta: type[BaseModel]) -> tuple[dict, Layout]:
     """The JSON document (kind, version and field names checked) and the tensor layout of ``path``."""
+    kind, version = (get_args(meta.model_fields[k].annotation)[0] for k in ("kind", "format_version"))
     header, data_bytes = _read_header(path)
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
@@ -233,57 +220,150 @@ def _open(path: Path, kind: str, version: int, fields: tuple[str, ...]) -> tuple
     if doc.get("format_version") != version or type(doc.get("format_version")) is not int:
         raise CheckpointError(f"{path}: format_version {_show(doc.get('format_version'))} is not {version} "
                               "(written by another version of this pipeline); re-train")
-    problems = _key_problems(set(fields), set(doc))
+    # the field names now, the values when the file is loaded: stored_config reads a file whose
+    # config is intact and whose other values are not, but never one of another layout
+    problems = _key_problems(set(_field_names(meta)), set(doc))
     if problems:
         raise CheckpointError(f"{path}: metadata fields {problems}")
     return doc, _tensor_entries(path, header, data_bytes)
 
 
-# --------------------------------------------------------------------------- field checks
-@dataclass(frozen=True)
-class _Fields:
-    """Typed reads of the JSON document's fields; each failure names the file and the field."""
+# --------------------------------------------------------------------------- the JSON document's fields
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Side = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
 
-    path: Path
-    doc: Mapping[str, Any]
 
-    def fail(self, key: str, wanted: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: field {key!r} must be {wanted}, got {_show(self.doc.get(key))}")
+class Activation(BaseModel):
+    """The hidden layers' activation: :func:`models.architectures.build_model`'s keyword arguments."""
 
-    def integer(self, key: str, lo: int, hi: int) -> int:
-        value = self.doc.get(key)
-        if type(value) is not int or not lo <= value <= hi:
-            raise self.fail(key, f"an integer in {lo}..{hi}")
-        return value
+    model_config = _STRICT
+    activation: Literal[ACTIVATIONS]
+    timesteps: Optional[Annotated[int, Field(ge=1)]]
+    cuba_shift: Literal[CUBA_SHIFTS]
 
-    def number(self, key: str, positive: bool = False) -> float:
-        value = self.doc.get(key)
-        if not _is_finite(value) or (positive and not value > 0):
-            raise self.fail(key, "a finite number" + (" > 0" if positive else ""))
-        return float(value)
+    @model_validator(mode="after")
+    def _consistent(self) -> "Activation":
+        check_activation(self.activation, self.timesteps, self.cuba_shift)  # ActivationError is a ValueError
+        return self
 
-    def numbers(self, key: str, length: int, lowest: float = -math.inf, strict: bool = False) -> list[float]:
-        """A list of ``length`` finite numbers, each ``>= lowest`` (``> lowest`` when ``strict``)."""
-        value = self.doc.get(key)
-        if not isinstance(value, list) or len(value) != length or not all(
-                _is_finite(v) and (v > lowest if strict else v >= lowest) for v in value):
-            bound = "" if lowest == -math.inf else f" {'>' if strict else '>='} {lowest:g}"
-            raise self.fail(key, f"a list of {length} finite numbers{bound}")
-        return [float(v) for v in value]
 
-    def of_type(self, key: str, kind: type, check: Callable[[Any], bool] = lambda _: True) -> Any:
-        value = self.doc.get(key)
-        if not isinstance(value, kind) or not check(value):
-            raise self.fail(key, f"a JSON {'object' if kind is dict else 'array'} as this pipeline writes it")
-        return value
+class CheckpointMeta(BaseModel):
+    """The JSON document of ``checkpoint.safetensors`` (the checks that need no model built)."""
+
+    model_config = _STRICT
+    format_version: Literal[CHECKPOINT_FORMAT]
+    kind: Literal["checkpoint"]
+    config: dict[str, Any]
+    arch: Literal[ARCHITECTURES]
+    # a JSON array; lax only for the array itself, the items stay strict
+    input_shape: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_CHANNELS)], _Side, _Side] = Field(strict=False)
+    num_classes: int = Field(ge=2, le=MAX_CLASSES)
+    levels: int = Field(ge=1, le=MAX_LEVELS)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    output_threshold: Finite = Field(gt=0)
+    sigma: list[Annotated[Finite, Field(ge=0)]]  # a standard deviation
+    lambda_: list[Annotated[Finite, Field(gt=0)]] = Field(alias="lambda")  # a threshold: the converter divides by it
+    metrics: dict[str, Finite]
+    history: list[dict[str, Any]]
+    activation: Activation
+
+    @field_validator("input_shape")
+    @classmethod
+    def _fits_the_arch(cls, shape: tuple, info: ValidationInfo) -> tuple:
+        arch = info.data.get("arch")
+        if arch and min(shape[1:]) < min_input_side(arch):
+            raise ValueError(f"height and width must be at least {min_input_side(arch)} for {arch}")
+        return shape
+
+    @field_validator("sigma", "lambda_")
+    @classmethod
+    def _one_per_layer(cls, values: list, info: ValidationInfo) -> list:
+        arch = info.data.get("arch")
+        if arch and len(values) != nq_layer_count(arch):
+            raise ValueError(f"must hold one number per NQ layer of {arch} ({nq_layer_count(arch)})")
+        return values
+
+
+class BestRecord(BaseModel):
+    """The best epoch's record in a resume state (the record's other keys are kept as they are)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    epoch: int = Field(ge=1)
+    snn_val: Finite
+
+
+class OptimizerMeta(BaseModel):
+    """The optimizer's state without its tensors: ``param_groups`` and the per-parameter scalars."""
+
+    model_config = _STRICT
+    param_groups: list[dict[str, Any]]
+    state: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], dict[str, Any]]
+
+
+class TrainStateMeta(BaseModel):
+    """The JSON document of ``train_state.safetensors``."""
+
+    model_config = _STRICT
+    format_version: Literal[TRAIN_STATE_FORMAT]
+    kind: Literal["train_state"]
+    config: dict[str, Any]
+    epoch: int = Field(ge=0, le=MAX_EPOCH - 1)
+    history: list[dict[str, Any]]
+    best: BestRecord
+    optimizer: OptimizerMeta
+    scheduler: dict[str, Any]
+
+    @field_validator("history")
+    @classmethod
+    def _one_record_per_epoch(cls, history: list, info: ValidationInfo) -> list:
+        epoch = info.data.get("epoch")
+        if epoch is not None and [r.get("epoch") for r in history] != list(range(1, epoch + 2)):
+            raise ValueError(f"must hold one record per epoch 1..{epoch + 1}")
+        return history
+
+    @field_validator("best")
+    @classmethod
+    def _not_after_the_last_epoch(cls, best: BestRecord, info: ValidationInfo) -> BestRecord:
+        epoch = info.data.get("epoch")
+        if epoch is not None and best.epoch > epoch + 1:
+            raise ValueError(f"its epoch {best.epoch} comes after the file's last epoch {epoch + 1}")
+        return best
+
+
+class _Stored(BaseModel):
+    """The one field :func:`stored_config` needs; the others are checked when the file is loaded."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    config: dict[str, Any]
+
+
+def _field_names(meta: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in meta.model_fields.items()]
+
+
+def _validated(path: Path, meta: type[BaseModel], doc: dict):
+    """``doc`` as ``meta``; otherwise a one-line CheckpointError naming the file and the first bad field."""
+    try:
+        return meta.model_validate(doc)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"])
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        if error["type"] == "missing":
+            raise CheckpointError(f"{path}: field {field!r} is missing{more}") from None
+        if error["type"] == "extra_forbidden":
+            raise CheckpointError(f"{path}: field {field!r} is not one this pipeline writes{more}") from None
+        if error["type"] == "model_type":  # pydantic would name the model class, not the file's terms
+            raise CheckpointError(f"{path}: field {field!r} must be a JSON object, got "
+                                  f"{_show(error.get('input'))}{more}") from None
+        reason = error["msg"].removeprefix("Value error, ").splitlines()[0]
+        got = "" if " got " in reason else f", got {_show(error.get('input'))}"  # an ActivationError shows it
+        raise CheckpointError(f"{path}: field {field!r}: {reason[:1].lower()}{reason[1:]}{got}{more}") from None
 
 
 def _is_finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
-
-
-def _is_history(value: list) -> bool:
-    return all(isinstance(r, dict) for r in value)
 
 
 # --------------------------------------------------------------------------- model layout
@@ -329,55 +409,19 @@ def _load_tensors(path: Path, names) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- checkpoint
-def _checkpoint_fields(path: Path, doc: dict) -> dict:
-    """The checkpoint's fields, type- and range-checked (the model is not built yet)."""
-    f = _Fields(path, doc)
-    arch = doc.get("arch")
-    if arch not in ARCHITECTURES:
-        raise f.fail("arch", f"one of {sorted(ARCHITECTURES)}")
-    shape = doc.get("input_shape")
-    side = min_input_side(arch)
-    if not (_is_int_list(shape) and len(shape) == 3 and 1 <= shape[0] <= MAX_INPUT_CHANNELS
-            and all(side <= s <= MAX_INPUT_SIDE for s in shape[1:])):
-        raise f.fail("input_shape", f"[channels 1..{MAX_INPUT_CHANNELS}, height, width "
-                                    f"{side}..{MAX_INPUT_SIDE}] (as {arch} needs)")
-    layers = nq_layer_count(arch)
-    return {"format_version": CHECKPOINT_FORMAT, "config": f.of_type("config", dict), "arch": arch,
-            "input_shape": list(shape), "num_classes": f.integer("num_classes", 2, MAX_CLASSES),
-            "levels": f.integer("levels", 1, MAX_LEVELS), "epoch": f.integer("epoch", 0, MAX_EPOCH),
-            "output_threshold": f.number("output_threshold", positive=True),
-            # σ is a standard deviation; λ a firing threshold (the converter divides by it)
-            "sigma": f.numbers("sigma", layers, lowest=0.0),
-            "lambda": f.numbers("lambda", layers, lowest=0.0, strict=True),
-            "metrics": f.of_type("metrics", dict, lambda m: all(map(_is_finite, m.values()))),
-            "history": f.of_type("history", list, _is_history),
-            "activation": _activation_field(path, f)}
-
-
-def _activation_field(path: Path, f: "_Fields") -> dict:
-    """The hidden layers' activation (``build_model``'s keyword arguments), checked."""
-    activation = f.of_type("activation", dict)
-    if set(activation) != {"activation", "timesteps", "cuba_shift"}:
-        raise f.fail("activation", "an object with keys activation, timesteps, cuba_shift")
-    try:
-        check_activation(activation["activation"], activation["timesteps"], activation["cuba_shift"])
-    except ActivationError as exc:
-        raise CheckpointError(f"{path}: field 'activation': {exc}") from None
-    return dict(activation)
-
-
 def load_checkpoint(path: Path) -> dict:
     """The checkpoint at ``path`` as a dict (``format_version``, ``state_dict``, ``config``, ``arch``,
     ``input_shape``, ``num_classes``, ``levels``, ``epoch``, ``output_threshold``, ``sigma``,
-    ``lambda``, ``metrics``, ``history``), validated against the model it describes."""
+    ``lambda``, ``metrics``, ``history``, ``activation``), validated against the model it describes."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():  # a dangling link or a loop is an error
         refuse_legacy(path.parent)
         raise CheckpointError(f"no checkpoint at {path}; run `python -m pipeline train` first")
-    doc, found = _open(path, "checkpoint", CHECKPOINT_FORMAT, _CHECKPOINT_FIELDS)
-    ckpt = _checkpoint_fields(path, doc)
-    _check_layout(path, found, model_layout(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"],
-                                            ckpt["levels"]))
+    doc, found = _open(path, CheckpointMeta)
+    meta = _validated(path, CheckpointMeta, doc)
+    _check_layout(path, found, model_layout(meta.arch, meta.input_shape, meta.num_classes, meta.levels))
+    ckpt = meta.model_dump(by_alias=True, exclude={"kind"})
+    ckpt["input_shape"] = list(meta.input_shape)
     ckpt["state_dict"] = _load_tensors(path, found)
     return ckpt
 
@@ -452,24 +496,8 @@ def stored_config(path: Path) -> dict:
     """The config a checkpoint or resume state (by its file name) was made with; only the header is
     read. :class:`CheckpointError` if the file is not one of ours."""
     path = Path(path)
-    if path.name == TRAIN_STATE:
-        doc, _ = _open_train_state(path)
-    else:
-        doc, _ = _open(path, "checkpoint", CHECKPOINT_FORMAT, _CHECKPOINT_FIELDS)
-    return _Fields(path, doc).of_type("config", dict)
-
-
-def _train_state_fields(path: Path, doc: dict) -> tuple[int, list, dict]:
-    f = _Fields(path, doc)
-    epoch = f.integer("epoch", 0, MAX_EPOCH - 1)
-    history = f.of_type("history", list, _is_history)
-    if [r.get("epoch") for r in history] != list(range(1, epoch + 2)):
-        raise f.fail("history", f"one record per epoch 1..{epoch + 1}")
-    best = f.of_type("best", dict, lambda b: _is_finite(b.get("snn_val")) and type(b.get("epoch")) is int
-                    and 1 <= b["epoch"] <= epoch + 1)
-    f.of_type("optimizer", dict, lambda o: set(o) == {"param_groups", "state"})
-    f.of_type("scheduler", dict)
-    return epoch, history, best
+    doc, _ = _open(path, TrainStateMeta if path.name == TRAIN_STATE else CheckpointMeta)
+    return _validated(path, _Stored, doc).config
 
 
 def _train_state_layout(path: Path, found: Layout, model: nn.Module) -> Layout:
@@ -487,15 +515,11 @@ def _train_state_layout(path: Path, found: Layout, model: nn.Module) -> Layout:
     return expected
 
 
-def _open_train_state(path: Path) -> tuple[dict, Layout]:
-    return _open(path, "train_state", TRAIN_STATE_FORMAT, _TRAIN_STATE_FIELDS)
-
-
 def read_train_state(path: Path, model: nn.Module, opened: Optional[tuple[dict, Layout]] = None) -> TrainState:
     """The resume state at ``path``, validated against ``model`` (its tensors are not loaded into it)."""
     path = Path(path)
-    doc, found = opened or _open_train_state(path)
-    epoch, history, best = _train_state_fields(path, doc)
+    doc, found = opened or _open(path, TrainStateMeta)
+    meta = _validated(path, TrainStateMeta, doc)
     _check_layout(path, found, _train_state_layout(path, found, model))
     tensors = _load_tensors(path, found)
     optimizer_state: dict[int, dict] = {}
@@ -504,10 +528,9 @@ def read_train_state(path: Path, model: nn.Module, opened: Optional[tuple[dict, 
             _, index, key = name.split("/")
             optimizer_state.setdefault(int(index), {})[key] = tensor
     for index, entries in doc["optimizer"]["state"].items():
-        if not (isinstance(index, str) and index.isdigit() and isinstance(entries, dict)):
-            raise CheckpointError(f"{path}: malformed optimizer state entry {_show(index)}")
         optimizer_state.setdefault(int(index), {}).update(entries)
-    return TrainState(epoch=epoch, history=history, best=best, config=_Fields(path, doc).of_type("config", dict),
+    # validated above, the JSON parts are passed on as written
+    return TrainState(epoch=meta.epoch, history=doc["history"], best=doc["best"], config=doc["config"],
                       model={k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")},
                       optimizer={"state": optimizer_state, "param_groups": doc["optimizer"]["param_groups"]},
                       scheduler=doc["scheduler"], torch_rng=tensors[_RNG])
@@ -556,8 +579,8 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     if not path.exists() and not path.is_symlink():  # a dangling link or a loop is an error
         refuse_legacy(path.parent)
         return None
-    opened = _open_train_state(path)
-    if training_identity(_Fields(path, opened[0]).of_type("config", dict)) != training_identity(config):
+    opened = _open(path, TrainStateMeta)
+    if training_identity(_validated(path, _Stored, opened[0]).config) != training_identity(config):
         raise CheckpointError(f"{path} was made with another configuration; it is not resumed "
                               "(delete it, or train into a new run.dir)")
     state = read_train_state(path, model, opened)
