@@ -1,16 +1,5 @@
-"""``python -m pipeline``: see :mod:`pipeline.cli`."""
-import logging
-import os
-import sys
-
-from pipeline.cli import main
+"""``python -m pipeline``: the same command as the ``nqloihi`` script (:func:`pipeline.cli.script`)."""
+from pipeline.cli import script
 
 if __name__ == "__main__":
-    code = main()
-    # Skip the interpreter's module teardown: with lava.lib.dl imported it spends 6-10 s in
-    # garbage collection after all work is done (seen in gdb). Every artifact is already
-    # written atomically and Lava's runtime is stopped by then; flush what is buffered.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    script(prog="python -m pipeline")

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 from hardware.runtime.progress import logging_redirect_tqdm
 
@@ -58,7 +58,7 @@ EXIT_TOOLKIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="deploy.yaml", metavar="PATH",
                         help="YAML config file (default: deploy.yaml)")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true",
                         help="print the stage's result as JSON on stdout instead of the summary table")
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog=prog,
         description="Train NQ ANNs, convert them to SNNs and run them bit-exactly on "
                     "Loihi 2 via Lava.")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(STAGES) + "}",
@@ -172,8 +172,9 @@ def _summary(args: argparse.Namespace, cfg, result: dict) -> str:
     return text
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline") -> int:
+    """Run one sub-command; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
     try:
         # under torchrun (several processes): only `train` runs, rank 0 alone logs and prints
         launch = launch_from_env()
@@ -198,3 +199,15 @@ def _one_line(exc: BaseException) -> str:
     """The error message on one line (a config with several problems lists them after ';')."""
     parts = [part.strip(" -") for part in str(exc).splitlines() if part.strip()]
     return "; ".join(parts).replace(":;", ":")
+
+
+def script(prog: str = "nqloihi") -> NoReturn:
+    """The console entry point ``nqloihi`` and ``python -m pipeline``: :func:`main`, then exit
+    without the interpreter's module teardown, which spends 6-10 s in garbage collection once
+    lava.lib.dl is imported. Every artifact is written atomically and Lava's runtime is stopped
+    by then; what is buffered is flushed."""
+    code = main(prog=prog)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
