@@ -1,9 +1,11 @@
 """The run directory: every file a run reads or writes, named in one place, and the typed
 sections of its ``report.json``.
 
-Writes are atomic (a temporary file in the same directory, flushed and fsynced,
-then renamed over the target), so a killed process leaves either the previous
-complete file or the new complete one, never a partial one.
+Writes are atomic (:func:`hardware.formats.files.atomic_path`, re-exported here), so a
+killed process leaves either the previous complete file or the new complete one, never a
+partial one; the temporary files a killed writer leaves are removed when a stage next opens
+the run directory (:func:`remove_stale_temporaries`). Files are read only if they are regular
+files within a size limit (:func:`open_regular`), else :class:`ArtifactError`.
 
 ``report.json`` is one JSON object: ``format_version`` plus one section per
 stage result (:class:`Report`). Every section has a typed definition; reading a
@@ -555,6 +557,11 @@ def merge_report(report: Report, updates: Mapping[str, Any], replace: Iterable[s
 
 
 # --------------------------------------------------------------------------- the run directory
+def _file(name: str) -> property:
+    """A :class:`RunDir` property: the path of the artifact ``name`` in the run directory."""
+    return property(lambda self: self.root / name, doc=f"``run.dir``/{name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The files of one run directory (``run.dir``)."""
@@ -569,37 +576,14 @@ class RunDir:
         remove_stale_temporaries(run_dir.root)
         return run_dir
 
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
-
-    @property
-    def train_state(self) -> Path:
-        return self.root / TRAIN_STATE
-
-    @property
-    def report_json(self) -> Path:
-        return self.root / REPORT_JSON
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / REPORT_MD
-
-    @property
-    def net(self) -> Path:
-        return self.root / NET_FILE
-
-    @property
-    def nir(self) -> Path:
-        return self.root / NIR_FILE
-
-    @property
-    def imported_nir(self) -> Path:
-        return self.root / IMPORTED_NIR
-
-    @property
-    def raster(self) -> Path:
-        return self.root / RASTER_NPZ
+    checkpoint = _file(CHECKPOINT)
+    train_state = _file(TRAIN_STATE)
+    report_json = _file(REPORT_JSON)
+    report_md = _file(REPORT_MD)
+    net = _file(NET_FILE)
+    nir = _file(NIR_FILE)
+    imported_nir = _file(IMPORTED_NIR)
+    raster = _file(RASTER_NPZ)
 
     def net_to_run(self, run_net: Optional[str]) -> Path:
         """The .net file ``run`` executes (``run.net``, else this directory's), checked readable."""
