@@ -333,13 +333,18 @@ CHECKPOINT_DOC = {
     "activation not an object": lambda d: d.update(activation="qcfs"),
 }
 
+#: tensor damages of both kinds of file
 TENSORS = {
-    "NaN weights": _nan_tensor("0.weight"),
-    "infinite threshold": _nan_tensor("2.threshold"),
     "shape mismatch": _first_weight_wrong_shape,
-    "missing tensor": _drop_first,
+    "missing model tensor": _drop_first,
     "extra tensor": lambda t: t.update(surplus=torch.zeros(2)),
     "wrong dtype": _wrong_dtype,
+}
+
+CHECKPOINT_TENSORS = {
+    **TENSORS,
+    "NaN weights": _nan_tensor("0.weight"),
+    "infinite threshold": _nan_tensor("2.threshold"),
 }
 
 
@@ -363,13 +368,19 @@ def _new_checkpoint(path):
     return path
 
 
+#: file kind: (make a valid one in a directory, load it); every damage is tried on both
+KINDS = {"checkpoint": (lambda d: _new_checkpoint(d / CHECKPOINT), load_checkpoint),
+         "train_state": (lambda d: _state_file(d / TRAIN_STATE), _load_state)}
+
+
 @pytest.mark.parametrize("kind", ["checkpoint", "train_state"])
 @pytest.mark.parametrize("case", sorted(BYTES))
 def test_unreadable_files_are_refused_and_never_run(tmp_path, kind, case):
-    path = _new_checkpoint(tmp_path / CHECKPOINT) if kind == "checkpoint" else _state_file(tmp_path / TRAIN_STATE)
+    make, load = KINDS[kind]
+    path = make(tmp_path)
     marker = tmp_path / "marker-created-by-unpickling"
     BYTES[case](path, marker)
-    _assert_refused(load_checkpoint if kind == "checkpoint" else _load_state, path, marker)
+    _assert_refused(load, path, marker)
 
 
 def test_foreign_files_are_named_for_what_they_are(tmp_path):
@@ -379,20 +390,6 @@ def test_foreign_files_are_named_for_what_they_are(tmp_path):
         path = tmp_path / CHECKPOINT
         maker(path, marker)
         _assert_refused(load_checkpoint, path, marker, match=match)
-
-
-@pytest.mark.parametrize("case", sorted(DOC) + sorted(CHECKPOINT_DOC))
-def test_bad_checkpoint_metadata_is_refused(tmp_path, case):
-    path = _new_checkpoint(tmp_path / CHECKPOINT)
-    _rewrite(path, {**DOC, **CHECKPOINT_DOC}[case])
-    _assert_refused(load_checkpoint, path, tmp_path / "marker")
-
-
-@pytest.mark.parametrize("case", sorted(TENSORS))
-def test_bad_checkpoint_tensors_are_refused(tmp_path, case):
-    path = _new_checkpoint(tmp_path / CHECKPOINT)
-    _rewrite(path, tensors_fn=TENSORS[case])
-    _assert_refused(load_checkpoint, path, tmp_path / "marker")
 
 
 STATE_DOC = {
@@ -413,11 +410,9 @@ STATE_DOC = {
 }
 
 STATE_TENSORS = {
+    **TENSORS,
     "NaN model weights": _nan_tensor("model/0.weight"),
     "NaN momentum": _nan_tensor("momentum_buffer"),
-    "shape mismatch": _first_weight_wrong_shape,
-    "missing model tensor": _drop_first,
-    "extra tensor": lambda t: t.update(surplus=torch.zeros(2)),
     "unknown optimizer tensor": lambda t: t.update({"optimizer/0/exp_avg": torch.zeros(16, 1, 3, 3)}),
     "optimizer tensor of no parameter": lambda t: t.update({"optimizer/999/momentum_buffer": torch.zeros(1)}),
     "momentum of the wrong shape": lambda t: t.update({"optimizer/0/momentum_buffer": torch.zeros(2)}),
@@ -427,18 +422,33 @@ STATE_TENSORS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(STATE_DOC))
-def test_bad_resume_state_metadata_is_refused(tmp_path, case):
-    path = _state_file(tmp_path / TRAIN_STATE)
-    _rewrite(path, STATE_DOC[case])
-    _assert_refused(_load_state, path, tmp_path / "marker")
+def _damages(kind, docs, tensors):
+    return [pytest.param(kind, fn, None, id=f"{kind}-metadata-{name}") for name, fn in sorted(docs.items())] + \
+        [pytest.param(kind, None, fn, id=f"{kind}-tensors-{name}") for name, fn in sorted(tensors.items())]
 
 
-@pytest.mark.parametrize("case", sorted(STATE_TENSORS))
-def test_bad_resume_state_tensors_are_refused(tmp_path, case):
-    path = _state_file(tmp_path / TRAIN_STATE)
-    _rewrite(path, tensors_fn=STATE_TENSORS[case])
-    _assert_refused(_load_state, path, tmp_path / "marker")
+@pytest.mark.parametrize("kind, doc_fn, tensors_fn", _damages("checkpoint", {**DOC, **CHECKPOINT_DOC}, CHECKPOINT_TENSORS)
+                         + _damages("train_state", STATE_DOC, STATE_TENSORS))
+def test_bad_metadata_or_tensors_are_refused(tmp_path, kind, doc_fn, tensors_fn):
+    make, load = KINDS[kind]
+    path = make(tmp_path)
+    _rewrite(path, doc_fn, tensors_fn)
+    _assert_refused(load, path, tmp_path / "marker")
+
+
+@pytest.mark.parametrize("kind, damage, field", [
+    ("checkpoint", CHECKPOINT_DOC["lambda 0"], "'lambda.0'"),
+    ("checkpoint", CHECKPOINT_DOC["activation unknown"], "'activation.activation'"),
+    ("checkpoint", CHECKPOINT_DOC["input_shape too small for arch"], "'input_shape'"),
+    ("checkpoint", DOC["epoch float"], "'epoch'"),
+    ("train_state", STATE_DOC["best without snn_val"], "'best.snn_val'"),
+    ("train_state", STATE_DOC["history shorter than epoch"], "'history'"),
+    ("train_state", STATE_DOC["optimizer a list"], "'optimizer'")])
+def test_a_bad_metadata_field_is_named(tmp_path, kind, damage, field):
+    make, load = KINDS[kind]
+    path = make(tmp_path)
+    _rewrite(path, damage)
+    _assert_refused(load, path, tmp_path / "marker", match=f"field {field}")
 
 
 def test_a_refused_resume_state_leaves_the_model_untouched(tmp_path):
