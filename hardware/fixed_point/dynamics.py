@@ -1,35 +1,26 @@
-"""The integer step of every neuron this project runs, defined once.
+"""The one-step update of every neuron this project runs, defined once.
 
-Each function advances a population by one Lava step, on int64 numpy arrays,
-with Lava 0.10's fixed-point arithmetic (``lava/proc/lif/models.py``
-``AbstractPyLifModelFixed.subthr_dynamics``) and the numbers of
-:data:`hardware.spec.LOIHI2`. ``tests/test_dynamics.py`` checks that Lava's
-stock ``PyLifModelBitAcc``, this project's ``PyIFSoftResetModelBitAcc`` and the
-reference simulator's integer path equal these definitions exactly (==); the
-if_soft process model runs :func:`step`, :func:`initial_v` and :func:`is_reset_step`
-itself.
+Each function advances a population by one Lava step on int64 numpy arrays, with Lava
+0.10's fixed-point arithmetic (``AbstractPyLifModelFixed.subthr_dynamics``) and the
+numbers of :data:`hardware.spec.LOIHI2`. ``tests/test_dynamics.py`` checks Lava's stock
+``PyLifModelBitAcc``, this project's ``PyIFSoftResetModelBitAcc`` (which runs
+:func:`step`) and both integer paths of the reference simulator against these with ==.
 
-Sub-threshold update, shared by every neuron (S = ``state_bits`` = 24,
-M = 2**(S−1), A = ``activation_shift`` = 6, int32 = a wrap to 32 bits where
-Lava's int32 containers overflow)::
+Sub-threshold update (M = 2**23 for the 24-bit state, A = ``activation_shift`` = 6,
+int32 = a wrap to 32 bits where Lava's int32 containers overflow)::
 
     decay(x, d) = sign(x·(4096 − d)) · (|x·(4096 − d)| >> 12)      (toward zero)
     u' = int32( decay(u, du + 1) + int32(int32(a) << A) )
     u  = u' − 2M  if u' > M;   u' + 2M  if u' ≤ −M;   u' otherwise  (one wrap only)
     v  = clip( int32(decay(v, dv) + u + (bias_mant << bias_exp)), −(M−1), M−1 )
 
-Then, with θ = vth << ``threshold_shift`` (6):
-
-``cuba`` (Lava's LIF, ``PyLifModelBitAcc``): s = v > θ (strict); v ← 0 where s.
-``if_soft`` (the paper's IF neuron): s = v ≥ θ; v ← v − θ where s; the initial
-and reset membrane is v0 = θ >> 1.
-The readout integrator is a ``cuba`` neuron with du = 4095 (so u = a << 6),
-dv = 0, vth = ``threshold_max`` (it never fires for the T it was quantized
-for); its v after a sample's last step is the readout.
-
-Periodic reset (``LIFReset`` and ``IFSoftReset``): at the start of step t
-(1-based), if t mod I == offset mod I, u ← 0 and v ← v_reset (0 for cuba,
-v0 for if_soft), before the update above.
+Spikes, with θ = vth << ``threshold_shift`` (6): ``cuba`` (Lava's LIF): s = v > θ, v ← 0
+where s, v0 = 0. ``if_soft`` (the paper's IF neuron): s = v ≥ θ, v ← v − θ where s,
+v0 = θ >> 1. The readout integrator (:func:`readout_params`) is a cuba neuron with
+du = 4095 (u = a << 6), dv = 0 and vth = ``threshold_max``, which it never reaches.
+Periodic reset (:func:`is_reset_step`): at the start of step t (1-based), if
+t mod I == offset mod I, then u ← 0 and v ← v0. The float IR runs the same update in
+real numbers: decay(x, d) = x·(1 − d/4096), no wrap, clip or shift, v0 = θ/2 or 0.
 """
 from __future__ import annotations
 

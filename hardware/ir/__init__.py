@@ -1,55 +1,26 @@
 """SNN IR: the single, typed, versioned description of a converted network.
 
-Everything after training speaks this IR: the converter emits it (float
-form), the quantizer maps float IR -> integer IR, the netx writer/reader map
-IR <-> ``.net`` and the reference simulator executes it.
+The converter emits it (float form), the quantizer maps float → integer IR, the netx and
+NIR readers/writers map it to files and the reference simulator executes it.
 
-Conventions
------------
-* Tensors are in PyTorch order: activations ``(C, H, W)``, conv weights
-  ``(out, in/groups, kh, kw)`` used as cross-correlation, dense weights
-  ``(out, in)``; ``Flatten`` flattens ``(C, H, W)`` in C order.
-* Spikes between layers are binary (value 1). In the float form the previous
-  layer's threshold is already folded into the next layer's weights.
-* The first weighted layer receives the analog input directly, every step
-  (float form: the input value; integer form: an unsigned ``input_bits``
-  graded spike, ``round(x · (2**input_bits − 1))``).
-
-Neuron dynamics (one step; ``a`` is the layer's synaptic input)::
-
-    if_soft (paper's IF neuron):  v ← v + a + b;  s = v ≥ θ;  v ← v − s·θ;  v(0) = θ/2
-    cuba    (Loihi stock LIF):    u ← u·(1 − δu) + a;  v ← v·(1 − δv) + u + b;
-                                  s = v > θ;  v ← v·(1 − s);  v(0) = 0
-
-with δu = (du + 1)/4096 and δv = dv/4096 (du, dv are Loihi's 12-bit decays;
-the IF neuron uses du = 4095, dv = 0). In the integer form θ is the threshold
-mantissa (compared as ``θ << 6``), ``b`` the bias mantissa (applied as
-``b << bias_exp``) and all arithmetic follows :mod:`hardware.spec`.
-
-Extra inputs (residual networks, IR 1.2). A Conv/Dense layer's synaptic input ``a`` is
-its main synapse applied to the previous layer's output (as above) plus, for every
-:class:`Projection` in ``layer.extra_inputs``, that projection's synapse applied to the
-spikes of an earlier weighted layer ``source``::
-
-    a = W ⊛ s_prev + Σ_k  P_k ⊛ s_{source_k}
-
-(in the float form the source's θ is folded into ``P_k`` as for any synapse). The graph
-is a DAG in list order: sources come earlier in ``layers``. ``depth`` (:meth:`Network.depths`)
-is the number of synaptic hops from the input along the main chain: layer i of the
-weighted layers has depth i + 1. At the paper's (same-step) timing every input of a layer
-carries the same time step; on Lava every hop adds one step, so a projection that skips
-``depth(layer) − depth(source) − 1`` layers is delayed by that many extra steps
-(:meth:`Network.extra_delay`) and the inputs still arrive aligned. Sequential networks
-have no extra inputs and are exactly IR 1.1.
-
-Readout (``Network.readout``)::
-
-    potential (the paper's):  the last weighted layer is a non-firing integrator, a
-                              ``cuba`` neuron with du = 4095, dv = 0 and a threshold it
-                              never reaches (float: +inf; integer: the largest mantissa,
-                              the quantizer guarantees |v| stays below it), so
-                              v[T] = Σ_{t≤T} (W·s_t + b) and the class is argmax v[T]
-    spikes:                   the class with the most output spikes (ties: lowest index)
+* Tensors are in PyTorch order: activations (C, H, W), conv weights (out, in/groups,
+  kh, kw) used as cross-correlation, dense weights (out, in); Flatten flattens in C order.
+* Spikes between layers are binary (value 1); in the float form the previous layer's θ
+  is folded into the next layer's weights. The first weighted layer receives the input
+  directly every step (integer form: an unsigned ``input_bits`` graded spike,
+  ``round(x · (2**input_bits − 1))``).
+* Neurons (:class:`Neuron`): ``if_soft`` (the paper's IF neuron) or ``cuba`` (Loihi's
+  stock LIF); their update, float and integer, is :mod:`hardware.fixed_point.dynamics`.
+  In the integer form θ is the threshold mantissa and b the bias mantissa.
+* Extra inputs (residual networks, IR 1.2): a Conv/Dense layer's synaptic input is its
+  main synapse on the previous layer's output plus, per :class:`Projection` in
+  ``extra_inputs``, that synapse on the spikes of an earlier weighted layer ``source``
+  (``a = W ⊛ s_prev + Σ_k P_k ⊛ s_source_k``). On Lava every hop adds one step, so a
+  projection is delayed by :meth:`Network.extra_delay` more steps to arrive aligned.
+  A network without extra inputs is exactly IR 1.1.
+* Readout (``Network.readout``; default ``potential``, the paper's): the last weighted
+  layer is a non-firing integrator (:func:`readout_neuron`) whose v at T is argmax-ed;
+  ``spikes``: the class with the most output spikes (ties: lowest index).
 """
 from __future__ import annotations
 
@@ -81,7 +52,7 @@ class Neuron:
     """Neuron parameters of one layer.
 
     ``threshold``: θ (float form) or the threshold mantissa ``vThMant``
-    (integer form). ``du``/``dv``: Loihi 12-bit decays (see module docstring).
+    (integer form). ``du``/``dv``: Loihi 12-bit decays (:mod:`hardware.fixed_point.dynamics`).
     ``bias_exp``: exponent applied to the integer bias mantissa.
     """
 

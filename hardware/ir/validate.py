@@ -1,47 +1,28 @@
 """The one validator of integer SNN networks against Loihi 2's limits.
 
-Every limit an integer :class:`hardware.ir.Network` must meet is checked here,
-against the one spec object (:data:`hardware.spec.LOIHI2`), and every violation
-is a :class:`hardware.errors.LoihiRangeError` whose message names the layer,
-the field, the value and the limit. The quantizer checks its output with it,
-the netx writer checks what it writes, the reader checks every file it reads
-(whatever attributes the file carries), and the Lava builder and the reference
-simulator check what they are asked to run.
+:func:`validate_network` checks an integer :class:`hardware.ir.Network` against the one
+spec object (:data:`hardware.spec.LOIHI2`); every violation is a
+:class:`hardware.errors.LoihiRangeError` naming the layer (for an extra input also its
+source: ``layer c2, extra input from 'c0': ...``), the field, the value and the limit.
+The quantizer, the netx writer and reader, the Lava builder and the reference simulator
+all call it.
 
-Checked: integrality (bool, complex, non-numeric values and floats with a
-fractional part are errors, never truncated), weight and weight-exponent
-ranges, bias mantissa and bias exponent, threshold mantissa (at least 1), the
-decays du/dv, input bits, input shape (positive integers, 1-D or (C, H, W)),
-conv geometry (stride and dilation at least 1, padding at least 0, groups
-dividing the channels, the kernel fitting the padded input), shapes consistent
-from layer to layer, bias shapes, and the potential readout's integrator.
+Checked on every layer and every extra input (:class:`hardware.ir.Projection`):
+integrality (bool, complex, non-numeric values and fractional floats are errors, never
+truncated), weight and weight-exponent ranges, bias mantissa and exponent, threshold
+mantissa (≥ 1), decays, input bits and shape, conv geometry (stride and dilation ≥ 1,
+padding ≥ 0, groups dividing the channels, the kernel fitting the padded input), shapes
+from layer to layer, the potential readout's integrator, and each projection's extra
+delay (:meth:`hardware.ir.Network.extra_delay`) against Loihi 2's delayed synapses.
 
-Extra inputs (:class:`hardware.ir.Projection`, residual networks): every check made on
-a layer's weights is made on each of its projections too (integrality, weight range,
-weight exponent: 0 for a conv projection as for a conv layer, conv geometry on the
-source's output, a dense projection reading the source flattened), plus: the source is
-an earlier conv/dense layer, the projection's output shape is the layer's, and the
-extra synaptic delay that aligns it on Lava (:meth:`hardware.ir.Network.extra_delay`)
-fits Loihi 2's delayed synapses (``Limits.extra_delay``). Errors name the layer and the
-projection's source (``layer c2, extra input from 'c0': ...``).
+Three sets of :class:`Limits`, for three kinds of consumer:
 
-Three sets of limits (:class:`Limits`), because three kinds of consumer accept
-different things:
+* :func:`project_limits`: what this project quantizes, writes and builds in Lava.
+* :func:`netx_limits`: what stock netx + Lava's fixed_pt models run (files written by
+  others: netx's rescaled dense weights and its default neuron, du = -1, dv = 4096).
+* :func:`simulator_limits`: :func:`netx_limits` with any bias exponent Lava's LIF takes.
 
-* :func:`project_limits`: what this project quantizes, writes and builds in
-  Lava: 8-bit signed weights with weight exponent 0, 13-bit biases with netx's
-  bias exponent, thresholds in [1, 2**17 - 1], decays in [0, 4095], input bits
-  required.
-* :func:`netx_limits`: what stock netx + Lava's fixed_pt models run, for files
-  written by others: dense weights as Lava keeps them after netx's rescaling
-  (``[-256, 255]`` with a weight exponent in [-8, 7]), netx's default neuron
-  (threshold ``1 << 17``, ``iDecay = 0`` i.e. du = -1, ``vDecay = 4096``).
-* :func:`simulator_limits`: :func:`netx_limits` (netx's default neuron included:
-  the simulator runs Lava's decay arithmetic for du = -1 and dv = 4096 as Lava does)
-  with any bias exponent Lava's LIF takes (0 .. 7), as networks built for Lava
-  directly may use.
-
-Lava's Conv ignores a weight exponent, so a conv layer's is 0 in every set.
+Lava's Conv ignores a weight exponent, so a conv synapse's is 0 in every set.
 """
 from __future__ import annotations
 
