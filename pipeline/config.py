@@ -1,54 +1,46 @@
-"""The pipeline's configuration: typed, frozen, validated before any work.
+"""The pipeline's configuration: pydantic models, validated before any work.
 
-A config file (``deploy.yaml``) is a YAML mapping of sections to mappings of
-keys. It is read defensively, before any schema check:
+A config file (``deploy.yaml``) is a YAML mapping of sections to mappings of keys; a missing
+key takes its default, an empty file is the default config. It is read defensively: at most
+:data:`MAX_CONFIG_BYTES` of UTF-8 text from a regular file, by a ``SafeLoader`` that refuses
+anchors and aliases (a "billion laughs" stops at its first anchor), nesting deeper than
+:data:`MAX_YAML_DEPTH`, and a key given twice in one mapping (naming both lines).
 
-* at most :data:`MAX_CONFIG_BYTES`, a regular file, UTF-8 text without NUL bytes;
-* with a :class:`yaml.SafeLoader` subclass (no arbitrary Python objects) that
-  refuses anchors and aliases (a "billion laughs" file stops at its first
-  anchor, before anything is expanded), refuses nesting deeper than
-  :data:`MAX_YAML_DEPTH` (instead of a RecursionError), and refuses a key that
-  appears twice in one mapping (naming both lines: a second ``train:`` section
-  would otherwise silently replace the first).
+Each section is a frozen pydantic model (strict: ``bool`` is not an int, ints must be ints,
+floats accept ints; unknown keys are refused; choices are ``Literal`` types, bounds ``Field``
+constraints) and :class:`Config` is the model of the sections (section ``import`` is
+``cfg.import_``). A path (``data.root``, ``run.dir``, ``run.net``, ``import.nir``) must be
+non-empty, without NUL and within the OS's length limits; whether it exists is checked by the
+stage that uses it. Relative paths are relative to the current working directory.
+``--set section.key=value`` overrides are parsed by the same YAML loader (``nq.noise=false``
+is a bool) and applied before validation.
 
-Then every key is checked against the schema below:
-
-* an unknown section or key is an error that names it and suggests the
-  closest known name (``difflib``);
-* a value of the wrong type is an error (ints must be ints, and ``bool`` is
-  not an int; floats accept ints; strings must be strings);
-* a value out of range is an error that states the allowed range or choices;
-* a path (``data.root``, ``run.dir``, ``run.net``, ``import.nir``) must be a non-empty string
-  without NUL characters, within the operating system's length limits.
-  Whether it exists, or is a directory, is checked by the stage that uses it.
-
-All problems found are reported together in one :class:`ConfigError` (one
-line; each problem names its key as ``section.key``). Command-line overrides
-(``--set section.key=value``) are applied before validation; their value is
-parsed by the same YAML loader, so ``nq.noise=false`` is a bool and
-``train.lr=0.1`` a float.
-
-Relative paths are relative to the current working directory.
-:func:`json_schema` gives a JSON Schema of the file for editors
-(``deploy.schema.json``, kept up to date by a test).
+Every problem is reported at once, in one single-line :class:`ConfigError` (``problems``
+holds one message each) that names the key as ``section.key``, the file line it came from,
+and the closest known name for a misspelt section, key or choice. The messages are built
+from each field's JSON Schema, never from pydantic's wording. :func:`json_schema_text` is
+``deploy.schema.json`` (for editors; a test keeps the file current).
 """
 from __future__ import annotations
 
 import difflib
 import json
-import math
-import re
 import stat
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence, get_args
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
+                      StringConstraints, ValidationError, WithJsonSchema, create_model,
+                      model_validator)
+from pydantic_core import PydanticCustomError
+from typing_extensions import Annotated
 
-from hardware.analysis.energy import ENERGY_CONSTANTS, EnergyConfigError, check_override
+from hardware.analysis.energy import ENERGY_CONSTANTS
 from hardware.errors import ToolkitError
-from hardware.kinds import EXPORT_FORMATS as _EXPORT_FORMATS, READOUTS
+from hardware.kinds import EXPORT_FORMATS, READOUTS, Backend, ExportFormat, NeuronKind, Readout
 from hardware.spec import LOIHI2
 
 #: deploy.yaml is 4 kB; a file 16 times that is not a config (and is not read into memory,
@@ -62,6 +54,10 @@ MAX_YAML_DEPTH = 16
 MAX_PATH_BYTES = 4095
 MAX_NAME_BYTES = 255
 
+__all__ = ["Config", "ConfigError", "load_config", "describe_schema", "json_schema",
+           "json_schema_text", "DEFAULT_ARCH", "DATASETS", "ARCHS", "ACTIVATIONS", "CUBA_SHIFTS",
+           "EXPORT_FORMATS", "READOUTS"]
+
 
 class ConfigError(ToolkitError, ValueError):
     """A config file, section, key, value or override that is not valid.
@@ -71,14 +67,6 @@ class ConfigError(ToolkitError, ValueError):
     def __init__(self, message: str, problems: Sequence[str] = ()):
         super().__init__(message)
         self.problems = tuple(problems) or (message,)
-
-
-# --------------------------------------------------------------------------
-# Value rules
-# --------------------------------------------------------------------------
-
-class _Invalid(Exception):
-    """Internal: a single value failed its rule (message without the key)."""
 
 
 def _type_name(value: Any) -> str:
@@ -105,189 +93,112 @@ def _path_problem(value: str) -> Optional[str]:
     return None
 
 
-_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false",
-               "str": "a non-empty string", "path": "a path (non-empty string)"}
+def _checked_path(value: str) -> str:
+    problem = _path_problem(value)
+    if problem:
+        raise PydanticCustomError("config_path", "{problem}",
+                                  {"problem": f"{problem} (got {_short_repr(value)})"})
+    return value
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """How one key is checked.
-
-    kind: 'int' | 'float' | 'bool' | 'str' | 'path' | 'choice'
-    lo/hi: bounds (inclusive unless lo_open/hi_open); choices for 'choice'.
-    nullable: ``null`` is allowed (means "use the default location").
-    """
-
-    kind: str
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: tuple = ()
-    nullable: bool = False
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        parts = []
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
-        base = " ".join([_KIND_NAMES[self.kind]] + [" and ".join(parts)] * bool(parts))
-        return base + " or null" if self.nullable else base
-
-    def check(self, value: Any) -> Any:
-        """Return the (possibly converted) value or raise :class:`_Invalid`."""
-        if value is None and self.nullable:
-            return None
-        bad = _Invalid(f"must be {self.describe()}, got {_short_repr(value)} ({_type_name(value)})")
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if self.kind in ("str", "path", "choice"):
-            return self._check_text(value, bad)
-        return self._check_number(value, bad)
-
-    def _check_text(self, value: Any, bad: _Invalid) -> str:
-        if not isinstance(value, str) or not value:
-            raise bad
-        if self.kind == "path":
-            problem = _path_problem(value)
-            if problem:
-                raise _Invalid(f"{problem} (got {_short_repr(value)})")
-        if self.kind == "choice" and value not in self.choices:
-            close = difflib.get_close_matches(value, self.choices, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _Invalid(f"must be {self.describe()}, got {_short_repr(value)}{hint}")
-        return value
-
-    def _check_number(self, value: Any, bad: _Invalid) -> Any:
-        # bool is a subclass of int but never a valid number here
-        if isinstance(value, bool):
-            raise bad
-        if self.kind == "int":
-            if not isinstance(value, int):
-                raise bad
-        else:
-            if not isinstance(value, (int, float)):
-                raise bad
-            try:
-                value = float(value)
-            except OverflowError:  # an int with hundreds of digits
-                raise bad from None
-            if not math.isfinite(value):
-                raise bad
-        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-            raise bad
-        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            raise bad
-        return value
-
-    def json_schema(self) -> dict[str, Any]:
-        """This rule as a JSON Schema fragment (for editor completion)."""
-        if self.kind == "choice":
-            return {"enum": list(self.choices)}
-        out: dict[str, Any] = {"type": {"int": "integer", "float": "number", "bool": "boolean",
-                                        "str": "string", "path": "string"}[self.kind]}
-        if self.kind in ("str", "path"):
-            out["minLength"] = 1
-        if self.kind == "path":
-            out.update(maxLength=MAX_PATH_BYTES, pattern="^[^\\u0000]*$")
-        if self.lo is not None:
-            out["exclusiveMinimum" if self.lo_open else "minimum"] = self.lo
-        if self.hi is not None:
-            out["exclusiveMaximum" if self.hi_open else "maximum"] = self.hi
-        if self.nullable:
-            out["type"] = [out["type"], "null"]
-        return out
-
-
-def _f(default: Any, rule: _Rule, doc: str) -> Any:
-    return field(default=default, metadata={"rule": rule, "doc": doc})
-
+#: A path key's value (its JSON Schema marks it as a path by its ``pattern``).
+PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_checked_path),
+                     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_PATH_BYTES,
+                                     "pattern": "^[^\\u0000]*$"})]
 
 # --------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
+Dataset = Literal["digits", "fashion-mnist", "mnist", "cifar10"]
 #: ``nq.activation``: the hidden layers' ANN activation (models.nq.ACTIVATIONS, plus ``auto``:
 #: cuba-matched when snn.neuron is cuba, qcfs otherwise). Spelled out here so that reading
-#: a config does not import torch; tests/test_config.py checks them against models.nq.
-ACTIVATIONS = ("qcfs", "cuba-matched", "auto")
+#: a config does not import torch; tests/test_cuba_activation.py checks them against models.nq.
+Activation = Literal["qcfs", "cuba-matched", "auto"]
 #: ``snn.cuba_shift``: per-step drive offsets of the cuba path (models.nq.CUBA_SHIFTS).
-CUBA_SHIFTS = ("none", "half-bias")
+CubaShift = Literal["none", "half-bias"]
 #: ``model.arch`` (models.architectures.ARCHITECTURES, plus ``auto``); the resnets are residual nets.
-ARCHS = ("auto", "cnn-small", "vgg-small", "vgg16", "resnet-small", "resnet20", "resnet18")
+Arch = Literal["auto", "cnn-small", "vgg-small", "vgg16", "resnet-small", "resnet20", "resnet18"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+CUBA_SHIFTS: tuple[str, ...] = get_args(CubaShift)
+ARCHS: tuple[str, ...] = get_args(Arch)
 #: The architecture ``model.arch: auto`` picks for each dataset.
 DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
                 "mnist": "vgg-small", "cifar10": "vgg16"}
+_STEPS = {"ge": 1, "le": 100_000}  # a number of time steps
+_COUNT = {"ge": 1, "le": 1 << 20}  # a batch size
+_SAMPLES = {"ge": 16, "le": 10_000_000}  # enough samples for a statistic
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = _f("digits", _Rule("choice", choices=DATASETS), "dataset")
-    root: Optional[str] = _f(None, _Rule("path", nullable=True),
-                             "dataset directory; null = the dataset's default location")
-    val_fraction: float = _f(0.1, _Rule("float", lo=0.0, hi=0.5, lo_open=True, hi_open=True),
-                             "fraction of the training set held out for validation")
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = _f("auto", _Rule("choice", choices=ARCHS),
-                   "network architecture: plain conv nets (cnn-small, vgg-small, vgg16) or residual "
-                   "nets (resnet-small, resnet20, resnet18); auto picks a plain net per dataset")
+class DataConfig(_Section):
+    """The dataset and its validation split."""
+
+    name: Dataset = Field("digits", description="dataset")
+    root: Optional[PathText] = Field(
+        None, description="dataset directory; null = the dataset's default location")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description=(
+        "fraction of the training set held out for validation"))
 
 
-@dataclass(frozen=True)
-class NQConfig:
-    levels: int = _f(4, _Rule("int", lo=1, hi=256), "quantization levels L of the QCFS activation")
-    init_threshold: float = _f(8.0, _Rule("float", lo=0.0, hi=1e6, lo_open=True),
-                               "initial value of every layer's learnable threshold lambda")
-    noise: bool = _f(True, _Rule("bool"), "inject residual noise during training")
-    sigma_samples: int = _f(512, _Rule("int", lo=16, hi=10_000_000),
-                            "validation samples used to estimate sigma each epoch")
-    activation: str = _f("auto", _Rule("choice", choices=ACTIVATIONS),
-                         "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched "
-                         "(the stock CUBA neuron's exact response over snn.cuba_timesteps steps) | "
-                         "auto (cuba-matched if snn.neuron is cuba, else qcfs)")
+class ModelConfig(_Section):
+    """The network architecture."""
+
+    arch: Arch = Field("auto", description=(
+        "network architecture: plain conv nets (cnn-small, vgg-small, vgg16) or residual nets "
+        "(resnet-small, resnet20, resnet18); auto picks a plain net per dataset"))
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = _f(30, _Rule("int", lo=1, hi=100_000), "training epochs")
-    batch_size: int = _f(64, _Rule("int", lo=1, hi=1 << 20), "training mini-batch size")
-    lr: float = _f(0.05, _Rule("float", lo=0.0, hi=10.0, lo_open=True), "SGD learning rate")
-    momentum: float = _f(0.9, _Rule("float", lo=0.0, hi=1.0, hi_open=True), "SGD momentum")
-    weight_decay: float = _f(5e-4, _Rule("float", lo=0.0, hi=1.0), "L2 weight decay")
-    seed: int = _f(0, _Rule("int", lo=0, hi=2**32 - 1), "seed of every random choice")
-    augment: bool = _f(False, _Rule("bool"),
-                       "random crop with padding (and horizontal flip where the dataset allows it)")
-    select_samples: Optional[int] = _f(None, _Rule("int", lo=16, hi=10_000_000, nullable=True),
-                                       "fixed validation subset for model selection (null: all)")
-    dist_timeout_s: float = _f(180.0, _Rule("float", lo=1.0, hi=86_400.0),
-                               "under torchrun: seconds a process waits for a missing peer before "
-                               "it gives up")
+class NQConfig(_Section):
+    """The noisy-quantized (QCFS) activation and its residual noise."""
+
+    levels: int = Field(4, ge=1, le=256, description="quantization levels L of the QCFS activation")
+    init_threshold: float = Field(8.0, gt=0.0, le=1e6, description=(
+        "initial value of every layer's learnable threshold lambda"))
+    noise: bool = Field(True, description="inject residual noise during training")
+    sigma_samples: int = Field(512, **_SAMPLES, description=(
+        "validation samples used to estimate sigma each epoch"))
+    activation: Activation = Field("auto", description=(
+        "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched (the stock CUBA "
+        "neuron's exact response over snn.cuba_timesteps steps) | auto (cuba-matched if "
+        "snn.neuron is cuba, else qcfs)"))
 
 
-@dataclass(frozen=True)
-class SNNConfig:
-    timesteps: int = _f(4, _Rule("int", lo=1, hi=100_000),
-                        "T used for model selection (and sigma, unless sigma_timesteps is set)")
-    sigma_timesteps: Optional[int] = _f(None, _Rule("int", lo=1, hi=100_000, nullable=True),
-                                        "T at which sigma is measured (null: snn.timesteps)")
-    neuron: str = _f("if_soft", _Rule("choice", choices=("if_soft", "cuba")), "SNN neuron model")
-    readout: str = _f("potential", _Rule("choice", choices=READOUTS),
-                      "how the SNN's class is read out")
-    cuba_shift: str = _f("none", _Rule("choice", choices=CUBA_SHIFTS),
-                         "cuba only: per-step drive offset folded into the biases: none | half-bias "
-                         "(theta/(2T) per step, T = snn.cuba_timesteps)")
-    cuba_timesteps: Optional[int] = _f(None, _Rule("int", lo=1, hi=100_000, nullable=True),
-                                       "T the cuba-matched activation and the cuba shift are "
-                                       "designed for (null: snn.timesteps)")
+class TrainConfig(_Section):
+    """ANN training (SGD)."""
+
+    epochs: int = Field(30, ge=1, le=100_000, description="training epochs")
+    batch_size: int = Field(64, **_COUNT, description="training mini-batch size")
+    lr: float = Field(0.05, gt=0.0, le=10.0, description="SGD learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random choice")
+    augment: bool = Field(False, description=(
+        "random crop with padding (and horizontal flip where the dataset allows it)"))
+    select_samples: Optional[int] = Field(None, **_SAMPLES, description=(
+        "fixed validation subset for model selection (null: all)"))
+    dist_timeout_s: float = Field(180.0, ge=1.0, le=86_400.0, description=(
+        "under torchrun: seconds a process waits for a missing peer before it gives up"))
+
+
+class SNNConfig(_Section):
+    """The converted spiking network."""
+
+    timesteps: int = Field(4, **_STEPS, description=(
+        "T used for model selection (and sigma, unless sigma_timesteps is set)"))
+    sigma_timesteps: Optional[int] = Field(None, **_STEPS, description=(
+        "T at which sigma is measured (null: snn.timesteps)"))
+    neuron: NeuronKind = Field("if_soft", description="SNN neuron model")
+    readout: Readout = Field("potential", description="how the SNN's class is read out")
+    cuba_shift: CubaShift = Field("none", description=(
+        "cuba only: per-step drive offset folded into the biases: none | half-bias "
+        "(theta/(2T) per step, T = snn.cuba_timesteps)"))
+    cuba_timesteps: Optional[int] = Field(None, **_STEPS, description=(
+        "T the cuba-matched activation and the cuba shift are designed for (null: snn.timesteps)"))
 
     @property
     def sigma_t(self) -> int:
@@ -295,111 +206,139 @@ class SNNConfig:
         return self.timesteps if self.sigma_timesteps is None else self.sigma_timesteps
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    timesteps: int = _f(8, _Rule("int", lo=1, hi=100_000), "largest T reported")
-    batch_size: int = _f(256, _Rule("int", lo=1, hi=1 << 20), "evaluation batch size")
+class EvalConfig(_Section):
+    """Evaluation of the ANN and the SNN."""
+
+    timesteps: int = Field(8, **_STEPS, description="largest T reported")
+    batch_size: int = Field(256, **_COUNT, description="evaluation batch size")
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    input_bits: int = _f(LOIHI2.input_bits_default,
-                         _Rule("int", lo=1, hi=LOIHI2.graded_spike_max_bits),
-                         "bits of the graded-spike input payload")
+class QuantConfig(_Section):
+    """Fixed-point quantization for Loihi 2."""
+
+    input_bits: int = Field(LOIHI2.input_bits_default, ge=1, le=LOIHI2.graded_spike_max_bits,
+                            description="bits of the graded-spike input payload")
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    dir: str = _f("runs/digits", _Rule("path"), "output directory of this run")
-    backend: str = _f("loihi2-sim", _Rule("choice", choices=("loihi2-sim", "loihi2-hw")),
-                      "Lava backend")
-    lava_samples: int = _f(100, _Rule("int", lo=1, hi=10_000_000),
-                           "test samples run through Lava")
-    probes: bool = _f(True, _Rule("bool"), "record spikes/ops per layer and step")
-    net: Optional[str] = _f(None, _Rule("path", nullable=True),
-                            "the .net file `run` executes (null: <run.dir>/model.net)")
-    overwrite: bool = _f(False, _Rule("bool"),
-                         "let train/export replace a checkpoint/model.net made with another "
-                         "configuration (the CLI's --overwrite)")
+class RunConfig(_Section):
+    """The run directory and the Lava run."""
+
+    dir: PathText = Field("runs/digits", description="output directory of this run")
+    backend: Backend = Field("loihi2-sim", description="Lava backend")
+    lava_samples: int = Field(100, ge=1, le=10_000_000, description="test samples run through Lava")
+    probes: bool = Field(True, description="record spikes/ops per layer and step")
+    net: Optional[PathText] = Field(None, description=(
+        "the .net file `run` executes (null: <run.dir>/model.net)"))
+    overwrite: bool = Field(False, description=(
+        "let train/export replace a checkpoint/model.net made with another configuration "
+        "(the CLI's --overwrite)"))
 
 
-#: ``export.format``: the file ``export`` writes (``net``: quantized netx HDF5, ``nir``: the
-#: float network as a NIR graph, hardware.formats.nir)
-EXPORT_FORMATS = _EXPORT_FORMATS
+class ExportConfig(_Section):
+    """The file ``export`` writes."""
+
+    format: ExportFormat = Field("net", description=(
+        "file export writes: net (Loihi 2 fixed point, <run.dir>/model.net) | nir (the float "
+        "SNN as a NIR graph, <run.dir>/model.nir; cuba neurons only)"))
 
 
-@dataclass(frozen=True)
-class ExportConfig:
-    format: str = _f("net", _Rule("choice", choices=EXPORT_FORMATS),
-                     "file export writes: net (Loihi 2 fixed point, <run.dir>/model.net) | nir (the "
-                     "float SNN as a NIR graph, <run.dir>/model.nir; cuba neurons only)")
+class ImportConfig(_Section):
+    """A NIR graph to import."""
+
+    nir: Optional[PathText] = Field(None, description=(
+        "the NIR graph `import` reads into run.dir (export and run then take it)"))
+    dt: float = Field(1e-4, gt=0.0, le=1.0, description=(
+        "time step the NIR graph's time constants are discretised with (snnTorch: 1e-4, Norse: "
+        "1e-3); a graph written by this project carries its own"))
 
 
-@dataclass(frozen=True)
-class ImportConfig:
-    nir: Optional[str] = _f(None, _Rule("path", nullable=True),
-                            "the NIR graph `import` reads into run.dir (export and run then take it)")
-    dt: float = _f(1e-4, _Rule("float", lo=0.0, hi=1.0, lo_open=True),
-                   "time step the NIR graph's time constants are discretised with (snnTorch: "
-                   "1e-4, Norse: 1e-3); a graph written by this project carries its own")
+class _EnergyOverrides(_Section, Mapping):
+    """Read-only mapping of the energy constants set (name -> float); unset ones are None."""
 
+    def __getitem__(self, name: str) -> float:
+        value = getattr(self, name) if name in type(self).model_fields else None
+        if value is None:
+            raise KeyError(name)
+        return value
 
-_ENERGY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class EnergyConfig(Mapping):
-    """Read-only mapping of energy-constant overrides, name -> positive float.
-
-    Names and values are checked by the energy model (which knows its
-    constants). Stored as a sorted tuple so the config stays hashable."""
-
-    constants: tuple = ()
-
-    def __getitem__(self, key: str) -> float:
-        for k, v in self.constants:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self.constants)
+    def __iter__(self) -> Iterator[str]:  # the names set, as a mapping iterates its keys
+        return (name for name in type(self).model_fields if getattr(self, name) is not None)
 
     def __len__(self) -> int:
-        return len(self.constants)
+        return sum(1 for _ in self)
 
 
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "nq": NQConfig, "train": TrainConfig,
-    "snn": SNNConfig, "eval": EvalConfig, "quant": QuantConfig, "run": RunConfig,
-    "export": ExportConfig, "import": ImportConfig, "energy": EnergyConfig,
-}
-#: sections whose name is a Python keyword live in the attribute with a trailing underscore
-#: (``cfg.import_``)
-_ATTRIBUTE = {"import": "import_"}
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default")  # "unset" is not a value an editor should offer
 
 
-def _attribute(section: str) -> str:
-    return _ATTRIBUTE.get(section, section)
+#: One optional key per constant of the energy model (hardware.analysis.energy), each > 0.
+EnergyConfig = create_model(
+    "EnergyConfig", __base__=_EnergyOverrides, __module__=__name__,
+    __doc__="Energy-constant overrides (name: number > 0); see the README for the names.",
+    **{c.name: (float, Field(None, gt=0, json_schema_extra=_no_default,
+                             description=f"{c.unit}; default {c.value:g}; {c.source}"))
+       for c in ENERGY_CONSTANTS})
 
 
-@dataclass(frozen=True)
-class Config:
-    """The whole validated configuration (one frozen dataclass per section)."""
+def _cross_key_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """``(keys, message)`` for each rule between keys that ``cfg`` breaks."""
+    problems = []
+    if cfg.eval.timesteps < cfg.snn.timesteps:
+        problems.append((("eval.timesteps", "snn.timesteps"), (
+            f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps ({cfg.snn.timesteps}): "
+            f"the largest reported T must cover the T used for model selection")))
+    if cfg.nq.activation == "cuba-matched" and cfg.snn.neuron != "cuba":
+        problems.append((("nq.activation", "snn.neuron"), (
+            f"nq.activation cuba-matched models the stock cuba neuron but snn.neuron is "
+            f"{cfg.snn.neuron}: set snn.neuron: cuba (or nq.activation: auto)")))
+    if cfg.snn.cuba_shift != "none" and cfg.snn.neuron != "cuba":
+        problems.append((("snn.cuba_shift", "snn.neuron"), (
+            f"snn.cuba_shift {cfg.snn.cuba_shift} applies to cuba neurons only, but snn.neuron "
+            f"is {cfg.snn.neuron}: set snn.cuba_shift: none")))
+    return problems
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    nq: NQConfig = field(default_factory=NQConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    snn: SNNConfig = field(default_factory=SNNConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    import_: ImportConfig = field(default_factory=ImportConfig)  # section "import"
-    energy: EnergyConfig = field(default_factory=EnergyConfig)
-    #: the file this config was read from (not part of the config's value).
-    source: Optional[str] = field(default=None, compare=False)
+
+class Config(BaseModel):
+    """The whole validated configuration: one frozen model per section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              title="nqloihi pipeline configuration (deploy.yaml)")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    nq: NQConfig = Field(default_factory=NQConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    snn: SNNConfig = Field(default_factory=SNNConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    _source: Optional[str] = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _keys_agree(self) -> Config:
+        problems = _cross_key_problems(self)
+        if problems:
+            raise PydanticCustomError("config_cross_key", "rules between keys broken",
+                                      {"problems": problems})
+        return self
+
+    # the file a config was read from is not part of its value
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
+
+    @property
+    def source(self) -> Optional[str]:
+        """The file this config was read from (None: built from a mapping)."""
+        return self._source
 
     @property
     def arch(self) -> str:
@@ -438,24 +377,23 @@ class Config:
         return {}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain, JSON-serialisable ``{section: {key: value}}`` (for provenance).
-
-        ``Config.from_dict(cfg.to_dict()) == cfg``."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in _SECTIONS:
-            sec = getattr(self, _attribute(name))
-            if isinstance(sec, EnergyConfig):
-                out[name] = dict(sec.constants)
-            else:
-                out[name] = {f.name: getattr(sec, f.name) for f in fields(sec)}
+        """Plain, JSON-serialisable ``{section: {key: value}}`` (for provenance); the energy
+        section holds the constants set. ``Config.from_dict(cfg.to_dict()) == cfg``."""
+        out = self.model_dump(by_alias=True)
+        out["energy"] = dict(self.energy)
         return out
 
     @classmethod
     def from_dict(cls, raw: Any, overrides: Sequence[str] = (), source: Optional[str] = None
-                  ) -> "Config":
+                  ) -> Config:
         """Validate a ``{section: {key: value}}`` mapping (e.g. from a
         checkpoint's provenance) plus overrides; raise :class:`ConfigError`."""
-        return _build(raw, overrides, source)
+        return _build(raw, overrides, source, {})
+
+
+#: section name (as in the file) -> its model
+_SECTIONS: dict[str, type[BaseModel]] = {
+    info.alias or name: info.annotation for name, info in Config.model_fields.items()}
 
 
 # --------------------------------------------------------------------------
@@ -540,18 +478,31 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
-def _parse_yaml(text: str) -> Any:
-    """Parse one YAML document with :class:`_ConfigLoader`; raise :class:`_Refused`
-    or another :class:`yaml.YAMLError` for anything a config must not be."""
+def _key_lines(node: yaml.Node) -> dict[tuple[str, ...], int]:
+    """The line of each section, ``(section,)``, and key, ``(section, key)``, of a config file."""
+    lines: dict[tuple[str, ...], int] = {}
+    for sec_node, body in node.value if isinstance(node, yaml.MappingNode) else ():
+        if isinstance(sec_node, yaml.ScalarNode):
+            lines[(sec_node.value,)] = sec_node.start_mark.line + 1
+            for key_node, _ in body.value if isinstance(body, yaml.MappingNode) else ():
+                if isinstance(key_node, yaml.ScalarNode):
+                    lines[(sec_node.value, key_node.value)] = key_node.start_mark.line + 1
+    return lines
+
+
+def _parse_yaml(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """One YAML document parsed with :class:`_ConfigLoader`, and :func:`_key_lines` of it;
+    raise :class:`_Refused` or another :class:`yaml.YAMLError` for anything a config must not
+    be."""
     loader = _ConfigLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return None
+            return None, {}
         duplicate = _duplicate_keys(node)
         if duplicate:
             raise _Refused(duplicate)
-        return loader.construct_document(node)
+        return loader.construct_document(node), _key_lines(node)
     finally:
         loader.dispose()
 
@@ -585,11 +536,83 @@ def _read_config_text(p: Path) -> str:
 
 # --------------------------------------------------------------------------
 # Validation
+
+
 # --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+#: A problem: the places it may be located at (``(section,)`` or ``(section, key)``; the first
+#: one the file has a line for is named) and its message.
+_Problem = tuple[tuple[tuple[Any, ...], ...], str]
+_KIND_NAMES = {"integer": "an integer", "number": "a number", "boolean": "true or false",
+               "string": "a non-empty string"}
+_BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+
 
 def _suggest(name: str, known: Sequence[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def _unknown_section(sec: Any) -> str:
+    return (f"unknown section {_short_repr(sec)}{_suggest(str(sec), list(_SECTIONS))}; "
+            f"sections are {', '.join(_SECTIONS)}")
+
+
+def _unknown_key(sec: str, key: Any) -> str:
+    known = list(_SECTIONS[sec].model_fields)
+    return (f"unknown key {sec}.{str(key)[:60]}{_suggest(str(key), known, sec + '.')}; "
+            f"keys of {sec} are {', '.join(known)}")
+
+
+@cache
+def _key_schemas() -> dict[str, dict[str, dict[str, Any]]]:
+    """``{section: {key: the key's JSON Schema}}``."""
+    return {sec: cls.model_json_schema()["properties"] for sec, cls in _SECTIONS.items()}
+
+
+def _allowed(prop: dict[str, Any]) -> str:
+    """What a key's JSON Schema allows, in words (``an integer >= 1 and <= 256 or null``)."""
+    options = prop.get("anyOf", [prop])
+    rule = next(o for o in options if o.get("type") != "null")
+    if "enum" in rule:
+        return "one of " + ", ".join(repr(c) for c in rule["enum"])
+    kind = "a path (non-empty string)" if "pattern" in rule else _KIND_NAMES[rule["type"]]
+    bounds = " and ".join(f"{op} {rule[name]:g}" for name, op in _BOUNDS if name in rule)
+    return " ".join(filter(None, [kind, bounds])) + (" or null" if len(options) > 1 else "")
+
+
+def _value_problem(sec: str, key: str, value: Any) -> str:
+    prop = _key_schemas()[sec][key]
+    head = f"{sec}.{key} must be {_allowed(prop)}, got {_short_repr(value)}"
+    if "enum" in prop and isinstance(value, str):
+        close = difflib.get_close_matches(value, prop["enum"], n=1)
+        return head + (f" (did you mean {close[0]!r}?)" if close else "")
+    return f"{head} ({_type_name(value)})"
+
+
+def _problems_of(exc: ValidationError) -> list[_Problem]:
+    """pydantic's errors as the project's messages (one per key)."""
+    problems: list[_Problem] = []
+    seen = set()
+    for err in exc.errors(include_url=False):
+        loc, kind = err["loc"], err["type"]
+        if loc in seen:
+            continue
+        seen.add(loc)
+        if kind == "config_cross_key":
+            problems += [(tuple(tuple(k.split(".")) for k in keys), text)
+                         for keys, text in err["ctx"]["problems"]]
+        elif len(loc) != 2:  # sections are checked before pydantic sees them; just in case
+            problems.append(((loc[:1],), f"{'.'.join(map(str, loc)) or 'config'}: {err['msg']}"))
+        elif kind in ("extra_forbidden", "invalid_key"):
+            problems.append(((loc,), _unknown_key(*loc)))
+        elif kind == "config_path":
+            problems.append(((loc,), f"{loc[0]}.{loc[1]} {err['msg']}"))
+        else:
+            problems.append(((loc,), _value_problem(*loc, err["input"])))
+    return problems
 
 
 def _parse_override_value(text: str, rhs: str) -> Any:
@@ -597,7 +620,7 @@ def _parse_override_value(text: str, rhs: str) -> Any:
         raise ConfigError(f"override {text[:40]!r}…: value is {len(rhs)} characters; at most "
                           f"{MAX_OVERRIDE_CHARS}")
     try:
-        return _parse_yaml(rhs) if rhs.strip() else None
+        return _parse_yaml(rhs)[0] if rhs.strip() else None
     except _Refused as exc:
         raise ConfigError(f"override {_short_repr(text)}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -617,20 +640,13 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
                           f"(e.g. nq.noise=false), got {_short_repr(lhs.strip())}")
     section, key = parts
     if section not in _SECTIONS:
-        raise ConfigError(f"override {_short_repr(text)}: unknown section {section!r}"
-                          f"{_suggest(section, list(_SECTIONS))}; sections are "
-                          f"{', '.join(_SECTIONS)}")
-    cls = _SECTIONS[section]
-    if cls is not EnergyConfig:
-        known = [f.name for f in fields(cls)]
-        if key not in known:
-            raise ConfigError(f"override {_short_repr(text)}: unknown key {section}.{key}"
-                              f"{_suggest(key, known, section + '.')}; keys of {section} "
-                              f"are {', '.join(known)}")
+        raise ConfigError(f"override {_short_repr(text)}: {_unknown_section(section)}")
+    if key not in _SECTIONS[section].model_fields:
+        raise ConfigError(f"override {_short_repr(text)}: {_unknown_key(section, key)}")
     return section, key, _parse_override_value(text, rhs)
 
 
-def _raw_sections(raw: Any, where: str, problems: list[str]) -> dict[str, dict[Any, Any]]:
+def _raw_sections(raw: Any, where: str, problems: list[_Problem]) -> dict[str, dict[Any, Any]]:
     """``{section: {key: value}}`` from the parsed file; structural problems go to ``problems``."""
     if raw is None:
         raw = {}
@@ -640,90 +656,55 @@ def _raw_sections(raw: Any, where: str, problems: list[str]) -> dict[str, dict[A
     merged: dict[str, dict[Any, Any]] = {}
     for sec, body in raw.items():
         if not isinstance(sec, str) or sec not in _SECTIONS:
-            problems.append(f"unknown section {_short_repr(sec)}"
-                            f"{_suggest(str(sec), list(_SECTIONS))}; "
-                            f"sections are {', '.join(_SECTIONS)}")
+            problems.append((((sec,),), _unknown_section(sec)))
             continue
         if body is None:  # "energy:" with everything commented out
             body = {}
         if not isinstance(body, Mapping):
-            problems.append(f"section {sec} must be a mapping of keys, got {_type_name(body)}")
+            problems.append((((sec,),), f"section {sec} must be a mapping of keys, "
+                                        f"got {_type_name(body)}"))
             continue
         merged[sec] = dict(body)
     return merged
 
 
-def _energy_section(body: Mapping, problems: list[str]) -> EnergyConfig:
-    items = []
-    for name, value in body.items():
-        if not isinstance(name, str) or not _ENERGY_NAME.match(name):
-            problems.append(f"energy.{str(name)[:60]}: an energy constant name must be an "
-                            f"identifier (letters, digits, _)")
-            continue
-        try:
-            items.append((name, check_override(name, value)))
-        except EnergyConfigError as exc:
-            problems.append(str(exc))
-    return EnergyConfig(tuple(sorted(items)))
-
-
-def _typed_section(sec: str, cls: type, body: Mapping, problems: list[str]) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in body.items():
-        if key not in known:
-            hint = _suggest(str(key), list(known), sec + ".")
-            problems.append(f"unknown key {sec}.{str(key)[:60]}{hint}; "
-                            f"keys of {sec} are {', '.join(known)}")
-            continue
-        try:
-            kwargs[key] = known[key].metadata["rule"].check(value)
-        except _Invalid as exc:
-            problems.append(f"{sec}.{key} {exc}")
-    return None if problems else cls(**kwargs)
-
-
-def _cross_key_problems(cfg: Config) -> list[str]:
-    problems = []
-    if cfg.eval.timesteps < cfg.snn.timesteps:
-        problems.append(f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps "
-                        f"({cfg.snn.timesteps}): the largest reported T must cover the T used for "
-                        f"model selection")
-    if cfg.nq.activation == "cuba-matched" and cfg.snn.neuron != "cuba":
-        problems.append(f"nq.activation cuba-matched models the stock cuba neuron but snn.neuron is "
-                        f"{cfg.snn.neuron}: set snn.neuron: cuba (or nq.activation: auto)")
-    if cfg.snn.cuba_shift != "none" and cfg.snn.neuron != "cuba":
-        problems.append(f"snn.cuba_shift {cfg.snn.cuba_shift} applies to cuba neurons only, but "
-                        f"snn.neuron is {cfg.snn.neuron}: set snn.cuba_shift: none")
-    return problems
-
-
-def _build(raw: Any, overrides: Sequence[str], source: Optional[str]) -> Config:
+def _config_error(source: Optional[str], problems: list[_Problem],
+                  lines: Mapping[tuple[str, ...], int]) -> ConfigError:
+    """One single-line error for all ``problems``, each with the file line of its key."""
+    located = []
+    for places, text in problems:
+        found = (lines.get(tuple(map(str, place))) for place in places)
+        located.append((next(filter(None, found), None), text))
+    located.sort(key=lambda item: item[0] or MAX_CONFIG_BYTES)  # in file order
+    texts = [f"line {line}: {text}" if line else text for line, text in located]
+    if len(located) == 1:
+        line, text = located[0]
+        head = f"{source}{f' line {line}' if line else ''}: " if source else ""
+        return ConfigError(head + text, texts)
     where = f"{source}: " if source else ""
-    problems: list[str] = []
-    merged = _raw_sections(raw, where, problems)
+    # one line: the CLI prints every error as a single "error: ..." line
+    return ConfigError(f"{where}{len(texts)} problems in the config: " + "; ".join(texts), texts)
+
+
+def _build(raw: Any, overrides: Sequence[str], source: Optional[str],
+           lines: dict[tuple[str, ...], int]) -> Config:
+    problems: list[_Problem] = []
+    merged = _raw_sections(raw, f"{source}: " if source else "", problems)
     if isinstance(overrides, str):  # a lone string would be iterated per character
         overrides = [overrides]
+    lines = dict(lines)
     for ov in overrides:
         section, key, value = _parse_override(ov)
         merged.setdefault(section, {})[key] = value
-    sections = {}
-    for sec, cls in _SECTIONS.items():
-        body = merged.get(sec, {})
-        if cls is EnergyConfig:
-            sections[sec] = _energy_section(body, problems)
-        else:
-            sections[sec] = _typed_section(sec, cls, body, problems)
-    if not problems:
-        cfg = Config(**{_attribute(sec): value for sec, value in sections.items()}, source=source)
-        problems = _cross_key_problems(cfg)
-        if not problems:
-            return cfg
-    if len(problems) == 1:
-        raise ConfigError(where + problems[0], problems)
-    # one line: the CLI prints every error as a single "error: ..." line
-    raise ConfigError(f"{where}{len(problems)} problems in the config: " + "; ".join(problems),
-                      problems)
+        lines.pop((section, key), None)  # the value no longer comes from the file
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as exc:
+        problems += _problems_of(exc)
+    if problems:
+        raise _config_error(source, problems, lines)
+    cfg._source = source
+    return cfg
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
@@ -734,12 +715,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     p = Path(path)
     text = _read_config_text(p)
     try:
-        raw = _parse_yaml(text)
+        raw, lines = _parse_yaml(text)
     except _Refused as exc:
         raise ConfigError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
-    return _build(raw, overrides, str(p))
+    return _build(raw, overrides, str(p), lines)
 
 
 # --------------------------------------------------------------------------
@@ -747,47 +728,22 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 # --------------------------------------------------------------------------
 
 def describe_schema() -> dict[str, dict[str, tuple[Any, str, str]]]:
-    """``{section: {key: (default, allowed, doc)}}``: used to check that
-    deploy.yaml documents every key."""
-    out: dict[str, dict[str, tuple[Any, str, str]]] = {}
-    for sec, cls in _SECTIONS.items():
-        if cls is EnergyConfig:
-            out[sec] = {}
-            continue
-        out[sec] = {f.name: (f.default, f.metadata["rule"].describe(), f.metadata["doc"])
-                    for f in fields(cls)}
-    return out
-
-
-def _energy_json_schema() -> dict[str, Any]:
-    props = {c.name: {"type": "number", "exclusiveMinimum": 0,
-                      "description": f"{c.unit}; default {c.value:g}; {c.source}"}
-             for c in ENERGY_CONSTANTS}
-    return {"type": ["object", "null"], "additionalProperties": False, "properties": props,
-            "description": "energy-constant overrides (name: positive number)"}
+    """``{section: {key: (default, allowed, doc)}}`` of the keys deploy.yaml lists with their
+    defaults (the energy section's keys are optional overrides, so it has none)."""
+    return {sec: {} if cls is EnergyConfig else
+            {key: (info.default, _allowed(_key_schemas()[sec][key]), info.description)
+             for key, info in cls.model_fields.items()}
+            for sec, cls in _SECTIONS.items()}
 
 
 def json_schema() -> dict[str, Any]:
-    """A JSON Schema (draft 2020-12) of deploy.yaml, for editor completion and checks.
-
-    The validator above is the authority; this schema mirrors its rules (it
-    cannot express the cross-key rule eval.timesteps >= snn.timesteps)."""
-    sections: dict[str, Any] = {}
-    for sec, cls in _SECTIONS.items():
-        if cls is EnergyConfig:
-            sections[sec] = _energy_json_schema()
-            continue
-        props = {}
-        for f in fields(cls):
-            rule: _Rule = f.metadata["rule"]
-            default = None if f.default is MISSING else f.default
-            props[f.name] = {**rule.json_schema(), "default": default,
-                             "description": f.metadata["doc"]}
-        sections[sec] = {"type": ["object", "null"], "additionalProperties": False,
-                         "properties": props}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "nqloihi pipeline configuration (deploy.yaml)",
-            "type": ["object", "null"], "additionalProperties": False, "properties": sections}
+    """A JSON Schema (draft 2020-12) of deploy.yaml, for editor completion and checks:
+    :class:`Config`'s, where YAML's ``null`` (an empty file, a section with every key
+    commented out) stands for an empty mapping. It cannot express the rules between keys."""
+    schema = Config.model_json_schema()
+    for model in [schema, *schema["$defs"].values()]:
+        model["type"] = ["object", "null"]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def json_schema_text() -> str:

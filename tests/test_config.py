@@ -1,16 +1,17 @@
 """Config schema: defaults, deploy.yaml, and clear errors naming the key."""
-import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from hardware.errors import ToolkitError
 from hardware.spec import LOIHI2
 from pipeline.config import (Config, ConfigError, DEFAULT_ARCH, describe_schema,
                              load_config)
+from tests.cost import time_and_peak as bounded
 
 DEPLOY = str(Path(__file__).resolve().parents[1] / "deploy.yaml")
 
@@ -81,6 +82,45 @@ def test_bad_values_name_the_key(tmp_path, text, needles):
     for n in needles:
         assert n in msg, (n, msg)
     assert "c.yaml" in msg  # and the file
+
+
+@pytest.mark.parametrize("text, start", [
+    ("nq:\n  levels: 4\ntrain:\n  epochs: 3\n  lr: -1\n",
+     "c.yaml line 5: train.lr must be a number > 0 and <= 10, got -1 (int)"),
+    ("nq:\n  levels: 4\ntrian: {}\n", "c.yaml line 3: unknown section 'trian'"),
+    ("train:\n  epochs: 3\n  lrr: 1\n", "c.yaml line 3: unknown key train.lrr"),
+    ("train: {epochs: 3, lr: x}\n", "c.yaml line 1: train.lr must be"),
+    ("nq: 3\n", "c.yaml line 1: section nq must be a mapping"),
+    ("snn:\n  timesteps: 8\neval:\n  timesteps: 4\n",
+     "c.yaml line 4: eval.timesteps (4) must be >= snn.timesteps (8)"),
+    ("snn:\n  timesteps: 16\n", "c.yaml line 2: eval.timesteps (8) must be >= snn.timesteps (16)"),
+])
+def test_a_problem_names_the_line_of_its_key(tmp_path, text, start):
+    msg = error_of(tmp_path, text)
+    assert msg.startswith(str(tmp_path / start)), msg
+
+
+def test_several_problems_come_in_file_order_each_with_its_line(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, "nq:\n  levelz: 3\ntrain:\n  lr: x\n  epochs: 0\n"), [])
+    assert [p.split(":")[0] for p in ei.value.problems] == ["line 2", "line 4", "line 5"]
+    for problem, key in zip(ei.value.problems, ["nq.levelz", "train.lr", "train.epochs"]):
+        assert key in problem, (key, problem)
+
+
+def test_an_overridden_key_names_no_file_line(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path, ["train.lr=-1"])
+    assert str(ei.value) == f"{path}: train.lr must be a number > 0 and <= 10, got -1 (int)"
+
+
+def test_energy_section_is_a_mapping_of_the_constants_set():
+    energy = load_config(DEPLOY, ["energy.synop_pj=3", "energy.spike_pj=1"]).energy
+    assert dict(energy) == {"synop_pj": 3.0, "spike_pj": 1.0} and len(energy) == 2
+    assert "synop_pj" in energy and "hop_ew_pj" not in energy and energy.get("hop_ew_pj") is None
+    with pytest.raises(KeyError):
+        energy["no_such_pj"]
 
 
 def test_input_bits_range_comes_from_the_spec(tmp_path):
@@ -155,9 +195,11 @@ def test_to_dict_is_json_and_round_trips():
 
 def test_config_is_frozen_and_hashable():
     cfg = Config()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.lr = 1.0  # type: ignore[misc]
-    hash(cfg)
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.train = cfg.train  # type: ignore[misc]
+    assert hash(cfg) == hash(Config.from_dict({}))
 
 
 def test_arch_auto_resolves_per_dataset():
@@ -230,22 +272,6 @@ def test_duplicate_keys_name_the_key_and_both_lines(tmp_path, text, needles):
 BILLION_LAUGHS = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n" + \
     "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n"
             for i in range(9))
-
-
-def bounded(fn):
-    """(seconds, peak bytes allocated by Python) while ``fn`` runs."""
-    import time
-    import tracemalloc
-
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        fn()
-    finally:
-        elapsed = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return elapsed, peak
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -355,21 +381,28 @@ def test_json_schema_mirrors_the_validator():
     from pipeline.config import DATASETS, json_schema
 
     schema = json_schema()
-    props = schema["properties"]
-    assert schema["additionalProperties"] is False
+    assert schema["additionalProperties"] is False and "null" in schema["type"]
+    sections = {name: schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]
+                for name, ref in schema["properties"].items()}
+    assert set(sections) == set(describe_schema())
     for sec, keys in describe_schema().items():
-        assert props[sec]["additionalProperties"] is False
+        props = sections[sec]["properties"]
+        assert sections[sec]["additionalProperties"] is False, sec
+        assert "null" in sections[sec]["type"], sec  # "energy:" with nothing under it
         if sec == "energy":
-            assert set(props[sec]["properties"]) == set(ENERGY_CONSTANT_NAMES)
+            assert set(props) == set(ENERGY_CONSTANT_NAMES)
+            assert all(p["exclusiveMinimum"] == 0 and "default" not in p for p in props.values())
             continue
-        assert set(props[sec]["properties"]) == set(keys)
+        assert set(props) == set(keys)
         for key, (default, _, doc) in keys.items():
-            assert props[sec]["properties"][key]["default"] == default
-            assert props[sec]["properties"][key]["description"] == doc
-    assert props["data"]["properties"]["name"]["enum"] == list(DATASETS)
-    levels = props["nq"]["properties"]["levels"]
+            assert props[key]["default"] == default
+            assert props[key]["description"] == doc
+    assert sections["data"]["properties"]["name"]["enum"] == list(DATASETS)
+    levels = sections["nq"]["properties"]["levels"]
     assert (levels["type"], levels["minimum"], levels["maximum"]) == ("integer", 1, 256)
-    assert props["data"]["properties"]["val_fraction"]["exclusiveMaximum"] == 0.5
-    assert props["run"]["properties"]["net"]["type"] == ["string", "null"]
+    assert sections["data"]["properties"]["val_fraction"]["exclusiveMaximum"] == 0.5
+    net = sections["run"]["properties"]["net"]["anyOf"]
+    assert [option["type"] for option in net] == ["string", "null"]
+    assert net[0]["maxLength"] == 4095
     assert open(DEPLOY).readline().strip() == \
         "# yaml-language-server: $schema=./deploy.schema.json"

@@ -13,6 +13,7 @@ from hardware.errors import ToolkitError
 from pipeline.config import Config
 from pipeline.data import (FASHION_MNIST_DEFAULT_ROOT, DatasetError, load_dataset, read_idx,
                            stratified_split)
+from tests.cost import time_and_peak as fast_and_small
 
 
 def data_cfg(**kw):
@@ -279,22 +280,6 @@ def test_augmentation_crops_flips_only_where_allowed_and_is_seeded():
 
 def idx_header(code: int, shape) -> bytes:
     return struct.pack(">BBBB", 0, 0, code, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
-
-
-def fast_and_small(fn):
-    """Run ``fn``; return (seconds, peak bytes allocated by Python meanwhile)."""
-    import time
-    import tracemalloc
-
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        fn()
-    finally:
-        elapsed = time.perf_counter() - start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return elapsed, peak
 
 
 @pytest.mark.parametrize("shape", [(10**6, 10**4, 10**4), (2**32 - 1,) * 3, (2**32 - 1,) * 8])
