@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from hardware.kinds import NEURON_KINDS
 from pipeline import stages
 
 try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
+    ap.add_argument("--neuron", default="if_soft", choices=NEURON_KINDS)
     ap.add_argument("--lava-samples", type=int, default=50)
     ap.add_argument("--config", default="deploy.yaml")
     ap.add_argument("--out", default="runs/bench")

@@ -50,6 +50,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from hardware.kinds import Readout
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "nir_agreement.json"
 BENCHMARKS = REPO / "BENCHMARKS.md"
@@ -212,7 +214,7 @@ class Agreement:
     readout_max_rel: Optional[float]  # ... relative to max |v[T]|
 
 
-def agreement(run: SnnTorchRun, ref, readout: str) -> Agreement:
+def agreement(run: SnnTorchRun, ref, readout: Readout) -> Agreement:
     """snnTorch against a :class:`hardware.simulator.SimResult` recorded with spikes."""
     from hardware.simulator import first_argmax
 

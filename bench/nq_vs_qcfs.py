@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from hardware.fixed_point.quantize import quantize
+from hardware.kinds import NEURON_KINDS, NeuronKind, Readout
 from hardware.simulator import encode_input, simulate
 from pipeline.data import load_dataset
 from pipeline.artifacts import CHECKPOINT, TRAIN_STATE
@@ -52,7 +53,7 @@ def arms(target_t: int) -> dict[str, list[str]]:
             f"nq-sigma-T{target_t}": ["nq.noise=true", f"snn.sigma_timesteps={target_t}"]}
 
 
-def fixed_point_accuracy(model, data, neuron: str, readout: str, output_threshold: float,
+def fixed_point_accuracy(model, data, neuron: NeuronKind, readout: Readout, output_threshold: float,
                          input_bits: int, batch: int = 1000) -> dict[str, float]:
     """Loihi 2 fixed point (quantizer + bit-accurate simulator) on the whole test split."""
     net = quantize(to_ir(model, data.input_shape, neuron, readout=readout, output_threshold=output_threshold),
@@ -233,7 +234,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "last (e.g. nq.init_threshold=2, data.name=digits); use its own --results "
                          "file: runs are told apart by arm, seed, epochs, arch, dataset and neuron only")
     ap.add_argument("--select-samples", type=int, default=2000)
-    ap.add_argument("--neuron", default="if_soft", choices=["if_soft", "cuba"])
+    ap.add_argument("--neuron", default="if_soft", choices=NEURON_KINDS)
     ap.add_argument("--lava-samples", type=int, default=16)
     ap.add_argument("--lava", action="store_true",
                     help="only check Lava against the simulator on the finished runs (resumable)")

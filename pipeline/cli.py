@@ -26,12 +26,15 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Iterator, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional, Sequence
 
 from hardware.runtime.progress import logging_redirect_tqdm
 
 from hardware.errors import ToolkitError
 from pipeline.distributed import launch_from_env, require_single_process
+
+if TYPE_CHECKING:  # the config module is imported when a command runs, not for --help
+    from pipeline.config import Config
 
 log = logging.getLogger("pipeline")
 
@@ -91,7 +94,7 @@ def _configure_logging(quiet: bool, main_process: bool = True) -> None:
                         datefmt="%H:%M:%S")
 
 
-def _run(args: argparse.Namespace) -> tuple[Any, dict]:
+def _run(args: argparse.Namespace) -> tuple[Config, dict]:
     """(config, the stage's result)."""
     from pipeline.config import load_config
 
@@ -110,7 +113,7 @@ def _run(args: argparse.Namespace) -> tuple[Any, dict]:
         return cfg, stage(cfg)
 
 
-def _preflight(cfg, command: str) -> None:
+def _preflight(cfg: Config, command: str) -> None:
     """The run directory, its report.json and the .net file to run, checked before any work
     (the stages check again: they are called from scripts too)."""
     from pipeline.artifacts import ArtifactError, RunDir, check_input_file
@@ -160,7 +163,7 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-def _summary(args: argparse.Namespace, cfg, result: dict) -> str:
+def _summary(args: argparse.Namespace, cfg: Config, result: dict) -> str:
     """The accuracy table of the run directory (``all``: with the wall time)."""
     from pipeline.artifacts import RunDir
     from pipeline.report import format_summary

@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads the launc
     import torch
     from torch import nn
 
+    from pipeline.config import Config
+
 #: the variables torchrun (torch.distributed.run) sets for every worker it starts
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: the random streams of one rank (see :func:`derived_seed`)
@@ -142,9 +144,9 @@ def require_single_process(stage: str, launch: Launch) -> None:
             f"`python -m pipeline {stage} ...` without torchrun")
 
 
-def peer_timeout(cfg=None) -> datetime.timedelta:
+def peer_timeout(cfg: Optional[Config] = None) -> datetime.timedelta:
     """How long to wait for a missing peer: ``train.dist_timeout_s`` of ``cfg`` (default 3 minutes)."""
-    seconds = getattr(getattr(cfg, "train", None), "dist_timeout_s", None)
+    seconds = None if cfg is None else cfg.train.dist_timeout_s
     return DEFAULT_PEER_TIMEOUT if seconds is None else datetime.timedelta(seconds=float(seconds))
 
 

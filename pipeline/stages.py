@@ -29,6 +29,7 @@ from hardware.runtime.progress import tqdm
 
 from .artifacts import (MAX_ARTIFACT_BYTES, ArtifactError, Report, RunDir, atomic_path, check_input_file,
                         check_regular, merge_report, sha256_of)
+from .config import Config
 from .data import load_dataset
 from models.converter import count_ann_macs
 
@@ -60,14 +61,14 @@ RUN_SECTIONS = ("lava", "probes", "energy", "energy_measured", "resources", "net
 
 
 # --------------------------------------------------------------------------- helpers
-def open_run(cfg) -> RunDir:
+def open_run(cfg: Config) -> RunDir:
     """``run.dir`` checked and created, and its report.json (if any) validated: before any work."""
     run_dir = RunDir.prepared(cfg.run.dir)
     run_dir.read_report()
     return run_dir
 
 
-def _test_tensors(cfg):
+def _test_tensors(cfg: Config):
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
     y = torch.stack([data.test[i][1] for i in range(len(data.test))])
@@ -84,7 +85,7 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
     return np.cumsum(spikes, axis=1).argmax(axis=2).T
 
 
-def _fixed_point_run(cfg, net, x_int: np.ndarray, labels: np.ndarray, progress: bool):
+def _fixed_point_run(cfg: Config, net, x_int: np.ndarray, labels: np.ndarray, progress: bool):
     """Bit-accurate simulator over the test split: ({t: accuracy} for t ≤ eval.timesteps by the
     net's readout, summed activity or None, sample 0's raster (names, trains) or None, wall time)."""
     steps = cfg.eval.timesteps
@@ -166,7 +167,7 @@ def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]
 
 
 # --------------------------------------------------------------------------- train, evaluate, export
-def train(cfg, progress: bool = True) -> dict:
+def train(cfg: Config, progress: bool = True) -> dict:
     """Train; under torchrun with several processes with DDP (:mod:`pipeline.distributed`):
     every rank trains, rank 0 alone writes the files and the report."""
     with process_group(peer_timeout(cfg)) as dist:
@@ -179,7 +180,7 @@ def train(cfg, progress: bool = True) -> dict:
     return result
 
 
-def evaluate(cfg, progress: bool = True) -> dict:
+def evaluate(cfg: Config, progress: bool = True) -> dict:
     """ANN accuracy (noise off) and float-SNN accuracy at every t ≤ eval.timesteps on the test split."""
     run_dir = open_run(cfg)
     ckpt = load_checkpoint(run_dir.checkpoint)
@@ -200,7 +201,7 @@ def evaluate(cfg, progress: bool = True) -> dict:
     return _sections_written(run_dir, result)
 
 
-def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model) -> dict:
+def _export_provenance(cfg: Config, ckpt: dict, ckpt_sha: str, model) -> dict:
     """What the exported file records about its making: the network is the checkpoint's (its arch
     and levels, whatever the config says now); neuron, readout and quantization are this export's."""
     config = cfg.to_dict()
@@ -211,7 +212,7 @@ def _export_provenance(cfg, ckpt: dict, ckpt_sha: str, model) -> dict:
             "checkpoint_epoch": ckpt["epoch"], "activation": ckpt["activation"]}
 
 
-def _network_to_export(cfg, run_dir: RunDir) -> tuple:
+def _network_to_export(cfg: Config, run_dir: RunDir) -> tuple:
     """(float IR, provenance, source) of the run directory's one network: the NIR graph ``import``
     wrote (source ``'imported-nir'``) or the trained checkpoint converted with snn.* (``'checkpoint'``)."""
     from hardware.formats.nir import read_nir
@@ -246,7 +247,7 @@ def _export_nir(run_dir: RunDir, net, provenance: dict, source: str, overwrite: 
     return _sections_written(run_dir, result)
 
 
-def export(cfg, progress: bool = True) -> dict:
+def export(cfg: Config, progress: bool = True) -> dict:
     """The run directory's network (trained checkpoint -> float IR, or the imported NIR graph) ->
     export.format ``net``: Loihi 2 fixed point -> model.net (netx HDF5); ``nir``: model.nir (NIR).
     Every file is written atomically."""
@@ -269,7 +270,7 @@ def export(cfg, progress: bool = True) -> dict:
     return _sections_written(run_dir, result)
 
 
-def import_nir(cfg, progress: bool = True) -> dict:
+def import_nir(cfg: Config, progress: bool = True) -> dict:
     """Read the NIR graph ``import.nir`` (made by another framework, or by export) into the run
     directory as ``imported.nir``, rewritten by this project: export and run then take it as a
     trained network. Everything is checked before anything is written."""
@@ -317,7 +318,7 @@ def update_report(run_dir, updates: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- run
-def _input_section(cfg, net, path: Path, data_shape: tuple):
+def _input_section(cfg: Config, net, path: Path, data_shape: tuple):
     """(net, report section) saying how the dataset meets the network's input: a flat input
     of C·H·W values takes the images flattened in C order (as a Flatten layer or torch's
     ``reshape`` would); a file made elsewhere (no ``input_bits``) gets quant.input_bits."""
@@ -350,7 +351,7 @@ def _default_neuron_note(net) -> dict:
             "default_neuron": "stock netx's: iDecay 0, vDecay 4096, vThMant 1 << 17 (never spikes)"}
 
 
-def _load_net_and_data(cfg, path: Path):
+def _load_net_and_data(cfg: Config, path: Path):
     """(net, integer test inputs, labels, input section), refusing a dataset the network was not
     made for."""
     from hardware.formats.netx import read_net
@@ -364,7 +365,7 @@ def _load_net_and_data(cfg, path: Path):
     return net, encode_input(x, net.input_bits), y.numpy(), section
 
 
-def _lava_sections(cfg, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
+def _lava_sections(cfg: Config, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
     """Run the first ``run.lava_samples`` samples in Lava and compare them with the reference:
     (lava section, Lava accuracy by t, board measurement or None)."""
     from hardware.runtime.runner import run_lava
@@ -388,7 +389,7 @@ def _lava_sections(cfg, net, path: Path, x_int: np.ndarray, labels: np.ndarray, 
     return lava, _lava_accuracy(lava_run, labels[:n], steps), lava_run.board_measurement
 
 
-def _energy_section(cfg, net, activity) -> dict:
+def _energy_section(cfg: Config, net, activity) -> dict:
     """The energy estimate (static energy only where the energy.* constants for it are set)."""
     # the ANN baseline uses the ANN's own MACs (recorded at export) where known: the IR's
     # pooled-and-folded kernels would overstate them
@@ -396,7 +397,7 @@ def _energy_section(cfg, net, activity) -> dict:
     return energy_estimate(activity, dict(cfg.energy), ann_macs, steps_per_sample=cfg.eval.timesteps)
 
 
-def run(cfg, progress: bool = True) -> dict:
+def run(cfg: Config, progress: bool = True) -> dict:
     """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
     run_dir = open_run(cfg)
     path = run_dir.net_to_run(cfg.run.net)
@@ -428,14 +429,14 @@ def run(cfg, progress: bool = True) -> dict:
 
 
 # --------------------------------------------------------------------------- report, all
-def report(cfg, progress: bool = True) -> dict:
+def report(cfg: Config, progress: bool = True) -> dict:
     """Render report.md and plots from report.json (no re-running)."""
     from .report import report_stage
 
     return report_stage(cfg, progress)
 
 
-def run_all(cfg, progress: bool = True) -> dict:
+def run_all(cfg: Config, progress: bool = True) -> dict:
     """train, evaluate, export, run, report; returns the whole report (the CLI prints it)."""
     started = time.perf_counter()
     open_run(cfg)

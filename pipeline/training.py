@@ -47,6 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from hardware.errors import ToolkitError
 from hardware.ir import Network
+from hardware.kinds import NeuronKind, Readout
 from hardware.runtime.progress import tqdm
 from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
@@ -57,6 +58,7 @@ from .artifacts import CHECKPOINT, TRAIN_STATE, prepare_run_dir, remove_stale_te
 from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_model,  # noqa: F401
                           load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
                           save_checkpoint, save_train_state)
+from .config import Config
 from .data import DatasetSplits, augment_batch, load_dataset
 from .distributed import (STREAM_AUGMENT, STREAM_NOISE, DistContext, DistributedError, default_device,
                           derived_seed, peer_timeout, process_group)
@@ -73,8 +75,8 @@ def pick_device() -> torch.device:
     return default_device()
 
 
-def to_ir(model: nn.Module, input_shape: tuple, neuron: str, metadata: dict | None = None,
-          readout: str = "potential", output_threshold: float | None = None, **conversion) -> Network:
+def to_ir(model: nn.Module, input_shape: tuple, neuron: NeuronKind, metadata: dict | None = None,
+          readout: Readout = "potential", output_threshold: float | None = None, **conversion) -> Network:
     """Convert a (copy of the) model on the CPU to the float IR (``conversion``: the cuba shift
     options of :func:`models.converter.convert`, see ``Config.conversion_kwargs``)."""
     cpu_model = copy.deepcopy(model).to("cpu").eval()
@@ -210,14 +212,14 @@ def _subset(dataset, size: int | None, seed: int):
     return torch.utils.data.Subset(dataset, idx.tolist())
 
 
-def sigma_batch(cfg, data: DatasetSplits) -> torch.Tensor:
+def sigma_batch(cfg: Config, data: DatasetSplits) -> torch.Tensor:
     """The fixed validation images σ is measured on every epoch (``nq.sigma_samples``, seeded)."""
     g = torch.Generator().manual_seed(cfg.train.seed)
     sigma_idx = torch.randperm(len(data.val), generator=g)[:cfg.nq.sigma_samples]
     return torch.stack([data.val[int(i)][0] for i in sigma_idx])
 
 
-def selection_set(cfg, data: DatasetSplits):
+def selection_set(cfg: Config, data: DatasetSplits):
     """The validation samples the model is selected on (``train.select_samples`` of them, seeded;
     the whole split when it is null)."""
     return _subset(data.val, cfg.train.select_samples, cfg.train.seed + 1)
@@ -333,7 +335,7 @@ class _Session:
     the same tensor names as a single process's); ``trainable`` is what the SGD pass calls,
     the DistributedDataParallel wrapper under DDP, else ``model``."""
 
-    cfg: object
+    cfg: Config
     data: DatasetSplits
     dist: DistContext
     model: nn.Module
@@ -372,7 +374,7 @@ def _prepare_run_dir(cfg, dist: DistContext) -> Path:
     return run_dir
 
 
-def _check_batch_split(cfg, dist: DistContext) -> None:
+def _check_batch_split(cfg: Config, dist: DistContext) -> None:
     """Under DDP: train.batch_size is the global batch; it must split evenly over the ranks."""
     if dist.distributed and cfg.train.batch_size % dist.world_size:
         raise DistributedError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split "
@@ -389,7 +391,7 @@ def _check_samples_split(dist: DistContext, sizes: dict[str, int]) -> None:
             raise DistributedError(f"{key}: {size} samples cannot be shared by {dist.world_size} processes")
 
 
-def _start_session(cfg, data: DatasetSplits, dist: DistContext) -> _Session:
+def _start_session(cfg: Config, data: DatasetSplits, dist: DistContext) -> _Session:
     torch.manual_seed(cfg.train.seed)  # the same initial model on every rank
     model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
                         cfg.nq.init_threshold, **cfg.activation_kwargs()).to(dist.device)
@@ -409,7 +411,7 @@ def _start_session(cfg, data: DatasetSplits, dist: DistContext) -> _Session:
     return _Session(cfg, data, dist, model, trainable, optimizer, scheduler, sigma_x, select_set, sampler)
 
 
-def train(cfg, progress: bool = True, data: DatasetSplits | None = None,
+def train(cfg: Config, progress: bool = True, data: DatasetSplits | None = None,
           dist: DistContext | None = None) -> dict:
     """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics.
 

@@ -7,10 +7,12 @@ marked ``pragma: no cover`` and follow lava-dl's own benchmark notebooks.
 from __future__ import annotations
 
 import os
+from typing import AbstractSet
 
 import numpy as np
 
 from hardware.errors import LavaBackendError
+from hardware.kinds import NeuronKind
 
 __all__ = ["hardware_available", "board_profilers_available", "board_profilers",
            "board_measurement", "board_io", "refuse_on_board"]
@@ -45,7 +47,7 @@ RESIDUAL_ON_BOARD = (
     "CPU would not be a hardware run. Use backend 'loihi2-sim'.")
 
 
-def refuse_on_board(neuron_kinds: set, probes, residual: bool = False) -> None:
+def refuse_on_board(neuron_kinds: AbstractSet[NeuronKind], probes, residual: bool = False) -> None:
     """Raise unless a network with these neuron kinds (and probes) can run on the board.
 
     ``residual``: the network has extra inputs (:data:`RESIDUAL_ON_BOARD`)."""

@@ -71,7 +71,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from hardware import ir
-from hardware.kinds import BACKENDS
+from hardware.kinds import BACKENDS, READOUTS, Backend, NeuronKind, Readout
 from hardware.errors import LavaBackendError
 from hardware.runtime.board import board_io, board_measurement, refuse_on_board
 from hardware.runtime.network import build_lava_network
@@ -124,7 +124,7 @@ class LavaRunResult:
     wall_time_s: float
     steps_run: int
     samples_per_s: float
-    backend: str
+    backend: Backend
     #: who built the Lava network: stock netx (from ``net_path``) or this
     #: project's loader.
     loader: str = ""
@@ -137,7 +137,7 @@ class LavaRunResult:
     probe_mechanism: Optional[str] = None
     #: on a board with lava-loihi: measured power and time per step (see board_measurement)
     board_measurement: Optional[dict] = None
-    readout: str = "spikes"
+    readout: Readout = "spikes"
     output_potential: Optional[np.ndarray] = None
 
     @property
@@ -145,14 +145,14 @@ class LavaRunResult:
         """(N, n_out) total spikes per output neuron."""
         return self.output_spikes.sum(axis=1)
 
-    def predictions(self, readout: Optional[str] = None) -> np.ndarray:
+    def predictions(self, readout: Optional[Readout] = None) -> np.ndarray:
         """(N,) class of each sample after T steps, by the run's readout (or ``readout``):
         argmax of ``output_potential`` or of the output spike counts; ties go to the
         lowest index (numpy's argmax returns the first maximum), as in
         :meth:`hardware.simulator.SimResult.predictions`."""
         readout = readout or self.readout
-        if readout not in ir.READOUTS:
-            raise LavaBackendError(f"readout {readout!r} is not one of {ir.READOUTS}")
+        if readout not in READOUTS:
+            raise LavaBackendError(f"readout {readout!r} is not one of {READOUTS}")
         if readout == "potential":
             if self.output_potential is None:
                 raise LavaBackendError("this run recorded no output potential (the network's "
@@ -160,7 +160,7 @@ class LavaRunResult:
             return np.argmax(self.output_potential, axis=1)
         return np.argmax(self.output_counts, axis=1)
 
-    def accuracy(self, labels, readout: Optional[str] = None) -> float:
+    def accuracy(self, labels, readout: Optional[Readout] = None) -> float:
         """Fraction of samples whose :meth:`predictions` equal ``labels`` (N,)."""
         labels = np.asarray(labels).reshape(-1)
         pred = self.predictions(readout)
@@ -245,11 +245,11 @@ class _PotentialReader:
         return self.values
 
 
-def _neuron_kinds(net: ir.Network) -> set:
+def _neuron_kinds(net: ir.Network) -> set[NeuronKind]:
     return {layer.neuron.kind for layer in net.weighted_layers}
 
 
-def _check_options(net: ir.Network, timesteps, backend: str, probes) -> int:
+def _check_options(net: ir.Network, timesteps, backend: Backend, probes) -> int:
     """Validate run_lava's options (board availability included); return T as an int."""
     if backend not in BACKENDS:
         raise LavaBackendError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -305,7 +305,7 @@ def _input_port(lnet):
     return in_layer.neuron.a_in if isinstance(in_layer, Input) else lnet.inp
 
 
-def _io(lnet, data: np.ndarray, backend: str, steps: int, input_bits: int):
+def _io(lnet, data: np.ndarray, backend: Backend, steps: int, input_bits: int):
     """(source, sink, run config, board profilers or None) of one run."""
     if backend != "loihi2-sim":
         return board_io(lnet, data, steps, input_bits)  # pragma: no cover - needs a board
@@ -349,7 +349,7 @@ def _execute(plan: Schedule, lnet, src, sink, run_cfg, taps, reader, bar) -> tup
 
 
 def run_lava(net: ir.Network, inputs: np.ndarray, timesteps: int, *,
-             backend: str = "loihi2-sim", net_path: Optional[str] = None,
+             backend: Backend = "loihi2-sim", net_path: Optional[str] = None,
              progress: bool = True, chunk_steps: Optional[int] = None,
              probes: Union[bool, str] = False,
              probe_taps: Optional[Callable] = None,
