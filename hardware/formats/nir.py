@@ -134,7 +134,7 @@ from hardware.errors import IRError, NirFormatError
 from hardware.ir import (IR_VERSION, READABLE_IR_VERSIONS, Conv, Dense, Flatten, Input, Network, Neuron, Projection,
                  readout_neuron)
 from hardware.formats.files import atomic_path
-from hardware.formats.netx import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME
+from hardware.formats.netx_layout import MAX_DATASET_ELEMENTS, MAX_TOTAL_ELEMENTS, PROJECT_NAME
 from hardware.spec import LOIHI2
 
 __all__ = ["NIR_FORMAT", "NIR_FORMAT_VERSION", "DEFAULT_DT", "DECAY_TOLERANCE", "GAIN_TOLERANCE",
