@@ -277,6 +277,21 @@ def _issue18_checkpoint_cases(case) -> list[Case]:
     return cases
 
 
+def _torch_file_cases(case, name: str, legacy: str, legacy_needles: tuple) -> list[Case]:
+    """torch archives (one with a payload) as ``name``; the older version's torch-pickle ``legacy``
+    (a real one, a TorchScript archive, a payload) in a run directory without ``name``."""
+    def in_legacy(write):
+        return file_of(legacy, write, remove=name)
+    return [
+        case("torchscript", file_of(name, lambda p, ws: torchscript_archive(p))),
+        case("torch-zip-payload", file_of(name, lambda p, ws: torch_zip_payload(ws.marker, p)), payload=True),
+        case(f"legacy-{legacy}", in_legacy(lambda p, ws: legacy_checkpoint(p)), needles=legacy_needles),
+        case("legacy-torchscript", in_legacy(lambda p, ws: torchscript_archive(p)), needles=(legacy,)),
+        case("legacy-pickle-payload", in_legacy(lambda p, ws: p.write_bytes(pickle_payload(ws.marker))),
+             needles=(legacy,), payload=True),
+    ]
+
+
 def checkpoint_cases() -> list[Case]:
     def case(id_, plant, stage="evaluate", needles=(CHECKPOINT,), **kw):
         return Case(id=f"checkpoint-{stage}-{id_}", owner="A1", stage=stage, plant=plant,
@@ -289,21 +304,9 @@ def checkpoint_cases() -> list[Case]:
     cases.append(case("shape-huge", header_edit(CHECKPOINT, shape_huge), bomb=True))
     cases += [case(f"meta-{key}-{_id(value)}", meta(CHECKPOINT, key, value, delete=value is None))
               for key, value in CHECKPOINT_META]
-    cases += [
-        case("torchscript", file_of(CHECKPOINT, lambda p, ws: torchscript_archive(p))),
-        case("torch-zip-payload", file_of(CHECKPOINT, lambda p, ws: torch_zip_payload(ws.marker, p)),
-             payload=True),
-        case("legacy-checkpoint.pt", file_of(LEGACY_CHECKPOINT, lambda p, ws: legacy_checkpoint(p),
-                                             remove=CHECKPOINT),
-             needles=(LEGACY_CHECKPOINT, ("re-train", "retrain", "convert"))),
-        case("legacy-torchscript", file_of(LEGACY_CHECKPOINT, lambda p, ws: torchscript_archive(p),
-                                           remove=CHECKPOINT), needles=(LEGACY_CHECKPOINT,)),
-        case("legacy-pickle-payload", file_of(LEGACY_CHECKPOINT,
-                                              lambda p, ws: p.write_bytes(pickle_payload(ws.marker)),
-                                              remove=CHECKPOINT),
-             needles=(LEGACY_CHECKPOINT,), payload=True),
-        case("missing", file_of("unrelated.txt", lambda p, ws: p.write_text("x"), remove=CHECKPOINT)),
-    ]
+    cases += _torch_file_cases(case, CHECKPOINT, LEGACY_CHECKPOINT,
+                               (LEGACY_CHECKPOINT, ("re-train", "retrain", "convert")))
+    cases.append(case("missing", file_of("unrelated.txt", lambda p, ws: p.write_text("x"), remove=CHECKPOINT)))
     cases += _issue18_checkpoint_cases(case)
     cases = default_run(cases, {c.id for c in cases} - {f"checkpoint-evaluate-{k}" for k in CHECKPOINT_SLOW}
                         - ISSUE18_SLOW)
@@ -334,20 +337,7 @@ def train_state_cases() -> list[Case]:
                        "dtype-unknown", "metadata-missing", "all-nan")]
     cases += [case(f"meta-{key}-{_id(value)}", meta(TRAIN_STATE, key, value, delete=value is None))
               for key, value in TRAIN_STATE_META]
-    cases += [
-        case("torchscript", file_of(TRAIN_STATE, lambda p, ws: torchscript_archive(p))),
-        case("torch-zip-payload", file_of(TRAIN_STATE, lambda p, ws: torch_zip_payload(ws.marker, p)),
-             payload=True),
-        case("legacy-train_state.pt", file_of(LEGACY_TRAIN_STATE, lambda p, ws: legacy_checkpoint(p),
-                                              remove=TRAIN_STATE),
-             needles=(LEGACY_TRAIN_STATE,)),
-        case("legacy-torchscript", file_of(LEGACY_TRAIN_STATE, lambda p, ws: torchscript_archive(p),
-                                           remove=TRAIN_STATE), needles=(LEGACY_TRAIN_STATE,)),
-        case("legacy-pickle-payload", file_of(LEGACY_TRAIN_STATE,
-                                              lambda p, ws: p.write_bytes(pickle_payload(ws.marker)),
-                                              remove=TRAIN_STATE),
-             needles=(LEGACY_TRAIN_STATE,), payload=True),
-    ]
+    cases += _torch_file_cases(case, TRAIN_STATE, LEGACY_TRAIN_STATE, (LEGACY_TRAIN_STATE,))
     cases += [case(kind, replaced_by(TRAIN_STATE, kind), bomb=kind != "socket", bomb_seconds=3.0, timeout=30)
               for kind in NOT_REGULAR_KINDS]
     default = {f"train-state-{k}" for k in ("dev-zero", "fifo",
