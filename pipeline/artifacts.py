@@ -16,18 +16,26 @@ kept as they are.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
 import tempfile
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ContextManager, Iterable, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
+from hardware.analysis.activity import MeanActivity
+from hardware.analysis.energy import EnergyEstimate
+from hardware.analysis.resources import FitReport
 from hardware.errors import ToolkitError
+from hardware.fixed_point.quantize import LayerQuantReport
 from hardware.formats import files
 from hardware.formats.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
@@ -217,6 +225,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
 
+def _typed(annotation: Any) -> Any:
+    """``annotation`` with every dataclass in it (also inside list, dict, Optional) replaced by
+    its section model."""
+    if dataclasses.is_dataclass(annotation):
+        return section_of(annotation)
+    args = typing.get_args(annotation)
+    if not args:
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_typed(a) for a in args)]
+    return origin[tuple(_typed(a) for a in args)]
+
+
+@functools.cache
+def section_of(result: type) -> type[_Section]:
+    """The report section of a hardware result dataclass, written by its ``asdict`` form: the
+    dataclass's fields, types and defaults, checked as every section is (so the result type is
+    defined once, in hardware/)."""
+    hints = typing.get_type_hints(result)
+    fields = {}
+    for f in dataclasses.fields(result):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ...
+        fields[f.name] = (_typed(hints[f.name]), default)
+    return create_model(result.__name__, __base__=_Section, __doc__=result.__doc__, **fields)
+
+
+#: the sections the hardware analysis writes (see the dataclasses for their keys)
+QuantLayer = section_of(LayerQuantReport)
+Probes = section_of(MeanActivity)
+Energy = section_of(EnergyEstimate)
+Resources = section_of(FitReport)
+
 TimeStep = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*$")]
 Readout = Literal["potential", "spikes"]
 #: an accuracy: a fraction in [0, 1] (so no NaN or infinity either)
@@ -292,47 +338,6 @@ class NetworkFile(_Section):
     sha256: Optional[str] = None
 
 
-class QuantLayer(_Section):
-    name: str
-    scale: Optional[float] = None
-    limited_by: Optional[str] = None
-    weight_bits_used: Optional[int] = None
-    weight_max_abs_error: Optional[float] = None
-    weight_rms_rel_error: Optional[float] = None
-    threshold_float: Optional[float] = None
-    threshold_mantissa: Optional[int] = None
-    threshold_rel_error: Optional[float] = None
-    bias_max_abs_error: Optional[float] = None
-    worst_case_input: Optional[int] = None
-    readout_steps: Optional[int] = None
-
-
-class ProbeLayer(_Section):
-    name: str
-    kind: str
-    neurons: int
-    readout: bool = False
-    spikes: float
-    firing_rate: Optional[float] = None
-    synops_binary: float
-    synops_graded: float
-    graded_messages: float = 0.0
-    neuron_updates: float
-    active_updates: float
-    fan_in_max: int
-    fan_out_max: int
-
-
-class Probes(_Section):
-    """Activity per layer, means per sample (``hardware.analysis.activity.ActivityReport.to_dict``)."""
-
-    source: Optional[str] = None
-    samples: int
-    timesteps: int
-    layers: list[ProbeLayer]
-    totals: dict[str, float] = {}
-
-
 class Lava(_Section):
     samples: int
     agreement: Fraction
@@ -346,93 +351,8 @@ class Lava(_Section):
     probes_equal_reference: Optional[bool] = None
 
 
-class EnergyLayer(_Section):
-    name: str
-    total: float
-    synaptic_binary: float = 0.0
-    synaptic_graded: float = 0.0
-    neuron_update_active: float = 0.0
-    neuron_update_inactive: float = 0.0
-    spike_routing: float = 0.0
-    ann_fp32: Optional[float] = None
-    ann_int8: Optional[float] = None
-
-
-class EnergyConstant(_Section):
-    name: str
-    value: float
-    unit: str
-    source: str
-    overridden: bool
-
-
-class AnnBaseline(_Section):
-    macs: int
-    fp32_pj: float
-    int8_pj: float
-    fp32_over_snn: Optional[float] = None
-    int8_over_snn: Optional[float] = None
-
-
-class EnergyReference(_Section):
-    network: str
-    total_power_w: float
-    energy_per_inference_mj: float
-    frames_per_s: float
-    steps_per_sample: int
-    source: str
-
-
-class Energy(_Section):
-    """The energy ESTIMATE per inference (``hardware.analysis.energy.energy_estimate``)."""
-
-    total_pj: float
-    formula: str
-    by_operation: dict[str, float]
-    layers: list[EnergyLayer]
-    constants: list[EnergyConstant]
-    ann_baseline: Optional[AnnBaseline] = None
-    reference: Optional[EnergyReference] = None
-    source: Optional[str] = None
-    timesteps: Optional[int] = None
-    estimate: bool = True
-    steps_per_sample: Optional[int] = None
-    static_note: Optional[str] = None
-
-
 class EnergyMeasured(_Section):
     source: Optional[str] = None
-
-
-class ResourceLayer(_Section):
-    name: str
-    kind: str
-    readout: bool = False
-    neurons: int
-    synapses: int
-    synaptic_memory_bits: int
-    fan_in_max: int
-    fan_out_max: int
-    cores: int
-    limited_by: str
-    fits: bool
-
-
-class Resources(_Section):
-    """Loihi 2 resource fit (``hardware.analysis.resources.FitReport.to_dict``)."""
-
-    fits: bool
-    cores: int
-    chips: int
-    neurons: int
-    synapses: int
-    synaptic_memory_bits: int
-    weight_bits: int
-    conv_synapses: Optional[str] = None
-    model: Optional[str] = None
-    limits: dict[str, float] = {}
-    problems: list[str] = []
-    layers: list[ResourceLayer]
 
 
 class Raster(_Section):

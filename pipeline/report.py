@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -238,7 +239,7 @@ def _measured_energy_section(measured: Optional[dict]) -> list[str]:
 
 def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
     lines = ["## Energy per inference (ESTIMATE)", "", f"> **{LOIHI2_CAVEAT}**", ""]
-    ref = (energy or {}).get("reference") or PILOTNET_LOIHI2_REFERENCE
+    ref = (energy or {}).get("reference") or asdict(PILOTNET_LOIHI2_REFERENCE)
     ref_line = (f"> Measured Loihi 2 reference for scale ({ref['network']}): "
                 f"{ref['total_power_w']} W total, {ref['energy_per_inference_mj']} mJ per inference "
                 f"at {ref['frames_per_s']} frames/s, {ref['steps_per_sample']} steps per sample "

@@ -1,65 +1,32 @@
 """Activity counts of an SNN run: spikes, synaptic operations, neuron updates.
 
-The same counts come out whether the spikes were recorded by the reference
-simulator (:class:`hardware.simulator.SimResult`) or by Lava probes: both give,
-per *spiking layer* (the input neuron layer if the IR has one, then every
-Conv/Dense layer, in order), either the spike trains ``(T, B, *shape)`` or the
-per-neuron spike counts ``(B, *shape)`` summed over the run plus the number of
-spikes per step ``(T, B)``.
+The reference simulator (:class:`hardware.simulator.SimResult`) and Lava probes give the same
+counts: per *spiking layer* (the input neuron layer if the IR has one, then every Conv/Dense
+layer, in order) either spike trains ``(T, B, *shape)`` or per-neuron counts ``(B, *shape)``
+plus spikes per step ``(T, B)``. Every count is an exact integer; :meth:`ActivityReport.to_dict`
+gives means per sample (:class:`MeanActivity`, report.json's ``probes`` section)::
 
-Counting model (every count is an exact integer; :meth:`ActivityReport.to_dict`
-divides by the number of samples)::
-
-    fan_out[l][n]   = synapses neuron n of spiking layer l drives in the next
-                      weighted layer (dense: its out size; conv: exact count of
-                      (output position, output channel) pairs whose receptive
-                      field holds n, given stride/padding/dilation/groups;
-                      0 for the output layer)
-    synops_binary[l] = Σ_t Σ_n s[l-1][t, n] · fan_out[l-1][n]      (binary spikes)
-    synops_graded[l] = Σ_t Σ_i [x[t, i] ≠ 0] · fan_out_in[i]        (first weighted
-                      layer only, when the analog input is sent as graded spikes)
+    fan_out[l][n]     = synapses neuron n of layer l drives in the next weighted layer (conv: the
+                        exact count given stride/padding/dilation/groups) and in every extra
+                        input (``ir.Projection``) reading l; 0 for the output layer
+    synops_binary[l]  = Σ_t Σ_n s[l-1][t, n] · fan_out[l-1][n]  + synops_extra[l]
+    synops_extra[l]   = Σ_k Σ_t Σ_n s[source_k][t, n] · fan_out_k[n]   (projections k INTO l)
+    synops_graded[l]  = Σ_t Σ_i [x[t, i] ≠ 0] · fan_out_in[i]   (first weighted layer, graded input)
     neuron_updates[l] = neurons[l] · T ;  active_updates[l] = Σ_t Σ_n s[l][t, n]
 
-Extra inputs (residual networks, ``ir.Projection``): a spike of a layer that a
-projection reads also travels through that projection, so::
+Synaptic ops belong to the receiving layer, spikes to the sending one; every synapse counts
+(zero weights are stored and read too). A spike at the last step counts as delivered; a graded
+message is sent for a non-zero input only. The output integrator of a potential readout is
+flagged ``readout``: it receives synops and makes ``neurons · T`` inactive updates, sends no
+spikes, has fan-out 0 and no firing rate (``None``).
 
-    fan_out[l][n]     += Σ_{projections k reading l} synapses n drives in k (same rule:
-                         conv exact count, dense its out size)
-    synops_extra[l]    = Σ_k Σ_t Σ_n s[source_k][t, n] · fan_out_k[n]   (k: the
-                         projections INTO layer l)
-    synops_binary[l]  += synops_extra[l]
-    fan_in[l][m]      += Σ_k synapses into m through projection k
-
-so a projection's synaptic ops belong to the receiving layer, like its main synapse's
-(the same definition for simulator and Lava probe counts: both go through
-:func:`layer_activity`).
-
-Synaptic operations are attributed to the **receiving** layer (the layer whose
-synapses do the work), spikes to the **sending** layer. Every synapse is
-counted structurally (zero weights too: they are stored and read). A spike
-emitted at the last step is counted as delivered, as in the non-pipelined
-reference semantics (in a pipelined Lava run it would arrive one step after
-the run; the difference is at most one step of spikes per layer).
-
-A graded message is sent for a non-zero input value only (a zero payload
-carries nothing on Loihi 2's sparse messaging).
-
-Potential readout (``net.readout == 'potential'``): the output layer is a
-non-firing integrator. It stays in the list of recorded layers (its synapses
-and neurons do work: it receives ``synops_binary`` like any layer and makes
-``neurons · T`` neuron updates, all inactive) but is flagged ``readout``: it
-sends no spikes or messages, has no firing rate (``None`` in ``to_dict``), and
-its fan-out is 0.
-
-Spike raster file (``raster.npz``, written by the run stage, read by the
-report): plain numpy arrays, loadable with ``np.load(allow_pickle=False)``:
-``layer_names`` a unicode string array of the spiking layers in order, and for
-each name an array ``(T, n_neurons)`` bool of one sample's spikes (neurons
-flattened in C order).
+``raster.npz`` (run stage writes, report reads; ``np.load(allow_pickle=False)``): ``layer_names``
+(a unicode array of the spiking layers in order) and per name a ``(T, n_neurons)`` bool array of
+one sample's spikes (neurons flattened in C order).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -301,32 +268,62 @@ class ActivityReport:
     def to_dict(self) -> dict:
         """JSON-friendly ``report.json["probes"]``: every count is a mean per sample."""
         n = max(self.samples, 1)
-        t = self.timesteps
-        layers = []
-        for la in self.layers:
-            spikes = la.spikes / n
-            rate = spikes / (la.neurons * t) if la.neurons and t else 0.0
-            layers.append({
-                "name": la.name, "kind": la.kind, "shape": list(la.shape), "neurons": la.neurons,
-                "readout": la.readout,
-                "spikes_per_step": [float(v) / n for v in la.spikes_per_step],
-                "spikes": spikes,
-                "firing_rate": None if la.readout else rate,
-                "synops_binary": la.synops_binary / n,
-                "synops_extra": la.synops_extra / n,
-                "synops_graded": la.synops_graded / n,
-                "graded_messages": la.graded_messages / n,
-                "neuron_updates": float(la.neurons * t),
-                "active_updates": spikes,
-                "fan_in_max": la.fan_in_max, "fan_out_max": la.fan_out_max,
-            })
+        layers = [_layer_means(la, n, self.timesteps) for la in self.layers]
         keys = ("spikes", "synops_binary", "synops_extra", "synops_graded", "graded_messages",
                 "neuron_updates", "active_updates", "neurons")
-        totals = {k: float(sum(layer[k] for layer in layers)) for k in keys}
+        totals = {k: float(sum(getattr(layer, k) for layer in layers)) for k in keys}
         totals["synops"] = totals["synops_binary"] + totals["synops_graded"]
-        return {"format_version": PROBES_FORMAT_VERSION, "source": self.source,
-                "samples": self.samples, "timesteps": t, "per": "sample (mean over samples)",
-                "synops_attribution": "receiving layer", "layers": layers, "totals": totals}
+        return asdict(MeanActivity(source=self.source, samples=self.samples,
+                                   timesteps=self.timesteps, layers=layers, totals=totals))
+
+
+@dataclass(kw_only=True)
+class MeanLayerActivity:
+    """One layer of report.json's ``probes``: :class:`LayerActivity` as means per sample."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    neurons: int
+    readout: bool
+    spikes_per_step: list[float]
+    spikes: float
+    firing_rate: Optional[float]   # spikes per neuron and step; None for a readout integrator
+    synops_binary: float
+    synops_extra: float = 0.0      # (a report.json from before extra inputs has none)
+    synops_graded: float
+    graded_messages: float
+    neuron_updates: float
+    active_updates: float
+    fan_in_max: int
+    fan_out_max: int
+
+
+@dataclass(kw_only=True)
+class MeanActivity:
+    """report.json's ``probes`` section (:meth:`ActivityReport.to_dict`)."""
+
+    format_version: int = PROBES_FORMAT_VERSION
+    source: Optional[str] = None   # whose spikes: "reference" (the simulator) or "lava"
+    samples: int
+    timesteps: int
+    per: str = "sample (mean over samples)"
+    synops_attribution: str = "receiving layer"
+    layers: list[MeanLayerActivity]
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+def _layer_means(la: LayerActivity, n: int, t: int) -> MeanLayerActivity:
+    """``la``'s counts divided by ``n`` samples (``t`` steps each)."""
+    spikes = la.spikes / n
+    rate = spikes / (la.neurons * t) if la.neurons and t else 0.0
+    return MeanLayerActivity(
+        name=la.name, kind=la.kind, shape=list(la.shape), neurons=la.neurons, readout=la.readout,
+        spikes_per_step=[float(v) / n for v in la.spikes_per_step], spikes=spikes,
+        firing_rate=None if la.readout else rate, synops_binary=la.synops_binary / n,
+        synops_extra=la.synops_extra / n, synops_graded=la.synops_graded / n,
+        graded_messages=la.graded_messages / n, neuron_updates=float(la.neurons * t),
+        active_updates=spikes, fan_in_max=la.fan_in_max, fan_out_max=la.fan_out_max)
 
 
 def _np(x) -> np.ndarray:
@@ -476,6 +473,6 @@ def load_raster(path) -> dict[str, np.ndarray]:
         return {n: np.asarray(data[n], dtype=bool) for n in names}
 
 
-__all__ = ["ActivityError", "ActivityReport", "LayerActivity", "SpikingLayer", "spiking_layers",
+__all__ = ["ActivityError", "ActivityReport", "LayerActivity", "MeanActivity", "MeanLayerActivity", "SpikingLayer", "spiking_layers",
            "fan_out", "fan_in", "extra_inputs", "projection_fan_out", "projection_fan_in", "input_fan_out", "conv_fan_out", "conv_fan_in", "layer_activity",
            "activity_from_sim", "save_raster", "load_raster", "PROBES_FORMAT_VERSION"]

@@ -1,12 +1,8 @@
 """Energy **estimate** of an SNN inference on Loihi, next to an ANN baseline.
 
-Intel has published no per-operation energy figures for Loihi 2. The
-constants below are the Loihi 1 figures (14 nm) measured by Davies et al.,
-"Loihi: A Neuromorphic Manycore Processor with On-Chip Learning", IEEE Micro
-38(1), 2018, Table 1; every figure this module produces is therefore an
-estimate, not a measurement of Loihi 2. A measured Loihi 2 figure (lava-dl's
-PilotNet LIF benchmark) is reported beside it for scale.
-
+Intel has published no per-operation energy figures for Loihi 2: the constants are the Loihi 1
+(14 nm) figures of Davies et al., IEEE Micro 38(1), 2018, Table 1, so every figure here is an
+estimate; a measured Loihi 2 figure (lava-dl's PilotNet LIF benchmark) is reported beside it.
 Per sample (counts from :mod:`hardware.analysis.activity`, means over samples)::
 
     E = synops_binary · E_synop + synops_graded · E_graded_synop
@@ -16,29 +12,20 @@ Per sample (counts from :mod:`hardware.analysis.activity`, means over samples)::
 
     ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
 
-Residual networks: a projection's synaptic ops are in its receiving layer's
-``synops_binary`` (:mod:`hardware.analysis.activity`), so they are charged like any synaptic op;
-:func:`count_macs` adds each projection's MACs to its receiving layer; an identity
-shortcut (a diagonal 1×1 projection) is an addition in the ANN, not a multiply-accumulate,
-and counts 0 (as ``models.converter.count_ann_macs`` counts the ANN itself).
-
-Tile-hop energies are listed for reference but not used: the placement of
-cores on the mesh (hence the hops per spike) is not known before mapping, so
-each spike is charged the within-tile routing energy only (a lower bound on
-routing energy).
-
-Static energy needs two figures nobody has published for a given network on
-Loihi 2: the static power of the cores it occupies (``static_power_w``) and
-the chip's time per algorithmic step (``step_time_s``, which depends on the
-network and its placement; lava-loihi's profiler measures it on a board, see
-``energy_measured``). Both default to 0 (unknown); only when both are set is
-the static term added, and the result says whether it was.
+A projection's (residual network's) synaptic ops are in its receiving layer's
+``synops_binary``; :func:`count_macs` adds each projection's MACs to that layer, except an
+identity shortcut (an addition in the ANN: 0 MACs, as ``models.converter.count_ann_macs``).
+Each spike is charged the within-tile routing energy only (a lower bound: the core placement,
+hence the hops, is unknown before mapping). Static energy needs the cores' static power
+(``static_power_w``) and the chip's time per step (``step_time_s``, measured on a board by
+lava-loihi's profiler, see ``energy_measured``); both default to 0 (unknown) and the static
+term is added only when both are set. :class:`EnergyEstimate` is report.json's ``energy``.
 """
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -62,10 +49,78 @@ class EnergyConfigError(ToolkitError, ValueError):
 
 @dataclass(frozen=True)
 class EnergyConstant:
+    """One energy figure and where it comes from (an entry of report.json's ``energy.constants``)."""
+
     name: str
     value: float
     unit: str
     source: str
+    overridden: bool = False   # set by the config's ``energy`` section
+
+
+@dataclass(frozen=True)
+class EnergyReference:
+    """A measured figure of another network, reported beside the estimate for scale."""
+
+    network: str
+    total_power_w: float
+    energy_per_inference_mj: float
+    frames_per_s: float
+    steps_per_sample: int
+    source: str
+    measured: bool
+
+
+@dataclass
+class EnergyLayer:
+    """One layer's energy by operation (pJ per sample), with its ANN MACs where known."""
+
+    name: str
+    synaptic_binary: float
+    synaptic_graded: float
+    neuron_update_active: float
+    neuron_update_inactive: float
+    spike_routing: float
+    total: float
+    ann_macs: Optional[int] = None      # the ann_* keys are left out of the dict when None
+    ann_fp32: Optional[float] = None
+    ann_int8: Optional[float] = None
+
+
+@dataclass
+class AnnBaseline:
+    """The equivalent ANN's MACs and their energy (pJ per sample)."""
+
+    macs: int
+    fp32_pj: float
+    int8_pj: float
+    source: str
+    estimate: bool
+    fp32_over_snn: Optional[float]
+    int8_over_snn: Optional[float]
+
+
+@dataclass
+class EnergyEstimate:
+    """report.json's ``energy`` section (:func:`energy_estimate`)."""
+
+    estimate: bool
+    unit: str
+    caveat: str
+    formula: str
+    source: Optional[str]
+    samples: Optional[int]
+    timesteps: Optional[int]
+    steps_per_sample: Optional[int]
+    constants: list[EnergyConstant]
+    layers: list[EnergyLayer]
+    by_operation: dict[str, float]
+    static_included: bool
+    static_note: str
+    total_pj: float
+    total_uj: float
+    reference: EnergyReference
+    ann_baseline: Optional[AnnBaseline] = None   # left out of the dict when None
 
 
 ENERGY_CONSTANTS: tuple = (
@@ -99,15 +154,11 @@ ENERGY_CONSTANT_NAMES: tuple = tuple(c.name for c in ENERGY_CONSTANTS)
 
 #: Measured Loihi 2 figure reported by lava-dl's PilotNet LIF benchmark notebook
 #: (tutorials/lava/lib/dl/netx/pilotnet_lif/benchmark.ipynb), shown beside the estimate.
-PILOTNET_LOIHI2_REFERENCE = {
-    "network": "PilotNet LIF (lava-dl netx benchmark)",
-    "total_power_w": 0.679,
-    "energy_per_inference_mj": 1.66,
-    "frames_per_s": 408.91,
-    "steps_per_sample": 16,
-    "source": "lava-dl PilotNet LIF benchmark notebook (Loihi 2 board measurement, as reported there)",
-    "measured": True,
-}
+PILOTNET_LOIHI2_REFERENCE = EnergyReference(
+    network="PilotNet LIF (lava-dl netx benchmark)", total_power_w=0.679,
+    energy_per_inference_mj=1.66, frames_per_s=408.91, steps_per_sample=16,
+    source="lava-dl PilotNet LIF benchmark notebook (Loihi 2 board measurement, as reported there)",
+    measured=True)
 
 FORMULA = ("E = synops_binary·synop_pj + synops_graded·graded_synop_pj "
            "+ active_updates·neuron_update_active_pj "
@@ -183,10 +234,9 @@ _OPERATIONS = ("synaptic_binary", "synaptic_graded", "neuron_update_active",
                "neuron_update_inactive", "spike_routing")
 
 
-def _layer_row(la: Mapping, k: Mapping[str, float], macs: Optional[int]) -> dict:
+def _layer_row(la: Mapping, k: Mapping[str, float], macs: Optional[int]) -> EnergyLayer:
     """One layer's energy by operation (pJ per sample), with its ANN MACs where known."""
-    row = {
-        "name": la["name"],
+    ops = {
         "synaptic_binary": la["synops_binary"] * k["synop_pj"],
         "synaptic_graded": la["synops_graded"] * k["graded_synop_pj"],
         "neuron_update_active": la["active_updates"] * k["neuron_update_active_pj"],
@@ -194,11 +244,11 @@ def _layer_row(la: Mapping, k: Mapping[str, float], macs: Optional[int]) -> dict
         * k["neuron_update_inactive_pj"],
         "spike_routing": (la["spikes"] + la.get("graded_messages", 0.0)) * k["spike_pj"],
     }
-    row["total"] = sum(row[op] for op in _OPERATIONS)
+    row = EnergyLayer(la["name"], **ops, total=sum(ops[op] for op in _OPERATIONS))
     if macs is not None:
-        row["ann_macs"] = int(macs)
-        row["ann_fp32"] = macs * k["ann_mac_fp32_pj"]
-        row["ann_int8"] = macs * k["ann_mac_int8_pj"]
+        row.ann_macs = int(macs)
+        row.ann_fp32 = macs * k["ann_mac_fp32_pj"]
+        row.ann_int8 = macs * k["ann_mac_int8_pj"]
     return row
 
 
@@ -216,14 +266,14 @@ def _static_energy(k: Mapping[str, float], steps_per_sample: Optional[int]
                 f"steps per sample")
 
 
-def _ann_baseline(macs_per_layer: Sequence[int], k: Mapping[str, float], snn_total: float) -> dict:
+def _ann_baseline(macs_per_layer: Sequence[int], k: Mapping[str, float], snn_total: float
+                  ) -> AnnBaseline:
     total_macs = int(sum(macs_per_layer))
     fp32 = total_macs * k["ann_mac_fp32_pj"]
     int8 = total_macs * k["ann_mac_int8_pj"]
-    return {"macs": total_macs, "fp32_pj": fp32, "int8_pj": int8,
-            "source": HOROWITZ_2014, "estimate": True,
-            "fp32_over_snn": fp32 / snn_total if snn_total > 0 else None,
-            "int8_over_snn": int8 / snn_total if snn_total > 0 else None}
+    return AnnBaseline(total_macs, fp32, int8, source=HOROWITZ_2014, estimate=True,
+                       fp32_over_snn=fp32 / snn_total if snn_total > 0 else None,
+                       int8_over_snn=int8 / snn_total if snn_total > 0 else None)
 
 
 def _weighted_macs(probes: Mapping, macs_per_layer: Optional[Sequence[int]]) -> dict[str, int]:
@@ -252,28 +302,35 @@ def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
     probes = activity.to_dict() if hasattr(activity, "to_dict") else activity
     macs = _weighted_macs(probes, macs_per_layer)
     layers = [_layer_row(la, k, macs.get(la["name"])) for la in probes["layers"]]
-    ops = {op: sum(row[op] for row in layers) for op in _OPERATIONS}
+    ops = {op: sum(getattr(row, op) for row in layers) for op in _OPERATIONS}
     static, static_note = _static_energy(k, steps_per_sample)
     if static is not None:
         ops["static"] = static
     total = sum(ops.values())
-    result = {
-        "estimate": True, "unit": "pJ per sample", "caveat": LOIHI2_CAVEAT, "formula": FORMULA,
-        "source": probes.get("source"), "samples": probes.get("samples"),
-        "timesteps": probes.get("timesteps"), "steps_per_sample": steps_per_sample,
-        "constants": [{"name": c.name, "value": k[c.name], "unit": c.unit, "source": c.source,
-                       "overridden": c.name in (constants_overrides or {})}
-                      for c in ENERGY_CONSTANTS],
-        "layers": layers, "by_operation": ops,
-        "static_included": static is not None, "static_note": static_note,
-        "total_pj": total, "total_uj": total * 1e-6,
-        "reference": dict(PILOTNET_LOIHI2_REFERENCE),
-    }
-    if macs_per_layer is not None:
-        result["ann_baseline"] = _ann_baseline(macs_per_layer, k, total)
-    return result
+    result = EnergyEstimate(
+        estimate=True, unit="pJ per sample", caveat=LOIHI2_CAVEAT, formula=FORMULA,
+        source=probes.get("source"), samples=probes.get("samples"),
+        timesteps=probes.get("timesteps"), steps_per_sample=steps_per_sample,
+        constants=[replace(c, value=k[c.name], overridden=c.name in (constants_overrides or {}))
+                   for c in ENERGY_CONSTANTS],
+        layers=layers, by_operation=ops, static_included=static is not None,
+        static_note=static_note, total_pj=total, total_uj=total * 1e-6,
+        reference=PILOTNET_LOIHI2_REFERENCE,
+        ann_baseline=None if macs_per_layer is None else _ann_baseline(macs_per_layer, k, total))
+    return _without_absent(asdict(result))
 
 
-__all__ = ["EnergyConstant", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
+def _without_absent(estimate: dict) -> dict:
+    """The dict form of an :class:`EnergyEstimate`: an ANN baseline that is not known (no MAC
+    counts) is left out rather than written as null, in the whole and in each layer."""
+    rows = [(estimate, ("ann_baseline",))] + [(row, ("ann_macs", "ann_fp32", "ann_int8"))
+                                             for row in estimate["layers"]]
+    for row, keys in rows:
+        for key in keys:
+            if row[key] is None:
+                del row[key]
+    return estimate
+
+__all__ = ["EnergyConstant", "EnergyReference", "EnergyLayer", "AnnBaseline", "EnergyEstimate", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
            "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "FORMULA", "check_override", "resolve_constants",
            "count_macs", "energy_estimate"]

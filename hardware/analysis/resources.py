@@ -1,53 +1,28 @@
-"""Does an integer SNN fit on Loihi 2 neuro-cores and chips?
+"""Does an integer SNN fit on Loihi 2 neuro-cores and chips? A planning estimate, not Lava's
+compiler; limits from :data:`hardware.spec.LOIHI2` (its comments give their sources).
 
-Mapping model (a planning estimate, not Lava's compiler; limits from
-:data:`hardware.spec.LOIHI2`, whose comments give their sources and say which
-are Loihi 1 figures):
-
-* One layer's neurons are spread over cores; a core holds neurons of one layer
-  only (as Lava's partitioner does for one process).
-* Every neuron's incoming synapses live in its core, one ``weight_bits`` word
-  per synapse (index/delay bits of sparse formats are not counted, so the
-  synaptic memory is a lower bound).
-* **Synapse count of a conv layer** (``conv_synapses``):
-
-  - ``"pairs"`` (default, conservative): every (input neuron, output neuron)
-    pair that a kernel tap connects is a stored synapse, i.e. the layer is
-    mapped as a sparse dense layer: synapses = Σ_outputs fan_in (padding taps
-    excluded).
-  - ``"shared"``: Loihi 2's convolutional connectivity stores the kernel once
-    per core and shares it across positions: synapses = kernel size × cores.
-
-  Dense layers store every weight, zeros included: synapses = out · in.
-
-* **Extra inputs** (residual networks, ``ir.Projection``): a projection's synapses live
-  in the cores of the layer it feeds, next to the main synapse's, and its source's
-  axons are further inputs of those cores. So a neuron's fan-in (and with it the
-  synaptic memory per neuron, the neurons per core and the in-axon check) is the main
-  fan-in plus every projection's; ``"shared"`` stores each conv projection's kernel
-  once per core too (kernel size = main kernel + projection kernels); fan-out counts
-  a source neuron's synapses in every projection that reads it.
+* A core holds neurons of one layer only (as Lava's partitioner does for one process), and
+  every neuron's incoming synapses, one ``weight_bits`` word each (index/delay bits not
+  counted: the synaptic memory is a lower bound).
+* Synapses of a conv layer (``conv_synapses``): ``"pairs"`` (default, conservative) stores
+  every (input, output) pair a kernel tap connects, padding taps excluded; ``"shared"`` stores
+  the kernel once per core (Loihi 2 convolutional connectivity). Dense layers store every weight.
+* Extra inputs (``ir.Projection``): a projection's synapses live in the cores of the layer it
+  feeds, so fan-in (and the memory per neuron) is the main fan-in plus every projection's;
+  ``"shared"`` adds each projection's kernel; fan-out counts every projection reading a source.
 
 Per layer::
 
     per_core = min(neurons_per_core, ⌊synaptic_memory_bits_per_core / (fan_in_max · weight_bits)⌋)
-                  ("pairs"; "shared": neurons_per_core, the kernel must fit in one core's memory)
-    cores    = ⌈neurons / per_core⌉
+    cores    = ⌈neurons / per_core⌉      ("shared": per_core = neurons_per_core)
     chips    = max(⌈Σ cores / cores_per_chip⌉, ⌈Σ neurons / neurons_per_chip⌉,
                    ⌈Σ synapses / synapses_per_chip⌉)
 
-A layer cannot be mapped at all when a single neuron's fan-in exceeds
-``max_fan_in_per_core`` input axons or one core's synaptic memory
-(``fan_in_max · weight_bits > synaptic_memory_bits_per_core``).
-
-For a conv layer the in-axons a core needs are the union of its neurons'
-receptive fields, which can exceed one neuron's fan-in; the check here is per
-neuron (a necessary condition, not a sufficient one). The analog input of
-this project's networks is sent by the host as graded spikes and occupies no
-neuro-core; an input *neuron* layer (nets written by others) is mapped like
-any other layer without incoming synapses. The output integrator of a potential
-readout (flagged ``readout``) is mapped like any other layer: its neurons and
-incoming synapses need cores; it sends no spikes (fan-out 0).
+A layer cannot be mapped when one neuron's fan-in exceeds ``max_fan_in_per_core`` or one
+core's synaptic memory (checked per neuron: necessary, not sufficient, for conv layers). The
+graded input is sent by the host and needs no core; a potential readout's integrator
+(``readout``) is mapped like any layer and sends no spikes. :class:`FitReport` is also the
+type of report.json's ``resources`` section (its ``asdict`` form).
 """
 from __future__ import annotations
 
@@ -75,6 +50,8 @@ MODEL_SUMMARY = {
 
 @dataclass
 class LayerFit:
+    """One layer's share of the mapping (an entry of report.json's ``resources.layers``)."""
+
     name: str
     kind: str
     neurons: int
@@ -86,15 +63,17 @@ class LayerFit:
     limited_by: str              # "neurons per core" | "synaptic memory per core" | "-"
     problem: Optional[str] = None
     readout: bool = False        # the non-firing output integrator of a potential readout
+    fits: bool = field(init=False)  # no problem
 
-    @property
-    def fits(self) -> bool:
-        return self.problem is None
+    def __post_init__(self) -> None:
+        self.fits = self.problem is None
 
 
 @dataclass
 class FitReport:
-    layers: list
+    """The whole fit (report.json's ``resources`` section, as :meth:`to_dict`)."""
+
+    layers: list[LayerFit]
     cores: int
     chips: int
     neurons: int
@@ -102,22 +81,18 @@ class FitReport:
     synaptic_memory_bits: int
     weight_bits: int
     conv_synapses: str
-    limits: dict
-    problems: list = field(default_factory=list)
+    limits: dict[str, float]
+    problems: list[str] = field(default_factory=list)
+    fits: bool = field(init=False)   # no problems
+    model: str = field(init=False)   # the mapping model in words (:data:`MODEL_SUMMARY`)
 
-    @property
-    def fits(self) -> bool:
-        return not self.problems
+    def __post_init__(self) -> None:
+        self.fits = not self.problems
+        self.model = MODEL_SUMMARY[self.conv_synapses]
 
     def to_dict(self) -> dict:
         """JSON-friendly form for ``report.json["resources"]``."""
-        return {"fits": self.fits, "cores": self.cores, "chips": self.chips,
-                "neurons": self.neurons, "synapses": self.synapses,
-                "synaptic_memory_bits": self.synaptic_memory_bits,
-                "weight_bits": self.weight_bits, "conv_synapses": self.conv_synapses,
-                "limits": dict(self.limits), "problems": list(self.problems),
-                "layers": [dict(asdict(la), fits=la.fits) for la in self.layers],
-                "model": MODEL_SUMMARY[self.conv_synapses]}
+        return asdict(self)
 
 
 def _limits(spec: Loihi2Spec) -> dict:
