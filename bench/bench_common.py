@@ -21,9 +21,11 @@ with the pipeline's own loader, so a benchmark's ``--set`` means what the CLI's 
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
@@ -285,3 +287,80 @@ def provenance_summary(rows) -> str:
     commits = sorted({f"{(p['commit'] or 'unknown')[:10]}{'+dirty' if p['dirty'] else ''}" for p in known})
     return (f"{len(known)} of {len(rows)} rows record their provenance"
             + (f" (commits {', '.join(commits)})" if commits else " (older rows predate it)"))
+
+
+# --------------------------------------------------------------------------- seeded comparisons
+# What bench/nq_vs_qcfs.py and bench/board_path.py share: results files of JSON lines, one row
+# per finished run (appended at once, so a restarted benchmark skips what is there), and the
+# fixed-point evaluation of every run at several T.
+
+def load_results(path: Path) -> list[dict]:
+    """The rows of a JSON-lines results file ([] before the first run)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_result(path: Path, row: dict) -> None:
+    """Append ``row``, stamped with its provenance, to a JSON-lines results file."""
+    with open(path, "a") as f:
+        f.write(json.dumps(with_provenance(row), sort_keys=True) + "\n")
+
+
+def results_paths(args) -> tuple[Path, Path]:
+    """(the results file ``--results``, the Lava check's file next to it)."""
+    results_path = Path(args.results)
+    return results_path, results_path.with_name(results_path.stem + "_lava.jsonl")
+
+
+def mean_sd_percent(values) -> str:
+    """Fractions as ``mean ± sd`` in percent (sd 0 for one value, '–' for none)."""
+    values = list(values)
+    if not values:
+        return "–"
+    mean, sd = mean_std(values)
+    return f"{100 * mean:.2f} ± {100 * sd:.2f}"
+
+
+def fixed_point_accuracy_by_t(net: ir.Network, data, input_bits: int, steps, batch: int = 1000
+                              ) -> dict[str, float]:
+    """{t: accuracy} for each t of ``steps`` of the integer ``net`` (bit-accurate simulator, the
+    net's readout) on the whole test split of ``data``."""
+    import torch
+
+    from hardware.simulator import encode_input
+
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in range(len(data.test))])
+    preds = []
+    for begin in range(0, len(x), batch):
+        payload = torch.as_tensor(encode_input(x[begin:begin + batch].numpy(), input_bits))
+        preds.append(simulate(net, payload, max(steps)).predictions())
+    correct = (torch.cat(preds, 1) == y.unsqueeze(0)).double().mean(1)
+    return {str(t): float(correct[t - 1]) for t in steps}
+
+
+def print_run(arm: str, seed: int, record: dict, steps) -> None:
+    """The progress line of one finished run."""
+    print(f"{arm} seed {seed}: T={'/'.join(map(str, steps))} " + " / ".join(
+        f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in steps)
+        + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
+
+
+def seeded_arguments(description: str, out: str, results: str) -> argparse.ArgumentParser:
+    """The options every seeded comparison takes (a script adds its arms and ``--set``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
+    ap.add_argument("--arch", default="cnn-small")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--select-samples", type=int, default=2000)
+    ap.add_argument("--lava-samples", type=int, default=16)
+    ap.add_argument("--lava", action="store_true",
+                    help="only check Lava against the simulator on the finished runs (resumable)")
+    ap.add_argument("--config", default="deploy.yaml")
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--results", default=results)
+    ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
+    return ap

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -54,9 +53,9 @@ from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.training import ann_accuracy, train
 
 try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
-    from bench_common import bench_config, code_state, provenance_summary, with_provenance
+    import bench_common as common
 except ImportError:  # imported as bench.board_path (the tests)
-    from bench.bench_common import bench_config, code_state, provenance_summary, with_provenance
+    from bench import bench_common as common
 
 STEPS = (1, 2, 4, 8)
 BASELINE = "if_soft"
@@ -80,23 +79,11 @@ def integer_net(model, cfg, input_shape: tuple, output_threshold: float | None =
     return quantize(float_net, input_bits=cfg.quant.input_bits, readout_steps=max(STEPS))
 
 
-def fixed_point_accuracy(net, data, input_bits: int, batch: int = 1000) -> dict[str, float]:
-    """Loihi 2 fixed point (bit-accurate simulator, potential readout) on the whole test split."""
-    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
-    y = torch.stack([torch.as_tensor(data.test[i][1]) for i in range(len(data.test))])
-    preds = []
-    for begin in range(0, len(x), batch):
-        payload = torch.as_tensor(encode_input(x[begin:begin + batch].numpy(), input_bits))
-        preds.append(simulate(net, payload, max(STEPS)).predictions())
-    correct = (torch.cat(preds, 1) == y.unsqueeze(0)).double().mean(1)
-    return {str(t): float(correct[t - 1]) for t in STEPS}
-
-
 def arm_config(args, arm: str, seed: int):
     """The arm's config: the script's settings, the arm's overrides, then ``--set`` (which wins,
     as on the pipeline's command line: ``--set data.name=digits`` picks the dataset)."""
     run_dir = Path(args.out) / f"{arm}-s{seed}"
-    return bench_config(args.config, [
+    return common.bench_config(args.config, [
         f"data.name={args.dataset}", f"model.arch={args.arch}", f"train.epochs={args.epochs}",
         f"train.seed={seed}", f"train.batch_size={args.batch_size}",
         f"train.select_samples={args.select_samples}", f"run.dir={run_dir}"],
@@ -117,7 +104,7 @@ def run_one(args, arm: str, seed: int, data) -> dict:
         "neuron": cfg.snn.neuron, "activation": cfg.activation, "cuba_shift": cfg.snn.cuba_shift,
         "best_epoch": ckpt["epoch"], "sigma_selected": ckpt["sigma"], "lambda": ckpt["lambda"],
         "selected": {"ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")),
-                     "snn_fixed": fixed_point_accuracy(net, data, cfg.quant.input_bits)},
+                     "snn_fixed": common.fixed_point_accuracy_by_t(net, data, cfg.quant.input_bits, STEPS)},
         "cost_s": {k: statistics.mean(r[k] for r in history) for k in ("train_s", "sigma_s", "select_s")},
         "train_wall_s": train_wall,
     }
@@ -150,20 +137,19 @@ def lava_agreement(net, data, input_bits: int, samples: int) -> dict:
 
 def lava_pass(args, results_path: Path, lava_path: Path) -> None:
     """Lava agreement for every finished run that has none yet (resumable)."""
-    checked = {_key_tuple(r) for r in load_results(lava_path)}
-    for record in load_results(results_path):
+    checked = {_key_tuple(r) for r in common.load_results(lava_path)}
+    for record in common.load_results(results_path):
         if _key_tuple(record) in checked:
             continue
-        cfg = bench_config(args.config, [f"data.name={record['dataset']}", f"model.arch={record['arch']}"],
+        cfg = common.bench_config(args.config,
+                                  [f"data.name={record['dataset']}", f"model.arch={record['arch']}"],
                            record["overrides"])
         data = load_dataset(cfg.data, seed=record["seed"])
         run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
         model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
         lava = lava_agreement(integer_net(model, cfg, data.input_shape), data, cfg.quant.input_bits,
                               args.lava_samples)
-        with open(lava_path, "a") as f:
-            f.write(json.dumps(with_provenance({**{k: record[k] for k in _KEY}, **lava}),
-                               sort_keys=True) + "\n")
+        common.append_result(lava_path, {**{k: record[k] for k in _KEY}, **lava})
         print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} on "
               f"{lava['samples']} samples ({lava['loader']})", flush=True)
 
@@ -183,7 +169,7 @@ def borrowed_baseline(path: Path) -> list[dict]:
     """if_soft rows taken from bench/nq_vs_qcfs.py's results (its ``nq-sigma-T4`` arm trains the
     same configuration with the same seeds), so the baseline is not trained twice."""
     rows = []
-    for r in load_results(path):
+    for r in common.load_results(path):
         if r.get("arm") == NQ_VS_QCFS_TWIN and r.get("neuron", "if_soft") == "if_soft":
             rows.append({"arm": BASELINE, "seed": r["seed"], "epochs": r["epochs"], "arch": r["arch"],
                          "dataset": r["dataset"], "set": [], "selected": r["selected"],
@@ -193,24 +179,11 @@ def borrowed_baseline(path: Path) -> list[dict]:
 
 def all_results(args, results_path: Path) -> list[dict]:
     """This benchmark's rows plus borrowed if_soft rows for runs it has not trained itself."""
-    own = load_results(results_path)
+    own = common.load_results(results_path)
     if not args.baseline_from:
         return own
     have = {_key_tuple(r) for r in own}
     return own + [r for r in borrowed_baseline(Path(args.baseline_from)) if _key_tuple(r) not in have]
-
-
-def load_results(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def _accuracy_table(results: list[dict], names: list[str], lava: dict) -> list[str]:
@@ -220,11 +193,12 @@ def _accuracy_table(results: list[dict], names: list[str], lava: dict) -> list[s
              "|---|---|---|---|---|---|---|---|"]
     for arm in names:
         rows = [r for r in results if r["arm"] == arm]
-        cells = [_mean_sd([r["selected"]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
+        cells = [common.mean_sd_percent([r["selected"]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
         checks = [lava[_key_tuple(r)] for r in rows if _key_tuple(r) in lava]
         agree = (f"{statistics.mean(c['agreement'] for c in checks):.3f} "
                  f"({sum(c['samples'] for c in checks)})" if checks else "–")
-        lines.append(f"| {arm} | {len(rows)} | {_mean_sd([r['selected']['ann'] for r in rows])} | "
+        ann = common.mean_sd_percent([r['selected']['ann'] for r in rows])
+        lines.append(f"| {arm} | {len(rows)} | {ann} | "
                      + " | ".join(cells) + f" | {agree} |")
     return lines
 
@@ -237,9 +211,9 @@ def _paired_table(results: list[dict], names: list[str]) -> list[str]:
         pairs = [(r, base[_key_tuple({**r, "arm": BASELINE})]) for r in results
                  if r["arm"] == arm and _key_tuple({**r, "arm": BASELINE}) in base]
         ann = [a["selected"]["ann"] - b["selected"]["ann"] for a, b in pairs]
-        cells = [_mean_sd([a["selected"]["snn_fixed"][str(t)] - b["selected"]["snn_fixed"][str(t)]
+        cells = [common.mean_sd_percent([a["selected"]["snn_fixed"][str(t)] - b["selected"]["snn_fixed"][str(t)]
                            for a, b in pairs]) for t in STEPS]
-        lines.append(f"| {arm} | {len(pairs)} | {_mean_sd(ann)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | {len(pairs)} | {common.mean_sd_percent(ann)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -254,29 +228,17 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
         lines.append(f"\n### {setting[0]}, {setting[1]}, {setting[2]} epochs"
                      + (f", {' '.join(setting[3])}" if setting[3] else ""))
         lines += _accuracy_table(rows, names, lava) + _paired_table(rows, names)
-    lines.append(f"\nProvenance: {provenance_summary(r for r in results if 'borrowed_from' not in r)}")
+    lines.append(f"\nProvenance: {common.provenance_summary(r for r in results if 'borrowed_from' not in r)}")
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
-    ap.add_argument("--arch", default="cnn-small")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/board_path",
+                          results="bench/results/board_path.jsonl")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for every arm (repeatable), as the pipeline's --set and "
                          "applied last, e.g. nq.init_threshold=2 or data.name=digits")
-    ap.add_argument("--lava-samples", type=int, default=16)
-    ap.add_argument("--lava", action="store_true",
-                    help="only check Lava against the simulator on the finished runs (resumable)")
-    ap.add_argument("--config", default="deploy.yaml")
-    ap.add_argument("--out", default="runs/board_path")
-    ap.add_argument("--results", default="bench/results/board_path.jsonl")
-    ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
     ap.add_argument("--baseline-from", default="bench/results/nq_vs_qcfs.jsonl",
                     help="take the if_soft arm from this nq_vs_qcfs results file where it has the run "
                          "(its nq-sigma-T4 arm is the same configuration); '' to train it here")
@@ -285,16 +247,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    code_state()  # the commit this process runs, taken before a long run (the tree may move)
-    results_path = Path(args.results)
-    lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
+    common.code_state()  # the commit this process runs, taken before a long run (the tree may move)
+    results_path, lava_path = common.results_paths(args)
     if args.report:
-        print(report(all_results(args, results_path), load_results(lava_path)))
+        print(report(all_results(args, results_path), common.load_results(lava_path)))
         return
     results_path.parent.mkdir(parents=True, exist_ok=True)
     if args.lava:
         lava_pass(args, results_path, lava_path)
-        print(report(all_results(args, results_path), load_results(lava_path)))
+        print(report(all_results(args, results_path), common.load_results(lava_path)))
         return
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
@@ -304,12 +265,9 @@ def main(argv=None) -> None:
                 continue
             data = data or load_dataset(cfg.data, seed=cfg.train.seed)
             record = run_one(args, arm, seed, data)
-            with open(results_path, "a") as f:
-                f.write(json.dumps(with_provenance(record), sort_keys=True) + "\n")
-            print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
-                f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
-                + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
-    print(report(all_results(args, results_path), load_results(lava_path)))
+            common.append_result(results_path, record)
+            common.print_run(arm, seed, record, STEPS)
+    print(report(all_results(args, results_path), common.load_results(lava_path)))
 
 
 if __name__ == "__main__":

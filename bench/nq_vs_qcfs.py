@@ -23,7 +23,6 @@ prints the markdown tables from the results files without running anything.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -40,9 +39,9 @@ from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, read_tr
 from pipeline.training import ann_accuracy, to_ir, train
 
 try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
-    from bench_common import bench_config, code_state, provenance_summary, with_provenance
+    import bench_common as common
 except ImportError:  # imported as bench.nq_vs_qcfs (the tests)
-    from bench.bench_common import bench_config, code_state, provenance_summary, with_provenance
+    from bench import bench_common as common
 
 STEPS = (1, 2, 4, 8)
 
@@ -58,14 +57,7 @@ def fixed_point_accuracy(model, data, neuron: NeuronKind, readout: Readout, outp
     """Loihi 2 fixed point (quantizer + bit-accurate simulator) on the whole test split."""
     net = quantize(to_ir(model, data.input_shape, neuron, readout=readout, output_threshold=output_threshold),
                    input_bits=input_bits, readout_steps=max(STEPS))
-    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
-    y = torch.stack([data.test[i][1] for i in range(len(data.test))])
-    preds = []
-    for begin in range(0, len(x), batch):
-        payload = torch.as_tensor(encode_input(x[begin:begin + batch].numpy(), input_bits))
-        preds.append(simulate(net, payload, max(STEPS)).predictions())
-    correct = (torch.cat(preds, 1) == y.unsqueeze(0)).double().mean(1)
-    return {str(t): float(correct[t - 1]) for t in STEPS}
+    return common.fixed_point_accuracy_by_t(net, data, input_bits, STEPS, batch)
 
 
 def lava_agreement(model, data, neuron: str, input_bits: int, samples: int) -> dict:
@@ -93,7 +85,7 @@ def arm_config(args, arm: str, seed: int):
     """The arm's config: the script's settings, the arm's overrides, then ``--set`` (which wins,
     as on the pipeline's command line: ``--set data.name=digits`` picks the dataset)."""
     run_dir = Path(args.out) / f"{arm}-s{seed}"
-    return bench_config(args.config, [f"data.name={args.dataset}", f"model.arch={args.arch}",
+    return common.bench_config(args.config, [f"data.name={args.dataset}", f"model.arch={args.arch}",
                                       f"train.epochs={args.epochs}", f"train.seed={seed}",
                                       f"train.batch_size={args.batch_size}", f"snn.neuron={args.neuron}",
                                       f"train.select_samples={args.select_samples}", f"run.dir={run_dir}"],
@@ -139,8 +131,8 @@ def run_one(args, arm: str, seed: int, data) -> dict:
 def lava_pass(args, results_path: Path, lava_path: Path) -> None:
     """Lava agreement for every finished run that has none yet (a separate, resumable pass:
     Lava is slow on CPU and is run on a sample only)."""
-    checked = {(r["arm"], r["seed"]) for r in load_results(lava_path)}
-    for record in load_results(results_path):
+    checked = {(r["arm"], r["seed"]) for r in common.load_results(lava_path)}
+    for record in common.load_results(results_path):
         if (record["arm"], record["seed"]) in checked:
             continue
         run_dir = Path(args.out) / f"{record['arm']}-s{record['seed']}"
@@ -148,28 +140,13 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
             print(f"Lava {record['arm']} seed {record['seed']}: skipped, no checkpoint at "
                   f"{run_dir / CHECKPOINT} (pass the --out the run was trained with)", flush=True)
             continue
-        cfg = bench_config(args.config, [f"data.name={record['dataset']}"], record.get("overrides", []))
+        cfg = common.bench_config(args.config, [f"data.name={record['dataset']}"], record.get("overrides", []))
         data = load_dataset(cfg.data, seed=record["seed"])
         model = model_from_checkpoint(load_checkpoint(run_dir / CHECKPOINT))
         lava = lava_agreement(model, data, record["neuron"], cfg.quant.input_bits, args.lava_samples)
-        with open(lava_path, "a") as f:
-            f.write(json.dumps(with_provenance({"arm": record["arm"], "seed": record["seed"], **lava}),
-                               sort_keys=True) + "\n")
+        common.append_result(lava_path, {"arm": record["arm"], "seed": record["seed"], **lava})
         print(f"Lava {record['arm']} seed {record['seed']}: agreement {lava['agreement']:.3f} "
               f"on {lava['samples']} samples", flush=True)
-
-
-def load_results(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def report(results: list[dict], lava_results: list[dict] = ()) -> str:
@@ -184,8 +161,8 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
                   "over seeds)\n", "| arm | seeds | ANN | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|---|---|"]
         for arm in names:
             rows = [r for r in results if r["arm"] == arm]
-            cells = [_mean_sd([r[where]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
-            lines.append(f"| {arm} | {len(rows)} | {_mean_sd([r[where]['ann'] for r in rows])} | "
+            cells = [common.mean_sd_percent([r[where]["snn_fixed"][str(t)] for r in rows]) for t in STEPS]
+            lines.append(f"| {arm} | {len(rows)} | {common.mean_sd_percent([r[where]['ann'] for r in rows])} | "
                          + " | ".join(cells) + " |")
         lines += [f"\nPaired difference arm − qcfs ({where} epoch, points, mean ± sd over seeds)\n",
                   "| arm | pairs | ANN | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|---|---|"]
@@ -193,16 +170,18 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
         for arm in names[1:] if names and names[0] == "qcfs" else [n for n in names if n != "qcfs"]:
             pairs = [(r, base[r["seed"]]) for r in results if r["arm"] == arm and r["seed"] in base]
             ann = [a[where]["ann"] - b[where]["ann"] for a, b in pairs]
-            cells = [_mean_sd([a[where]["snn_fixed"][str(t)] - b[where]["snn_fixed"][str(t)] for a, b in pairs])
-                     for t in STEPS]
-            lines.append(f"| {arm} | {len(pairs)} | {_mean_sd(ann)} | " + " | ".join(cells) + " |")
+            cells = [common.mean_sd_percent([a[where]["snn_fixed"][str(t)] - b[where]["snn_fixed"][str(t)]
+                                             for a, b in pairs]) for t in STEPS]
+            lines.append(f"| {arm} | {len(pairs)} | {common.mean_sd_percent(ann)} | "
+                         + " | ".join(cells) + " |")
     lines += ["\nReadout gain on the same (selected) weights: potential − spike vote, points\n",
               "| arm | T=1 | T=2 | T=4 | T=8 |", "|---|---|---|---|---|"]
     for arm in names:
         rows = [r for r in results if r["arm"] == arm]
         lines.append(f"| {arm} | " + " | ".join(
-            _mean_sd([r["selected"]["snn_fixed"][str(t)] - r["selected"]["snn_fixed_spike_vote"][str(t)]
-                      for r in rows]) for t in STEPS) + " |")
+            common.mean_sd_percent([r["selected"]["snn_fixed"][str(t)]
+                                    - r["selected"]["snn_fixed_spike_vote"][str(t)] for r in rows])
+            for t in STEPS) + " |")
     lines += ["\nPer-epoch cost (s, mean over epochs and seeds) and Lava agreement\n",
               "| arm | train_s | sigma_s | select_s | (sigma+select)/epoch | Lava agreement (samples) |",
               "|---|---|---|---|---|---|"]
@@ -215,33 +194,21 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
                  if lava else "–")
         lines.append(f"| {arm} | {cost['train_s']:.1f} | {cost['sigma_s']:.2f} | {cost['select_s']:.2f} | "
                      f"{100 * share:.1f} % | {agree} |")
-    lines.append(f"\nProvenance: {provenance_summary(results)}")
+    lines.append(f"\nProvenance: {common.provenance_summary(results)}")
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
-    ap.add_argument("--arch", default="cnn-small")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/nq_vs_qcfs",
+                          results="bench/results/nq_vs_qcfs.jsonl")
     ap.add_argument("--target-t", type=int, default=1, help="T of the third arm's σ measurement")
     ap.add_argument("--arms", nargs="+", default=None,
                     help="run only these arms (default: all three; names as in the results)")
-    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="a further config override for every arm, as the pipeline's --set and applied "
                          "last (e.g. nq.init_threshold=2, data.name=digits); use its own --results "
                          "file: runs are told apart by arm, seed, epochs, arch, dataset and neuron only")
-    ap.add_argument("--select-samples", type=int, default=2000)
     ap.add_argument("--neuron", default="if_soft", choices=NEURON_KINDS)
-    ap.add_argument("--lava-samples", type=int, default=16)
-    ap.add_argument("--lava", action="store_true",
-                    help="only check Lava against the simulator on the finished runs (resumable)")
-    ap.add_argument("--config", default="deploy.yaml")
-    ap.add_argument("--out", default="runs/nq_vs_qcfs")
-    ap.add_argument("--results", default="bench/results/nq_vs_qcfs.jsonl")
-    ap.add_argument("--report", action="store_true", help="print the tables from the results file and exit")
     args = ap.parse_args(argv)
     unknown = set(args.arms or ()) - set(arms(args.target_t))
     if unknown:
@@ -251,16 +218,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    code_state()  # the commit this process runs, taken before a long run (the tree may move)
-    results_path = Path(args.results)
-    lava_path = results_path.with_name(results_path.stem + "_lava.jsonl")
+    common.code_state()  # the commit this process runs, taken before a long run (the tree may move)
+    results_path, lava_path = common.results_paths(args)
     if args.report:
-        print(report(load_results(results_path), load_results(lava_path)))
+        print(report(common.load_results(results_path), common.load_results(lava_path)))
         return
     results_path.parent.mkdir(parents=True, exist_ok=True)
     if args.lava:
         lava_pass(args, results_path, lava_path)
-        print(report(load_results(results_path), load_results(lava_path)))
+        print(report(common.load_results(results_path), common.load_results(lava_path)))
         return
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
         data = None
@@ -269,17 +235,14 @@ def main(argv=None) -> None:
                 continue
             cfg = arm_config(args, arm, seed)
             done = {(r["arm"], r["seed"], r["epochs"], r["arch"], r["dataset"], r["neuron"])
-                    for r in load_results(results_path)}
+                    for r in common.load_results(results_path)}
             if _run_key(cfg, arm) in done:
                 continue
             data = data or load_dataset(cfg.data, seed=cfg.train.seed)
             record = run_one(args, arm, seed, data)
-            with open(results_path, "a") as f:
-                f.write(json.dumps(with_provenance(record), sort_keys=True) + "\n")
-            print(f"{arm} seed {seed}: T=1/2/4/8 " + " / ".join(
-                f"{record['selected']['snn_fixed'][str(t)]:.4f}" for t in STEPS)
-                + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
-    print(report(load_results(results_path), load_results(lava_path)))
+            common.append_result(results_path, record)
+            common.print_run(arm, seed, record, STEPS)
+    print(report(common.load_results(results_path), common.load_results(lava_path)))
 
 
 if __name__ == "__main__":
