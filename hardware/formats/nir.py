@@ -1,121 +1,27 @@
 """Float SNN IR <-> NIR graphs (``.nir`` files, the Neuromorphic Intermediate Representation).
 
 NIR (package ``nir``, pinned 1.0.8) is how SNNs move between frameworks (snnTorch, Norse,
-SpikingJelly, Sinabs, Rockpool, Lava-dl) and chips. This module is a file format, a peer of
-:mod:`hardware.formats.netx`: :func:`write_nir` / :func:`to_nir_graph` write a float IR as a NIR
-graph, :func:`read_nir` / :func:`from_nir_graph` read a NIR graph (ours or another
-framework's) into a float IR, which the quantizer, the netx writer and Lava then take as
-any converted network.
+SpikingJelly, Sinabs, Rockpool, Lava-dl) and chips. :func:`write_nir` / :func:`to_nir_graph`
+write a float IR (Loihi's fixed point is the ``.net``'s job) as a NIR graph; :func:`read_nir` /
+:func:`from_nir_graph` read a NIR graph, ours or another framework's, into a float IR that the
+quantizer, the netx writer and Lava then take as any converted network.
 
-Time. NIR is continuous-time; a graph becomes a discrete SNN only with a time step ``dt``.
-This module uses the forward-Euler discretisation with the time step ``dt`` (default
-:data:`DEFAULT_DT` = 1e-4, the one snnTorch's ``export_to_nir``/``import_from_nir`` hard-code),
-so NIR's CubaLIF (input x from the synapses, ``I`` the current, ``v`` the membrane)::
+Time. NIR is continuous-time; a graph becomes a discrete SNN only with a time step ``dt``: this
+module uses forward Euler with ``dt`` (:data:`DEFAULT_DT` = 1e-4, the one snnTorch's
+``export_to_nir``/``import_from_nir`` hard-code). NIR's CubaLIF then is, with
+``α = 1 − dt/τ_syn``, ``β = 1 − dt/τ_mem`` and unit gains, the IR's ``cuba`` neuron (float
+form; exactly snnTorch's ``Synaptic`` with ``reset_mechanism='zero'``, ``reset_delay=False``)::
 
-    τ_syn·dI/dt = −I + w_in·x            I ← (1 − dt/τ_syn)·I + (dt·w_in/τ_syn)·x
-    τ_mem·dv/dt = v_leak − v + R·I   →   v ← (1 − dt/τ_mem)·v + (dt·R/τ_mem)·I  (v_leak = 0)
-    z = v > v_threshold;  v ← v_reset where z
+    I ← α·I + (dt·w_in/τ_syn)·x;   v ← β·v + (dt·R/τ_mem)·I;   z = v > v_threshold;  v ← 0 where z
+    u ← u·(1 − (du+1)/4096) + a;   v ← v·(1 − dv/4096) + u + b; s = v > θ;           v ← 0 where s
 
-is, with ``α = 1 − dt/τ_syn``, ``β = 1 − dt/τ_mem`` and unit gains, the IR's ``cuba`` neuron
-(Loihi 2's CUBA compartment, :mod:`hardware.ir`; float form)::
-
-    u ← u·(1 − (du+1)/4096) + a;   v ← v·(1 − dv/4096) + u + b;   s = v > θ;   v ← 0 where s
-
-(exactly snnTorch's ``Synaptic`` with ``reset_mechanism='zero'``, ``reset_delay=False``).
-Every step the graph is evaluated from input to output (a node sees its sources' outputs of
-the same step): the IR's same-step timing, :func:`hardware.simulator.simulate` with
-``pipelined=False`` (Lava's one-step-per-layer latency is the runner's business).
-
-Export (float IR -> NIR), per layer ``L`` of the IR::
-
-    Conv   -> node "L": Conv2d(weight·2**weight_exp, stride, padding, dilation, groups,
-                                bias b, or zeros)          (+ neuron node "L.neuron")
-    Dense  -> node "L": Affine(weight·2**weight_exp, b), Linear if b is None
-    Flatten-> node "F": Flatten(start_dim=0, end_dim=-1)  (all non-batch dimensions, C order)
-    cuba   -> node "L.neuron": CubaLIF(τ_syn = dt·4096/(du+1), w_in = 4096/(du+1),
-                                       τ_mem = dt·4096/dv, R = 4096/dv  (dv = 0: τ_mem = dt·2**64,
-                                       R = 2**64, finite and exact: see "No leak" below),
-                                       v_threshold = θ, v_leak = 0, v_reset = 0)
-    extra input k of L (ir.Projection from layer S, IR 1.2)
-           -> node "L.extra<k>": Conv2d (zero bias) or Linear, its source edge from
-              "S.neuron" (through a Flatten node "L.extra<k>.flatten" for a dense projection
-              of a (C, H, W) source) and an edge into "L.neuron": NIR sums every input of a node
-
-plus "input" (Input, the IR's input shape) and "output" (Output, fed by the last neuron). The
-bias ``b`` travels in the synapse (NIR neurons have no bias but ``v_leak``), so it enters the
-current: exact when the current does not accumulate, ``du = 4095`` (u = a + b, this project's
-every network); a non-zero bias with ``du < 4095`` is refused. The readout of
-``net.readout == 'potential'`` (a non-firing integrator, :func:`hardware.ir.readout_neuron`)
-is what the IR says it is: a CubaLIF with ``v_threshold =`` :data:`NEVER_FIRES`, τ_syn = dt
-(α = 0) and no leak (β = 1), so ``v[T] = Σ_t (W·s_t + b)``; read its membrane after the last
-step (in snnTorch: the imported ``Synaptic`` module's ``mem``; in Norse: the node's
-``LIFBoxFeedForwardState.v``). It runs unchanged in snnTorch's ``import_from_nir``, which has no
-mapping for NIR's ``I`` node; ``I`` is accepted on import.
-
-No inf or NaN in a file (issue 18). Older files wrote the no-leak membrane as τ_mem = R = +inf
-and the readout's threshold as +inf: snnTorch special-cases that, Norse 1.1.0 computes inf·I
-and (1/inf)·inf, so every membrane is NaN and nothing fires, silently. Now:
-
-* No leak (dv = 0): τ_mem = dt·:data:`NO_LEAK_TAU_STEPS` (2**64), R = 2**64. dt/τ_mem is exactly
-  2**-64 (a power of two: no rounding in float32 or float64), so snnTorch's β = 1 − dt/τ_mem is
-  exactly 1.0 in both, our reader's dv is 0 and its gain dt·R/τ_mem exactly 1. Norse steps
-  v + (dt·(1/τ_mem))·(R·I − v); at dt = 1e-4 its float32 coefficient dt·(1/τ_mem) is exactly
-  2**-64 (tested), R·I is exact (a power of two), and the v·2**-64 term changes the result only
-  where |I| ≤ |v|·2**-39, where v + I rounds to v anyway: v + I rounded once, the IR's
-  arithmetic. R·I overflows float32 only for |I| ≥ 2**64.
-* Never fires: v_threshold = :data:`NEVER_FIRES`, float32's largest value: ``v > θ`` is false
-  for every finite float32 membrane; a float64 membrane driven by spikes grows by at most
-  max_j(Σ_i |W_ji| + |b_j|) a step, so it needs more than 3.4e38 / that many steps to reach it.
-
-On import both the new values and the old +inf mean the same (reading older files is fine);
-NaN anywhere and inf anywhere else are refused naming the node and parameter.
-
-Refused on export with :class:`~hardware.errors.NirFormatError` naming the layer: ``if_soft``
-neurons (reset by subtraction, v(0) = θ/2: NIR's neurons all reset to ``v_reset``, and a
-consumer would silently run another neuron), integer IRs (Loihi's fixed point is the
-``.net``'s job; NIR export takes the float IR the quantizer starts from), input neuron layers,
-conv biases that differ within a channel, grouped convolutions and non-square kernels (NIR
-1.0.8's Conv2d takes ``weight.shape[1]`` as its input channels and ``weight.shape[2]`` as the
-kernel size in both dimensions, so its own type check fails them).
-
-Graph metadata (strings and numbers): ``format`` = :data:`NIR_FORMAT`, ``format_version`` =
-:data:`NIR_FORMAT_VERSION`, ``project`` = ``'nqloihi'``, ``ir_version``, ``nir_version`` (of
-the writer), ``dt``, ``readout``, ``neuron_model`` (the mapping above, as text) and
-``provenance`` (a JSON object as a string: the IR's metadata plus what the caller passes).
-
-Import (NIR -> float IR). Node types read: Input, Output, Conv2d, Affine, Linear, Flatten
-(of all non-batch dimensions), CubaLIF, LIF, IF and I; any other (LI, CubaLI, Delay, Scale,
-Threshold, AvgPool2d, SumPool2d, Conv1d, a recurrent subgraph, ...) is refused naming the
-node and its type. The graph must be what the IR can hold: one Input, one Output fed by the
-last neuron, each synapse (Conv2d/Affine/Linear) fed by the Input or a neuron (possibly
-through Flatten nodes) and feeding one neuron, neurons fed only by synapses, the neurons a
-chain (one order) in which every neuron's first synapse reads the previous one (or the input)
-and further synapses read earlier neurons (extra inputs); no cycle (recurrence). Neurons::
-
-    CubaLIF  du = 4096·dt/τ_syn − 1, dv = 4096·dt/τ_mem, gain dt·w_in/τ_syn · dt·R/τ_mem
-    LIF      du = 4095,              dv = 4096·dt/τ,     gain dt·R/τ
-    IF       du = 4095,              dv = 0,             gain dt·R
-    I        the potential readout (only as the last neuron), gain dt·R
-
-The decays must lie on Loihi's 12-bit grid (within :data:`DECAY_TOLERANCE` of an integer, the
-float32 rounding of files written by others; du in 0..4095, dv in 0..4095), every parameter
-must be one value for the whole node (the IR has one neuron per layer), ``v_leak`` and
-``v_reset`` zero, the threshold positive (≥ :data:`NEVER_FIRES`, or +inf, only on the last
-neuron of du = 4095, dv = 0: the potential readout). NaN and inf are refused in every node
-(naming the node and parameter) except +inf as v_threshold (never fires) and as τ_mem (τ) and
-R together (no leak, what older files and snnTorch's export write for β = 1). Versions: a
-graph of ours must say ``format_version`` :data:`NIR_FORMAT_VERSION` (an integer), a file's
-own NIR ``version`` must be ``major.minor...`` with a major in :data:`NIR_FILE_MAJOR_VERSIONS`. A gain within :data:`GAIN_TOLERANCE` of 1 is 1; any other is folded
-into the weights and biases of every synapse into the neuron (both scale its drive). A bias
-into a neuron with du < 4095 is refused (Loihi adds biases to v). Conv2d padding 'valid' is 0,
-'same' is (dilation·(k − 1))/2 where that is exact. A layer's bias is the sum of the biases of
-its synapses; the IR's layer names are the names of each neuron's first synapse node.
-
-Write -> read -> write gives the same graph, and read(write(net)) the same IR, for every
-supported node type (conv biases always come back as arrays; ``weight_exp`` is folded, so
-it comes back as 0). Files are checked before ``nir.read`` sees them: HDF5 readable, only hard
-links, every dataset within :data:`hardware.formats.netx.MAX_DATASET_ELEMENTS` and all of them within
-:data:`~hardware.formats.netx.MAX_TOTAL_ELEMENTS`, every node type known. Writing is atomic.
+Each step the graph is evaluated input to output (a node sees its sources' outputs of the same
+step): :func:`hardware.simulator.simulate` with ``pipelined=False``. The mapping is documented
+where it is made: export in :func:`_synapse_node`, :func:`_neuron_node`, :func:`_projection_nodes`,
+:func:`_check_exportable`; import in :class:`_Topology` (the graphs the IR holds) and
+:func:`_dynamics` (the neurons). No file holds inf or NaN (:data:`NO_LEAK_TAU_STEPS`,
+:data:`NEVER_FIRES`). Write -> read -> write gives the same graph, read(write(net)) the same IR.
+Writing is atomic; files are checked before ``nir.read`` sees them (:func:`_check_file`).
 """
 from __future__ import annotations
 
@@ -148,12 +54,19 @@ DEFAULT_DT = 1e-4
 DECAY_TOLERANCE = 4e-3
 #: an input gain within this of 1 is 1
 GAIN_TOLERANCE = 1e-6
-#: τ_mem/dt (and r) written for dv = 0, a membrane that does not leak: 2**64, so dt/τ_mem is
-#: exactly 2**-64 (a power of two: no rounding in float32 or float64), 1 − 2**-64 rounds to 1.0
-#: in both (snnTorch's β), and Norse's v + (dt/τ)(r·I − v) is v + I rounded once (module docstring)
+#: τ_mem/dt (and R) written for dv = 0, a membrane that does not leak (inf, as snnTorch writes
+#: it, makes Norse 1.1.0 compute inf·I and (1/inf)·inf: every membrane NaN, nothing fires). At
+#: 2**64, dt/τ_mem is exactly 2**-64 (a power of two: no rounding in float32 or float64), so
+#: snnTorch's β = 1 − dt/τ_mem is exactly 1.0 in both, our reader's dv is 0 and its gain
+#: dt·R/τ_mem exactly 1. Norse steps v + (dt·(1/τ_mem))·(R·I − v); at dt = 1e-4 its float32
+#: coefficient is exactly 2**-64 (tested), R·I is exact, and the v·2**-64 term changes the
+#: result only where |I| ≤ |v|·2**-39, where v + I rounds to v anyway: v + I rounded once, the
+#: IR's arithmetic. R·I overflows float32 only for |I| ≥ 2**64.
 NO_LEAK_TAU_STEPS = 2.0 ** 64
 #: v_threshold written for a neuron that never fires (the potential readout): float32's largest
-#: value, which no finite float32 membrane exceeds (``v > θ`` is never true)
+#: value, which no finite float32 membrane exceeds (``v > θ`` is never true); a float64 membrane
+#: driven by spikes grows by at most max_j(Σ_i |W_ji| + |b_j|) a step, so it needs more than
+#: 3.4e38 / that many steps to reach it. On import +inf (what older files wrote) means the same.
 NEVER_FIRES = float(np.finfo(np.float32).max)
 #: NIR file versions (the file's own ``version``) this reader takes: major version 0 or 1
 NIR_FILE_MAJOR_VERSIONS = (0, 1)
@@ -219,6 +132,10 @@ def _numeric_arrays(node):
 
 
 def _check_exportable(net: Network, dt: float) -> None:
+    """Refuse what NIR export does not write: an integer IR (Loihi's fixed point is the
+    ``.net``'s job), an input neuron layer, a dt that is not a positive number, and ``if_soft``
+    neurons (reset by subtraction, v(0) = θ/2: every NIR neuron resets to ``v_reset``, and a
+    consumer would silently run another neuron)."""
     if net.integer:
         raise NirFormatError("NIR export takes the float IR (the integer IR is Loihi 2's fixed "
                              "point, written as .net); export the network before quantizing it")
@@ -272,6 +189,19 @@ def _conv_node(weight, exp, stride, padding, dilation, groups, bias, in_shape, w
 
 
 def _synapse_node(layer, in_shape: tuple, out_shape: tuple):
+    """The synapse node "L" of a Conv or Dense layer ``L``::
+
+        Conv  -> Conv2d(weight·2**weight_exp, stride, padding, dilation, groups, bias b or zeros)
+        Dense -> Affine(weight·2**weight_exp, b), Linear if b is None
+
+    (a Flatten layer is Flatten(start_dim=0, end_dim=-1): every non-batch dimension, C order; the
+    graph starts with "input", an Input of the IR's input shape, and ends with "output", an
+    Output fed by the last neuron). The bias travels in the synapse (NIR neurons have no bias
+    but ``v_leak``), so it enters the current: exact when the current does not accumulate,
+    du = 4095 (u = a + b, this project's every network). Refused naming the layer: conv biases
+    that differ within a channel, grouped convolutions and non-square kernels (NIR 1.0.8's
+    Conv2d takes ``weight.shape[1]`` as its input channels and ``weight.shape[2]`` as the
+    kernel size in both dimensions, so its own type check fails them)."""
     if isinstance(layer, Conv):
         return _conv_node(layer.weight, layer.weight_exp, layer.stride, layer.padding,
                           layer.dilation, layer.groups, _conv_bias(layer, out_shape), in_shape,
@@ -283,7 +213,16 @@ def _synapse_node(layer, in_shape: tuple, out_shape: tuple):
 
 
 def _neuron_node(layer, out_shape: tuple, dt: float) -> nir.CubaLIF:
-    """The CubaLIF of a cuba neuron (module docstring)."""
+    """The CubaLIF "L.neuron" of a cuba neuron (refused: a non-zero bias with du < 4095)::
+
+        τ_syn = dt·4096/(du+1), w_in = 4096/(du+1), τ_mem = dt·4096/dv, R = 4096/dv,
+        v_threshold = θ, v_leak = 0, v_reset = 0      (dv = 0: τ_mem/dt = R = NO_LEAK_TAU_STEPS)
+
+    The potential readout (:func:`hardware.ir.readout_neuron`) is what the IR says it is:
+    τ_syn = dt (α = 0), no leak (β = 1), ``v_threshold =`` :data:`NEVER_FIRES`, so
+    ``v[T] = Σ_t (W·s_t + b)``: read its membrane after the last step (snnTorch: the imported
+    ``Synaptic`` module's ``mem``; Norse: the node's ``LIFBoxFeedForwardState.v``). It runs
+    unchanged in snnTorch's ``import_from_nir``, which has no mapping for NIR's ``I`` node."""
     n = layer.neuron
     if int(n.du) != _NO_CURRENT_DECAY and layer.bias is not None and np.any(np.asarray(layer.bias)):
         raise NirFormatError(
@@ -302,7 +241,10 @@ def _neuron_node(layer, out_shape: tuple, dt: float) -> nir.CubaLIF:
 
 def _projection_nodes(b: _Builder, layer, k: int, proj: Projection, source: str,
                       source_shape: tuple, out_shape: tuple) -> str:
-    """Nodes of extra input k; returns the node that feeds the layer's neuron."""
+    """Nodes of extra input k (a :class:`hardware.ir.Projection` from layer S) of layer L:
+    "L.extra<k>", a Conv2d (zero bias) or Linear fed by "S.neuron" (a dense projection of a
+    (C, H, W) source through a Flatten node "L.extra<k>.flatten"); returns it. It feeds
+    "L.neuron": NIR sums every input of a node."""
     name = f"{layer.name}.extra{k}"
     if proj.kind == "conv":
         node = _conv_node(proj.weight, proj.weight_exp, proj.stride, proj.padding, proj.dilation,
@@ -321,6 +263,8 @@ def _projection_nodes(b: _Builder, layer, k: int, proj: Projection, source: str,
 
 
 def _graph_metadata(net: Network, dt: float, provenance: Optional[dict]) -> dict:
+    """The graph's metadata: format, versions, dt, readout, the neuron model as text, and the
+    provenance (the IR's metadata plus ``provenance``, a JSON object as a string)."""
     record = {**net.metadata, **(provenance or {})}
     try:
         text = json.dumps(record, sort_keys=True, allow_nan=False)
@@ -334,8 +278,8 @@ def _graph_metadata(net: Network, dt: float, provenance: Optional[dict]) -> dict
 
 def to_nir_graph(net: Network, *, dt: float = DEFAULT_DT,
                  provenance: Optional[dict] = None) -> nir.NIRGraph:
-    """The NIR graph of a float IR ``net`` (module docstring); :class:`NirFormatError` for what
-    NIR cannot hold exactly (if_soft neurons, integer IRs, ...)."""
+    """The NIR graph of a float IR ``net`` (:func:`_synapse_node`, :func:`_neuron_node`);
+    :class:`NirFormatError` for what NIR cannot hold exactly (if_soft neurons, integer IRs, ...)."""
     _check_exportable(net, dt)
     b = _Builder()
     shape = tuple(int(s) for s in net.input.shape)
@@ -446,6 +390,9 @@ def _check_nir_version(path: Path, dataset) -> None:
 
 
 def _check_file(path: Path) -> None:
+    """Before ``nir.read`` sees the file: HDF5 readable, only hard links, every dataset within
+    :data:`~hardware.formats.netx_layout.MAX_DATASET_ELEMENTS` and all of them within
+    ``MAX_TOTAL_ELEMENTS``, the file's NIR version one this reader takes, every node type known."""
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError, RuntimeError) as e:
@@ -545,7 +492,18 @@ def _check_resets(name: str, node) -> None:
 
 
 def _dynamics(name: str, node, dt: float) -> _Dynamics:
-    """The cuba neuron a NIR neuron node is under forward Euler with step ``dt``."""
+    """The cuba neuron a NIR neuron node is under forward Euler with step ``dt``::
+
+        CubaLIF  du = 4096·dt/τ_syn − 1, dv = 4096·dt/τ_mem, gain dt·w_in/τ_syn · dt·R/τ_mem
+        LIF      du = 4095,              dv = 4096·dt/τ,     gain dt·R/τ
+        IF       du = 4095,              dv = 0,             gain dt·R
+        I        the potential readout (only as the last neuron), gain dt·R
+
+    The decays must lie on Loihi's 12-bit grid (within :data:`DECAY_TOLERANCE` of an integer, the
+    float32 rounding of others' files; du and dv in 0..4095); ``v_leak`` and ``v_reset`` zero;
+    the threshold positive (:data:`NEVER_FIRES` or +inf only on the last neuron, du = 4095,
+    dv = 0: the potential readout). A gain within :data:`GAIN_TOLERANCE` of 1 is 1; any other is
+    folded into the weights and biases of every synapse into the neuron."""
     _check_resets(name, node)
     if isinstance(node, nir.I):
         return _Dynamics(_NO_CURRENT_DECAY, 0, math.inf, dt * _uniform(name, node, "r"), True)
@@ -605,7 +563,21 @@ class _Synapse:
 
 
 class _Topology:
-    """The graph's nodes by role, the synapses' sources and the neurons' chain order."""
+    """The graph's nodes by role, the synapses' sources and the neurons' chain order.
+
+    Node types read: :data:`READ_NODE_TYPES` (Flatten of all non-batch dimensions only); any
+    other (LI, CubaLI, Delay, Scale, Threshold, AvgPool2d, SumPool2d, Conv1d, a recurrent
+    subgraph, ...) is refused naming the node and its type. The graph must be what the IR can
+    hold: one Input, one Output fed by the last neuron, each synapse (Conv2d/Affine/Linear) fed
+    by the Input or a neuron (possibly through Flatten nodes) and feeding one neuron, neurons
+    fed only by synapses, the neurons a chain (one order) in which every neuron's first synapse
+    reads the previous one (or the input) and further synapses read earlier neurons (extra
+    inputs); no cycle. Every parameter must be one value for the whole node (the IR has one
+    neuron per layer). NaN and inf are refused naming the node and parameter, except +inf as
+    v_threshold (never fires) and as τ_mem (τ) and R together (no leak: older files of this
+    project, snnTorch's export of β = 1). The IR's layer names are the names of each neuron's
+    first synapse node; a layer's bias is the sum of the biases of its synapses; a bias into a
+    neuron with du < 4095 is refused (Loihi adds biases to v)."""
 
     def __init__(self, graph: nir.NIRGraph):
         self.nodes = dict(graph.nodes)
@@ -717,6 +689,7 @@ def _pair(name: str, value, what: str) -> tuple:
 
 
 def _padding(name: str, node) -> tuple:
+    """Conv2d padding: 'valid' is 0, 'same' is (dilation·(k − 1))/2 where that is exact."""
     pad = node.padding
     if isinstance(pad, bytes):
         pad = pad.decode()
@@ -874,8 +847,10 @@ def _metadata(meta: Optional[dict], graph: nir.NIRGraph, source: str, dt: float)
 
 def from_nir_graph(graph: nir.NIRGraph, *, dt: Optional[float] = None,
                    source: str = "graph") -> Network:
-    """The float IR of a NIR graph (module docstring); :class:`NirFormatError` naming the node
-    for anything the IR cannot hold exactly."""
+    """The float IR of a NIR graph (see :class:`_Topology`, :func:`_dynamics`);
+    :class:`NirFormatError` naming the node for anything the IR cannot hold exactly. A graph of
+    ours must say ``format_version`` :data:`NIR_FORMAT_VERSION`. Conv biases always come back as
+    arrays; ``weight_exp`` is folded into the weights, so it comes back as 0."""
     if not isinstance(graph, nir.NIRGraph):
         raise NirFormatError(f"expected a NIRGraph, got {type(graph).__name__}")
     dt, meta = _graph_dt(graph, dt)
