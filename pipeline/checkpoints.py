@@ -206,6 +206,7 @@ def _is_int_list(value: Any) -> bool:
 
 def _open(path: Path, meta: type[BaseModel]) -> tuple[dict, Layout]:
     """The JSON document (kind, version and field names checked) and the tensor layout of ``path``."""
+    # the model's own Literal kind and format_version, so the header check and the model agree
     kind, version = (get_args(meta.model_fields[k].annotation)[0] for k in ("kind", "format_version"))
     header, data_bytes = _read_header(path)
     metadata = header.get("__metadata__")
