@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import artifacts, cli
 from pipeline.artifacts import ArtifactError, Report, RunDir, atomic_path, merge_report, prepare_run_dir
-from tests.test_report import training_and_eval
+from tests.test_report import full_report, training_and_eval
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = str(REPO / "deploy.yaml")
@@ -52,6 +52,26 @@ def test_report_round_trip_keeps_documented_keys_and_unknown_ones(tmp_path):
     assert on_disk == {**written, "format_version": artifacts.REPORT_FORMAT}
     assert "lambda" in on_disk["training"]["history"][0]          # the alias, not lambda_
     assert run.read_report().training.history[-1].lambda_[1] == pytest.approx(2.0)
+
+
+def test_hardware_sections_are_their_dataclasses_json_key_by_key(tmp_path, rng):
+    """quantization, probes, energy and resources (each section typed by its hardware result
+    dataclass, not a copy) read back as written; a key a newer writer added inside one is kept,
+    a missing or mistyped key of the dataclass is refused naming it."""
+    run = RunDir(tmp_path)
+    sections = {k: v for k, v in full_report(rng, tmp_path).items()
+                if k in ("quantization", "probes", "energy", "resources")}
+    sections["resources"]["layers"][0]["newer_key"] = [1, 2]
+    run.update_report(sections)
+    written = json.loads(json.dumps(sections))
+    assert json.loads(run.report_json.read_text()) == {**written, "format_version": artifacts.REPORT_FORMAT}
+    assert run.read_report().to_json_dict() == {**written, "format_version": artifacts.REPORT_FORMAT}
+    del written["energy"]["layers"][1]["spike_routing"]
+    with pytest.raises(ArtifactError, match=r"section energy.layers.1.spike_routing: Field required"):
+        merge_report(Report(), written)
+    written["probes"]["layers"][0]["fan_in_max"] = 1.5
+    with pytest.raises(ArtifactError, match=r"section probes.layers.0.fan_in_max"):
+        merge_report(Report(), {"probes": written["probes"]})
 
 
 def test_merge_accuracy_key_by_key_replace_other_sections_and_clear_owned_ones():

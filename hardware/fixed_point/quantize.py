@@ -104,6 +104,9 @@ SUM_OF_INPUTS = " (sum of all inputs)"
 
 @dataclass
 class LayerQuantReport:
+    """How one layer was quantized (an entry of the .net provenance's and report.json's
+    ``quantization`` list, as its ``asdict`` form)."""
+
     name: str
     scale: float
     limited_by: str
