@@ -11,19 +11,11 @@ from models.architectures import build_model, nq_layers
 from hardware.analysis.energy import count_macs
 from models.converter import convert, ir_quantized_forward
 from models.nq import NQActivation, qcfs
+from tests.random_ann import randomise
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.6 - 0.3)
-        if isinstance(m, NQActivation):
-            m.threshold.data.fill_(0.2 + 0.4 * float(torch.rand(1, generator=g)))
-    return model.eval().double()
+    return randomise(model, seed, threshold_low=0.2, threshold_span=0.4)
 
 
 @pytest.mark.parametrize("arch,shape,levels", [("cnn-small", (1, 8, 8), 4), ("vgg-small", (1, 28, 28), 8)])

@@ -11,22 +11,13 @@ from models.architectures import (ARCHITECTURES, RESNET_PLANS, ArchitectureError
                                   feature_map_shapes, min_input_side, nq_layer_count, nq_layers)
 from models.converter import convert, count_ann_macs, ir_quantized_forward
 from models.nq import NQActivation
+from tests.random_ann import randomise
 
 DIGITS, FASHION, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics and affine parameters, random λ: every fold is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.6 - 0.3)
-        if isinstance(m, NQActivation):
-            m.threshold.data.fill_(0.4 + 0.8 * float(torch.rand(1, generator=g)))
-    return model.eval().double()
+    return randomise(model, seed, threshold_low=0.4, threshold_span=0.8)
 
 
 def _blocks(model: nn.Module) -> list:

@@ -1,4 +1,4 @@
-"""Tests of the reference simulator (hardware/simulator/__init__.py).
+"""Tests of the reference simulator (hardware/simulator/).
 
 Float and integer neuron dynamics by hand, the QCFS rate property of the
 soft-reset IF neuron, Lava's integer edge cases (checked against Lava itself),
@@ -118,15 +118,20 @@ def test_integer_edge_cases_match_lava():
     dot product, a << 6, decayed u + a, v sums), i.e. at
     LOIHI2.container_bits = 32, then Lava's 24-bit u wrap and v clip.
     """
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.dense.process import Dense as LavaDense
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-    from lava.proc.lif.process import LIF
-
-    rng = np.random.default_rng(7)
     T, n_out = 10, 6
+    x, branches = _edge_case_branches(T, n_out)
+    lava_out = _edge_cases_in_lava(x, branches, T, n_out)
+    total = 0
+    for key, b in branches.items():
+        sim = _edge_case_in_simulator(x, b, T, n_out)
+        assert (sim == lava_out[key]).all(), (key, sim, lava_out[key])
+        total += int(sim.sum())
+    assert total > 0  # the comparison is not vacuous
+
+
+def _edge_case_branches(T: int, n_out: int) -> tuple:
+    """(inputs (6, T), {branch: parameters}) of the two branches described above."""
+    rng = np.random.default_rng(7)
     x = np.zeros((6, T), dtype=np.int64)
     x[:3] = rng.integers(0, 1 << 16, size=(3, T))
     x[3:] = rng.integers(1 << 22, 1 << 23, size=(3, T))
@@ -143,6 +148,17 @@ def test_integer_edge_cases_match_lava():
         "B": dict(w=wb, exp=-8, du=4095, dv=0, vth=rng.integers(0, 1 << 10, n_out),
                   bias=np.zeros(n_out, dtype=np.int64), bias_exp=0),
     }
+    return x, branches
+
+
+def _edge_cases_in_lava(x: np.ndarray, branches: dict, T: int, n_out: int) -> dict:
+    """{branch: (T, n_out) spikes}: Lava Dense → LIF per branch, one shared source."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense as LavaDense
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIF
 
     src = Source(data=x)
     sinks = {}
@@ -162,21 +178,21 @@ def test_integer_edge_cases_match_lava():
             lava_out[key] = sink.data.get().astype(np.int64).T  # (T, n_out)
     finally:
         src.stop()
+    return lava_out
 
+
+def _edge_case_in_simulator(x: np.ndarray, b: dict, T: int, n_out: int) -> np.ndarray:
+    """(T, n_out) spikes of one branch from simulate(pipelined=True), one IR network per
+    neuron (thresholds are per layer in the IR)."""
     inputs = x.T[None]  # (1, T, 6)
-    total = 0
-    for key, b in branches.items():
-        # one IR network per neuron (thresholds are per layer in the IR)
-        sim = np.zeros((T, n_out), dtype=np.int64)
-        for i in range(n_out):
-            net = _one_dense("cuba", int(b["vth"][i]), weight=b["w"][i:i + 1], integer=True,
-                             weight_exp=b["exp"], du=b["du"], dv=b["dv"],
-                             bias=b["bias"][i:i + 1], bias_exp=b["bias_exp"],
-                             input_bits=LOIHI2.graded_spike_max_bits)
-            sim[:, i] = simulate(net, inputs, T, pipelined=True).output_spikes[:, 0, 0].numpy()
-        assert (sim == lava_out[key]).all(), (key, sim, lava_out[key])
-        total += int(sim.sum())
-    assert total > 0  # the comparison is not vacuous
+    sim = np.zeros((T, n_out), dtype=np.int64)
+    for i in range(n_out):
+        net = _one_dense("cuba", int(b["vth"][i]), weight=b["w"][i:i + 1], integer=True,
+                         weight_exp=b["exp"], du=b["du"], dv=b["dv"],
+                         bias=b["bias"][i:i + 1], bias_exp=b["bias_exp"],
+                         input_bits=LOIHI2.graded_spike_max_bits)
+        sim[:, i] = simulate(net, inputs, T, pipelined=True).output_spikes[:, 0, 0].numpy()
+    return sim
 
 
 # ---------------------------------------------------------------------------
