@@ -29,18 +29,17 @@ import stat
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence, get_args
+from typing import Annotated, Any, Iterator, Literal, Optional, Sequence, get_args
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       StringConstraints, ValidationError, WithJsonSchema, create_model,
                       model_validator)
 from pydantic_core import PydanticCustomError
-from typing_extensions import Annotated
 
 from hardware.analysis.energy import ENERGY_CONSTANTS
 from hardware.errors import ToolkitError
-from hardware.kinds import EXPORT_FORMATS, READOUTS, Backend, ExportFormat, NeuronKind, Readout
+from hardware.kinds import EXPORT_FORMATS, Backend, ExportFormat, NeuronKind, Readout
 from hardware.spec import LOIHI2
 
 #: deploy.yaml is 4 kB; a file 16 times that is not a config (and is not read into memory,
@@ -56,7 +55,7 @@ MAX_NAME_BYTES = 255
 
 __all__ = ["Config", "ConfigError", "load_config", "describe_schema", "json_schema",
            "json_schema_text", "DEFAULT_ARCH", "DATASETS", "ARCHS", "ACTIVATIONS", "CUBA_SHIFTS",
-           "EXPORT_FORMATS", "READOUTS"]
+           "EXPORT_FORMATS"]
 
 
 class ConfigError(ToolkitError, ValueError):
