@@ -1,55 +1,28 @@
-"""ANN -> SNN IR conversion.
+"""ANN -> SNN IR conversion (:func:`convert`): every fold is exact linear algebra.
 
-Folding rules (all exact, linear algebra only):
+* Batch-norm after a conv/linear layer: ``W' = W · γ/√(var+ε)`` per output channel,
+  ``b' = (b − μ) · γ/√(var+ε) + β``.
+* Spikes are binary, so a spike of layer l stands for θ_l (its NQ activation's λ): the
+  next layer's weights are multiplied by θ_l.
+* Ph×Pw average pooling (stride = kernel) before a k×k conv (stride s, padding p,
+  dilation 1) is one conv with kernel ``kron(W, 1_{Ph×Pw}) / (Ph·Pw)``, stride sP and
+  padding pP (the pooled map must divide by P). Before flatten + linear, each weight is
+  spread over its pooling window (pixels the pooling's floor drops get weight 0).
+* Residual block (:class:`models.architectures.ResidualBlock`) whose input is the spikes
+  of IR layer ``src``: conv1 → Conv (``fold(W1, BN1) · θ_in``, threshold λ_1); conv2 →
+  Conv (``fold(W2, BN2) · θ_1``, threshold λ_out) with one extra input
+  ``Projection(source=src)``: ``θ_in · I`` for an identity shortcut, else the shortcut's
+  1×1 conv with its BN folded (× θ_in; its bias joins conv2's). A block reading the
+  network input directly, or right after pooling or flatten, is refused.
+* The last layer is a plain Linear: ``readout='potential'`` (the paper's) makes it the
+  non-firing integrator :func:`hardware.ir.readout_neuron`; ``readout='spikes'`` a
+  spiking layer of threshold ``output_threshold``.
+* ``cuba`` drive shift (:data:`models.nq.CUBA_SHIFTS`): θ/(2T) per step (``half-bias``)
+  added to a hidden layer's bias; a cuba-matched activation brings its own shift and T,
+  a QCFS-trained model may be shifted at conversion (``cuba_shift``, ``shift_timesteps``).
 
-* Batch-norm after a conv/linear layer:
-  ``W' = W · γ/√(var+ε)`` per output channel, ``b' = (b − μ) · γ/√(var+ε) + β``.
-* Spikes are binary, so a spike of layer l stands for θ_l: the next layer's
-  weights are multiplied by θ_l (θ_l = λ_l, the learned QCFS threshold).
-* P×P average pooling (stride P) followed by a k×k conv (stride s, padding p,
-  dilation 1) is one conv with kernel ``kron(W, 1_{P×P}) / P²`` of size kP,
-  stride sP and padding pP (needs the pooled map's size divisible by P).
-  Followed by flatten + linear, the pooling becomes a dense matrix that
-  spreads each weight over its P×P window (rows/columns that the floor of the
-  pooling drops get weight 0). Pooling windows may be rectangular (Ph×Pw, e.g.
-  a residual net's global average pooling over the final H×W map); the rules
-  apply per axis.
-
-* Residual block (:class:`models.architectures.ResidualBlock`,
-  ``out = NQ_out(BN2(conv2(NQ_1(BN1(conv1(x))))) + shortcut(x))``), whose input x is
-  the spikes of the IR layer ``src`` just before it (θ_in = its λ). It becomes two IR
-  layers, in module order:
-
-  - conv1 → Conv, ``W1' = fold(W1, BN1) · θ_in``, threshold λ_1 (NQ_1);
-  - conv2 → Conv, ``W2' = fold(W2, BN2) · θ_1``, threshold λ_out (NQ_out), with one
-    extra input ``Projection(source=src)``: an identity shortcut is the 1×1 conv
-    ``θ_in · I``; a projection shortcut is its 1×1 conv (stride s) with its BN folded,
-    ``fold(Ws, BNs) · θ_in``, and the BN's folded bias joins conv2's bias:
-    ``b = b2' + bs'`` (plus the cuba drive shift of NQ_out, below).
-
-  So conv2's neurons receive ``W2' ⊛ s_1 + P ⊛ s_src + b``, which is the block's
-  pre-activation in units of spikes. A block right after the input (no spiking layer
-  to read the shortcut from), or with pooling or flatten right before it, is refused
-  with :class:`hardware.ir.IRError`.
-
-* The last layer is a plain Linear (no NQ activation): it becomes the SNN's
-  output layer. ``readout='potential'`` (the paper's) makes it a non-firing
-  integrator (:func:`hardware.ir.readout_neuron`), so Σ_t (W·s_t + b) / T tends to
-  the ANN's logits. ``readout='spikes'`` makes it a spiking layer of the configured
-  neuron with threshold ``output_threshold`` (calibrated on data by the training
-  loop: a high percentile of the ANN's positive logits), counted by spike votes.
-
-* ``cuba`` shift (:data:`models.nq.CUBA_SHIFTS`): a per-step drive offset θ/(2T)
-  (``half-bias``) is added to the layer's bias, where the stock CUBA neuron takes it
-  (the quantizer then rounds it with the rest of the bias). A ``cuba-matched``
-  activation carries its own shift and T (its ANN function includes the offset, so
-  ANN and SNN agree exactly under constant input); a QCFS-trained model can be
-  shifted at conversion (``convert(..., neuron='cuba', cuba_shift=..., shift_timesteps=T)``),
-  which changes the SNN but not the ANN it came from.
-
-The IR's float forward (:func:`ir_quantized_forward`) with the model's activation
-(QCFS, or the CUBA spike count for a cuba-matched model) equals the ANN's forward
-with noise off, residual nets included.
+:func:`ir_quantized_forward` (the IR's float forward with the model's activation) equals
+the ANN's forward with noise off, residual nets included.
 """
 from __future__ import annotations
 

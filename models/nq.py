@@ -1,47 +1,27 @@
 """The NQ activation: a quantized activation equal to the SNN neuron's constant-input
-response, plus residual noise.
+response, plus residual noise (``NQActivation(..., activation=...)``).
 
-Two activations (``NQActivation(..., activation=...)``):
+``qcfs`` (Huang et al., TNNLS 2025; QCFS from Bu et al., ICLR 2022): the paper's IF
+neuron over L steps, ``y = λ · clip(floor(x · L / λ + 1/2) / L, 0, 1)``.
 
-``qcfs`` (Huang et al., TNNLS 2025; QCFS from Bu et al., ICLR 2022), the constant-input
-response of the paper's IF neuron (reset by subtraction, v0 = θ/2) over L steps::
+``cuba-matched``: Loihi 2's stock CUBA neuron (du = 4095, dv = 0, v0 = 0, strict
+``v > θ``, reset to zero; :mod:`hardware.fixed_point.dynamics`) over the T steps it is
+matched to. A per-step drive z first exceeds θ after k = floor(θ/z) + 1 steps, so
+(:func:`cuba_spike_count`) ``count = floor(T / k)`` for z > 0 (else 0) and
+``y = λ · count / T`` (θ = λ); at T = 4 the levels are 0, 1, 2, 4 (never 3).
+``cuba_shift`` (:func:`cuba_shift_offset`): a per-step drive offset that stock Loihi
+takes as a bias (the converter folds it into the layer's bias): ``none`` (z = x) or
+``half-bias`` (z = x + θ/(2T): θ/2 spread over the window, as stock Loihi cannot start
+v at θ/2; at T = 4 the steps move to the QCFS rounding points θ/8, 3θ/8, 7θ/8).
 
-    y = λ · clip(floor(x · L / λ + 1/2) / L, 0, 1)
-
-``cuba-matched``, the constant-input response of Loihi 2's stock CUBA neuron (du = 4095
-so u = a exactly, dv = 0, v0 = 0, strict ``v > θ``, reset to zero) over the T steps it
-is matched to. With a per-step drive z (synaptic input plus bias, plus the shift
-below), v counts up by z; after k = floor(θ/z) + 1 steps it first exceeds θ, fires
-and restarts from 0, so (:func:`cuba_spike_count`)::
-
-    count = floor(T / (floor(θ / z) + 1))   for z > 0,   0 for z ≤ 0
-    y     = λ · count / T                                 (θ = λ)
-
-The spike counts it can produce are floor(T/k), k = 1, 2, …: at T = 4 the levels
-0, 1, 2, 4 (never 3), with steps at z = θ/4, θ/2 and just above θ.
-
-``cuba_shift`` (``cuba-matched`` only; :func:`cuba_shift_offset`) moves the drive by a
-constant per-step offset that stock Loihi expresses as a bias, so the converter folds
-it into the layer's bias and ANN and SNN still agree under constant input:
-
-* ``none``: z = x.
-* ``half-bias``: z = x + θ/(2T), i.e. θ/2 spread over the T-step window (stock Loihi
-  cannot start v at θ/2). For T = 4 it moves the steps to z = θ/8, 3θ/8, 7θ/8, the
-  QCFS rounding points of levels 1, 2 and 4.
-
-(A threshold "just below an integer multiple", making ``v > θ`` act as ``v ≥ θ``,
-differs from ``none`` only where θ/z is exactly an integer: measure zero for the float
-ANN, and in the integer SNN it is one threshold mantissa unit the converter cannot
-choose before the quantizer picks its scale. It is therefore not an option here.)
-
-Gradients are straight through, as QCFS: the quantized value is used forward and the
-clipped ramp ``λ · clip(z/λ, 0, 1)`` backward, so ∂y/∂z = 1 on 0 < z < λ and
-∂y/∂λ = count/T − z/λ there, 1 above.
+Gradients are straight through, as QCFS: the quantized value forward, the clipped ramp
+``λ · clip(z/λ, 0, 1)`` backward (∂y/∂z = 1 on 0 < z < λ; ∂y/∂λ = count/T − z/λ there,
+1 above).
 
 Training noise (both activations): ``y + σ · ε``, ε ~ N(0, 1), fresh per element. λ is
-a learnable threshold per layer. σ is a buffer (saved in checkpoints), not learned:
-the training loop re-estimates it after every epoch as the standard deviation of
-(ANN activation − SNN rate · θ) measured with the reference simulator.
+learnable, one per layer. σ is a buffer (saved in checkpoints), not learned: the training
+loop re-estimates it after every epoch as the standard deviation of (ANN activation −
+SNN rate · θ) measured with the reference simulator.
 """
 from __future__ import annotations
 

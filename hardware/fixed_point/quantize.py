@@ -28,7 +28,7 @@ spike train unchanged in exact arithmetic, so ``s_l`` is free; it is the largest
   −(a + b)·4096/dv for dv > 0, and positive v is capped by the spike (``limited_by``:
   "24-bit u over T=…" or "24-bit v over T=…"). With A± = max_o (Σ_j max(±W_oj·x_max, 0)) << 6
   (over the sum of all synapses), B± = max(±b, 0) << 6, θ = vth << 6 and the integer decay
-  D_d(y) = sign(y)·(|y|·(4096 − d) >> 12), the worst case is iterated exactly::
+  D_d = :func:`hardware.fixed_point.dynamics.decay`, the worst case is iterated exactly::
 
       u⁺_t = D_{du+1}(u⁺_{t−1}) + A⁺            u⁻_t = D_{du+1}(u⁻_{t−1}) + A⁻     (u_0 = 0)
       V⁺_t = D_dv(r⁺_{t−1}) + u⁺_t + B⁺         V⁻_t = D_dv(r⁻_{t−1}) − u⁻_t − B⁻  (r_0 = v0)
