@@ -7,9 +7,9 @@ the paper's IF neuron (reset by subtraction, v0 = θ/2).
   live there; ``tests/test_dynamics.py`` runs this model in Lava against them). It
   subclasses Lava's ``AbstractPyLifModelFixed``, so Lava casts the synaptic input and
   the state as for its LIF.
-* :class:`PyIFSoftResetModelFloat` (tag ``floating_pt``): Lava's float-LIF conventions
-  (``du``/``dv`` fractions in [0, 1], bias = ``bias_mant`` unscaled, ``vth`` unshifted),
-  with the if_soft spike rule s = v ≥ vth, v ← v − s·vth and v0 = vth / 2.
+* :class:`PyIFSoftResetModelFloat` (tag ``floating_pt``): the float form of the same
+  update in Lava's float-LIF conventions (``du``/``dv`` fractions in [0, 1], bias =
+  ``bias_mant`` unscaled, ``vth`` unshifted, v0 = vth / 2).
 """
 from __future__ import annotations
 
