@@ -3,7 +3,7 @@ the quantizer's joint scale, the validator, the float and integer simulators (bo
 modes, every kernel path) against an independent numpy reference written here, and the
 activity / energy / resource counts.
 
-The reference loop (:func:`reference_run`) shares nothing with ``hardware/simulator/__init__.py``:
+The reference loop (:func:`reference_run`) shares nothing with ``hardware/simulator/``:
 its synapses are explicit numpy int64 sums over kernel taps with Lava's output rules
 (Conv: wrap to 24 bits; Dense: int32), its timing is written from the IR's docstring
 (paper's same-step rule; Lava's one step per hop plus ``net.extra_delay`` per
