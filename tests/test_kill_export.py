@@ -30,14 +30,11 @@ from tests.bad_inputs.harness import (EXIT_REACHED_LAVA, REPO, reap_session, run
 KNOWN = {CHECKPOINT, TRAIN_STATE, REPORT_JSON, NET_FILE, "report.md", "raster.npz"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def stages_imported():
-    """Import the stages (torch, Lava, and what they import lazily) once, before the first fork."""
-    warm_imports()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Workspace:
+    """A trained workspace; first the stages (torch, Lava, and what they import lazily) are
+    imported once, before the first fork (only the export tests fork)."""
+    warm_imports()
     ws = Workspace(tmp_path_factory.mktemp("kill-export"))
     ws.inputs.mkdir()
     ws.write_config()
