@@ -1,28 +1,19 @@
-"""Seeded comparison of the stock-Loihi (`cuba`) path against the paper's neuron (issue 9).
+"""Seeded comparison of the stock-Loihi (`cuba`) path against the paper's neuron.
 
-Arms (same architecture, paired seeds: seed s of every arm shares initialisation,
-shuffling, augmentation draws and validation split):
+Arms (same architecture, paired seeds: seed s of every arm shares initialisation, shuffling,
+augmentation draws and validation split): ``if_soft`` (the NQ default, this project's neuron
+process; the configuration of ``bench/nq_vs_qcfs.py``'s ``nq-sigma-T4`` arm, whose rows are
+borrowed by default, ``--baseline-from``), ``cuba-qcfs`` (stock CUBA neurons, QCFS-trained),
+``cuba-matched`` (trained with the CUBA neuron's own response, ``nq.activation: cuba-matched``),
+and both cuba arms converted with the ``half-bias`` shift (``...-half-bias``).
 
-* ``if_soft``: the NQ default (IF neuron with reset by subtraction, needs this project's
-  neuron process, so no stock board run); the configuration of ``bench/nq_vs_qcfs.py``'s
-  ``nq-sigma-T4`` arm, so the two benchmarks' runs pair up: by default the if_soft rows
-  are taken from ``bench/results/nq_vs_qcfs.jsonl`` (``--baseline-from``) rather than
-  trained a second time (their Lava check is in ``nq_vs_qcfs_lava.jsonl``).
-* ``cuba-qcfs``: stock CUBA neurons, QCFS-trained (today's ``cuba`` path).
-* ``cuba-qcfs-half-bias``: the same training, converted with the ``half-bias`` shift.
-* ``cuba-matched``: trained with the CUBA neuron's own response (``nq.activation:
-  cuba-matched``, T = ``snn.timesteps``).
-* ``cuba-matched-half-bias``: the matched activation with the ``half-bias`` shift.
-
-Every run trains through the pipeline's own loop (``pipeline.training.train``), then the
-selected checkpoint (best SNN validation accuracy at ``snn.timesteps``) is evaluated in
-Loihi 2 fixed point (quantizer + bit-accurate reference simulator, the paper's potential
-readout) on the whole test split at T = 1, 2, 4, 8, with its ANN test accuracy. Each
-finished run is appended to the results file (JSON lines) at once; a restarted
-benchmark skips the runs already there (training itself resumes from its run directory).
-``--lava`` checks Lava against the simulator on a sample of every finished run (stock
-lava-dl netx loading the exported .net for the cuba arms; own results file, resumable);
-``--report`` prints the markdown tables (mean ± sd, paired differences against if_soft).
+Every run trains through ``pipeline.training.train``; the selected checkpoint is evaluated in
+Loihi 2 fixed point (quantizer + bit-accurate simulator, potential readout) on the whole test
+split at T = 1, 2, 4, 8, with its ANN test accuracy. Each finished run is appended to the
+results file (JSON lines) at once; a restarted benchmark skips the runs already there.
+``--lava`` checks Lava against the simulator on a sample of every finished run (stock lava-dl
+netx for the cuba arms; own results file, resumable); ``--report`` prints the tables (mean ± sd,
+paired differences against if_soft).
 
     nohup .venv/bin/python bench/board_path.py > runs/board_path.log 2>&1 &
     .venv/bin/python bench/board_path.py --lava

@@ -1,37 +1,29 @@
-"""NIR interop figures, checked against snnTorch (issue 11) and Norse (issue 18).
+"""NIR interop figures, checked against snnTorch and Norse.
 
-Export: a ``cuba`` digits model trained by this project's pipeline (cnn-small, the
-cuba-matched activation; trained here into ``runs/nir_agreement/`` unless ``--checkpoint``
-names one) is converted to the float IR, written as NIR (:mod:`hardware.formats.nir`), loaded by
-snnTorch's own ``import_from_nir`` and run on the test split, one sample at a time (snnTorch
-1.0's imported Flatten also flattens the batch dimension). Compared with the reference
-simulator (:func:`hardware.simulator.simulate`, float IR, same-step timing) on every layer's
-spikes at every step and on the potential readout:
+Export: a ``cuba`` digits model trained by the pipeline (cnn-small, cuba-matched activation;
+trained into ``runs/nir_agreement/`` unless ``--checkpoint`` names one) is written as NIR
+(:mod:`hardware.formats.nir`), imported by snnTorch and Norse, run one sample at a time (their
+imported Flatten also flattens the batch) and compared with the reference simulator (float
+IR, same-step timing) on every layer's spikes at every step and on the potential readout:
 
-* snnTorch as imported (float32 weights and state) against the float64 IR;
-* snnTorch's modules with float64 state (its float32 spikes and inputs cast to float64 by
-  forward pre-hooks, nothing else changed) against the IR whose weights, biases and
-  thresholds are rounded to float32 as ``import_from_nir`` rounds them (``torch.Tensor``).
-  This isolates the neuron mapping from float32 arithmetic: it must agree exactly;
-* Norse 1.1.0's own ``norse.torch.from_nir`` at dt = 1e-4 (float32; one sample at a time: its
-  imported Flatten is ``torch.nn.Flatten(0, -1)``, which flattens a batch too) against the
-  float64 IR. Its synapse steps I + (dt/τ_syn)(w_in·x − I), which is x only up to float32
-  rounding, so a spike may differ where a membrane lies within rounding of its threshold.
+* snnTorch as imported (float32) against the float64 IR;
+* snnTorch with float64 state (float32 spikes and inputs cast by forward pre-hooks) against
+  the IR rounded to float32 as ``import_from_nir`` rounds it: this isolates the neuron
+  mapping from float32 arithmetic and must agree exactly;
+* Norse 1.1.0's ``from_nir`` at dt = 1e-4 (float32) against the float64 IR: its synapse step
+  I + (dt/τ_syn)(w_in·x − I) is x only up to rounding, so a spike may differ where a membrane
+  lies within rounding of its threshold.
 
-Import: a network built and trained in snnTorch (Flatten, Linear, ``Synaptic(α = 0.5, β = 1)``,
-Linear, ``Synaptic(α = 0, β = 1 − 256/4096)``, reset to zero, BPTT with snnTorch's surrogate
-gradient) is exported with snnTorch's ``export_to_nir``, read by :func:`hardware.formats.nir.read_nir`,
-compared with the snnTorch model itself, quantized (:mod:`hardware.fixed_point.quantize`), written as
-``.net``, loaded by stock lava-dl netx and run in Lava (``loihi2-sim``) against the
-bit-accurate simulator.
+Import: an snnTorch network (Flatten, Linear, ``Synaptic(α = 0.5, β = 1)``, Linear,
+``Synaptic(α = 0, β = 1 − 256/4096)``, reset to zero, BPTT) exported with ``export_to_nir`` is
+read by :func:`hardware.formats.nir.read_nir`, compared with snnTorch, quantized, written as
+``.net`` and run by stock lava-dl netx in Lava against the bit-accurate simulator.
 
     .venv/bin/python bench/nir_agreement.py              # a few minutes; writes the results
     .venv/bin/python bench/nir_agreement.py --report     # the BENCHMARKS.md table only
 
-Results: ``bench/results/nir_agreement.json``; the table between ``<!-- nir:begin -->`` and
-``<!-- nir:end -->`` in BENCHMARKS.md is rewritten. The helpers above the command line
-(running an snnTorch module step by step, the float32 view of an IR, the snnTorch digits
-network) are also what ``tests/test_nir.py`` uses.
+Results: ``bench/results/nir_agreement.json`` and the table between the ``nir`` markers in
+BENCHMARKS.md. ``tests/test_nir.py`` uses the helpers above the command line.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Residual vs plain network on Fashion-MNIST through the whole pipeline (issue 10).
+"""Residual vs plain network on Fashion-MNIST through the whole pipeline.
 
 For each architecture (default ``resnet-small`` and ``vgg-small``) one ``python -m pipeline
 all`` run: train (4 epochs, the nq_vs_qcfs grid's settings), export the .net, Loihi 2 fixed

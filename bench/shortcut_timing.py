@@ -1,4 +1,4 @@
-"""What the shortcut delays buy: a residual net on Lava with and without them (issue 10).
+"""What the shortcut delays buy: a residual net on Lava with and without them.
 
 On Lava every synaptic hop delays by one step, so a shortcut that skips layers reaches
 its summing neuron early. This project gives each shortcut a Loihi 2 synaptic delay

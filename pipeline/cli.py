@@ -1,4 +1,5 @@
-"""Command-line front end: ``python -m pipeline <stage> --config deploy.yaml [--set k=v ...]``.
+"""Command-line front end: ``nqloihi <stage> --config deploy.yaml [--set k=v ...]`` (the console
+script of :func:`script`; ``python -m pipeline`` is the same command).
 
 Each subcommand validates the whole config first (so a typo fails before any
 work), then calls the stage of the same name in :mod:`pipeline.stages`

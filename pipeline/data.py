@@ -1,29 +1,25 @@
 """Datasets, read from local files only (nothing is downloaded).
 
-Every dataset is returned as float32 images in [0, 1], shaped (N, C, H, W),
-and int64 labels. The only transform is the scaling to [0, 1]
-(``x = pixel / pixel_max``): the image is sent to Loihi 2 as unsigned graded
+Every dataset is float32 images in [0, 1], shaped (N, C, H, W), and int64 labels. The
+only transform is ``x = pixel / pixel_max``: the image goes to Loihi 2 as unsigned graded
 spikes, so no mean/std normalisation (which would make inputs signed).
 
 Splits:
 
-* ``test`` is the dataset's own test set (digits has none: a stratified 20 %
-  split with a fixed seed, so every training seed is scored on the same test
-  images);
-* ``val`` is carved from the training set only, stratified per class and
-  seeded with ``train.seed``: per class ``c`` with ``n_c`` training images,
-  ``round(n_c * val_fraction)`` go to validation.
+* ``test`` is the dataset's own test set (digits has none: a stratified 20 % split with a
+  fixed seed, so every training seed is scored on the same test images);
+* ``val`` is carved from the training set only, stratified per class and seeded with
+  ``train.seed``: ``round(n_c * val_fraction)`` of each class's ``n_c`` images.
 
 Sources:
 
 * ``digits``: :func:`sklearn.datasets.load_digits` (8x8, values 0..16, /16);
-* ``fashion-mnist``: IDX files, default ``/usr/share/datasets/fashion-mnist``
-  (Debian package ``dataset-fashion-mnist``, which installs the four
-  ``*-ubyte.gz`` files there);
+* ``fashion-mnist``: IDX files, default ``/usr/share/datasets/fashion-mnist`` (Debian
+  package ``dataset-fashion-mnist``, which installs the four ``*-ubyte.gz`` files there);
 * ``mnist``: IDX files in ``data.root`` (same reader);
-* ``cifar10``: the ``cifar-10-batches-py`` pickles, read with a restricted
-  unpickler that can only rebuild dicts/lists/str/bytes/ints and numpy
-  arrays: a pickle referring to anything else is refused, never executed.
+* ``cifar10``: the ``cifar-10-batches-py`` pickles, read with a restricted unpickler that
+  can only rebuild dicts/lists/str/bytes/ints and numpy arrays: a pickle referring to
+  anything else is refused, never executed.
 """
 from __future__ import annotations
 

@@ -1,35 +1,26 @@
 """NQ training with measured residual noise.
 
-Each epoch: SGD (momentum, weight decay, cosine schedule) on the NQ ANN with
-noise σ_l·N(0,1) after every QCFS activation; then, on the validation split,
+Each epoch: SGD (momentum, weight decay, cosine schedule) on the NQ ANN with noise
+σ_l·N(0,1) after every QCFS activation; then, on the validation split,
 
     σ_l ← std( a_l^ANN − θ_l · rate_l^SNN )       (per layer, over samples and neurons)
 
-where the SNN is the converted network simulated for ``snn.sigma_timesteps``
-steps (default ``snn.timesteps``) with the configured neuron (reference
-simulator, float mode, float32). The epoch with the best SNN validation accuracy
-at ``snn.timesteps`` (by the configured readout, on the whole validation split or
-a fixed ``train.select_samples`` subset) is kept, never judged on the test set.
-Each epoch's record in the history holds ``train_s``, ``sigma_s`` and
-``select_s``: the wall time of the SGD pass, the σ measurement and the selection.
+where the SNN is the converted network simulated (float32 reference simulator) for
+``snn.sigma_timesteps`` steps with the configured neuron. The epoch with the best SNN
+validation accuracy at ``snn.timesteps`` (configured readout; ``train.select_samples`` of
+the validation split) is kept, never judged on the test set. Each epoch's record holds the
+wall times ``train_s``, ``sigma_s`` and ``select_s``.
 
-Artifacts (``run.dir``, files in :mod:`pipeline.checkpoints`):
-``checkpoint.safetensors`` (the best epoch's model) and ``train_state.safetensors``
-(the resume point, rewritten atomically after every epoch, so a killed run loses
-at most the epoch in progress). Both are safetensors with a JSON document; nothing
-is ever unpickled.
+Files in ``run.dir`` (:mod:`pipeline.checkpoints`, safetensors, never unpickled):
+``checkpoint.safetensors`` (the best epoch) and ``train_state.safetensors`` (the resume
+point, rewritten atomically after every epoch: a killed run loses at most that epoch).
 
-Several processes (``torchrun --nproc_per_node=N -m pipeline train``, see
-:mod:`pipeline.distributed`): the model is wrapped in DistributedDataParallel (gloo on
-CPUs, NCCL on GPUs); a DistributedSampler deals each rank a disjoint share of the
-training split in batches of ``train.batch_size / N`` (the global batch is the config's);
-each rank's noise and augmentation are seeded from (``train.seed``, rank, epoch). σ,
-the output threshold, the selection accuracy and the ANN validation accuracy are
-measured on contiguous shards of the same samples and combined exactly (float64 sums
-and counts all-reduced, logits gathered for the percentile), so every rank holds the
-numbers one process would compute on those samples. Rank 0 alone writes the files,
-logs and shows progress; every rank resumes from the same ``train_state.safetensors``.
-Without torchrun nothing of this is active and a run is what it always was.
+Under ``torchrun`` (:mod:`pipeline.distributed`) the model is wrapped in
+DistributedDataParallel; each rank trains on a disjoint share in batches of
+``train.batch_size / N``, with noise and augmentation seeded from (seed, rank, epoch).
+σ, the output threshold and the accuracies are measured on shards and combined exactly
+(float64 sums all-reduced, logits gathered), so every rank holds what one process would
+compute. Rank 0 alone writes files, logs and shows progress.
 """
 from __future__ import annotations
 

@@ -1,91 +1,26 @@
-"""Build an integer SNN IR as a Lava network of lava-dl netx blocks.
+"""Build an integer SNN IR as a Lava network of lava-dl netx blocks (:func:`build_lava_network`).
 
-Why this loader exists: stock ``lava.lib.dl.netx.hdf5.Network`` maps every
-neuron type it knows to a stock Lava process (``CUBA``/``LOIHI`` → ``LIF`` /
-``LIFReset``) and looks its ``get_neuron_params`` up by module-level class name
-from ``create_dense``/``create_conv``, so a subclass cannot add the paper's
-soft-reset IF neuron. Patching netx globally would change every other user of
-it in the process, so instead this module performs the *same* construction as
-``netx.hdf5.Network._create`` directly from the IR, with the same blocks
-(``lava.lib.dl.netx.blocks.process.Conv``/``Dense``) and the same parameter
-transformations; only the neuron process differs for ``if_soft`` layers
-(:class:`hardware.runtime.procs.if_soft.process.IFSoftReset`). For ``cuba`` networks the result
-is identical to stock netx loading the file written by ``hardware.formats.netx``.
+Why this loader exists: stock ``lava.lib.dl.netx.hdf5.Network`` maps every neuron type it
+knows to a stock Lava process and looks ``get_neuron_params`` up by module-level name, so a
+subclass cannot add the paper's soft-reset IF neuron, and patching netx globally would
+change it for every other user in the process. This module performs the *same*
+construction as ``netx.hdf5.Network._create`` (lava-dl 0.6) directly from the IR, with the
+same blocks (``lava.lib.dl.netx.blocks.process.Conv``/``Dense``) and parameter
+transformations (:func:`_block`, :func:`neuron_params`); only ``if_soft`` layers get
+another neuron process (:class:`hardware.runtime.procs.if_soft.process.IFSoftReset`). For
+``cuba`` networks the result is identical to stock netx loading the file
+:mod:`hardware.formats.netx` writes.
 
-What netx does and this module mirrors (lava-dl 0.6, ``hdf5.py``):
+Neuron processes follow each layer's kind: a potential readout's output layer is ``cuba``,
+the stock ``LIF``/``LIFReset`` non-firing integrator of :func:`hardware.ir.readout_neuron`,
+whose membrane :mod:`hardware.runtime.runner` reads through ``LavaNetwork.out_layer``.
 
-* Lava shapes are (x, y, z) = (W, H, C): ``shape = file_shape[::-1]``; the IR
-  is (C, H, W).
-* conv weights: ``w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)`` (IR/file layout
-  (out, in, kh, kw) → Lava (out, kw, kh, in)); stride/padding/dilation
-  reversed to (x, y).
-* dense weights: passed through ``netx.utils.optimize_weight_bits`` (rescale
-  + weight exponent; for integer weights in [-128, 127] the synaptic input is
-  ``W @ s`` exactly).
-* neuron params: ``vth = vThMant``, ``du``, ``dv``, ``bias_exp = 6``,
-  ``bias_key = 'bias_mant'``, ``num_message_bits = 0``; with a reset interval,
-  layer i (0-based among weighted blocks) gets
-  ``reset_offset = user_offset + 1 + i`` (netx: "time starts from 1").
-* the first block accepts ``input_message_bits = net.input_bits`` graded
-  spikes; later blocks binary spikes.
-* a Flatten after a conv connects ``prev.out.transpose([2, 1, 0]).flatten()``
-  to the dense block, i.e. the (W, H, C) output is read in (C, H, W) C order,
-  which is the IR's ``Flatten``.
-
-Neuron processes are chosen per layer, from that layer's kind: an ``if_soft``
-network with a potential readout (``net.readout == 'potential'``) has
-:class:`IFSoftReset` hidden layers and a ``cuba`` output layer, which becomes
-the stock ``LIF``/``LIFReset`` with vth = 131071, du = 4095, dv = 0 (the
-non-firing integrator of :func:`hardware.ir.readout_neuron`), exactly what
-stock netx builds for that layer of the file. Its membrane is read by
-:mod:`hardware.runtime.runner` through ``LavaNetwork.out_layer.neuron.v``.
-
-Residual networks (extra inputs, IR 1.2)
-----------------------------------------
-Stock netx has no multi-input layer, so this loader builds the graph itself. Every
-layer is its netx block exactly as above (main synapse from the previous block);
-every :class:`hardware.ir.Projection` of a layer becomes one
-``lava.proc.sparse.process.DelaySparse`` (bit-accurate model
-``PyDelaySparseModelBitAcc`` under ``fixed_pt``) wired
-
-    source_block.out ─flatten─► DelaySparse.s_in ;  DelaySparse.a_out ─reshape─► block.neuron.a_in
-
-``block.neuron`` is a process attribute of the netx block, and an InPort connected to
-several OutPorts adds what arrives (``PyInPortVectorDense.recv`` sums the int32 messages
-in the int32 container: a = wrap32(a_main + Σ a_proj)), so the neuron integrates
-a = W ⊛ s_prev + Σ_k P_k ⊛ s_{source_k}.
-
-* Timing (measured with Lava 0.10's ``fixed_pt`` models, a RingBuffer sending a spike
-  at step t into a ``Dense`` and into ``DelaySparse`` processes with delays 0..3): Dense
-  delivers the synaptic input at step t + 1; DelaySparse with delay d delivers it at
-  step t + 1 + d. So delay 0 is exactly Dense's timing (one hop) and **each unit of
-  delay is one extra hop**. A projection from the block at depth j into the block at
-  depth i gets delay ``net.extra_delay(layer, proj)`` = i − j − 1: the source's step-τ
-  spikes then reach the neuron at the same Lava step as the main chain's step-τ input
-  (see :mod:`hardware.runtime.schedule`). Loihi 2 holds 6-bit delays
-  (``PyDelaySparseModelBitAcc`` refuses delays above ``LOIHI2.synaptic_delay_max`` = 63;
-  :func:`hardware.ir.validate.validate_network` checks it), so a projection may skip at
-  most 64 layers.
-* Weights: the bit-accurate model clips and truncates like ``Dense``
-  (``clip_weights``/``truncate_weights``) and shifts by ``weight_exp``. Each 8-bit
-  projection weight w is stored as 2w with ``weight_exp = -1``, ``num_weight_bits = 8``
-  and ``sign_mode = MIXED`` given explicitly: the MIXED range [-256, 255] holds 2w,
-  the truncation of the lowest bit keeps the even 2w, and (Σ 2w·s) >> 1 = Σ w·s
-  exactly, for every 8-bit matrix (all-zero and single-signed ones included, unlike
-  netx's ``optimize_weight_bits``). This is the encoding netx itself produces for a
-  mixed-sign matrix spanning [-128, 127]. Measured: a fan-in of 300 spikes into weights
-  127 / -128 gives 38100 / -38400 at the neuron (no 16-bit wrap of the messages).
-* Index order: Lava flattens the source's (W, H, C) output in C order, and the
-  receiving neuron population is (W, H, C); the IR is (C, H, W). The projection is
-  built as a ``scipy.sparse`` CSR matrix in IR indices (a conv projection is unrolled
-  into its non-zero synapses, never into a dense matrix of the whole map) and its
-  rows and columns are then renumbered into Lava's flat (W, H, C) order
-  (:func:`projection_matrix`). The delay matrix has the weights' sparsity pattern (an
-  integer ``delays`` would make Lava hold a dense n_out × n_in matrix).
-* Cost: ``PyDelaySparseModelBitAcc`` rebuilds its per-delay weight matrices at every
-  step (``get_delay_wgts_mat``); measured on this CPU at delay 1: 1.3 ms per step for
-  a 16-channel 28×28 identity shortcut (12.5 k synapses), 13 ms for a 1×1 stride-2
-  16→32-channel projection on 28×28 (99 k synapses).
+Residual networks: stock netx has no multi-input layer, so every
+:class:`hardware.ir.Projection` becomes one ``lava.proc.sparse.process.DelaySparse``
+(bit-accurate model under ``fixed_pt``) from the source block's output into the layer's
+neurons, which add what arrives (:func:`_connect_projection`), delayed to align with the
+main chain (:class:`hardware.runtime.schedule.Schedule`), with weights encoded exactly
+(:func:`_projection_process`) and indices in Lava's (W, H, C) order (:func:`projection_matrix`).
 """
 from __future__ import annotations
 
@@ -183,7 +118,13 @@ def _bias_kwargs(layer) -> dict:
 
 def _block(layer, out_shape: tuple, params: dict, lava_in_shape: tuple,
            input_message_bits: int):
-    """The netx Conv/Dense block of one IR layer, with netx's parameter transformations."""
+    """The netx Conv/Dense block of one IR layer, with netx's parameter transformations
+    (lava-dl 0.6 ``hdf5.py``): Lava shapes are (x, y, z) = (W, H, C), the IR's (C, H, W)
+    reversed; conv weights (out, in, kh, kw) become ``w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)``
+    with stride, padding and dilation reversed to (x, y); dense weights go through
+    ``netx.utils.optimize_weight_bits`` (for 8-bit integer weights the synaptic input is
+    ``W @ s`` exactly). The first block takes ``net.input_bits`` graded spikes, later blocks
+    binary ones; a Flatten after a conv is netx's (:func:`build_lava_network`)."""
     w = np.asarray(layer.weight).astype(int)  # NetDict casts 'weight' with astype(int)
     if isinstance(layer, ir.Conv):
         return ConvBlock(
@@ -275,8 +216,19 @@ def projection_matrix(proj: ir.Projection, source_shape: tuple, out_shape: tuple
 
 def _projection_process(proj: ir.Projection, source_shape: tuple, out_shape: tuple,
                         delay: int, name: str) -> DelaySparse:
-    """The DelaySparse of one projection (weights 2w, weight_exp −1, MIXED: see module
-    docstring), delaying every synapse by ``delay`` steps."""
+    """The DelaySparse of one projection, delaying every synapse by ``delay`` steps.
+
+    The bit-accurate model clips and truncates like ``Dense`` and shifts by ``weight_exp``.
+    Each 8-bit weight w is stored as 2w with ``weight_exp = -1``, 8 weight bits and
+    ``sign_mode = MIXED`` given explicitly: MIXED's range [-256, 255] holds 2w, truncating the
+    lowest bit keeps it, and (Σ 2w·s) >> 1 = Σ w·s exactly for every 8-bit matrix (all-zero
+    and single-signed ones included, unlike ``optimize_weight_bits``); netx itself produces
+    this encoding for a mixed-sign matrix spanning [-128, 127]. Measured: a fan-in of 300
+    spikes into weights 127 / -128 gives 38100 / -38400 (no 16-bit wrap). The delay matrix
+    has the weights' sparsity pattern (an integer ``delays`` would make Lava hold a dense
+    n_out × n_in matrix). Cost: the model rebuilds its per-delay weight matrices every step,
+    measured at delay 1: 1.3 ms per step for a 16-channel 28×28 identity shortcut (12.5 k
+    synapses), 13 ms for a 1×1 stride-2 16→32-channel projection on 28×28 (99 k synapses)."""
     weights = projection_matrix(proj, source_shape, out_shape) * 2
     delays = weights.copy()
     delays.data = np.full(delays.nnz, int(delay), dtype=np.int64)
@@ -286,7 +238,11 @@ def _projection_process(proj: ir.Projection, source_shape: tuple, out_shape: tup
 
 
 def _connect_projection(process: DelaySparse, source_block, block) -> None:
-    """source spikes (flattened (W, H, C)) -> process -> the block's neurons (reshaped)."""
+    """source spikes (flattened (W, H, C)) -> process -> the block's neurons (reshaped).
+
+    The neurons' InPort then has several OutPorts, and ``PyInPortVectorDense.recv`` adds what
+    arrives in its int32 container: a = wrap32(a_main + Σ a_proj), so the neuron integrates
+    W ⊛ s_prev + Σ_k P_k ⊛ s_source_k."""
     src_out = source_block.out
     (src_out.flatten() if len(src_out.shape) > 1 else src_out).connect(process.s_in)
     target = block.neuron.a_in

@@ -1,64 +1,27 @@
-"""Run an integer SNN IR in Lava: many samples streamed through ONE run.
+"""Run an integer SNN IR in Lava: many samples streamed through one run (:func:`run_lava`).
 
-Backends
---------
-``'loihi2-sim'``
-    ``Loihi2SimCfg(select_tag='fixed_pt')`` on the CPU. It selects, for every
-    leaf process, the Python model tagged ``fixed_pt``: ``PyDenseModelBitAcc``
-    (Dense), ``PyConvModelFixed`` (Conv), ``PyLifModelBitAcc`` /
-    ``PyLifResetModelBitAcc`` (LIF / LIFReset),
-    :class:`hardware.runtime.procs.if_soft.models.PyIFSoftResetModelBitAcc` (IFSoftReset),
-    ``PyDelaySparseModelBitAcc`` (DelaySparse: the extra inputs of a residual
-    network, see :mod:`hardware.runtime.network`),
-    ``PySendModelFixed`` / ``PyReceiveModelFixed`` (ring buffers); the netx
-    blocks resolve to their ``fixed_pt`` sub-process models. (Checked by
-    ``tests/test_lava_runner.py`` and ``tests/test_residual_lava.py``.)
-``'loihi2-hw'``
-    ``Loihi2HwCfg`` on a Loihi 2 board (:mod:`hardware.runtime.board`); needs
-    Intel's lava-loihi package and a reachable board. An ``if_soft`` network is
-    refused there: lava-loihi ships microcode only for its own neuron models,
-    none of which is a soft-reset IF neuron, and running the neuron on the host
-    CPU instead would silently not be a hardware run. A residual network is refused
-    too (:data:`hardware.runtime.board.RESIDUAL_ON_BOARD`): whether lava-loihi maps its
-    DelaySparse extra inputs onto the chip is unverified without a board.
+Backends (:data:`hardware.kinds.Backend`):
 
-Which Lava step holds which sample, and why every block resets with netx's
-``reset_offset = 1``, is derived in :mod:`hardware.runtime.schedule`. The
-RunSteps calls run inside a :class:`hardware.runtime.session.LavaSession`: the
-runtime is stopped on every exit path (bounded in time) and no Lava worker
-outlives the run, even when the process is killed.
+* ``loihi2-sim``: ``Loihi2SimCfg(select_tag='fixed_pt')`` on the CPU, which picks every
+  process's bit-accurate model (Dense, Conv, LIF/LIFReset, this project's IFSoftReset,
+  DelaySparse, the ring buffers); ``tests/test_lava_runner.py`` checks which.
+* ``loihi2-hw``: ``Loihi2HwCfg`` on a board (:mod:`hardware.runtime.board`, needs lava-loihi).
+  ``if_soft`` and residual networks are refused there: lava-loihi has no soft-reset
+  neuron, and mapping DelaySparse extra inputs onto the chip is unverified.
 
-Potential readout (``net.readout == 'potential'``)
---------------------------------------------------
-The output layer is a non-firing integrator (a LIFReset with vth = 131071,
-du = 4095, dv = 0): the class is argmax of its membrane v after step T, which
-it never sends. The run is split into RunSteps chunks that end exactly at each
-sample's window end and ``out_layer.neuron.v.get()`` is read after each of
-them. Measured on a tiny conv net (2 cores shared): each extra RunSteps call
-plus ``Var.get`` costs ~10 ms (T = 8, N = 100: 4.2 s against 3.3 s for the
-same net in ~100-step chunks; T = 32, N = 32: within the ±20 % noise), while
-a ``lava.proc.io.sink.Read`` process reading v at every step through a
-RefPort (one management phase per step) made the run ~1.8x slower; v at T
-only is therefore what is recorded. On the board the same ``Var.get`` is used
-(unverified here: no board), and lava-loihi's profilers then see one run call
-per sample; their per-step time and mean power are averages, which is assumed
-(not checked) to survive the split.
+Every block resets every T steps so each block's window holds one sample; which step
+holds which sample is :mod:`hardware.runtime.schedule`'s. The RunSteps calls run inside a
+:class:`hardware.runtime.session.LavaSession`, so the runtime is stopped on every exit path
+and no Lava worker outlives the run.
 
-Probes (``run_lava(..., probes=True)``)
----------------------------------------
-Every block's neuron output (``block.out``) additionally feeds one
-:class:`hardware.runtime.procs.spike_recorder.SpikeRecorder` (all layers,
-bit-packed) whose ring holds as many columns as the longest RunSteps chunk and
-is read back after every chunk, so host memory in Lava stays bounded however
-long the run. :class:`hardware.runtime.schedule.LayerProbes` sorts the columns
-into per-layer counts ``(N, *shape)``, spikes per step ``(T, N)`` and
-(``probes='trains'``/``True``) spike trains ``(T, N, *shape)``, the layouts of
-:class:`hardware.simulator.SimResult`, so
-``hardware.analysis.activity.activity_from_sim(net, result, x)`` accepts a
-:class:`LavaRunResult` unchanged. Other mechanisms (sink RingBuffers, Lava's
-Monitor) are benchmark-only and live in ``bench/probe_mechanisms.py``; they
-plug in through ``run_lava(..., probe_taps=...)``, and ``bench/probe_overhead.py``
-measures why the recorder is the default (figures in BENCHMARKS.md).
+A potential readout's output layer is a non-firing integrator: the run is split into
+RunSteps chunks that end at each sample's window end, where ``out_layer.neuron.v`` is read
+(:class:`_PotentialReader`).
+
+Probes (``probes=True``/``'trains'``/``'counts'``) feed every block's output into one
+bit-packed :class:`~hardware.runtime.procs.spike_recorder.SpikeRecorder`, read back after
+every chunk, in the layouts of :class:`hardware.simulator.SimResult`. Other probe mechanisms
+are benchmark-only (``bench/probe_mechanisms.py``, through ``probe_taps``).
 """
 from __future__ import annotations
 
@@ -222,6 +185,12 @@ class _PotentialReader:
     exactly those steps and ``Var.get`` reads v then: Lava's v after the step's
     update (and before any reset), in Lava's units (already ``<< 6``), the same
     register as ``SimResult.output_potential``.
+
+    Measured on a tiny conv net (2 shared cores): each extra RunSteps call plus ``Var.get``
+    costs ~10 ms (T = 8, N = 100: 4.2 s against 3.3 s in ~100-step chunks), while a
+    ``lava.proc.io.sink.Read`` process reading v at every step made the run ~1.8x slower.
+    On a board the same ``Var.get`` is used (unverified: no board); lava-loihi's profilers
+    then see one run call per sample and average over them.
     """
 
     def __init__(self, var, plan: Schedule, n_out: int):

@@ -1,54 +1,23 @@
 """The streaming schedule of a Lava run: which Lava step holds which sample and step.
 
-Lava steps are numbered t = 1, 2, ... Let T be the number of steps per sample,
-L the number of weighted layers (blocks), i = 0 .. L−1 the block index.
+Lava steps are t = 1, 2, ...; T steps per sample, L weighted layers (blocks), block index
+i = 0 .. L−1, sample k = 0 .. N−1, simulator step τ = 1 .. T.
 
-* Source: a RingBuffer whose column c (0-based) is sent at step c + 1. Sample
-  k (0-based) occupies columns kT .. kT+T−1 (its input repeated T times, or
-  its T time steps if the input is time-varying); columns ≥ NT are zero.
-* A Dense/Conv synapse sends at step t what it received at step t−1, and a
-  neuron's spike reaches the next synapse in the same step. So block 0's
-  neuron integrates at step t the column sent at step t−1, i.e. column t−2;
-  block i's neuron integrates at step t what block i−1's neuron emitted at
-  step t−1.
-* Hence block i processes sample k, simulator step τ = 1..T, at Lava step
-  ``t = kT + 1 + i + τ``: for i = 0 that is column kT + τ − 1 (sample k,
-  step τ) and for i > 0 it is the step-τ output of block i−1 at Lava step
-  kT + i + τ, which is exactly the simulator's non-pipelined rule "layer l at
-  step τ integrates what layer l−1 emitted at step τ".
-* Block i's window for sample k therefore begins at step kT + 2 + i, so it
-  must reset (u=0, v=v0 for if_soft; u=v=0 for cuba) at the start of steps
-  with t ≡ 2 + i (mod T). netx gives block i ``reset_offset = user + 1 + i``,
-  so the user offset is **1** (:data:`RESET_OFFSET`). Anything a block
-  integrated before its first window (zeros, bias, or spikes of the previous
-  block before *its* window) is wiped by that reset.
-* The output block (i = L−1) emits sample k, step τ at Lava step
-  kT + L + τ; the sink RingBuffer stores step t in column t − 1, so
-  ``output_spikes[k, τ−1] = sink[..., kT + L + τ − 1]`` and the run needs
-  ``N·T + L`` steps (the last sample's last output is at step NT + L).
-* A potential readout holds sample k's v[T] after Lava step (k+1)·T + L, the
-  last step of its window (:func:`readout_window_ends`); the RunSteps chunks
-  end exactly there (:func:`chunk_ends`) so that v can be read before the next
-  step's reset wipes it.
-* A per-layer probe that stores step t in column t − 1 sees block i's sample k,
-  step τ at column kT + i + τ (:class:`LayerProbes`).
+* The source RingBuffer sends column c at step c + 1; sample k fills columns kT .. kT+T−1.
+* Block i processes sample k, step τ at Lava step ``t = kT + 1 + i + τ``, so its window
+  for sample k starts at kT + 2 + i; netx resets block i at ``reset_offset = user + 1 + i``,
+  hence the user offset :data:`RESET_OFFSET` = 1.
+* The output block emits sample k, step τ at kT + L + τ: ``output_spikes[k, τ−1] =
+  sink[..., kT + L + τ − 1]``, and the run lasts ``N·T + L`` steps.
+* A potential readout holds sample k's v[T] after step (k+1)·T + L
+  (:func:`readout_window_ends`); the RunSteps chunks end there (:func:`chunk_ends`).
+* A per-layer probe sees block i's sample k, step τ at column kT + i + τ (:class:`LayerProbes`).
+* Residual networks: an extra input of block i from block j is a DelaySparse with delay
+  i − j − 1 (``net.extra_delay``), which aligns it to the main chain, so everything above
+  depends on the main chain only.
 
-With this schedule the result equals
-``simulate(net, inputs, T, pipelined=False).output_spikes`` transposed to
-(N, T, n_out), sample by sample, bit for bit.
-
-Residual networks (extra inputs). Everything above stays valid because every input
-of a layer is aligned to its main chain depth: block i's extra input from block j
-(j < i) is a DelaySparse with delay d = i − j − 1 = ``net.extra_delay(layer, proj)``
-(:mod:`hardware.runtime.network`; measured: delay d delivers d steps after a Dense would).
-Block j emits sample k, step τ at Lava step kT + 1 + j + τ; one hop plus d extra
-steps later, at kT + 2 + j + τ + d = kT + 1 + i + τ, it reaches block i's neurons:
-exactly the step at which block i integrates the step-τ output of block i−1 (the
-simulator's non-pipelined rule, for every input of the layer). So L, the windows,
-the resets, the readout window ends and the probe columns depend only on the main
-chain (L weighted layers), the delays only on depths; spikes a source emits before
-its window arrive before the receiver's window and are wiped by its reset, as on
-the main chain.
+With this schedule the result equals ``simulate(net, inputs, T, pipelined=False)``, sample
+by sample, bit for bit. Why these steps: :class:`Schedule`.
 """
 from __future__ import annotations
 
@@ -97,7 +66,25 @@ def chunk_ends(steps: int, chunk_steps: Optional[int], window_ends: Sequence[int
 @dataclass(frozen=True)
 class Schedule:
     """One run's steps: ``steps`` in total, RunSteps chunks ending at ``ends``,
-    output-potential reads at ``windows`` (empty unless the readout is 'potential')."""
+    output-potential reads at ``windows`` (empty unless the readout is 'potential').
+
+    Why the module's step formulas hold: a Dense/Conv synapse sends at step t what it
+    received at step t−1, and a neuron's spike reaches the next synapse in the same step.
+    So block 0's neuron integrates at step t the column sent at t−1 (column t−2), and block
+    i integrates at t what block i−1 emitted at t−1: sample k, step τ at kT + 1 + i + τ,
+    which is the simulator's non-pipelined rule "layer l at step τ integrates what layer l−1
+    emitted at step τ". Block i must reset (u = 0, v = v0 for if_soft; u = v = 0 for cuba)
+    at the start of steps t ≡ 2 + i (mod T); what it integrated before its first window
+    (zeros, bias, the previous block's spikes before *its* window) is wiped by that reset.
+    The last output (sample N−1, step T) comes at NT + L; the sink stores step t in column
+    t − 1. A potential readout's v[T] must be read before the next step's reset wipes it.
+
+    Residual inputs: block j emits sample k, step τ at kT + 1 + j + τ; one hop plus the
+    DelaySparse delay d = i − j − 1 later (delay d delivers d steps after a Dense would,
+    measured), at kT + 1 + i + τ, it reaches block i: the step at which block i integrates
+    block i−1's step-τ output. Spikes a source emits before its window arrive before the
+    receiver's window and are wiped by its reset, as on the main chain.
+    """
 
     n_samples: int
     timesteps: int

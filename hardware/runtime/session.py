@@ -1,31 +1,23 @@
-"""One Lava run whose worker processes never outlive it.
+"""One Lava run whose worker processes never outlive it (:class:`LavaSession`).
 
-Lava 0.10's runtime (``lava/magma/runtime``) forks, from the calling thread, one
-OS process per process model and per runtime service plus a
-``multiprocessing`` manager for its shared memory; ``multiprocessing``'s
-resource tracker (fork + exec) watches that memory. Left alone:
-
-* ``kill -9`` or SIGTERM of the parent re-parents every worker to PID 1, where
-  it waits for commands forever;
-* Ctrl-C in a terminal sends SIGINT to the whole process group: every worker
-  prints a KeyboardInterrupt traceback and the parent's ``runtime.stop()`` can
-  wait forever for workers that are gone or mid-step.
+Lava 0.10's runtime forks, from the calling thread, one OS process per process model and
+per runtime service, plus a ``multiprocessing`` manager for its shared memory (watched by
+``multiprocessing``'s resource tracker). Left alone, ``kill -9`` or SIGTERM of the parent
+leaves every worker waiting forever under PID 1, and Ctrl-C in a terminal (SIGINT to the
+whole process group) makes every worker print a traceback while the parent's
+``runtime.stop()`` may wait forever for workers that are gone or mid-step.
 
 :class:`LavaSession` closes these holes:
 
-* every process forked while the session is open (and only those: the fork
-  hook is a no-op elsewhere) asks the kernel to SIGKILL it when its parent
-  dies (Linux ``prctl(PR_SET_PDEATHSIG)``), ignores SIGINT (the parent
-  handles Ctrl-C) and restores SIGTERM's default action. The resource
-  tracker is exec'd without Python's fork hooks, but it exits by itself when
-  the last process holding its pipe is gone, i.e. once the parent and the
-  workers are dead.
-* SIGTERM of the parent raises :class:`Terminated` (``SystemExit(143)``) in
-  the main thread, so the session's clean-up runs and the process exits 143.
-* On leaving the session, whatever the reason, the runtime is stopped in a
-  helper thread bounded by ``stop_timeout_s``; if it has not stopped by then,
-  or any process forked during the session is still alive, those processes
-  are killed. SIGINT/SIGTERM arriving during that clean-up are held back and
+* every process forked while the session is open (only those) asks the kernel to SIGKILL
+  it when its parent dies (``prctl(PR_SET_PDEATHSIG)``), ignores SIGINT (the parent handles
+  Ctrl-C) and restores SIGTERM's default action; the resource tracker exits by itself once
+  the parent and the workers are dead;
+* SIGTERM of the parent raises :class:`Terminated` (``SystemExit(143)``) in the main
+  thread, so the clean-up runs and the process exits 143;
+* on leaving the session, whatever the reason, the runtime is stopped in a helper thread
+  bounded by ``stop_timeout_s``; processes forked during the session that are still alive
+  after it are killed. SIGINT/SIGTERM arriving during that clean-up are held back and
   re-raised after it, so a second Ctrl-C cannot abandon it half way.
 """
 from __future__ import annotations

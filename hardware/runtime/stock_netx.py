@@ -1,31 +1,21 @@
 """Build a stock ``lava.lib.dl.netx.hdf5.Network`` from this project's .net file.
 
-Stock netx reads the layers of the file but needs three arguments the layers
-cannot tell it; :func:`hardware.formats.netx.write_net` stores them as root
-attributes and this helper passes them on:
+Stock netx reads the layers of the file but needs three arguments the layers cannot tell
+it; :func:`hardware.formats.netx.write_net` stores them as root attributes (and the plain
+call as ``stock_netx_call``) and this helper passes them on:
 
-* ``input_message_bits``: the graded input's bits. netx's default 0 silently
-  turns the graded input into binary spikes and the results are wrong.
-* ``reset_interval``: steps per sample T (stored when the writer was given it).
-* ``reset_offset``: :data:`hardware.formats.netx.STOCK_RESET_OFFSET` (1), so every
-  block resets at the start of its window when sample k is fed as source
-  columns kT .. kT+T-1.
+* ``input_message_bits``: the graded input's bits (netx's default 0 silently turns the
+  graded input into binary spikes and the results are wrong);
+* ``reset_interval``: steps per sample T (stored when the writer was given it);
+* ``reset_offset``: :data:`hardware.formats.netx.STOCK_RESET_OFFSET` (1), so every block
+  resets at the start of its window (:mod:`hardware.runtime.schedule`).
 
-The equivalent plain call (also stored as the ``stock_netx_call`` attribute)::
-
-    from lava.lib.dl.netx import hdf5
-    net = hdf5.Network(net_config="model.net", input_message_bits=8,
-                       reset_interval=T, reset_offset=1)
-
-The file is read with :func:`hardware.formats.netx.read_net` first, so a file that
-is corrupt, out of range or not this project's raises a one-line
-:class:`NetxFormatError` before netx sees it. Networks with ``if_soft``
-layers cannot run in stock netx (see :mod:`hardware.formats.netx`); use
-:func:`hardware.runtime.network.build_lava_network` for them. Neither can residual
-networks (layers with extra inputs, written as netx type ``'concat'``): stock netx
-raises ``NotImplementedError('concat is not implemented.')`` after building the
-blocks before it, so :func:`stock_netx_arguments` refuses such a file first with a
-:class:`NetxFormatError` naming the layers.
+The file is read with :func:`hardware.formats.netx.read_net` first, so a corrupt, out of
+range or foreign file raises a one-line :class:`NetxFormatError` before netx sees it.
+Stock netx cannot run ``if_soft`` layers (use
+:func:`hardware.runtime.network.build_lava_network`) nor residual networks (netx type
+``'concat'``: it raises ``NotImplementedError`` after building the blocks before it), so
+:func:`stock_netx_arguments` refuses those files first, naming the layers.
 """
 from __future__ import annotations
 
