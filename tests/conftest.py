@@ -16,3 +16,12 @@ property_profiles.load()  # derandomize=True in the default run (property_profil
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def warm_stage_imports():
+    """Import the stages (torch, Lava, and what they import lazily) once per module that forks
+    CLI children, before the first fork, so that no child pays for them (``usefixtures``)."""
+    from tests.bad_inputs.harness import warm_imports
+
+    warm_imports()

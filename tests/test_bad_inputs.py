@@ -28,36 +28,37 @@ from tests.bad_inputs.cases_nir import nir_cases
 from tests.bad_inputs.cases_report import report_cases
 from tests.bad_inputs.cases_weights import checkpoint_cases, train_state_cases
 from tests.bad_inputs.harness import (EXIT_REACHED_LAVA, LightForkServer, Outcome, run_forked,
-                                      run_subprocess, snapshot, warm_imports)
+                                      run_subprocess, snapshot)
 
 ALL_CASES: list[Case] = (config_cases() + net_cases() + checkpoint_cases() + train_state_cases()
                          + report_cases() + dataset_cases() + nir_cases())
 BY_ID = {c.id: c for c in ALL_CASES}
 assert len(BY_ID) == len(ALL_CASES), "case ids must be unique"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def stages_imported():
-    """Import the stages (torch, Lava, and what they import lazily) once, before the first fork."""
-    warm_imports()
+pytestmark = pytest.mark.usefixtures("warm_stage_imports")
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A run directory trained, evaluated and exported through the CLI (tiny config)."""
-    ws = Workspace(tmp_path_factory.mktemp("trained"))
-    ws.inputs.mkdir()
-    ws.write_config()
+    ws = new_workspace(tmp_path_factory.mktemp("trained"))
     for stage in ("train", "evaluate", "export"):
         outcome = run_forked(ws.argv(stage), ws.root, ws.root / "scratch", timeout=300)
         assert outcome.returncode == 0, f"{stage} of the base run failed: {outcome.describe()}"
     return ws.run
 
 
-def make_workspace(root: Path, case: Case, trained_run_dir) -> Workspace:
+def new_workspace(root: Path) -> Workspace:
+    """A directory with the tiny config and an empty inputs folder."""
     ws = Workspace(root)
     ws.inputs.mkdir(parents=True)
     ws.write_config()
+    return ws
+
+
+def make_workspace(root: Path, case: Case, trained_run_dir) -> Workspace:
+    """The case's directory with what it starts from (``case.base``)."""
+    ws = new_workspace(root)
     if case.base == "trained":
         shutil.copytree(trained_run_dir(), ws.run)
     elif case.base == "net":

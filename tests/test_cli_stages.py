@@ -84,28 +84,30 @@ def trained(first) -> Stage:
     return run_stage(first, "train")
 
 
+def _after(previous: Stage, *argv: str) -> Stage:
+    """The next stage of the same run, once the previous one has succeeded."""
+    assert_success(previous)
+    return run_stage(previous.ws, *argv)
+
+
 @pytest.fixture(scope="module")
 def evaluated(trained) -> Stage:
-    assert_success(trained)
-    return run_stage(trained.ws, "evaluate", "--json")
+    return _after(trained, "evaluate", "--json")
 
 
 @pytest.fixture(scope="module")
 def exported(evaluated) -> Stage:
-    assert_success(evaluated)
-    return run_stage(evaluated.ws, "export")
+    return _after(evaluated, "export")
 
 
 @pytest.fixture(scope="module")
 def ran(exported) -> Stage:
-    assert_success(exported)
-    return run_stage(exported.ws, "run", "--json")
+    return _after(exported, "run", "--json")
 
 
 @pytest.fixture(scope="module")
 def reported(ran) -> Stage:
-    assert_success(ran)
-    return run_stage(ran.ws, "report", "--json")
+    return _after(ran, "report", "--json")
 
 
 def test_train(trained):
