@@ -232,7 +232,6 @@ def test_overlapping_global_pool_is_refused():
 def test_training_a_residual_net_measures_sigma_per_nq_layer(tmp_path):
     """One short epoch of resnet-small on digits: σ is measured through the simulator
     (which runs the shortcuts) and there is one σ per NQ layer."""
-    from pipeline import stages  # noqa: F401  (Lava fixes the start method on import; before training)
     from pipeline.config import load_config
     from pipeline.training import train
 
