@@ -12,11 +12,8 @@ Nothing else in this project writes these literals: the quantizer, the
 reference simulator, the netx writer, the Lava neuron models and the tests all
 read :data:`LOIHI2`.
 
-Fixed-point neuron update (per step, as Lava's ``PyLifModelBitAcc``)::
-
-    u[t] = wrap24( sign(u)·(|u·(4096 − (du+1))| >> 12) + (a[t] << 6) )
-    v[t] = clip24( sign(v)·(|v·(4096 − dv)| >> 12) + u[t] + (bias_mant << bias_exp) )
-    spike = v[t] > (vth << 6)            (stock LIF, reset v to 0)
+The integer neuron update these numbers parameterise is written once, in
+:mod:`hardware.fixed_point.dynamics`.
 """
 from __future__ import annotations
 
