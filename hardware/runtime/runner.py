@@ -100,7 +100,7 @@ class LavaRunResult:
     probe_mechanism: Optional[str] = None
     #: on a board with lava-loihi: measured power and time per step (see board_measurement)
     board_measurement: Optional[dict] = None
-    readout: Readout = "spikes"
+    readout: Readout = "potential"
     output_potential: Optional[np.ndarray] = None
 
     @property
