@@ -22,16 +22,14 @@ import pytest
 
 from pipeline.artifacts import NET_FILE, REPORT_JSON
 from tests.bad_inputs.base import Workspace, write_idx_dataset
-from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess, warm_imports
+from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess
 from tests.test_nir import SNNTORCH_FILE
 
 NETX_TESTS = Path(sysconfig.get_paths()["purelib"]) / "tests" / "lava" / "lib" / "dl" / "netx"
 MNIST = NETX_TESTS / "mnist.net"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def stages_imported():
-    warm_imports()
+pytestmark = pytest.mark.usefixtures("warm_stage_imports")
 
 
 def _workspace(root: Path, data: str = "digits") -> Workspace:

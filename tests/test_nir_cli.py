@@ -19,15 +19,13 @@ from hardware import ir
 from hardware.formats.nir import read_nir
 from pipeline.artifacts import CHECKPOINT, IMPORTED_NIR, NET_FILE, NIR_FILE, REPORT_JSON
 from tests.bad_inputs.base import Workspace
-from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess, warm_imports
+from tests.bad_inputs.harness import Outcome, run_forked, run_subprocess
 from tests.test_nir import SNNTORCH_FILE, _with_node, non_finite_values
 
 EXIT_TOOLKIT_ERROR = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def stages_imported():
-    warm_imports()
+pytestmark = pytest.mark.usefixtures("warm_stage_imports")
 
 
 def workspace(root: Path) -> Workspace:
