@@ -282,21 +282,27 @@ def idx_header(code: int, shape) -> bytes:
     return struct.pack(">BBBB", 0, 0, code, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
 
 
+def refused_read(p, match=None) -> tuple[str, float, int]:
+    """read_idx(p) must raise DatasetError: (its message, seconds, peak bytes) of the refusal."""
+    box = {}
+
+    def read():
+        with pytest.raises(DatasetError, match=match) as ei:
+            read_idx(p)
+        box["msg"] = str(ei.value)
+
+    elapsed, peak = fast_and_small(read)
+    return box["msg"], elapsed, peak
+
+
 @pytest.mark.parametrize("shape", [(10**6, 10**4, 10**4), (2**32 - 1,) * 3, (2**32 - 1,) * 8])
 @pytest.mark.parametrize("gz", [False, True])
 def test_absurd_idx_header_is_refused_before_reading(tmp_path, shape, gz):
     p = tmp_path / "train-images-idx3-ubyte"
     raw = idx_header(0x08, shape) + b"\x00" * 64
     p.write_bytes(gzip.compress(raw) if gz else raw)
-    box = {}
-
-    def read():
-        with pytest.raises(DatasetError) as ei:
-            read_idx(p)
-        box["msg"] = str(ei.value)
-
-    elapsed, peak = fast_and_small(read)
-    assert str(p) in box["msg"] and "limit" in box["msg"]
+    msg, elapsed, peak = refused_read(p)
+    assert str(p) in msg and "limit" in msg
     assert elapsed < 0.5 and peak < 1 << 20, (elapsed, peak)
 
 
@@ -305,15 +311,8 @@ def test_idx_header_larger_than_the_file_is_truncated_not_allocated(tmp_path, gz
     p = tmp_path / "x"
     raw = idx_header(0x08, (300_000, 28, 28)) + b"\x01" * 10   # claims 235 MB, holds 10 bytes
     p.write_bytes(gzip.compress(raw) if gz else raw)
-    box = {}
-
-    def read():
-        with pytest.raises(DatasetError, match="truncated") as ei:
-            read_idx(p)
-        box["msg"] = str(ei.value)
-
-    elapsed, peak = fast_and_small(read)
-    assert str(p) in box["msg"] and peak < 8 << 20, peak
+    msg, _, peak = refused_read(p, match="truncated")
+    assert str(p) in msg and peak < 8 << 20, peak
 
 
 def test_gzip_bomb_is_not_decompressed_beyond_the_declared_size(tmp_path):
@@ -323,15 +322,8 @@ def test_gzip_bomb_is_not_decompressed_beyond_the_declared_size(tmp_path):
     p = tmp_path / "train-images-idx3-ubyte.gz"
     p.write_bytes(gzip.compress(idx_header(0x08, (10, 8, 8)) + b"\x07" * 640) + zeros * 300)
     assert p.stat().st_size < 1 << 20
-    box = {}
-
-    def read():
-        with pytest.raises(DatasetError) as ei:
-            read_idx(p)
-        box["msg"] = str(ei.value)
-
-    elapsed, peak = fast_and_small(read)
-    assert "too long" in box["msg"] and str(p) in box["msg"]
+    msg, elapsed, peak = refused_read(p)
+    assert "too long" in msg and str(p) in msg
     assert elapsed < 1.0 and peak < 8 << 20, (elapsed, peak)
 
 
