@@ -1,78 +1,28 @@
-"""Float SNN IR -> Loihi 2 fixed-point SNN IR.
+"""Float SNN IR -> Loihi 2 fixed-point SNN IR (:func:`quantize`).
 
 Per weighted layer l the quantizer picks one scale ``s_l`` (units of synaptic
 input per float unit) and sets::
 
     W_int = round(s_l · W / x_max)        x_max = 2**input_bits − 1 for the first layer
                                           (its input is the graded pixel payload), else 1
-    P_int = round(s_l · P)                 every extra input (ir.Projection) of the layer:
-                                          binary spikes of its source, so x_max = 1
+    P_int = round(s_l · P)                 every extra input (ir.Projection) of the layer
     vth   = round(s_l · θ)                 threshold mantissa (compared as vth << 6)
     bias  = round(s_l · b)                 bias mantissa (applied as bias << 6, netx's exponent)
 
 (``W`` and ``P`` are the float weights times ``2**weight_exp``; the integer synapses all
 have weight exponent 0.) Rescaling every synapse, θ and b of a layer together leaves its
 spike train unchanged in exact arithmetic, so ``s_l`` is free; it is the largest value that
+uses the weight mantissa range (8 bits), keeps θ and b in their mantissas (17 and 13 bits)
+and keeps u and v inside 24 bits at every step up to T = ``readout_steps``, rounding
+included (the exact worst-case iteration: :func:`_state_extremes`). A layer with extra
+inputs has one scale over the sum of its inputs (:class:`_Synapses`); the readout of a
+potential readout is a non-firing integrator with its own bound (:func:`_quantize_readout`).
+If θ rounds to mantissa 0 at the scale that fits, the layer is refused.
 
-* uses the weight mantissa range fully:         s ≤ 127 / max|W/x_max|  and  s ≤ 127 / max|P_k|
-                                                (one limit per synapse; the smallest binds)
-* keeps the threshold in its 17-bit mantissa:   s ≤ 131071 / θ
-* keeps the bias in its 13-bit mantissa:        s ≤ 4095 / max|b|
-* cannot overflow the 24-bit u and v in one step: the worst-case synaptic input
-  of any neuron (all positive or all negative weights active at full input),
-  plus threshold and bias, stays below 2**17 (so ``<< 6`` fits in 24 bits),
-  rounding included: s ≤ (131071 − rounding) / (worst + θ + max|b|).
-* keeps u and v inside 24 bits at every step t ≤ T = ``readout_steps`` (None: T = 1, the
-  rule above), where a decaying current (du < 4095) accumulates towards a·4096/(du+1), a
-  voltage under sustained negative drive falls without bound for dv = 0 and towards
-  −(a + b)·4096/dv for dv > 0, and positive v is capped by the spike (``limited_by``:
-  "24-bit u over T=…" or "24-bit v over T=…"). With A± = max_o (Σ_j max(±W_oj·x_max, 0)) << 6
-  (over the sum of all synapses), B± = max(±b, 0) << 6, θ = vth << 6 and the integer decay
-  D_d = :func:`hardware.fixed_point.dynamics.decay`, the worst case is iterated exactly::
-
-      u⁺_t = D_{du+1}(u⁺_{t−1}) + A⁺            u⁻_t = D_{du+1}(u⁻_{t−1}) + A⁻     (u_0 = 0)
-      V⁺_t = D_dv(r⁺_{t−1}) + u⁺_t + B⁺         V⁻_t = D_dv(r⁻_{t−1}) − u⁻_t − B⁻  (r_0 = v0)
-      r⁺_t = min(V⁺_t, θ) (cuba)  or  min(V⁺_t, max(θ, V⁺_t − θ)) (if_soft);   r⁻_t = min(V⁻_t, 0)
-
-  Every map is monotone, so −u⁻_t ≤ u_t ≤ u⁺_t and V⁻_t ≤ v_t ≤ V⁺_t for any input within
-  one step's worst case; the layer needs max_t max(u⁺_t, u⁻_t, V⁺_t, −V⁻_t) ≤ 2**23 − 1
-  (no u wrap, no v clip; reported as ``state_bounds``). The scale starts from the same
-  iteration without rounding (|D_d(y)| ≤ |y|·(4096 − d)/4096) in float units, e.g. for a
-  cuba layer with du = 4095, dv = 0: s ≤ (2**23 − 1)/2**6 / max(θ + a⁺ + b⁺, T·(a⁻ + b⁻)),
-  and shrinks until the rounded layer fits; if θ then rounds to 0, the layer is refused.
-
-Joint rule for a layer with extra inputs (residual networks). A neuron's synaptic input
-is the SUM of what all of its synapses deliver in one step (Lava adds everything that
-arrives at one InPort), so there is ONE scale per receiving layer across all of its
-inputs, and the worst case is taken over that sum, per output neuron (dense) or output
-channel (conv; every synapse of a conv layer is a conv, so they share channels)::
-
-    worst = max_o max( Σ_syn Σ_j max(+W^syn_oj·x^syn_max, 0),  Σ_syn Σ_j max(−W^syn_oj·x^syn_max, 0) )
-
-where ``syn`` runs over the main synapse and every projection. Each branch may fit alone
-while the sum does not; then the 24-bit limit binds (``limited_by`` says "sum of all
-inputs") or, when even that scale rounds θ to mantissa 0, the layer is refused.
-
-The output layer of a potential readout (``net.readout == 'potential'``) is a
-non-firing integrator: its threshold is the largest mantissa (it must never be
-reached) and the scale instead keeps the accumulated membrane below it for every
-T up to ``readout_steps``::
-
-    |v[T]| ≤ T · (worst + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
-    =>  s ≤ 131071 / (readout_steps · (worst + max|b|))      (rounding included)
-
-(``worst`` over the sum of all of its inputs, as above) so the neuron never spikes, v
-never clips and u never wraps; it is the iteration above for the readout's du = 4095,
-dv = 0 (with V⁺_t ≤ θ), which the quantizer also checks on the rounded layer. If that
-scale would leave the readout weights (of all of its synapses) fewer than
-:data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer refuses (fewer steps, or fewer
-input bits, fit).
-
-All limits come from :data:`hardware.spec.LOIHI2`. The report names, per layer,
-the limit that set the scale (for a projection's weight range: which projection), the
-quantization error of each quantity, the worst-case input of the sum, the T its u/v
-bounds cover with the exact extremes (``state_steps``, ``state_bounds``), and per extra
-input its own errors and worst case (``extra_inputs``).
+All limits come from :data:`hardware.spec.LOIHI2`. The report (:class:`LayerQuantReport`)
+names, per layer, the limit that set the scale (``limited_by``), the quantization errors,
+the worst-case input, the T its u/v bounds cover (``state_steps``, ``state_bounds``) and per
+extra input its own errors and worst case.
 """
 from __future__ import annotations
 
@@ -131,7 +81,18 @@ class LayerQuantReport:
 @dataclass
 class _Synapses:
     """Float weights of every synapse of one receiving layer, for inputs in [0, 1]:
-    ``main`` = W·2**e / x_max, ``extra`` = [P_k·2**e_k] (binary spikes, x_max 1)."""
+    ``main`` = W·2**e / x_max, ``extra`` = [P_k·2**e_k] (binary spikes, x_max 1).
+
+    A neuron's synaptic input is the SUM of what all of its synapses deliver in one step
+    (Lava adds everything that arrives at one InPort), so there is ONE scale per receiving
+    layer, and the worst case is taken over that sum, per output neuron (dense) or output
+    channel (conv)::
+
+        worst = max_o max( Σ_syn Σ_j max(+W^syn_oj·x^syn_max, 0),  Σ_syn Σ_j max(−W^syn_oj·x^syn_max, 0) )
+
+    Each branch may fit alone while the sum does not; then the 24-bit limit binds
+    (``limited_by`` says "sum of all inputs") or, when even that scale rounds θ to 0, the
+    layer is refused."""
 
     main: np.ndarray
     x_max: int
@@ -139,7 +100,7 @@ class _Synapses:
     projections: tuple  # the float ir.Projection objects, in the same order
 
     def worst(self) -> float:
-        """Worst-case |synaptic input| of the sum, in float units (module docstring)."""
+        """Worst-case |synaptic input| of the sum, in float units."""
         return _worst_case_input([self.main * self.x_max] + self.extra)
 
     def pos_neg(self) -> tuple:
@@ -281,7 +242,7 @@ class _Drive:
 
 
 def _float_decay(x: float, d: int, spec: Loihi2Spec) -> float:
-    """x·(4096 − d)/4096 unrounded: |x| bounds the integer decay's magnitude (module docstring)."""
+    """x·(4096 − d)/4096 unrounded: |x| bounds the integer decay's magnitude (:func:`_state_extremes`)."""
     return x * (spec.decay_unity - d) / spec.decay_unity
 
 
@@ -304,9 +265,21 @@ def _state_extremes(drive: _Drive, neuron: Neuron, steps: int, decay, cap: float
                     spec: Loihi2Spec) -> dict:
     """max u, max v and min v over steps 1..``steps`` under any input the drive allows.
 
-    Iterates the worst case (module docstring): every map is monotone, so the iterates
-    bound every trajectory and are themselves monotone; stops at their fixed point or as
-    soon as a value passes ``cap``."""
+    A decaying current (du < 4095) accumulates towards a·4096/(du+1); a voltage under
+    sustained negative drive falls without bound for dv = 0 and towards −(a + b)·4096/dv for
+    dv > 0; positive v is capped by the spike. With A± the largest positive/negative input
+    of one step (<< 6), B± = max(±b, 0) << 6, θ = vth << 6 and the decay D_d (``decay``:
+    :func:`hardware.fixed_point.dynamics.decay` in integers, its unrounded bound
+    |y|·(4096 − d)/4096 in float units), the worst case is iterated::
+
+        u⁺_t = D_{du+1}(u⁺_{t−1}) + A⁺            u⁻_t = D_{du+1}(u⁻_{t−1}) + A⁻     (u_0 = 0)
+        V⁺_t = D_dv(r⁺_{t−1}) + u⁺_t + B⁺         V⁻_t = D_dv(r⁻_{t−1}) − u⁻_t − B⁻  (r_0 = v0)
+        r⁺_t = min(V⁺_t, θ) (cuba)  or  min(V⁺_t, max(θ, V⁺_t − θ)) (if_soft);   r⁻_t = min(V⁻_t, 0)
+
+    Every map is monotone, so −u⁻_t ≤ u_t ≤ u⁺_t and V⁻_t ≤ v_t ≤ V⁺_t for any input within
+    one step's worst case, and the iterates are themselves monotone; the layer needs
+    max_t max(u⁺_t, u⁻_t, V⁺_t, −V⁻_t) ≤ 2**23 − 1 (no u wrap, no v clip). Stops at the
+    fixed point or as soon as a value passes ``cap``."""
     du = int(neuron.du) + spec.current_decay_offset
     dv = int(neuron.dv) + spec.voltage_decay_offset
     u_hi = u_lo = 0  # u_lo: magnitude of the most negative u
@@ -477,7 +450,7 @@ def _extra_reports(syn: _Synapses, p_ints: list, scale: float) -> list:
 
 
 def _readout_time_limit(syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec) -> float:
-    """The readout's bound from the T-step iteration (module docstring): its membrane stays at
+    """The readout's bound from the T-step iteration (:func:`_state_extremes`): its membrane stays at
     or below the largest threshold. With the readout's du = 4095, dv = 0 it is never below
     the closed form T·(worst + max|b|), which therefore sets the scale; it binds only if the
     readout neuron ever gets a decaying current or voltage."""
@@ -490,7 +463,18 @@ def _readout_time_limit(syn: _Synapses, bias: np.ndarray, steps: int, spec: Loih
 
 
 def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec: Loihi2Spec):
-    """The non-firing output integrator (see the module docstring)."""
+    """The non-firing output integrator of a potential readout.
+
+    Its threshold is the largest mantissa (it must never be reached) and the scale keeps
+    the accumulated membrane below it for every T up to ``readout_steps``::
+
+        |v[T]| ≤ T · (worst + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
+        =>  s ≤ 131071 / (readout_steps · (worst + max|b|))      (rounding included)
+
+    (``worst`` over the sum of all of its inputs), so the neuron never spikes, v never clips
+    and u never wraps. If that scale would leave the readout weights fewer than
+    :data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer refuses (fewer steps, or fewer
+    input bits, fit)."""
     w_abs = syn.max_abs()
     if w_abs == 0:
         raise QuantizationError(f"layer {layer.name}: all readout weights are zero")
