@@ -22,8 +22,7 @@ read by :func:`hardware.formats.nir.read_nir`, compared with snnTorch, quantized
     .venv/bin/python bench/nir_agreement.py              # a few minutes; writes the results
     .venv/bin/python bench/nir_agreement.py --report     # the BENCHMARKS.md table only
 
-Results: ``bench/results/nir_agreement.json`` and the table between the ``nir`` markers in
-BENCHMARKS.md. ``tests/test_nir.py`` uses the helpers above the command line.
+Results: ``bench/results/nir_agreement.json`` and the ``nir`` table in BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -471,10 +471,8 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
         |v[T]| ≤ T · (worst + max|b|) · 2**6 ≤ vth_max · 2**6 < 2**23
         =>  s ≤ 131071 / (readout_steps · (worst + max|b|))      (rounding included)
 
-    (``worst`` over the sum of all of its inputs), so the neuron never spikes, v never clips
-    and u never wraps. If that scale would leave the readout weights fewer than
-    :data:`MIN_READOUT_WEIGHT_BITS` signed bits, the quantizer refuses (fewer steps, or fewer
-    input bits, fit)."""
+    (``worst`` over the sum of its inputs). Refused if the readout weights would keep fewer
+    than :data:`MIN_READOUT_WEIGHT_BITS` signed bits (fewer steps or input bits fit)."""
     w_abs = syn.max_abs()
     if w_abs == 0:
         raise QuantizationError(f"layer {layer.name}: all readout weights are zero")
