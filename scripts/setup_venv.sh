@@ -26,4 +26,4 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
+"$venv/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev,onnx]'
