@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import stat
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Optional, Sequence, get_args
+from typing import Annotated, Any, Iterator, Literal, Optional, Sequence, Union, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr,
                       StringConstraints, ValidationError, WithJsonSchema, create_model,
                       model_validator)
 from pydantic_core import PydanticCustomError
@@ -144,20 +145,68 @@ class DataConfig(_Section):
         "fraction of the training set held out for validation"))
 
 
+#: ``model.factory``: ``package.module:function`` (dotted Python names).
+_FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+#: A ``model.kwargs`` value: a YAML scalar, or a list of scalars or of lists of scalars.
+_Scalar = Union[bool, int, float, str, None]
+KwargValue = Union[_Scalar, list[Union[_Scalar, list[_Scalar]]]]
+
+
+def _checked_factory(value: str) -> str:
+    if not _FACTORY_RE.match(value):
+        raise PydanticCustomError("config_value", "{problem}", {"problem": (
+            f"must be 'package.module:function' (Python names), got {_short_repr(value)}")})
+    return value
+
+
 class ModelConfig(_Section):
-    """The network architecture."""
+    """The network: an architecture of the registry, or the user's own (a factory or ONNX)."""
 
     arch: Arch = Field("auto", description=(
         "network architecture: plain conv nets (cnn-small, vgg-small, vgg16) or residual nets "
         "(resnet-small, resnet20, resnet18); auto picks a plain net per dataset"))
+    factory: Optional[Annotated[str, AfterValidator(_checked_factory)]] = Field(None, description=(
+        "'package.module:function' returning the user's nn.Module (imported like any import, "
+        "so it runs that code; from the working directory or sys.path); null: model.arch"))
+    kwargs: dict[str, KwargValue] = Field({}, description=(
+        "keyword arguments of model.factory (YAML scalars and lists)"))
+    weights: Optional[PathText] = Field(None, description=(
+        "safetensors file with the factory module's state_dict (pretrained): NQ training "
+        "fine-tunes it; null: a fresh init"))
+
+    def __hash__(self) -> int:  # kwargs is a dict, which pydantic's frozen hash cannot take
+        return hash(json.dumps(self.model_dump(), sort_keys=True))
+
+
+#: The largest ``nq.init_threshold`` number.
+_MAX_INIT_THRESHOLD = 1e6
+
+
+def _checked_init_threshold(value: Any) -> Any:
+    """``auto`` or a number in (0, 1e6] (as a float); one validator instead of a pydantic union,
+    whose errors would name each member separately."""
+    if value == "auto":
+        return value
+    if type(value) in (int, float) and 0 < value <= _MAX_INIT_THRESHOLD:
+        return float(value)
+    raise PydanticCustomError("init_threshold", "not auto or a positive number")
+
+
+#: ``nq.init_threshold``: ``auto`` (from the data, models.calibrate) or λ0 > 0.
+InitThreshold = Annotated[Union[Literal["auto"], float], PlainValidator(_checked_init_threshold),
+                          WithJsonSchema({"anyOf": [
+                              {"const": "auto", "type": "string"},
+                              {"type": "number", "exclusiveMinimum": 0.0, "maximum": _MAX_INIT_THRESHOLD}]})]
 
 
 class NQConfig(_Section):
     """The noisy-quantized (QCFS) activation and its residual noise."""
 
     levels: int = Field(4, ge=1, le=256, description="quantization levels L of the QCFS activation")
-    init_threshold: float = Field(8.0, gt=0.0, le=1e6, description=(
-        "initial value of every layer's learnable threshold lambda"))
+    init_threshold: InitThreshold = Field("auto", description=(
+        "initial value of every layer's learnable threshold lambda: auto (each layer's from a high "
+        "percentile of its pre-activations on a few training batches, on a fresh start; "
+        "models.calibrate) or a number (the paper: 8)"))
     noise: bool = Field(True, description="inject residual noise during training")
     sigma_samples: int = Field(512, **_SAMPLES, description=(
         "validation samples used to estimate sigma each epoch"))
@@ -295,6 +344,20 @@ def _cross_key_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
         problems.append((("snn.cuba_shift", "snn.neuron"), (
             f"snn.cuba_shift {cfg.snn.cuba_shift} applies to cuba neurons only, but snn.neuron "
             f"is {cfg.snn.neuron}: set snn.cuba_shift: none")))
+    return problems + _model_key_problems(cfg.model)
+
+
+def _model_key_problems(model: ModelConfig) -> list[tuple[tuple[str, ...], str]]:
+    """The rules between the model.* keys: one source of the network."""
+    problems = []
+    if model.factory is not None and model.arch != "auto":
+        problems.append((("model.arch", "model.factory"), (
+            f"model.arch {model.arch} and model.factory {model.factory} both name the network: "
+            f"keep one (model.arch: auto with a factory)")))
+    for key in ("kwargs", "weights"):
+        if getattr(model, key) and model.factory is None:
+            problems.append(((f"model.{key}", "model.factory"), (
+                f"model.{key} is set but model.factory is not: it belongs to the factory's module")))
     return problems
 
 
@@ -341,7 +404,10 @@ class Config(BaseModel):
 
     @property
     def arch(self) -> str:
-        """``model.arch`` with ``auto`` resolved from ``data.name``."""
+        """The network's name: ``model.factory`` if set, else ``model.arch`` with ``auto``
+        resolved from ``data.name``."""
+        if self.model.factory is not None:
+            return self.model.factory
         return DEFAULT_ARCH[self.data.name] if self.model.arch == "auto" else self.model.arch
 
     @property
@@ -545,7 +611,7 @@ def _read_config_text(p: Path) -> str:
 #: one the file has a line for is named) and its message.
 _Problem = tuple[tuple[tuple[Any, ...], ...], str]
 _KIND_NAMES = {"integer": "an integer", "number": "a number", "boolean": "true or false",
-               "string": "a non-empty string"}
+               "string": "a non-empty string", "object": "a mapping of names to YAML scalars or lists"}
 _BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
 
 
@@ -574,12 +640,19 @@ def _key_schemas() -> dict[str, dict[str, dict[str, Any]]]:
 def _allowed(prop: dict[str, Any]) -> str:
     """What a key's JSON Schema allows, in words (``an integer >= 1 and <= 256 or null``)."""
     options = prop.get("anyOf", [prop])
-    rule = next(o for o in options if o.get("type") != "null")
+    rules = [o for o in options if o.get("type") != "null"]
+    return " or ".join(map(_rule_words, rules)) + (" or null" if len(rules) < len(options) else "")
+
+
+def _rule_words(rule: dict[str, Any]) -> str:
+    """One JSON Schema alternative in words."""
+    if "const" in rule:
+        return repr(rule["const"])
     if "enum" in rule:
         return "one of " + ", ".join(repr(c) for c in rule["enum"])
     kind = "a path (non-empty string)" if "pattern" in rule else _KIND_NAMES[rule["type"]]
     bounds = " and ".join(f"{op} {rule[name]:g}" for name, op in _BOUNDS if name in rule)
-    return " ".join(filter(None, [kind, bounds])) + (" or null" if len(options) > 1 else "")
+    return " ".join(filter(None, [kind, bounds]))
 
 
 def _value_problem(sec: str, key: str, value: Any) -> str:
@@ -607,7 +680,7 @@ def _problems_of(exc: ValidationError) -> list[_Problem]:
             problems.append(((loc[:1],), f"{'.'.join(map(str, loc)) or 'config'}: {err['msg']}"))
         elif kind in ("extra_forbidden", "invalid_key"):
             problems.append(((loc,), _unknown_key(*loc)))
-        elif kind == "config_path":
+        elif kind in ("config_path", "config_value"):
             problems.append(((loc,), f"{loc[0]}.{loc[1]} {err['msg']}"))
         else:
             problems.append(((loc,), _value_problem(*loc, err["input"])))
