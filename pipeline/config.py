@@ -173,6 +173,9 @@ class ModelConfig(_Section):
     weights: Optional[PathText] = Field(None, description=(
         "safetensors file with the factory module's state_dict (pretrained): NQ training "
         "fine-tunes it; null: a fresh init"))
+    onnx: Optional[PathText] = Field(None, description=(
+        "an .onnx file of the user's network (read as data, never run; needs the onnx extra); "
+        "null: model.factory or model.arch"))
 
     def __hash__(self) -> int:  # kwargs is a dict, which pydantic's frozen hash cannot take
         return hash(json.dumps(self.model_dump(), sort_keys=True))
@@ -214,6 +217,12 @@ class NQConfig(_Section):
         "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched (the stock CUBA "
         "neuron's exact response over snn.cuba_timesteps steps) | auto (cuba-matched if "
         "snn.neuron is cuba, else qcfs)"))
+
+    @property
+    def start_threshold(self) -> float:
+        """The λ the NQ layers are built with: the number, or with ``auto`` the paper's 8 until
+        the data set each layer's (on a fresh start; a resumed run restores its own)."""
+        return 8.0 if self.init_threshold == "auto" else self.init_threshold
 
 
 class TrainConfig(_Section):
@@ -350,10 +359,13 @@ def _cross_key_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
 def _model_key_problems(model: ModelConfig) -> list[tuple[tuple[str, ...], str]]:
     """The rules between the model.* keys: one source of the network."""
     problems = []
-    if model.factory is not None and model.arch != "auto":
-        problems.append((("model.arch", "model.factory"), (
-            f"model.arch {model.arch} and model.factory {model.factory} both name the network: "
-            f"keep one (model.arch: auto with a factory)")))
+    named = [key for key in ("factory", "onnx") if getattr(model, key) is not None]
+    if model.arch != "auto":
+        named.insert(0, "arch")
+    if len(named) > 1:
+        given = " and ".join(f"model.{key} {_short_repr(getattr(model, key))}" for key in named)
+        problems.append((tuple(f"model.{key}" for key in named), (
+            f"{given} each name the network: keep one (model.arch: auto with a factory or an onnx file)")))
     for key in ("kwargs", "weights"):
         if getattr(model, key) and model.factory is None:
             problems.append(((f"model.{key}", "model.factory"), (
@@ -406,8 +418,8 @@ class Config(BaseModel):
     def arch(self) -> str:
         """The network's name: ``model.factory`` if set, else ``model.arch`` with ``auto``
         resolved from ``data.name``."""
-        if self.model.factory is not None:
-            return self.model.factory
+        if self.model.factory is not None or self.model.onnx is not None:
+            return self.model.factory or self.model.onnx
         return DEFAULT_ARCH[self.data.name] if self.model.arch == "auto" else self.model.arch
 
     @property
