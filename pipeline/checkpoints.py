@@ -30,7 +30,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -43,6 +43,9 @@ from models.nq import ACTIVATIONS, CUBA_SHIFTS, check_activation
 
 from .artifacts import (LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE, ArtifactError, atomic_path, open_regular,
                         reject_duplicate_keys)
+
+if TYPE_CHECKING:  # the user model rebuilds a network; it imports this module to read weights
+    from .user_model import UserModel
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,10 @@ def _write(path: Path, tensors: Mapping[str, torch.Tensor], doc: dict) -> None:
 
 def save_checkpoint(path: Path, ckpt: Mapping[str, Any]) -> None:
     """Write ``ckpt`` (the dict :func:`load_checkpoint` returns) atomically to ``path``."""
-    doc = {k: ckpt[k] for k in _field_names(CheckpointMeta) if k not in ("format_version", "kind")}
+    doc = {k: ckpt[k] for k in _field_names(CheckpointMeta) if k not in ("format_version", "kind", "source")}
     doc.update(format_version=CHECKPOINT_FORMAT, kind="checkpoint")
+    if ckpt.get("source") is not None:  # a registry checkpoint stays as it always was
+        doc["source"] = ckpt["source"]
     _write(path, ckpt["state_dict"], doc)
 
 
@@ -223,7 +228,8 @@ def _open(path: Path, meta: type[BaseModel]) -> tuple[dict, Layout]:
                               "(written by another version of this pipeline); re-train")
     # the field names now, the values when the file is loaded: stored_config reads a file whose
     # config is intact and whose other values are not, but never one of another layout
-    problems = _key_problems(set(_field_names(meta)), set(doc))
+    required = {field.alias or name for name, field in meta.model_fields.items() if field.is_required()}
+    problems = _key_problems(required, set(doc) - (set(_field_names(meta)) - required))
     if problems:
         raise CheckpointError(f"{path}: metadata fields {problems}")
     return doc, _tensor_entries(path, header, data_bytes)
@@ -233,6 +239,13 @@ def _open(path: Path, meta: type[BaseModel]) -> tuple[dict, Layout]:
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 _Side = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
+_Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+#: (C, H, W) images, or (D,) flat vectors (a user's network on a user's data)
+# a JSON array; lax only for the array itself, the items stay strict
+InputShape = Union[Annotated[tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_CHANNELS)], _Side, _Side],
+                             Field(strict=False)],
+                   Annotated[tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_CHANNELS * MAX_INPUT_SIDE ** 2)]],
+                             Field(strict=False)]]
 
 
 class Activation(BaseModel):
@@ -249,16 +262,37 @@ class Activation(BaseModel):
         return self
 
 
+class ModelSource(BaseModel):
+    """Where a user's network comes from (:attr:`pipeline.user_model.UserModel.record`): a
+    factory and its kwargs, an ONNX file, or a Python object given to :mod:`pipeline.api`."""
+
+    model_config = _STRICT
+    factory: Optional[str]
+    kwargs: dict[str, Any]
+    onnx: Optional[str]
+    onnx_sha256: Optional[_Sha256]
+    object: Optional[str]
+    weights: Optional[str]
+    weights_sha256: Optional[_Sha256]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        if sum(v is not None for v in (self.factory, self.onnx, self.object)) != 1:
+            raise ValueError("must name exactly one of factory, onnx and object")
+        return self
+
+
 class CheckpointMeta(BaseModel):
-    """The JSON document of ``checkpoint.safetensors`` (the checks that need no model built)."""
+    """The JSON document of ``checkpoint.safetensors`` (the checks that need no model built).
+    A registry network has its ``arch``; a user's has ``arch`` null and its ``source``
+    (absent from the registry's files)."""
 
     model_config = _STRICT
     format_version: Literal[CHECKPOINT_FORMAT]
     kind: Literal["checkpoint"]
     config: dict[str, Any]
-    arch: Literal[ARCHITECTURES]
-    # a JSON array; lax only for the array itself, the items stay strict
-    input_shape: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_CHANNELS)], _Side, _Side] = Field(strict=False)
+    arch: Optional[Literal[ARCHITECTURES]]
+    input_shape: InputShape
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     levels: int = Field(ge=1, le=MAX_LEVELS)
     epoch: int = Field(ge=0, le=MAX_EPOCH)
@@ -268,13 +302,21 @@ class CheckpointMeta(BaseModel):
     metrics: dict[str, Finite]
     history: list[dict[str, Any]]
     activation: Activation
+    source: Optional[ModelSource] = None
+
+    @model_validator(mode="after")
+    def _one_network(self) -> "CheckpointMeta":
+        if (self.arch is None) == (self.source is None):
+            raise ValueError("arch and source: exactly one names the network (arch for the registry's)")
+        return self
 
     @field_validator("input_shape")
     @classmethod
     def _fits_the_arch(cls, shape: tuple, info: ValidationInfo) -> tuple:
         arch = info.data.get("arch")
-        if arch and min(shape[1:]) < min_input_side(arch):
-            raise ValueError(f"height and width must be at least {min_input_side(arch)} for {arch}")
+        if arch and (len(shape) != 3 or min(shape[1:]) < min_input_side(arch)):
+            raise ValueError(f"must be (channels, height, width), height and width at least "
+                             f"{min_input_side(arch)} for {arch}")
         return shape
 
     @field_validator("sigma", "lambda_")
@@ -349,7 +391,10 @@ def _validated(path: Path, meta: type[BaseModel], doc: dict):
         return meta.model_validate(doc)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in error["loc"])
+        # a union's member is a loc part too ("tuple[...]"): the file knows only its own fields
+        field = ".".join(str(part) for part in error["loc"] if "[" not in str(part))
+        if not field:  # a rule between fields: the document is the input, too long to show
+            raise CheckpointError(f"{path}: {error['msg'].removeprefix('Value error, ')}") from None
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         if error["type"] == "missing":
             raise CheckpointError(f"{path}: field {field!r} is missing{more}") from None
@@ -409,40 +454,97 @@ def _load_tensors(path: Path, names) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_tensor_file(path: Path, expected: Layout, any_dtype: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a plain safetensors file (e.g. pretrained weights), after checking that its
+    names and shapes (and dtypes, unless ``any_dtype``) are ``expected``."""
+    header, data_bytes = _read_header(path)
+    found = _tensor_entries(path, header, data_bytes)
+    if any_dtype:
+        expected = {name: (found[name][0] if name in found else dtype, shape)
+                    for name, (dtype, shape) in expected.items()}
+    _check_layout(path, found, expected)
+    return _load_tensors(path, found)
+
+
 # --------------------------------------------------------------------------- checkpoint
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, user: Optional["UserModel"] = None) -> dict:
     """The checkpoint at ``path`` as a dict (``format_version``, ``state_dict``, ``config``, ``arch``,
     ``input_shape``, ``num_classes``, ``levels``, ``epoch``, ``output_threshold``, ``sigma``,
-    ``lambda``, ``metrics``, ``history``, ``activation``), validated against the model it describes."""
+    ``lambda``, ``metrics``, ``history``, ``activation``, ``source``), validated against the model
+    it describes. A user's network is rebuilt by ``user`` (the current config's), which must be
+    the source the checkpoint records."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():  # a dangling link or a loop is an error
         refuse_legacy(path.parent)
         raise CheckpointError(f"no checkpoint at {path}; run `python -m pipeline train` first")
     doc, found = _open(path, CheckpointMeta)
     meta = _validated(path, CheckpointMeta, doc)
-    _check_layout(path, found, model_layout(meta.arch, meta.input_shape, meta.num_classes, meta.levels))
+    if meta.arch is not None:
+        if user is not None:
+            raise CheckpointError(f"{path}: holds the registry's {meta.arch}, but the config names "
+                                  f"{_describe(user.record)}; use the config it was trained with")
+        expected = model_layout(meta.arch, meta.input_shape, meta.num_classes, meta.levels)
+    else:
+        expected = _user_layout(path, meta, user)
+    _check_layout(path, found, expected)
     ckpt = meta.model_dump(by_alias=True, exclude={"kind"})
     ckpt["input_shape"] = list(meta.input_shape)
     ckpt["state_dict"] = _load_tensors(path, found)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
-    """The model a checkpoint (from :func:`load_checkpoint`) describes, in eval mode, on the CPU."""
-    model = build_model(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"], ckpt["levels"],
-                        noise=False, **ckpt["activation"])
+def _describe(record: Mapping[str, Any]) -> str:
+    if record.get("factory"):
+        return f"model.factory {record['factory']} with model.kwargs {_show(record.get('kwargs') or {})}"
+    if record.get("onnx"):
+        return f"model.onnx {record['onnx']} (sha256 {str(record.get('onnx_sha256'))[:12]}...)"
+    return f"the Python object of class {record.get('object')} (given to pipeline.api)"
+
+
+def _user_layout(path: Path, meta: CheckpointMeta, user: Optional["UserModel"]) -> Layout:
+    """The state_dict layout of the user's network the checkpoint records, rebuilt by ``user``
+    only if it is that network's source (a checkpoint never names code to run)."""
+    source = meta.source.model_dump()
+    if user is None:
+        raise CheckpointError(f"{path}: the network comes from {_describe(source)}; rebuilding it runs "
+                              "that code, so only a config (or pipeline.api call) naming it rebuilds it")
+    if {k: source.get(k) for k in user.identity()} != user.identity():
+        raise CheckpointError(f"{path}: the network comes from {_describe(source)}, but the config names "
+                              f"{_describe(user.record)}; use the config it was trained with")
+    model = user.rebuilt(tuple(meta.input_shape), meta.levels, meta.activation.model_dump())
+    layers = len(nq_layers(model))
+    for field in ("sigma", "lambda_"):
+        if len(getattr(meta, field)) != layers:
+            raise CheckpointError(f"{path}: field {field.rstrip('_')!r} must hold one number per NQ layer of "
+                                  f"the network ({layers})")
+    return state_layout(model.state_dict())
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], user: Optional["UserModel"] = None) -> nn.Module:
+    """The model a checkpoint (from :func:`load_checkpoint`, with the same ``user``) describes, in
+    eval mode, on the CPU."""
+    if ckpt.get("source") is not None:
+        if user is None:
+            raise CheckpointError(f"the checkpoint's network comes from {_describe(ckpt['source'])}: "
+                                  "pass its user model to rebuild it")
+        model = user.rebuilt(tuple(ckpt["input_shape"]), ckpt["levels"], ckpt["activation"])
+    else:
+        model = build_model(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"], ckpt["levels"],
+                            noise=False, **ckpt["activation"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"the checkpoint's tensors do not fit {ckpt['arch']} "
+        raise CheckpointError(f"the checkpoint's tensors do not fit {ckpt['arch'] or 'the network'} "
                               f"({str(exc).splitlines()[0]})") from None
     return model.eval()
 
 
-def checkpoint_from_model(model: nn.Module, *, config: dict, arch: str, input_shape, num_classes: int,
+def checkpoint_from_model(model: nn.Module, *, config: dict, arch: Optional[str], input_shape, num_classes: int,
                           levels: int, record: Mapping[str, Any], history: list,
-                          activation: Optional[Mapping[str, Any]] = None) -> dict:
-    """The checkpoint dict of ``model`` after the epoch ``record`` (as :func:`load_checkpoint` returns it)."""
+                          activation: Optional[Mapping[str, Any]] = None,
+                          source: Optional[Mapping[str, Any]] = None) -> dict:
+    """The checkpoint dict of ``model`` after the epoch ``record`` (as :func:`load_checkpoint` returns it);
+    ``arch`` for a registry network, else ``source`` (a user model's record)."""
     return {"format_version": CHECKPOINT_FORMAT, "state_dict": dict(model.state_dict()), "config": config,
             "arch": arch, "input_shape": list(input_shape), "num_classes": int(num_classes),
             "levels": int(levels), "epoch": int(record.get("epoch", 0)),
@@ -451,7 +553,8 @@ def checkpoint_from_model(model: nn.Module, *, config: dict, arch: str, input_sh
             "lambda": [float(m.threshold.detach()) for m in nq_layers(model)],
             "metrics": {k: v for k, v in record.items() if k in ("loss", "ann_val", "snn_val")},
             "history": history,
-            "activation": dict(activation or DEFAULT_ACTIVATION)}
+            "activation": dict(activation or DEFAULT_ACTIVATION),
+            "source": dict(source) if source is not None else None}
 
 
 # --------------------------------------------------------------------------- resume state
