@@ -110,7 +110,7 @@ PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_check
 # Sections
 # --------------------------------------------------------------------------
 
-Dataset = Literal["digits", "fashion-mnist", "mnist", "cifar10"]
+Dataset = Literal["digits", "fashion-mnist", "mnist", "cifar10", "npz", "folder"]
 #: ``nq.activation``: the hidden layers' ANN activation (models.nq.ACTIVATIONS, plus ``auto``:
 #: cuba-matched when snn.neuron is cuba, qcfs otherwise). Spelled out here so that reading
 #: a config does not import torch; tests/test_cuba_activation.py checks them against models.nq.
@@ -125,7 +125,7 @@ CUBA_SHIFTS: tuple[str, ...] = get_args(CubaShift)
 ARCHS: tuple[str, ...] = get_args(Arch)
 #: The architecture ``model.arch: auto`` picks for each dataset.
 DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
-                "mnist": "vgg-small", "cifar10": "vgg16"}
+                "mnist": "vgg-small", "cifar10": "vgg16", "npz": "vgg-small", "folder": "vgg-small"}
 _STEPS = {"ge": 1, "le": 100_000}  # a number of time steps
 _COUNT = {"ge": 1, "le": 1 << 20}  # a batch size
 _SAMPLES = {"ge": 16, "le": 10_000_000}  # enough samples for a statistic
@@ -135,14 +135,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class DataConfig(_Section):
-    """The dataset and its validation split."""
+#: Most values in ``data.mean`` / ``data.std`` (one per channel, or per flat input feature).
+MAX_NORM_VALUES = 1 << 16
+#: Largest ``data.image_size`` (a folder dataset's side after resizing).
+MAX_IMAGE_SIZE = 1024
 
-    name: Dataset = Field("digits", description="dataset")
+
+def _norm_values(positive: bool):
+    """The validator of ``data.mean`` (values in [0, 1]) or ``data.std`` (in (0, 1]): a list of
+    numbers, as a tuple. Inputs are [0, 1] pixels, so a value above 1 is in 0..255 units."""
+    def check(value: Any) -> tuple[float, ...]:
+        ok = (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_NORM_VALUES
+              and all(type(v) in (int, float) and (v > 0 if positive else v >= 0) and v <= 1
+                      for v in value))
+        if not ok:
+            raise PydanticCustomError("config_value", "{problem}", {"problem": (
+                f"must be a list of 1..{MAX_NORM_VALUES} numbers {'>' if positive else '>='} 0 "
+                f"and <= 1, one per input channel, in units of [0, 1] pixels (divide 0..255 values "
+                f"by 255), or null; got {_short_repr(value)}")})
+        return tuple(float(v) for v in value)
+    low = {"exclusiveMinimum" if positive else "minimum": 0}
+    schema = {"type": "array", "items": {"type": "number", **low, "maximum": 1}, "minItems": 1,
+              "maxItems": MAX_NORM_VALUES}
+    return Annotated[tuple[float, ...], PlainValidator(check), WithJsonSchema(schema)]
+
+
+class DataConfig(_Section):
+    """The dataset, its validation split and the input normalisation a pretrained model expects."""
+
+    name: Dataset = Field("digits", description=(
+        "dataset: digits | fashion-mnist | mnist | cifar10 | npz (data.root: one .npz file) | "
+        "folder (data.root: train/<class>/ and test/<class>/ image folders)"))
     root: Optional[PathText] = Field(
-        None, description="dataset directory; null = the dataset's default location")
+        None, description="dataset directory (npz: the .npz file); null = the dataset's default location")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description=(
         "fraction of the training set held out for validation"))
+    image_size: Optional[int] = Field(None, ge=1, le=MAX_IMAGE_SIZE, description=(
+        "folder only: side every image is resized to (square); required with data.name folder"))
+    channels: Optional[int] = Field(None, ge=1, le=3, description=(
+        "folder only: 1 (grayscale) or 3 (RGB); null: 1 if every image is grayscale, else 3"))
+    mean: Optional[_norm_values(positive=False)] = Field(None, description=(
+        "per-channel mean of the normalisation (x - mean) / std the model expects, folded into "
+        "its first layer (the chip still receives [0, 1] pixels); null: none"))
+    std: Optional[_norm_values(positive=True)] = Field(None, description=(
+        "per-channel std of that normalisation (with data.mean); null: none"))
 
 
 #: ``model.factory``: ``package.module:function`` (dotted Python names).
@@ -353,7 +389,34 @@ def _cross_key_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
         problems.append((("snn.cuba_shift", "snn.neuron"), (
             f"snn.cuba_shift {cfg.snn.cuba_shift} applies to cuba neurons only, but snn.neuron "
             f"is {cfg.snn.neuron}: set snn.cuba_shift: none")))
-    return problems + _model_key_problems(cfg.model)
+    return problems + _model_key_problems(cfg.model) + _data_key_problems(cfg.data)
+
+
+def _data_key_problems(data: DataConfig) -> list[tuple[tuple[str, ...], str]]:
+    """The rules between the data.* keys."""
+    problems = []
+    if data.name in ("npz", "folder") and data.root is None:
+        what = "the .npz file" if data.name == "npz" else "the folder holding train/ and test/"
+        problems.append((("data.root", "data.name"), f"data.name {data.name} needs data.root: {what}"))
+    if data.name == "folder" and data.image_size is None:
+        problems.append((("data.image_size", "data.name"), (
+            "data.name folder resizes every image to data.image_size × data.image_size: set "
+            "data.image_size (e.g. 32)")))
+    for key in ("image_size", "channels"):
+        if getattr(data, key) is not None and data.name != "folder":
+            problems.append(((f"data.{key}", "data.name"), (
+                f"data.{key} applies to data.name folder only (data.name is {data.name}, whose "
+                f"inputs keep their stored shape): set data.{key}: null")))
+    if data.channels == 2:
+        problems.append((("data.channels",), "data.channels must be 1 (grayscale), 3 (RGB) or null"))
+    if (data.mean is None) != (data.std is None):
+        problems.append((("data.mean", "data.std"), (
+            "data.mean and data.std go together ((x - mean) / std): set both or neither")))
+    elif data.mean is not None and len(data.mean) != len(data.std):
+        problems.append((("data.mean", "data.std"), (
+            f"data.mean has {len(data.mean)} values and data.std {len(data.std)}: one each per "
+            f"input channel")))
+    return problems
 
 
 def _model_key_problems(model: ModelConfig) -> list[tuple[tuple[str, ...], str]]:
@@ -623,7 +686,7 @@ def _read_config_text(p: Path) -> str:
 #: one the file has a line for is named) and its message.
 _Problem = tuple[tuple[tuple[Any, ...], ...], str]
 _KIND_NAMES = {"integer": "an integer", "number": "a number", "boolean": "true or false",
-               "string": "a non-empty string", "object": "a mapping of names to YAML scalars or lists"}
+               "string": "a non-empty string", "array": "a list of numbers", "object": "a mapping of names to YAML scalars or lists"}
 _BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
 
 

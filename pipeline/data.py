@@ -1,25 +1,25 @@
 """Datasets, read from local files only (nothing is downloaded).
 
-Every dataset is float32 images in [0, 1], shaped (N, C, H, W), and int64 labels. The
-only transform is ``x = pixel / pixel_max``: the image goes to Loihi 2 as unsigned graded
-spikes, so no mean/std normalisation (which would make inputs signed).
+Every dataset is float32 images in [0, 1], (N, C, H, W) (or flat vectors (N, F) from an npz
+file), and int64 labels. The only transform is ``x = pixel / pixel_max``: the input goes to
+Loihi 2 as unsigned graded spikes; a pretrained model's mean/std normalisation is folded into
+its first layer instead (models.normalize).
 
-Splits:
-
-* ``test`` is the dataset's own test set (digits has none: a stratified 20 % split with a
-  fixed seed, so every training seed is scored on the same test images);
-* ``val`` is carved from the training set only, stratified per class and seeded with
-  ``train.seed``: ``round(n_c * val_fraction)`` of each class's ``n_c`` images.
+Splits: ``test`` is the dataset's own (digits has none: a stratified 20 % split with a fixed
+seed); ``val`` is carved from the training set, stratified per class, seeded by ``train.seed``.
 
 Sources:
 
-* ``digits``: :func:`sklearn.datasets.load_digits` (8x8, values 0..16, /16);
-* ``fashion-mnist``: IDX files, default ``/usr/share/datasets/fashion-mnist`` (Debian
-  package ``dataset-fashion-mnist``, which installs the four ``*-ubyte.gz`` files there);
-* ``mnist``: IDX files in ``data.root`` (same reader);
-* ``cifar10``: the ``cifar-10-batches-py`` pickles, read with a restricted unpickler that
-  can only rebuild dicts/lists/str/bytes/ints and numpy arrays: a pickle referring to
-  anything else is refused, never executed.
+* ``digits``: scikit-learn's bundled 8x8 digits (values 0..16, /16);
+* ``fashion-mnist`` / ``mnist``: the four IDX files (``*-ubyte[.gz]``), by default
+  ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST (Debian ``dataset-fashion-mnist``);
+* ``cifar10``: the ``cifar-10-batches-py`` pickles, through a restricted unpickler that can
+  only rebuild dicts, lists, str, bytes, ints and numpy arrays (anything else is refused);
+* ``npz``: the user's ``x_train, y_train, x_test, y_test`` arrays (:func:`load_npz`);
+* ``folder``: ``train/<class>/`` and ``test/<class>/`` PNG/JPEG images (:func:`load_folder`).
+
+Every file is size-checked before anything is allocated or decoded; a bad file raises a
+one-line :class:`DatasetError` naming it.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import gzip
 import logging
 import math
 import pickle
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +50,16 @@ class DatasetError(ToolkitError, OSError):
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """train/val/test TensorDatasets of (float32 images in [0,1] (N,C,H,W),
-    int64 labels)."""
+    """train/val/test TensorDatasets of (float32 inputs in [0,1], (N,C,H,W) or (N,F),
+    int64 labels); ``classes`` names the classes of a folder dataset (else empty)."""
 
     train: TensorDataset
     val: TensorDataset
     test: TensorDataset
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     name: str
+    classes: tuple[str, ...] = ()
 
 
 #: Seed of digits' fixed test split (independent of train.seed on purpose).
@@ -114,8 +116,8 @@ def _tensors(x: np.ndarray, y: np.ndarray, pixel_max: float) -> TensorDataset:
 
 def _make_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                  y_test: np.ndarray, pixel_max: float, num_classes: int, val_fraction: float,
-                 seed: int) -> DatasetSplits:
-    """Scale raw (N, C, H, W) pixels by ``pixel_max`` and carve the seeded,
+                 seed: int, classes: tuple[str, ...] = ()) -> DatasetSplits:
+    """Scale raw (N, C, H, W) or (N, F) inputs by ``pixel_max`` and carve the seeded,
     stratified validation split out of the training set."""
     tr, va = stratified_split(y_train, val_fraction, seed)
     if len(va) == 0 or len(tr) == 0:
@@ -125,7 +127,7 @@ def _make_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
         train=_tensors(x_train[tr], y_train[tr], pixel_max),
         val=_tensors(x_train[va], y_train[va], pixel_max),
         test=_tensors(x_test, y_test, pixel_max), num_classes=num_classes,
-        input_shape=tuple(int(d) for d in x_train.shape[1:]), name=name)
+        input_shape=tuple(int(d) for d in x_train.shape[1:]), name=name, classes=classes)
     log.info("%s: %d train, %d val, %d test images of shape %s", name, len(tr), len(va),
              len(y_test), splits.input_shape)
     return splits
@@ -371,49 +373,334 @@ def load_cifar10(root: str | Path) -> tuple[np.ndarray, ...]:
 
 
 # --------------------------------------------------------------------------
+# npz (the user's arrays)
+# --------------------------------------------------------------------------
+
+NPZ_MEMBERS = ("x_train", "y_train", "x_test", "y_test")
+#: Largest .npz file read, in bytes.
+MAX_NPZ_BYTES = 1 << 32
+#: Most memory a user's dataset may take once decoded as float32 (every split), in bytes.
+MAX_DATASET_BYTES = 1 << 32
+
+
+def _npz_header(npz, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of member ``key`` from its .npy header alone (no data is read)."""
+    if key not in npz.files:
+        raise DatasetError(f"{path}: no member {key!r} (found {', '.join(npz.files) or 'none'}); "
+                           f"an npz dataset holds {', '.join(NPZ_MEMBERS)}")
+    with npz.zip.open(key + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(fh)
+    if dtype.hasobject or dtype.fields is not None:
+        raise DatasetError(f"{path}: member {key} holds {dtype} values; only plain numeric "
+                           f"arrays are read (no objects, no pickles)")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _npz_check_sizes(path: Path, headers: dict) -> None:
+    """Refuse, before anything is read, arrays whose headers promise more than the limits."""
+    total = sum(math.prod(shape) * max(dtype.itemsize, 4) for shape, dtype in headers.values())
+    if total > MAX_DATASET_BYTES:
+        sizes = ", ".join(f"{k} {shape}" for k, (shape, _d) in headers.items())
+        raise DatasetError(f"{path}: the arrays ({sizes}) need {total} bytes as float32, more "
+                           f"than the {MAX_DATASET_BYTES}-byte limit of a dataset")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The four arrays of an npz dataset, each read only after its header was checked."""
+    with open_regular(path, MAX_NPZ_BYTES, "data.root", DatasetError) as fh:
+        key = "the file"
+        try:
+            npz = np.load(fh, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DatasetError(f"{path}: a single .npy array, not an npz archive; save the "
+                                   f"dataset with numpy.savez(path, {'=..., '.join(NPZ_MEMBERS)}=...)")
+            with npz:
+                headers = {}
+                for key in NPZ_MEMBERS:
+                    headers[key] = _npz_header(npz, path, key)
+                _npz_check_sizes(path, headers)
+                return {key: npz[key] for key in NPZ_MEMBERS}
+        except DatasetError:
+            raise
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            where = "" if key == "the file" else f" member {key}:"
+            raise DatasetError(f"{path}:{where} not a readable npz dataset "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def _check_npz_images(path: Path, x_train: np.ndarray, x_test: np.ndarray) -> float:
+    """Both splits (N, C, H, W) or (N, F) of the same sample shape, at least one sample each,
+    uint8 or float in [0, 1]; return the pixel maximum (255 or 1)."""
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        if x.ndim not in (2, 4) or len(x) == 0:
+            hint = " (grayscale images: add a channel axis, x[:, None])" if x.ndim == 3 else ""
+            raise DatasetError(f"{path}: member {key} has shape {x.shape}; expected channel-first "
+                               f"images (N, C, H, W) or flat vectors (N, F), N >= 1{hint}")
+        if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4:
+            raise DatasetError(f"{path}: member {key} has shape {x.shape}, which looks channel-"
+                               f"last (N, H, W, C); store it channel-first: x.transpose(0, 3, 1, 2)")
+        if x.dtype != np.uint8 and x.dtype.kind != "f":
+            raise DatasetError(f"{path}: member {key} is {x.dtype}; expected uint8 pixels (divided "
+                               f"by 255) or floats in [0, 1]")
+    if x_train.shape[1:] != x_test.shape[1:] or x_train.dtype != x_test.dtype:
+        raise DatasetError(f"{path}: x_train {x_train.dtype} {x_train.shape[1:]} and x_test "
+                           f"{x_test.dtype} {x_test.shape[1:]} differ in sample shape or dtype")
+    if x_train.dtype == np.uint8:
+        return 255.0
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if not (0.0 <= lo and hi <= 1.0):   # also false for NaN
+            raise DatasetError(
+                f"{path}: member {key} spans {lo:g}..{hi:g}; float inputs must lie in [0, 1] (the "
+                f"chip receives unsigned graded spikes): divide by the pixel maximum, and if they "
+                f"were normalised, undo it and set data.mean / data.std instead")
+    return 1.0
+
+
+def _check_npz_labels(path: Path, y_train: np.ndarray, y_test: np.ndarray, n_train: int,
+                      n_test: int) -> int:
+    """Integer labels 0..K-1, one per sample, every class present in the training split;
+    return K."""
+    for key, y, n in (("y_train", y_train, n_train), ("y_test", y_test, n_test)):
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: member {key} is {y.dtype} {y.shape}; expected {n} "
+                               f"integer labels (shape ({n},)), one per sample")
+        if y.min() < 0:
+            raise DatasetError(f"{path}: member {key} holds the label {int(y.min())}; labels are "
+                               f"0..K-1")
+    k = int(y_train.max()) + 1
+    if k < 2 or k > n_train:
+        raise DatasetError(f"{path}: y_train's labels run 0..{k - 1} over {n_train} samples; "
+                           f"expected K >= 2 classes, every one present in the training split")
+    missing = np.flatnonzero(np.bincount(y_train.astype(np.int64), minlength=k) == 0)
+    if len(missing):
+        raise DatasetError(f"{path}: y_train has no sample of class(es) "
+                           f"{', '.join(map(str, missing[:10]))}{' ...' * (len(missing) > 10)}; "
+                           f"labels must be 0..K-1 with every class present in the training split")
+    if y_test.max() >= k:
+        raise DatasetError(f"{path}: y_test holds the label {int(y_test.max())} but y_train's "
+                           f"classes are 0..{k - 1}")
+    return k
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, int]:
+    """``(x_train, y_train, x_test, y_test, pixel_max, num_classes)`` of an npz dataset.
+
+    The file (as ``numpy.savez`` writes it) holds ``x_train, y_train, x_test, y_test``: inputs
+    channel-first (N, C, H, W) or flat (N, F), uint8 (pixel_max 255) or float within [0, 1]
+    (pixel_max 1); integer labels 0..K-1 with every class in the training split. It is read
+    with ``allow_pickle=False``, and each member's shape is checked from its header before
+    its data is allocated."""
+    path = Path(path).expanduser()
+    a = _read_npz(path)
+    pixel_max = _check_npz_images(path, a["x_train"], a["x_test"])
+    k = _check_npz_labels(path, a["y_train"], a["y_test"], len(a["x_train"]), len(a["x_test"]))
+    return (a["x_train"], a["y_train"].astype(np.int64), a["x_test"],
+            a["y_test"].astype(np.int64), pixel_max, k)
+
+
+# --------------------------------------------------------------------------
+# folder (one sub-folder of images per class)
+# --------------------------------------------------------------------------
+
+FOLDER_SPLITS = ("train", "test")
+#: Most images read from a folder dataset (both splits), counted before any is decoded.
+MAX_FOLDER_IMAGES = 1 << 20
+#: Largest image file read, in bytes, and most pixels one image may declare before decoding.
+MAX_IMAGE_FILE_BYTES = 1 << 26
+MAX_IMAGE_PIXELS = 1 << 26
+#: PIL modes read, 8 bits per channel; the grayscale ones give one channel.
+_GRAY_MODES = {"1", "L", "LA", "La"}
+_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+
+
+def _visible(d: Path) -> list[Path]:
+    """The entries of directory ``d`` not starting with a dot, sorted by name."""
+    try:
+        return sorted((e for e in d.iterdir() if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise DatasetError(f"data.root: cannot list {d}: {exc.strerror or exc}") from None
+
+
+def _class_names(root: Path, split: str) -> list[str]:
+    d = root / split
+    if not d.is_dir():
+        raise DatasetError(f"data.root {root}: no {split}/ folder; a folder dataset holds "
+                           f"train/<class>/ and test/<class>/ sub-folders of images")
+    entries = _visible(d)
+    stray = [e.name for e in entries if not e.is_dir()]
+    if stray or not entries:
+        raise DatasetError(f"{d}: expected only class sub-folders, found "
+                           f"{'the file ' + stray[0] if stray else 'nothing'}")
+    return [e.name for e in entries]
+
+
+def _image_files(root: Path, classes: list[str]) -> dict[str, list[tuple[Path, int]]]:
+    """``{split: [(file, label), ...]}``, counted against :data:`MAX_FOLDER_IMAGES`."""
+    found, count = {}, 0
+    for split in FOLDER_SPLITS:
+        found[split] = []
+        for label, name in enumerate(classes):
+            files = _visible(root / split / name)
+            if not files:
+                raise DatasetError(f"{root / split / name}: the class {name!r} has no images")
+            count += len(files)
+            if count > MAX_FOLDER_IMAGES:
+                raise DatasetError(f"data.root {root}: more than {MAX_FOLDER_IMAGES} images; "
+                                   f"a folder dataset is capped there (use an npz file)")
+            found[split] += [(f, label) for f in files]
+    return found
+
+
+def _decode_image(path: Path, size: int, channels: Optional[int]) -> np.ndarray:
+    """One PNG/JPEG file as uint8 (c, size, size), c = ``channels`` or its own (1 or 3):
+    size and pixel count checked before decoding, alpha dropped, stretched to a square."""
+    from PIL import Image, UnidentifiedImageError
+    with open_regular(path, MAX_IMAGE_FILE_BYTES, "image", DatasetError) as fh:
+        try:
+            with Image.open(fh, formats=["PNG", "JPEG"]) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DatasetError(f"{path}: {im.width}×{im.height} pixels, more than the "
+                                       f"{MAX_IMAGE_PIXELS}-pixel limit of one image")
+                if im.mode not in _GRAY_MODES | _COLOR_MODES:
+                    raise DatasetError(f"{path}: {im.mode} image; only 8-bit grayscale, palette "
+                                       f"and colour images are read (convert it to 8 bits)")
+                c = channels or (1 if im.mode in _GRAY_MODES else 3)
+                im = im.convert("L" if c == 1 else "RGB").resize((size, size), Image.BILINEAR)
+                pixels = np.asarray(im, dtype=np.uint8)
+        except DatasetError:
+            raise
+        except UnidentifiedImageError:
+            raise DatasetError(f"{path}: not a PNG or JPEG image") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"{path}: cannot decode the image ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())})") from None
+    return pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+
+
+def load_folder(root: str | Path, image_size: int, channels: Optional[int] = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(x_train, y_train, x_test, y_test, classes)`` of a folder dataset: ``root/train/<class>/``
+    and ``root/test/<class>/`` with the same class names (labels in name order), PNG/JPEG
+    images converted to ``channels`` (1: grayscale, 3: RGB, None: 1 if every image is
+    grayscale, else 3) and resized to ``image_size``²; uint8 (N, C, size, size)."""
+    from importlib.util import find_spec
+    if find_spec("PIL") is None:
+        raise DatasetError("data.name folder decodes images with Pillow, which is not installed "
+                           "(pip install pillow)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data.root {root} is not a directory holding train/ and test/")
+    classes = _class_names(root, "train")
+    if _class_names(root, "test") != classes:
+        raise DatasetError(f"data.root {root}: train/ has the classes {classes} but test/ has "
+                           f"{_class_names(root, 'test')}; both need the same class folders")
+    files = _image_files(root, classes)
+    need = sum(map(len, files.values())) * (channels or 3) * image_size ** 2 * 4
+    if need > MAX_DATASET_BYTES:
+        raise DatasetError(f"data.root {root}: {sum(map(len, files.values()))} images of "
+                           f"{image_size}² pixels need {need} bytes as float32, more than the "
+                           f"{MAX_DATASET_BYTES}-byte limit of a dataset; lower data.image_size")
+    decoded = {s: [_decode_image(f, image_size, channels) for f, _ in files[s]] for s in files}
+    c = channels or max(x.shape[0] for xs in decoded.values() for x in xs)
+    x = {s: np.stack([np.broadcast_to(a, (c, image_size, image_size)) for a in decoded[s]])
+         for s in decoded}
+    y = {s: np.array([label for _, label in files[s]], dtype=np.int64) for s in files}
+    return x["train"], y["train"], x["test"], y["test"], classes
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
+
+def _from_digits(data_cfg, root: Optional[Path]) -> tuple:
+    if root is not None:
+        raise DatasetError("digits ships inside scikit-learn: data.root must be null")
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    x = bunch.images[:, None, :, :]  # values 0..16
+    y = bunch.target.astype(np.int64)
+    tr, te = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    return x[tr], y[tr], x[te], y[te], 16.0, 10, ()
+
+
+def _from_idx(data_cfg, root: Optional[Path]) -> tuple:
+    if root is None:
+        if data_cfg.name == "mnist":
+            raise DatasetError(
+                "mnist has no default location: set data.root to a directory holding "
+                f"{', '.join(s + '[.gz]' for s in IDX_FILES.values())}. Nothing is downloaded.")
+        root = FASHION_MNIST_DEFAULT_ROOT
+    xtr, ytr, xte, yte = load_idx_dataset(root, data_cfg.name)
+    return xtr[:, None], ytr, xte[:, None], yte, 255.0, 10, ()
+
+
+def _from_cifar(data_cfg, root: Optional[Path]) -> tuple:
+    if root is None:
+        raise DatasetError(
+            "cifar10 has no default location: set data.root to the directory holding "
+            "cifar-10-batches-py (data_batch_1..5, test_batch). Nothing is downloaded.")
+    return (*load_cifar10(root), 255.0, 10, ())
+
+
+def _from_npz(data_cfg, root: Optional[Path]) -> tuple:
+    if root is None:
+        raise DatasetError("data.name npz reads one .npz file: set data.root to it")
+    return (*load_npz(root), ())
+
+
+def _from_folder(data_cfg, root: Optional[Path]) -> tuple:
+    if root is None:
+        raise DatasetError("data.name folder reads a directory holding train/<class>/ and "
+                           "test/<class>/: set data.root to it")
+    xtr, ytr, xte, yte, classes = load_folder(root, data_cfg.image_size, data_cfg.channels)
+    return xtr, ytr, xte, yte, 255.0, len(classes), tuple(classes)
+
+
+_SOURCES = {"digits": _from_digits, "fashion-mnist": _from_idx, "mnist": _from_idx,
+            "cifar10": _from_cifar, "npz": _from_npz, "folder": _from_folder}
+
+
+def _check_normalization(data_cfg, shape: tuple[int, ...]) -> None:
+    """data.mean / data.std hold one value per input channel ((C, H, W)), or a number of
+    values that divides the features ((F,): one per feature, or per equal block)."""
+    mean = getattr(data_cfg, "mean", None)
+    if mean is None:
+        return
+    if len(shape) == 3 and len(mean) != shape[0]:
+        raise DatasetError(f"data.mean and data.std have {len(mean)} values but the images have "
+                           f"{shape[0]} channel(s): give one value per channel")
+    if len(shape) == 1 and shape[0] % len(mean):
+        raise DatasetError(f"data.mean and data.std have {len(mean)} values, which do not divide "
+                           f"the {shape[0]} input features: give 1, one per feature, or one per "
+                           f"equal block of features")
+
 
 def load_dataset(data_cfg, seed: int) -> DatasetSplits:
     """Load ``data_cfg.name`` from ``data_cfg.root`` (or its default location)
     and split it; ``seed`` (``train.seed``) seeds the validation split."""
-    name, frac = data_cfg.name, data_cfg.val_fraction
+    if data_cfg.name not in _SOURCES:
+        raise DatasetError(f"unknown dataset {data_cfg.name!r}")
     root: Optional[Path] = Path(data_cfg.root).expanduser() if data_cfg.root else None
-    if name == "digits":
-        if root is not None:
-            raise DatasetError("digits ships inside scikit-learn: data.root must be null")
-        from sklearn.datasets import load_digits
-        bunch = load_digits()
-        x = bunch.images[:, None, :, :]  # values 0..16
-        y = bunch.target.astype(np.int64)
-        tr, te = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
-        return _make_splits(name, x[tr], y[tr], x[te], y[te], 16.0, 10, frac, seed)
-    if name in ("fashion-mnist", "mnist"):
-        if root is None:
-            if name == "mnist":
-                raise DatasetError(
-                    "mnist has no default location: set data.root to a directory holding "
-                    f"{', '.join(s + '[.gz]' for s in IDX_FILES.values())}. "
-                    "Nothing is downloaded.")
-            root = FASHION_MNIST_DEFAULT_ROOT
-        xtr, ytr, xte, yte = load_idx_dataset(root, name)
-        return _make_splits(name, xtr[:, None], ytr, xte[:, None], yte, 255.0, 10, frac, seed)
-    if name == "cifar10":
-        if root is None:
-            raise DatasetError(
-                "cifar10 has no default location: set data.root to the directory holding "
-                "cifar-10-batches-py (data_batch_1..5, test_batch). Nothing is downloaded.")
-        xtr, ytr, xte, yte = load_cifar10(root)
-        return _make_splits(name, xtr, ytr, xte, yte, 255.0, 10, frac, seed)
-    raise DatasetError(f"unknown dataset {name!r}")
+    xtr, ytr, xte, yte, pixel_max, k, classes = _SOURCES[data_cfg.name](data_cfg, root)
+    _check_normalization(data_cfg, xtr.shape[1:])
+    return _make_splits(data_cfg.name, xtr, ytr, xte, yte, pixel_max, k, data_cfg.val_fraction,
+                        seed, classes)
 
 
 # --------------------------------------------------------------------------
 # Training augmentation
 # --------------------------------------------------------------------------
 
-#: Datasets whose classes survive a horizontal flip (a flipped digit is not a digit).
-FLIP_SAFE = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True}
+#: Datasets whose classes survive a horizontal flip (a flipped digit is not a digit; a user's
+#: classes may not either).
+FLIP_SAFE = {"digits": False, "mnist": False, "fashion-mnist": True, "cifar10": True,
+             "npz": False, "folder": False}
 
 
 def augment_batch(x: torch.Tensor, dataset: str, generator: torch.Generator) -> torch.Tensor:
@@ -421,7 +708,10 @@ def augment_batch(x: torch.Tensor, dataset: str, generator: torch.Generator) -> 
     and, where :data:`FLIP_SAFE` allows it, a horizontal flip with probability 1/2.
 
     ``x``: (B, C, H, W) on any device; the random draws come from ``generator`` (CPU)
-    so a run is reproducible from ``train.seed``."""
+    so a run is reproducible from ``train.seed``. Flat vectors (B, F) are refused."""
+    if x.dim() != 4:
+        raise DatasetError(f"train.augment crops images, but the {dataset} inputs are flat "
+                           f"vectors {tuple(x.shape[1:])}: set train.augment: false")
     b, _, h, w = x.shape
     pad = max(1, h // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))

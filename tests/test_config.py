@@ -203,8 +203,9 @@ def test_config_is_frozen_and_hashable():
 
 
 def test_arch_auto_resolves_per_dataset():
+    needs = {"npz": {"root": "d.npz"}, "folder": {"root": "d", "image_size": 32}}
     for name, arch in DEFAULT_ARCH.items():
-        assert Config.from_dict({"data": {"name": name}}).arch == arch
+        assert Config.from_dict({"data": {"name": name, **needs.get(name, {})}}).arch == arch
     assert Config.from_dict({"data": {"name": "cifar10"},
                              "model": {"arch": "cnn-small"}}).arch == "cnn-small"
 
