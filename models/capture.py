@@ -1,0 +1,605 @@
+"""Graph capture: a user's ``nn.Module`` as the NQ network the converter folds (torch.fx).
+
+:func:`capture` symbolic-traces the module, refuses what the converter cannot fold exactly
+(:class:`CaptureError`: the operation and the user's ``file:line``) and rewrites it:
+ReLU / ReLU6 / Hardtanh(0, x) / clamp(min=0) / F.relu / torch.relu become
+:class:`models.nq.NQActivation` (a module keeps its qualified name; a second call of one
+module gets ``<name>_1``; a function call ``<module path>.nq_<node>``), MaxPool2d becomes
+AvgPool2d (warned), Dropout and Identity are dropped, and an average pooling that would
+not fold exactly into what reads it gets its own NQ activation ``<pool>_nq`` (it becomes
+a spiking layer). Shapes come from a zero input (ShapeProp).
+
+The IR's layers (:func:`plan`) are the NQ activations in forward order plus the output
+(the readout). Each one's pre-activation is a sum of terms, one per path from an earlier
+spiking layer (or the input): a term is at most one weighted op (Conv2d or Linear, with
+an optional BatchNorm right after it), linear reshaping before it (average pooling,
+flatten/view/reshape, ``torch.cat`` along channels) and a ``cat`` after it. The term
+from the previous spiking layer is the layer's main synapse; the others are its extra
+inputs (:class:`hardware.ir.Projection`) from earlier layers, which is how residual
+additions and channel concatenations become the IR's graph.
+
+Supported calls: see :data:`MODULES`, :data:`ACTIVATION_FUNCTIONS`, :data:`METHODS`.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from hardware.errors import IRError
+
+from .nq import NQActivation, check_activation
+
+
+class CaptureError(IRError):
+    """An operation or a topology the converter cannot fold exactly; the message names the
+    operation and the line of the user's code it comes from."""
+
+
+#: Module types a captured network may call (everything else is refused).
+MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
+           nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d,
+           nn.Identity, NQActivation)
+#: Functions that become an NQ activation (with their arguments checked: clamp at zero).
+ACTIVATION_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh, torch.clamp,
+                        torch.clamp_min)
+_ADD = (operator.add, torch.add)
+_DROP_FUNCTIONS = (F.dropout, F.dropout2d)
+#: Tensor methods: activations, addition, flattening, and shape queries feeding a view.
+METHODS = {"relu": "act", "relu_": "act", "clamp": "act", "clamp_min": "act", "add": "add",
+           "view": "flatten", "reshape": "flatten", "flatten": "flatten", "size": "aux",
+           "contiguous": "drop"}
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def user_line(node: fx.Node) -> str:
+    """``file:line`` of the innermost frame of the user's code that made ``node``."""
+    frames = _FRAME.findall(node.stack_trace or "")
+    for path, line in reversed(frames):
+        if not path.startswith(_TORCH_DIR) and os.path.dirname(os.path.abspath(path)) != _HERE:
+            return f"{path}:{line}"
+    return "an unknown line"
+
+
+def describe(node: fx.Node, gm: nn.Module | None = None) -> str:
+    """The operation of ``node`` as a user would name it."""
+    if node.op == "call_module" and gm is not None:
+        return f"{type(gm.get_submodule(node.target)).__name__} (module {node.target!r})"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "get_attr":
+        return f"the attribute {node.target!r} used as a tensor"
+    target = node.target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    return f"{'torch' if module.startswith('torch') and 'functional' not in module else 'F'}.{name}" \
+        if module.startswith("torch") else name
+
+
+def fail(node: fx.Node, gm: nn.Module | None, message: str) -> CaptureError:
+    return CaptureError(f"{describe(node, gm)} at {user_line(node)}: {message}")
+
+
+def kind(gm: nn.Module, node: fx.Node) -> str | None:
+    """The role of ``node``: input, output, nq, act, conv, linear, bn, pool, maxpool, flatten,
+    add, cat, drop, aux; None for an unsupported operation."""
+    if node.op in ("placeholder", "output"):
+        return "input" if node.op == "placeholder" else "output"
+    if node.op == "call_module":
+        return _module_kind(gm.get_submodule(node.target))
+    if node.op == "call_method":
+        return METHODS.get(node.target)
+    if node.op != "call_function":
+        return None
+    target = node.target
+    if target in ACTIVATION_FUNCTIONS:
+        return "act"
+    if target in _ADD:
+        return "add"
+    if target is torch.cat:
+        return "cat"
+    if target is torch.flatten:
+        return "flatten"
+    if target in _DROP_FUNCTIONS:
+        return "drop"
+    if target in (operator.getitem, getattr):
+        return "aux"
+    return None
+
+
+def _module_kind(module: nn.Module) -> str | None:
+    table = ((NQActivation, "nq"), (nn.Conv2d, "conv"), (nn.Linear, "linear"),
+             ((nn.BatchNorm1d, nn.BatchNorm2d), "bn"), ((nn.ReLU, nn.ReLU6, nn.Hardtanh), "act"),
+             ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"), (nn.MaxPool2d, "maxpool"),
+             (nn.Flatten, "flatten"), ((nn.Dropout, nn.Dropout2d, nn.Identity), "drop"))
+    for types, name in table:
+        if type(module) in (types if isinstance(types, tuple) else (types,)):
+            return name
+    return None
+
+
+class _Tracer(fx.Tracer):
+    """Records the user's stack per node; NQ activations stay calls (their noise branch
+    reads a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return isinstance(m, NQActivation) or super().is_leaf_module(m, qualified_name)
+
+
+def _trace_failure(error: Exception) -> str:
+    """The user's ``file:line`` where tracing failed (e.g. a data-dependent ``if``)."""
+    import traceback
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(_TORCH_DIR) and \
+                os.path.dirname(os.path.abspath(frame.filename)) != _HERE:
+            return f"{frame.filename}:{frame.lineno}"
+    return "an unknown line"
+
+
+def trace(module: nn.Module, input_shape: tuple) -> fx.GraphModule:
+    """``module`` as a GraphModule with shapes (``node.meta['tensor_meta']``) for one
+    ``input_shape`` sample; an untraceable forward is a :class:`CaptureError`."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as e:  # tracing runs the user's forward: any error is theirs
+        raise CaptureError(f"{type(module).__name__}.forward cannot be captured at "
+                           f"{_trace_failure(e)}: {type(e).__name__}: {e} (data-dependent control "
+                           f"flow and Python arithmetic on shapes are not traceable)") from None
+    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    propagate_shapes(gm, input_shape)
+    return gm
+
+
+def propagate_shapes(gm: fx.GraphModule, input_shape: tuple) -> None:
+    """Shapes of every node for a zero sample of ``input_shape`` (eval mode, restored)."""
+    param = next(iter(gm.parameters()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, *input_shape, dtype=dtype))
+    except CaptureError:
+        raise
+    except Exception as e:
+        raise CaptureError(f"the network does not run on a {tuple(input_shape)} input: "
+                           f"{type(e).__name__}: {e}") from None
+    finally:
+        gm.train(was_training)
+
+
+def shape_of(node) -> tuple | None:
+    """(C, H, W) or (N,) of a tensor node (without the batch axis); None for non-tensors."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return None if shape is None else tuple(int(s) for s in shape[1:])
+
+
+# --------------------------------------------------------------------------
+# refusal of what does not fold
+# --------------------------------------------------------------------------
+
+def _argument(node: fx.Node, position: int, name: str, default=None):
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def _is_zero(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def _check_activation_call(gm: nn.Module, node: fx.Node) -> None:
+    """An activation call must be a ReLU clipped at zero (ReLU6/Hardtanh/clamp with min 0)."""
+    target = node.target
+    if node.op == "call_module":
+        module = gm.get_submodule(target)
+        if isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6) and module.min_val != 0:
+            raise fail(node, gm, f"min_val {module.min_val} is not 0; only a ReLU-like clip at "
+                                 f"zero becomes an NQ activation")
+        return
+    if target is F.hardtanh:
+        low = _argument(node, 1, "min_val", -1.0)
+    elif target in (torch.clamp, torch.clamp_min) or node.target in ("clamp", "clamp_min"):
+        low = _argument(node, 1, "min")
+    else:
+        return
+    if not _is_zero(low):
+        raise fail(node, gm, f"the lower bound {low!r} is not 0; only a clip at zero becomes an "
+                             f"NQ activation")
+
+
+def _check_geometry(gm: nn.Module, node: fx.Node) -> None:
+    """Conv padding as numbers; pooling without dilation or returned indices."""
+    module = gm.get_submodule(node.target)
+    if isinstance(module, nn.Conv2d) and (isinstance(module.padding, str)
+                                          or module.padding_mode != "zeros"):
+        raise fail(node, gm, f"padding {module.padding!r} / padding_mode {module.padding_mode!r}: "
+                             f"only numeric zero padding folds")
+    if isinstance(module, nn.MaxPool2d) and (module.return_indices or
+                                             _pair(module.dilation) != (1, 1)):
+        raise fail(node, gm, "a dilated max-pooling or one returning indices has no average-"
+                             "pooling equivalent")
+    if isinstance(module, nn.AvgPool2d) and module.divisor_override is not None:
+        raise fail(node, gm, "a divisor override is not an average")
+
+
+def _check_data_node(gm: nn.Module, node: fx.Node, k: str) -> None:
+    """Arguments of additions, concatenations, flattens and shape queries."""
+    if k == "add":
+        operands = [a for a in node.args[:2]]
+        if len(operands) != 2 or not all(shape_of(a) is not None for a in operands) \
+                or _argument(node, 2, "alpha", 1) != 1:
+            raise fail(node, gm, "only the sum of two tensors (residual addition) is supported")
+        if shape_of(operands[0]) != shape_of(operands[1]):
+            raise fail(node, gm, f"the branches have shapes {shape_of(operands[0])} and "
+                                 f"{shape_of(operands[1])}; broadcasting does not fold")
+    elif k == "cat":
+        tensors, dim = _argument(node, 0, "tensors"), _argument(node, 1, "dim", 0)
+        rank = len(shape_of(node)) + 1
+        if dim not in (1, 1 - rank) or not all(shape_of(t) is not None for t in tensors):
+            raise fail(node, gm, f"concatenation along dim {dim}: only channels (dim 1) fold")
+    elif k == "flatten":
+        source = shape_of(node.args[0])
+        size = 1
+        for s in source:
+            size *= s
+        if shape_of(node) != (size,):
+            raise fail(node, gm, f"reshapes {source} to {shape_of(node)}; only flattening each "
+                                 f"sample to a vector folds")
+    elif k == "aux":
+        for user in node.users:
+            if kind(gm, user) not in ("aux", "flatten"):
+                raise fail(user, gm, "uses a tensor's size as data; only view/reshape may read it")
+
+
+def check_nodes(gm: fx.GraphModule) -> None:
+    """Refuse the first node (in forward order) the converter cannot fold."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise CaptureError(f"forward takes {len(inputs)} inputs; a captured network takes one tensor")
+    for node in gm.graph.nodes:
+        k = kind(gm, node)
+        if k is None:
+            raise fail(node, gm, "is not a supported operation (supported: Conv2d, Linear, "
+                                 "BatchNorm, ReLU/ReLU6/Hardtanh(0)/clamp(min=0), AvgPool2d, "
+                                 "AdaptiveAvgPool2d, MaxPool2d, Flatten/view/reshape, Dropout, "
+                                 "Identity, + of two branches, torch.cat along channels)")
+        if k == "output" and not isinstance(node.args[0], fx.Node):
+            raise fail(node, gm, "forward must return one tensor (the logits)")
+        if k == "act":
+            _check_activation_call(gm, node)
+        elif node.op == "call_module":
+            _check_geometry(gm, node)
+        else:
+            _check_data_node(gm, node, k)
+
+
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# --------------------------------------------------------------------------
+# rewriting into the NQ network
+# --------------------------------------------------------------------------
+
+def _free_name(gm: nn.Module, path: str, stem: str) -> str:
+    """``path.stem`` (or ``path.stem_k``) not yet taken in ``gm``."""
+    parent = gm.get_submodule(path) if path else gm
+    name, k = stem, 0
+    while hasattr(parent, name):
+        k += 1
+        name = f"{stem}_{k}"
+    return f"{path}.{name}" if path else name
+
+
+def _install(gm: fx.GraphModule, qualified: str, module: nn.Module) -> None:
+    path, _, name = qualified.rpartition(".")
+    parent = gm.get_submodule(path) if path else gm
+    setattr(parent, name, module)
+
+
+def _module_path(node: fx.Node) -> str:
+    """The qualified name of the module whose forward made ``node`` ('' for the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, qualified: str, module: nn.Module) -> None:
+    """``node`` becomes a call of ``module`` installed at ``qualified`` on its first argument."""
+    _install(gm, qualified, module)
+    with gm.graph.inserting_after(node):
+        call = gm.graph.call_module(qualified, (node.args[0],))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+
+
+def _rewrite(gm: fx.GraphModule, make_nq) -> None:
+    """Activations → NQ, MaxPool2d → AvgPool2d (warned), Dropout/Identity dropped."""
+    replaced: set = set()
+    kinds = {node: kind(gm, node) for node in gm.graph.nodes}  # before any module is replaced
+    for node in list(gm.graph.nodes):
+        k = kinds[node]
+        if k == "drop":
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        elif k == "act":
+            if node.op == "call_module" and node.target not in replaced:
+                replaced.add(node.target)
+                _replace_with_module(gm, node, node.target, make_nq())
+            elif node.op == "call_module":
+                path, _, stem = node.target.rpartition(".")
+                _replace_with_module(gm, node, _free_name(gm, path, stem), make_nq())
+            else:
+                _replace_with_module(gm, node, _free_name(gm, _module_path(node), f"nq_{node.name}"),
+                                     make_nq())
+        elif k == "maxpool":
+            pool = gm.get_submodule(node.target)
+            warnings.warn(f"max-pooling {node.target!r} ({user_line(node)}) is replaced by average "
+                          f"pooling of the same window, as the NQ conversion method does "
+                          f"(max-pooling has no exact spiking equivalent)", stacklevel=3)
+            _install(gm, node.target, nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding,
+                                                   ceil_mode=pool.ceil_mode))
+    gm.graph.lint()
+    gm.recompile()
+
+
+def pool_geometry(module: nn.Module, in_shape: tuple) -> tuple | None:
+    """(kernel, stride, padding) of an average pooling, as pairs; None for an adaptive one
+    whose output does not divide its input (only a Linear can absorb it)."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        out = tuple(in_shape[1 + i] if s is None else s for i, s in enumerate(_pair(module.output_size)))
+        if in_shape[1] % out[0] or in_shape[2] % out[1]:
+            return None
+        kernel = (in_shape[1] // out[0], in_shape[2] // out[1])
+        return kernel, kernel, (0, 0)
+    return _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+
+
+def structured_pool(module: nn.Module, in_shape: tuple) -> bool:
+    """A non-overlapping, unpadded, floor-mode pooling: the fold the converter does exactly
+    by kernel expansion (into a conv it must also divide the map)."""
+    geometry = pool_geometry(module, in_shape)
+    if geometry is None or getattr(module, "ceil_mode", False):
+        return False
+    kernel, stride, padding = geometry
+    return kernel == stride and padding == (0, 0)
+
+
+def conv_pool(module: nn.Module, in_shape: tuple) -> bool:
+    """An average pooling that is one fixed depthwise convolution (floor mode, padding
+    counted in the average, an adaptive output dividing the input)."""
+    geometry = pool_geometry(module, in_shape)
+    return geometry is not None and not getattr(module, "ceil_mode", False) and \
+        (getattr(module, "count_include_pad", True) or geometry[2] == (0, 0))
+
+
+def _divides(module: nn.Module, in_shape: tuple) -> bool:
+    kernel = pool_geometry(module, in_shape)[0]
+    return in_shape[1] % kernel[0] == 0 and in_shape[2] % kernel[1] == 0
+
+
+def _reaches_linear_only(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Every path from ``node`` meets a Linear before any conv, activation, sum or output."""
+    for user in node.users:
+        k = kind(gm, user)
+        if k == "linear":
+            continue
+        if k not in ("pool", "flatten", "cat") or not _reaches_linear_only(gm, user):
+            return False
+    return True
+
+
+def _spiking_pools(gm: fx.GraphModule, make_nq) -> None:
+    """An average pooling that neither folds into a conv by kernel expansion nor reaches
+    only Linears (which absorb any linear map) gets its own NQ activation: it becomes a
+    spiking layer whose synapse is the pooling itself."""
+    for node in list(gm.graph.nodes):
+        if kind(gm, node) != "pool":
+            continue
+        module, in_shape = gm.get_submodule(node.target), shape_of(node.args[0])
+        if (structured_pool(module, in_shape) and _divides(module, in_shape)) \
+                or _reaches_linear_only(gm, node):
+            continue
+        if not conv_pool(module, in_shape):
+            raise fail(node, gm, "this pooling is not a fixed convolution (ceil mode, padding "
+                                 "not counted, or an adaptive size that does not divide the "
+                                 "input) and does not feed a Linear only")
+        users = list(node.users)
+        qualified = _free_name(gm, *(lambda p: (p[0], p[2] + "_nq"))(node.target.rpartition(".")))
+        _install(gm, qualified, make_nq())
+        with gm.graph.inserting_after(node):
+            call = gm.graph.call_module(qualified, (node,))
+        call.meta = {"stack_trace": node.stack_trace}
+        for user in users:
+            user.replace_input_with(node, call)
+    gm.graph.lint()
+    gm.recompile()
+
+
+# --------------------------------------------------------------------------
+# the spiking layers and their synaptic terms
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Term:
+    """One path into a spiking layer: ``source`` (an NQ call or the input) through ``ops``,
+    each ``(node, slot)``; ``slot`` is ``(offset, width, total)`` channels for a cat."""
+
+    source: fx.Node
+    ops: tuple = ()
+
+
+@dataclass
+class Unit:
+    """A spiking layer (``nq`` its activation) or the readout (``nq`` None): the IR layer
+    whose pre-activation is the sum of ``terms``; ``shape`` its output shape."""
+
+    node: fx.Node
+    nq: NQActivation | None
+    terms: list
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class TermParts:
+    pre: tuple          # ops before the weighted op (all ops for an identity term)
+    weighted: fx.Node | None
+    bn: fx.Node | None
+    post: tuple         # cats after the weighted op (and its BN)
+
+
+def term_parts(gm: fx.GraphModule, term: Term) -> TermParts:
+    """Split a term into (before, weighted op, BN, cats after), refusing what does not fold."""
+    weighted = [i for i, (n, _) in enumerate(term.ops) if kind(gm, n) in ("conv", "linear")]
+    if len(weighted) > 1:
+        raise fail(term.ops[weighted[1]][0], gm, "follows another Conv2d/Linear without an "
+                   "activation in between; each weighted layer needs its own activation")
+    if not weighted:
+        pre, node, rest = term.ops, None, ()
+    else:
+        pre, node, rest = term.ops[:weighted[0]], term.ops[weighted[0]][0], term.ops[weighted[0] + 1:]
+    bn = None
+    if rest and kind(gm, rest[0][0]) == "bn":
+        bn, rest = rest[0][0], rest[1:]
+    for op, _slot in pre + rest:
+        k = kind(gm, op)
+        if k == "bn":
+            raise fail(op, gm, "BatchNorm folds only right after a Conv2d or Linear")
+        if op in [o for o, _ in rest] and k != "cat":
+            raise fail(op, gm, "sits between a Conv2d/Linear and its activation; only BatchNorm "
+                               "(and concatenation) may (pool after the activation)")
+        if node is not None and kind(gm, node) == "conv" and k == "flatten":
+            raise fail(node, gm, "a conv after flatten")
+    return TermParts(tuple(pre), node, bn, tuple(rest))
+
+
+def _terms(values: dict, node) -> list:
+    if node not in values:
+        raise CaptureError(f"{node} is not a tensor of the network")
+    return values[node]
+
+
+def _values(gm: fx.GraphModule) -> tuple[list, dict]:
+    """Units (module docstring) and each node's value as a list of terms."""
+    values: dict = {}
+    units: list = []
+    for node in gm.graph.nodes:
+        k = kind(gm, node)
+        if k in ("act", "maxpool", None):
+            raise fail(node, gm, "is not an NQ network operation; capture the model first "
+                                 "(models.capture.capture)")
+        if k in ("input", "nq"):
+            if k == "nq":
+                units.append(Unit(node, gm.get_submodule(node.target), _terms(values, node.args[0]),
+                                  shape_of(node)))
+            values[node] = [Term(node)]
+        elif k in ("conv", "linear", "bn", "pool", "flatten"):
+            values[node] = [Term(t.source, t.ops + ((node, None),)) for t in _terms(values, node.args[0])]
+        elif k == "drop":
+            values[node] = _terms(values, node.args[0])
+        elif k == "add":
+            values[node] = _terms(values, node.args[0]) + _terms(values, node.args[1])
+        elif k == "cat":
+            values[node] = _cat_terms(values, node)
+        elif k == "output":
+            units.append(Unit(node, None, _terms(values, node.args[0]), shape_of(node.args[0])))
+    return units, values
+
+
+def _cat_terms(values: dict, node: fx.Node) -> list:
+    offset, total, out = 0, shape_of(node)[0], []
+    for part in _argument(node, 0, "tensors"):
+        width = shape_of(part)[0]
+        out += [Term(t.source, t.ops + ((node, (offset, width, total)),)) for t in _terms(values, part)]
+        offset += width
+    return out
+
+
+def plan(gm: fx.GraphModule) -> list[Unit]:
+    """The IR's layers in order (module docstring), each term checked to fold; the main
+    term (from the previous layer) first in each unit's ``terms``."""
+    units, _ = _values(gm)
+    seen: set = set()
+    previous = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    for unit in units:
+        if unit.nq is not None and id(unit.nq) in seen:
+            raise fail(unit.node, gm, "one NQ activation is called twice; each call site needs "
+                                      "its own (its own threshold)")
+        seen.add(id(unit.nq))
+        _order_terms(gm, unit, previous)
+        for term in unit.terms:
+            term_parts(gm, term)
+        previous = unit.node
+    readout = units[-1]
+    if term_parts(gm, readout.terms[0]).weighted is None:
+        raise fail(readout.node.args[0], gm, "ends the network; the last layer must be a plain "
+                   "Linear (the readout, no activation after it)")
+    return units
+
+
+def _order_terms(gm: fx.GraphModule, unit: Unit, previous: fx.Node) -> None:
+    main = [t for t in unit.terms if t.source is previous]
+    sources = [t.source for t in unit.terms]
+    where = unit.node if unit.nq is not None else unit.node.args[0]
+    if any(s.op == "placeholder" for s in sources) and previous.op != "placeholder":
+        raise fail(where, gm, "reads the network input directly, but a shortcut needs the spikes "
+                              "of an earlier spiking layer; put a conv-BN-activation stem first")
+    if len(main) != 1:
+        raise fail(where, gm, f"reads the layer before it ({previous.name}) through {len(main)} "
+                              f"paths; a spiking layer reads the one before it once (parallel "
+                              f"branches are supported only as shortcuts into a later sum or cat)")
+    if len(set(sources)) != len(sources):
+        raise fail(where, gm, "reads one earlier layer through two paths; merge them")
+    unit.terms = main + [t for t in unit.terms if t.source is not previous]
+
+
+def capture(module: nn.Module, input_shape: tuple, *, levels: int, noise: bool = True,
+            init_threshold: float = 8.0, activation: str = "qcfs", timesteps: int | None = None,
+            cuba_shift: str = "none") -> fx.GraphModule:
+    """The NQ network of ``module`` for ``input_shape`` samples (module docstring);
+    raises :class:`CaptureError` for anything the converter cannot fold, before training."""
+    check_activation(activation, timesteps, cuba_shift)
+    gm = trace(module, tuple(input_shape))
+    check_nodes(gm)
+    param = next(iter(gm.parameters()), None)
+
+    def make_nq() -> NQActivation:
+        nq = NQActivation(levels, noise, init_threshold, activation=activation, timesteps=timesteps,
+                          shift=cuba_shift)
+        return nq if param is None else nq.to(device=param.device, dtype=param.dtype)
+    _rewrite(gm, make_nq)
+    propagate_shapes(gm, input_shape)
+    _spiking_pools(gm, make_nq)
+    # a fresh GraphModule registers the submodules in forward order
+    gm = fx.GraphModule(gm, gm.graph, class_name=type(module).__name__)
+    gm.train(module.training)
+    propagate_shapes(gm, input_shape)
+    plan(gm)
+    return gm
+
+
+def as_graph(model: nn.Module, input_shape: tuple) -> fx.GraphModule:
+    """``model`` traced with shapes for ``input_shape`` (a captured model is re-shaped, not
+    re-traced): the converter's view of any NQ network."""
+    gm = model if isinstance(model, fx.GraphModule) else trace(model, tuple(input_shape))
+    if gm is model:
+        propagate_shapes(gm, tuple(input_shape))
+    check_nodes(gm)
+    return gm
