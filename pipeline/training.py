@@ -42,6 +42,7 @@ from hardware.kinds import NeuronKind, Readout
 from hardware.runtime.progress import tqdm
 from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
+from models.calibrate import DEFAULT_BATCHES, DEFAULT_PERCENTILE, init_thresholds_from_data
 from models.converter import convert
 
 from .artifacts import CHECKPOINT, TRAIN_STATE, prepare_run_dir, remove_stale_temporaries
@@ -382,10 +383,28 @@ def _check_samples_split(dist: DistContext, sizes: dict[str, int]) -> None:
             raise DistributedError(f"{key}: {size} samples cannot be shared by {dist.world_size} processes")
 
 
+def _thresholds_from_data(cfg: Config, data: DatasetSplits, model: nn.Module, dist: DistContext) -> None:
+    """``nq.init_threshold: auto`` on a fresh start: every λ from :data:`DEFAULT_BATCHES` fixed,
+    seeded batches of the training split (:func:`models.calibrate.init_thresholds_from_data`).
+    A run that resumes keeps the λ of its resume state; a number is used as it is."""
+    state = Path(cfg.run.dir) / TRAIN_STATE
+    if cfg.nq.init_threshold != "auto" or state.exists() or state.is_symlink():
+        return
+    size = min(DEFAULT_BATCHES * cfg.train.batch_size, len(data.train))
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.train.seed + 2))
+    x = torch.stack([data.train[int(i)][0] for i in order[:size]])
+    lambdas = init_thresholds_from_data(model, list(torch.split(x, cfg.train.batch_size)), DEFAULT_PERCENTILE)
+    if dist.is_main:
+        log.info("initial lambda per NQ layer (nq.init_threshold auto: %gth percentile of the positive "
+                 "pre-activations on %d training samples): %s", DEFAULT_PERCENTILE, size,
+                 ", ".join(f"{v:.4g}" for v in lambdas))
+
+
 def _start_session(cfg: Config, data: DatasetSplits, dist: DistContext) -> _Session:
     torch.manual_seed(cfg.train.seed)  # the same initial model on every rank
     model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
-                        cfg.nq.init_threshold, **cfg.activation_kwargs()).to(dist.device)
+                        cfg.nq.start_threshold, **cfg.activation_kwargs()).to(dist.device)
+    _thresholds_from_data(cfg, data, model, dist)  # before DDP, whose wrap gives every rank rank 0's λ
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
