@@ -413,18 +413,21 @@ def _npz_check_sizes(path: Path, headers: dict) -> None:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """The four arrays of an npz dataset, each read only after its header was checked."""
     with open_regular(path, MAX_NPZ_BYTES, "data.root", DatasetError) as fh:
-        key = "the file"
+        magic, key = fh.read(6), "the file"
+        fh.seek(0)
+        if not magic.startswith(b"PK"):   # what numpy.savez writes is a zip archive
+            what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+            raise DatasetError(f"{path}: {what}, not an npz dataset; save one with "
+                               f"numpy.savez(path, {'=..., '.join(NPZ_MEMBERS)}=...)")
         try:
-            npz = np.load(fh, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DatasetError(f"{path}: a single .npy array, not an npz archive; save the "
-                                   f"dataset with numpy.savez(path, {'=..., '.join(NPZ_MEMBERS)}=...)")
-            with npz:
-                headers = {}
+            with np.load(fh, allow_pickle=False) as npz:
+                headers, arrays = {}, {}
                 for key in NPZ_MEMBERS:
                     headers[key] = _npz_header(npz, path, key)
                 _npz_check_sizes(path, headers)
-                return {key: npz[key] for key in NPZ_MEMBERS}
+                for key in NPZ_MEMBERS:
+                    arrays[key] = npz[key]
+                return arrays
         except DatasetError:
             raise
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:

@@ -422,3 +422,209 @@ def test_smallest_accepted_inputs_build():
 
     assert build_model("cnn-small", (1, 4, 4), 10, 4)[-1].in_features == 32
     assert build_model("vgg-small", (1, 8, 8), 10, 4)[-1].in_features == 256
+
+
+# ------------------------------------------------------------------ npz (the user's arrays)
+
+def npz_arrays(n_train=40, n_test=12, shape=(3, 6, 6), k=4, dtype=np.uint8, seed=0):
+    rng = np.random.default_rng(seed)
+    def x(n):
+        return (rng.integers(0, 256, (n, *shape), dtype=np.uint8) if dtype == np.uint8
+                else rng.random((n, *shape)).astype(dtype))
+    return {"x_train": x(n_train), "y_train": np.arange(n_train) % k,
+            "x_test": x(n_test), "y_test": np.arange(n_test) % k}
+
+
+def write_npz(path, compressed=False, **arrays):
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("shape, dtype, compressed", [
+    ((3, 6, 6), np.uint8, False), ((1, 5, 7), np.float32, True), ((10,), np.float64, False)])
+def test_npz_loads_images_or_flat_vectors(tmp_path, shape, dtype, compressed):
+    a = npz_arrays(shape=shape, dtype=dtype)
+    d = load_dataset(data_cfg(name="npz", root=write_npz(tmp_path / "d.npz", compressed, **a)), seed=0)
+    assert d.name == "npz" and d.num_classes == 4 and d.input_shape == shape
+    x, y = d.train.tensors
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and 0 <= x.min() and x.max() <= 1
+    assert len(d.train) + len(d.val) == 40 and len(d.test) == 12
+    assert np.bincount(d.val.tensors[1].numpy()).tolist() == [1, 1, 1, 1]   # stratified
+    scale = 255 if dtype == np.uint8 else 1
+    want = torch.from_numpy(a["x_test"].astype(np.float32) / scale)
+    torch.testing.assert_close(d.test.tensors[0], want, rtol=0, atol=0)
+
+
+def _npz_with(**changes):
+    def make(tmp_path):
+        a = npz_arrays()
+        a.update(changes)
+        return write_npz(tmp_path / "bad.npz", **{k: v for k, v in a.items() if v is not None})
+    return make
+
+
+def _raw_file(data: bytes):
+    def make(tmp_path):
+        (tmp_path / "bad.npz").write_bytes(data)
+        return str(tmp_path / "bad.npz")
+    return make
+
+
+def _single_npy(tmp_path):
+    np.save(tmp_path / "bad.npz", np.zeros(3))
+    (tmp_path / "bad.npz.npy").rename(tmp_path / "bad.npz")
+    return str(tmp_path / "bad.npz")
+
+
+BAD_NPZ = {
+    "missing-member": (_npz_with(y_test=None), "y_test"),
+    "object-array": (_npz_with(y_train=np.array([1, "a"] * 20, dtype=object)), "y_train"),
+    "three-dims": (_npz_with(x_train=np.zeros((40, 6, 6), np.uint8)), "channel axis"),
+    "channel-last": (_npz_with(x_train=np.zeros((40, 6, 6, 3), np.uint8),
+                               x_test=np.zeros((12, 6, 6, 3), np.uint8)), "channel-last"),
+    "int16-pixels": (_npz_with(x_train=np.zeros((40, 3, 6, 6), np.int16)), "int16"),
+    "float-beyond-1": (_npz_with(x_train=np.full((40, 3, 6, 6), 2.5, np.float32),
+                                 x_test=np.zeros((12, 3, 6, 6), np.float32)), r"\[0, 1\]"),
+    "float-nan": (_npz_with(x_train=np.full((40, 3, 6, 6), np.nan, np.float32),
+                            x_test=np.zeros((12, 3, 6, 6), np.float32)), r"\[0, 1\]"),
+    "shape-mismatch": (_npz_with(x_test=np.zeros((12, 3, 5, 5), np.uint8)), "differ"),
+    "no-samples": (_npz_with(x_test=np.zeros((0, 3, 6, 6), np.uint8)), "x_test"),
+    "float-labels": (_npz_with(y_train=np.zeros(40, np.float32)), "integer labels"),
+    "label-count": (_npz_with(y_train=np.arange(39) % 4), "y_train"),
+    "negative-label": (_npz_with(y_test=-np.ones(12, np.int64)), "y_test"),
+    "class-missing": (_npz_with(y_train=np.array([0, 1, 3] * 13 + [0])), "class\\(es\\) 2"),
+    "one-class": (_npz_with(y_train=np.zeros(40, np.int64)), "K >= 2"),
+    "huge-label": (_npz_with(y_train=np.array([0] * 39 + [2**62])), "every one present"),
+    "test-label-unknown": (_npz_with(y_test=np.full(12, 4)), "0..3"),
+    "not-a-zip": (_raw_file(b"hello, not an archive"), "not a zip archive"),
+    "truncated": (lambda p: _raw_file(Path(write_npz(p / "ok.npz", **npz_arrays())).read_bytes()[:-300])(p),
+                  "bad.npz"),
+    "single-npy": (_single_npy, "single .npy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NPZ))
+def test_bad_npz_is_a_one_line_error_naming_file_and_member(tmp_path, case):
+    make, needle = BAD_NPZ[case]
+    with pytest.raises(DatasetError, match=needle) as info:
+        load_dataset(data_cfg(name="npz", root=make(tmp_path)), seed=0)
+    assert "bad.npz" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_absurd_npz_header_is_refused_before_allocation(tmp_path):
+    import io
+    import zipfile
+    arrays = npz_arrays()
+    p = tmp_path / "bad.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        for key, a in arrays.items():
+            buf = io.BytesIO()
+            if key == "x_train":   # a header promising 3 TB, then 16 bytes
+                np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                                           "shape": (10**6, 3, 1000, 1000)})
+                buf.write(bytes(16))
+            else:
+                np.lib.format.write_array(buf, a)
+            z.writestr(key + ".npy", buf.getvalue())
+    box = {}
+
+    def read():
+        with pytest.raises(DatasetError, match="x_train") as ei:
+            load_dataset(data_cfg(name="npz", root=str(p)), seed=0)
+        box["msg"] = str(ei.value)
+    elapsed, peak = fast_and_small(read)
+    assert "limit" in box["msg"] and elapsed < 1 and peak < 10 << 20
+
+
+def test_npz_mean_std_must_fit_the_channels(tmp_path):
+    root = write_npz(tmp_path / "d.npz", **npz_arrays())
+    with pytest.raises(DatasetError, match="3 channel"):
+        load_dataset(data_cfg(name="npz", root=root, mean=[0.5], std=[0.2]), seed=0)
+    d = load_dataset(data_cfg(name="npz", root=root, mean=[0.5] * 3, std=[0.2] * 3), seed=0)
+    assert d.train.tensors[0].max() <= 1   # the data stay [0, 1]: the fold is the model's
+
+
+def test_augmentation_refuses_flat_vectors():
+    from pipeline.data import augment_batch
+    with pytest.raises(DatasetError, match="train.augment"):
+        augment_batch(torch.rand(4, 10), "npz", torch.Generator())
+
+
+# ------------------------------------------------------------------ folder (images per class)
+
+def write_folder(root: Path, classes=("cat", "dog", "ant"), n=(6, 2), modes=("L",), size=(9, 7)):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "test"), n):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                mode = modes[i % len(modes)]
+                shape = size[::-1] + ((3,) if mode == "RGB" else ())
+                img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+                img.save(root / split / c / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return str(root)
+
+
+@pytest.mark.parametrize("modes, channels, want_c", [
+    (("L",), None, 1), (("L", "RGB"), None, 3), (("RGB",), 1, 1), (("L",), 3, 3)])
+def test_folder_loads_sorted_classes_resized(tmp_path, modes, channels, want_c):
+    root = write_folder(tmp_path, modes=modes)
+    d = load_dataset(data_cfg(name="folder", root=root, image_size=5, channels=channels), seed=0)
+    assert d.classes == ("ant", "cat", "dog") and d.num_classes == 3
+    assert d.input_shape == (want_c, 5, 5) and len(d.test) == 6 and len(d.train) + len(d.val) == 18
+    assert d.test.tensors[1].tolist() == [0, 0, 1, 1, 2, 2]
+    x = d.train.tensors[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(x * 255, torch.round(x * 255))
+
+
+def _folder_plant(fn):
+    def make(tmp_path, monkeypatch):
+        root = Path(write_folder(tmp_path / "data"))
+        fn(root, monkeypatch)
+        return str(root)
+    return make
+
+
+def _write(rel, data):
+    return _folder_plant(lambda root, mp: (root / rel).write_bytes(data))
+
+
+def _rmtree(rel):
+    import shutil
+    return _folder_plant(lambda root, mp: shutil.rmtree(root / rel))
+
+
+def _sixteen_bit(root, mp):
+    from PIL import Image
+    Image.fromarray(np.zeros((4, 4), np.uint16)).save(root / "train" / "ant" / "deep.png")
+
+
+BAD_FOLDER = {
+    "no-test": (_rmtree("test"), "no test/"),
+    "class-mismatch": (_folder_plant(lambda root, mp: (root / "test" / "cat").rename(
+        root / "test" / "cow")), "same class"),
+    "empty-class": (_folder_plant(lambda root, mp: [f.unlink() for f in (root / "test" / "dog").iterdir()]),
+                    "no images"),
+    "not-an-image": (_write("train/cat/notes.txt", b"just text"), "not a PNG or JPEG"),
+    "truncated-png": (_folder_plant(lambda root, mp: (root / "train/cat/0.png").write_bytes(
+        (root / "train/cat/0.png").read_bytes()[:40])), "0.png"),
+    "stray-file": (_write("train/README", b"hi"), "README"),
+    "sixteen-bit": (_folder_plant(_sixteen_bit), "8-bit"),
+    "file-too-large": (_folder_plant(lambda root, mp: mp.setattr("pipeline.data.MAX_IMAGE_FILE_BYTES", 60)),
+                       "limit"),
+    "too-many-pixels": (_folder_plant(lambda root, mp: mp.setattr("pipeline.data.MAX_IMAGE_PIXELS", 62)),
+                        "pixel limit"),
+    "too-many-images": (_folder_plant(lambda root, mp: mp.setattr("pipeline.data.MAX_FOLDER_IMAGES", 10)),
+                        "more than 10 images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDER))
+def test_bad_folder_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch, case):
+    make, needle = BAD_FOLDER[case]
+    root = make(tmp_path, monkeypatch)
+    with pytest.raises(DatasetError, match=needle) as info:
+        load_dataset(data_cfg(name="folder", root=root, image_size=4), seed=0)
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
