@@ -1,6 +1,7 @@
 """Bad datasets: IDX files (MNIST format) that are empty, foreign, truncated, absurdly
 sized, gzip bombs or too small for the network; a hostile CIFAR-10 pickle; data.root
-pointing nowhere useful. Stage: ``train`` (the dataset is read before any work)."""
+pointing nowhere useful; the user's npz files and image folders that are malformed,
+hostile or absurdly sized. Stage: ``train`` (the dataset is read before any work)."""
 from __future__ import annotations
 
 import os
@@ -231,15 +232,97 @@ def cifar_cases() -> list[Case]:
             for k, (make, payload) in variants.items()]
 
 
+def _own_data(name: str, make: Callable[[Path], str], **data):
+    """A plant: ``make(inputs)`` writes the user's dataset and returns data.root."""
+    def plant(ws: Workspace) -> Sequence[str]:
+        cfg = yaml.safe_load(ws.config.read_text())
+        cfg["data"] = {"name": name, "root": make(ws.inputs), **data}
+        cfg["model"] = {"arch": "cnn-small"}
+        ws.config.write_text(yaml.safe_dump(cfg))
+        return ()
+    return plant
+
+
+def _npz(**changes):
+    def make(inputs: Path) -> str:
+        rng = np.random.default_rng(0)
+        arrays = {"x_train": rng.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8),
+                  "y_train": np.arange(40) % 4, "x_test": rng.integers(0, 256, (8, 1, 8, 8), dtype=np.uint8),
+                  "y_test": np.arange(8) % 4}
+        arrays.update(changes)
+        np.savez(inputs / "mine.npz", **{k: v for k, v in arrays.items() if v is not None})
+        return str(inputs / "mine.npz")
+    return make
+
+
+def _not_a_zip(inputs: Path) -> str:
+    (inputs / "mine.npz").write_bytes(b"x" * 99)
+    return str(inputs / "mine.npz")
+
+
+def _npz_absurd_header(inputs: Path) -> str:
+    import io
+    import zipfile
+    with zipfile.ZipFile(inputs / "mine.npz", "w") as z:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                                       "shape": (2 ** 40, 3, 224, 224)})
+            z.writestr(key + ".npy", buf.getvalue() + bytes(64))
+    return str(inputs / "mine.npz")
+
+
+def _folder(edit: Callable[[Path], None]):
+    def make(inputs: Path) -> str:
+        from PIL import Image
+        for split in ("train", "test"):
+            for c in ("a", "b"):
+                (inputs / "imgs" / split / c).mkdir(parents=True)
+                for i in range(3):
+                    Image.new("L", (8, 8), 40 * i).save(inputs / "imgs" / split / c / f"{i}.png")
+        edit(inputs / "imgs")
+        return str(inputs / "imgs")
+    return make
+
+
+def own_data_cases() -> list[Case]:
+    payload = lambda ws: np.array([_OpenMarker(ws.marker)] * 40, dtype=object)  # noqa: E731
+    cases = [_case(f"npz-{k}", _own_data("npz", make), needles=("mine.npz",) + extra)
+             for k, (make, extra) in {
+                 "missing-member": (_npz(y_test=None), ("y_test",)),
+                 "channel-last": (_npz(x_train=np.zeros((40, 8, 8, 1), np.uint8),
+                                       x_test=np.zeros((8, 8, 8, 1), np.uint8)), ("channel",)),
+                 "float-out-of-range": (_npz(x_train=np.full((40, 1, 8, 8), 255.0, np.float32),
+                                             x_test=np.zeros((8, 1, 8, 8), np.float32)), ("[0, 1]",)),
+                 "class-missing": (_npz(y_train=np.arange(40) % 4 * (np.arange(40) % 4 != 2)), ("class",)),
+                 "not-a-zip": (_not_a_zip, ("zip",))}.items()]
+    cases.append(Case(id="dataset-npz-pickled-payload", owner="D", stage="train", payload=True,
+                      plant=lambda ws: _own_data("npz", _npz(y_train=payload(ws)))(ws),
+                      needles=("mine.npz", "y_train")))
+    cases.append(_case("npz-absurd-header", _own_data("npz", _npz_absurd_header),
+                       needles=("mine.npz",), bomb=True))
+    cases += [_case(f"folder-{k}", _own_data("folder", _folder(edit), image_size=8), needles=needle)
+              for k, (edit, needle) in {
+                  "empty-class": (lambda r: [f.unlink() for f in (r / "test" / "b").iterdir()], ("b",)),
+                  "not-an-image": (lambda r: (r / "train" / "a" / "x.png").write_bytes(b"GIF89a"),
+                                   ("x.png",)),
+                  "class-mismatch": (lambda r: (r / "test" / "b").rename(r / "test" / "c"), ("class",)),
+              }.items()]
+    cases.append(_case("folder-without-image-size", _own_data("folder", _folder(lambda r: None)),
+                       needles=("data.image_size",), light=True))
+    return cases
+
+
 SLOW = {f"dataset-{k}" for k in (
     f"{TRAIN_IMAGES}-truncated", f"{TRAIN_IMAGES}-is-directory", f"{TRAIN_LABELS}-empty",
     f"{TRAIN_LABELS}-wrong-magic", f"{TRAIN_LABELS}-is-directory", f"{TEST_IMAGES}-empty",
     f"{TEST_IMAGES}-wrong-magic", f"{TEST_IMAGES}-truncated", f"{TEST_LABELS}-wrong-magic",
     f"{TEST_LABELS}-truncated", f"{TEST_LABELS}-is-directory", "labels-255", "ndim-0",
     "too-long-payload", "images-1x1", "root-empty-dir", "root-too-long", "root-missing-fashion",
-    "cifar10-not-a-dict", "cifar10-wrong-data-shape", "cifar10-labels-out-of-range", "cifar10-empty")}
+    "cifar10-not-a-dict", "cifar10-wrong-data-shape", "cifar10-labels-out-of-range", "cifar10-empty",
+    "npz-channel-last", "npz-class-missing", "npz-not-a-zip", "folder-class-mismatch")}
 
 
 def dataset_cases() -> list[Case]:
-    cases = idx_cases() + root_cases() + cifar_cases()
+    cases = idx_cases() + root_cases() + cifar_cases() + own_data_cases()
     return default_run(cases, {c.id for c in cases} - SLOW)
