@@ -292,9 +292,19 @@ class EpochRecord(_Section):
     lr: Optional[float] = None
 
 
+class Pretrained(_Section):
+    """The pretrained ANN (``model.weights``) before NQ fine-tuning: its test and validation accuracy."""
+
+    weights: str
+    sha256: Optional[str] = None
+    ann_test: Fraction
+    ann_val: Fraction
+
+
 class Training(_Section):
     best_epoch: Optional[int] = None
     history: list[EpochRecord] = []
+    pretrained: Optional[Pretrained] = None
 
 
 class Simulator(_Section):

@@ -511,13 +511,20 @@ def _user_layout(path: Path, meta: CheckpointMeta, user: Optional["UserModel"]) 
     if {k: source.get(k) for k in user.identity()} != user.identity():
         raise CheckpointError(f"{path}: the network comes from {_describe(source)}, but the config names "
                               f"{_describe(user.record)}; use the config it was trained with")
-    model = user.rebuilt(tuple(meta.input_shape), meta.levels, meta.activation.model_dump())
+    model = user.rebuilt(tuple(meta.input_shape), meta.levels, meta.activation.model_dump(),
+                         normalization_of(meta.config))
     layers = len(nq_layers(model))
     for field in ("sigma", "lambda_"):
         if len(getattr(meta, field)) != layers:
             raise CheckpointError(f"{path}: field {field.rstrip('_')!r} must hold one number per NQ layer of "
                                   f"the network ({layers})")
     return state_layout(model.state_dict())
+
+
+def normalization_of(config: Mapping[str, Any]) -> Optional[tuple[list, list]]:
+    """``(data.mean, data.std)`` of a config dict (a checkpoint's), or None."""
+    data = config.get("data") or {}
+    return (data["mean"], data["std"]) if data.get("mean") is not None else None
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any], user: Optional["UserModel"] = None) -> nn.Module:
@@ -527,7 +534,8 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], user: Optional["UserModel"] =
         if user is None:
             raise CheckpointError(f"the checkpoint's network comes from {_describe(ckpt['source'])}: "
                                   "pass its user model to rebuild it")
-        model = user.rebuilt(tuple(ckpt["input_shape"]), ckpt["levels"], ckpt["activation"])
+        model = user.rebuilt(tuple(ckpt["input_shape"]), ckpt["levels"], ckpt["activation"],
+                             normalization_of(ckpt["config"]))
     else:
         model = build_model(ckpt["arch"], tuple(ckpt["input_shape"]), ckpt["num_classes"], ckpt["levels"],
                             noise=False, **ckpt["activation"])

@@ -188,6 +188,10 @@ def _training_section(report: dict, png: Optional[Path], run_dir: Path) -> list[
     best_row = next((h for h in hist if h.get("epoch") == best), last)
     lines += [f"{len(hist)} epochs; best epoch {_fmt(best)} (val ANN {_fmt(best_row.get('ann_val'))}, "
               f"val SNN {_fmt(best_row.get('snn_val'))}).", ""]
+    pre = tr.get("pretrained")
+    if pre:
+        lines += [f"Pretrained ANN ({pre['weights']}) before NQ fine-tuning: test {_fmt(pre['ann_test'])}, "
+                  f"validation {_fmt(pre['ann_val'])}.", ""]
     sig, lam = best_row.get("sigma") or [], best_row.get("lambda") or []
     if sig or lam:
         n = max(len(sig), len(lam))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from hardware.analysis.activity import activity_from_sim, save_raster, spiking_layers
 from hardware.analysis.energy import count_macs, energy_estimate
@@ -37,6 +38,7 @@ from .checkpoints import load_checkpoint, model_from_checkpoint
 from .distributed import peer_timeout, process_group
 from .overwrite import check_net_replacement, clear_imported, import_replaces
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
+from .user_model import user_model
 from .training import train as train_model
 
 log = logging.getLogger(__name__)
@@ -167,25 +169,33 @@ def _lava_accuracy(lava_run, labels: np.ndarray, steps: int) -> dict[str, float]
 
 
 # --------------------------------------------------------------------------- train, evaluate, export
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Train; under torchrun with several processes with DDP (:mod:`pipeline.distributed`):
-    every rank trains, rank 0 alone writes the files and the report."""
+def train(cfg: Config, progress: bool = True, module: nn.Module | None = None) -> dict:
+    """Train (the config's network, or the user's ``module`` given by :mod:`pipeline.api`); under
+    torchrun with several processes with DDP (:mod:`pipeline.distributed`): every rank trains,
+    rank 0 alone writes the files and the report."""
     with process_group(peer_timeout(cfg)) as dist:
         run_dir = open_run(cfg)
-        result = train_model(cfg, progress=progress, dist=dist)
+        result = train_model(cfg, progress=progress, dist=dist, module=module)
         if dist.is_main:
-            training = {"best_epoch": result["best_epoch"], "history": result["history"]}
+            training = {"best_epoch": result["best_epoch"], "history": result["history"],
+                        "pretrained": result["pretrained"]}
             run_dir.update_report({"config": cfg.to_dict(), "training": training})
         dist.barrier()  # every rank returns once report.json is complete
     return result
 
 
-def evaluate(cfg: Config, progress: bool = True) -> dict:
+def _trained_model(cfg: Config, run_dir: RunDir, module: nn.Module | None) -> tuple:
+    """(checkpoint, its sha256, the model rebuilt from it): a user's network by the source the
+    config (or ``module``) names, which must be the checkpoint's."""
+    user = user_model(cfg.model, module)
+    ckpt = load_checkpoint(run_dir.checkpoint, user)
+    return ckpt, sha256_of(run_dir.checkpoint), model_from_checkpoint(ckpt, user)
+
+
+def evaluate(cfg: Config, progress: bool = True, module: nn.Module | None = None) -> dict:
     """ANN accuracy (noise off) and float-SNN accuracy at every t ≤ eval.timesteps on the test split."""
     run_dir = open_run(cfg)
-    ckpt = load_checkpoint(run_dir.checkpoint)
-    ckpt_sha = sha256_of(run_dir.checkpoint)
-    model = model_from_checkpoint(ckpt)
+    ckpt, ckpt_sha, model = _trained_model(cfg, run_dir, module)
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
@@ -205,14 +215,16 @@ def _export_provenance(cfg: Config, ckpt: dict, ckpt_sha: str, model) -> dict:
     """What the exported file records about its making: the network is the checkpoint's (its arch
     and levels, whatever the config says now); neuron, readout and quantization are this export's."""
     config = cfg.to_dict()
-    config["model"]["arch"] = ckpt["arch"]
+    if ckpt["arch"] is not None:  # a user's network is the config's (load_checkpoint checked it)
+        config["model"]["arch"] = ckpt["arch"]
     config["nq"]["levels"] = ckpt["levels"]
-    return {"config": config, "checkpoint_sha256": ckpt_sha, "arch": ckpt["arch"], "levels": ckpt["levels"],
+    source = {"source": ckpt["source"]} if ckpt["source"] is not None else {}
+    return {"config": config, "checkpoint_sha256": ckpt_sha, "arch": ckpt["arch"], **source, "levels": ckpt["levels"],
             "ann_macs": count_ann_macs(model, tuple(ckpt["input_shape"])),
             "checkpoint_epoch": ckpt["epoch"], "activation": ckpt["activation"]}
 
 
-def _network_to_export(cfg: Config, run_dir: RunDir) -> tuple:
+def _network_to_export(cfg: Config, run_dir: RunDir, module: nn.Module | None = None) -> tuple:
     """(float IR, provenance, source) of the run directory's one network: the NIR graph ``import``
     wrote (source ``'imported-nir'``) or the trained checkpoint converted with snn.* (``'checkpoint'``)."""
     from hardware.formats.nir import read_nir
@@ -225,9 +237,7 @@ def _network_to_export(cfg: Config, run_dir: RunDir) -> tuple:
         net = read_nir(check_regular(run_dir.imported_nir, MAX_ARTIFACT_BYTES))  # no FIFO, no endless file
         return net, {"config": cfg.to_dict(), "imported_nir_sha256": sha256_of(run_dir.imported_nir)}, \
             "imported-nir"
-    ckpt = load_checkpoint(run_dir.checkpoint)
-    ckpt_sha = sha256_of(run_dir.checkpoint)
-    model = model_from_checkpoint(ckpt)
+    ckpt, ckpt_sha, model = _trained_model(cfg, run_dir, module)
     net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
     return net, _export_provenance(cfg, ckpt, ckpt_sha, model), "checkpoint"
@@ -247,14 +257,14 @@ def _export_nir(run_dir: RunDir, net, provenance: dict, source: str, overwrite: 
     return _sections_written(run_dir, result)
 
 
-def export(cfg: Config, progress: bool = True) -> dict:
+def export(cfg: Config, progress: bool = True, module: nn.Module | None = None) -> dict:
     """The run directory's network (trained checkpoint -> float IR, or the imported NIR graph) ->
     export.format ``net``: Loihi 2 fixed point -> model.net (netx HDF5); ``nir``: model.nir (NIR).
     Every file is written atomically."""
     from hardware.formats.netx import write_net
 
     run_dir = open_run(cfg)
-    net, provenance, source = _network_to_export(cfg, run_dir)
+    net, provenance, source = _network_to_export(cfg, run_dir, module)
     if cfg.export.format == "nir":
         return _export_nir(run_dir, net, provenance, source, cfg.run.overwrite)
     check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
@@ -436,13 +446,16 @@ def report(cfg: Config, progress: bool = True) -> dict:
     return report_stage(cfg, progress)
 
 
-def run_all(cfg: Config, progress: bool = True) -> dict:
-    """train, evaluate, export, run, report; returns the whole report (the CLI prints it)."""
+def run_all(cfg: Config, progress: bool = True, module: nn.Module | None = None) -> dict:
+    """train, evaluate, export, run, report (the network: the config's, or the user's ``module``
+    given by :mod:`pipeline.api`); returns the whole report (the CLI prints it)."""
     started = time.perf_counter()
     open_run(cfg)
     if cfg.run.net:  # checked now, not after training
         check_input_file(cfg.run.net, "run.net")
-    for stage in (train, evaluate, export, run, report):
+    for stage in (train, evaluate, export):
+        stage(cfg, progress, module)
+    for stage in (run, report):
         stage(cfg, progress)
     run_dir = RunDir(Path(cfg.run.dir))
     return run_dir.update_report({"wall_time_s": time.perf_counter() - started}).to_json_dict()

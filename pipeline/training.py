@@ -48,13 +48,14 @@ from models.converter import convert
 from .artifacts import CHECKPOINT, TRAIN_STATE, prepare_run_dir, remove_stale_temporaries
 # re-exported: the checkpoint API lived here before pipeline.checkpoints
 from .checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_from_model,  # noqa: F401
-                          load_checkpoint, load_train_state, model_from_checkpoint, refuse_legacy,
+                          load_checkpoint, load_train_state, model_from_checkpoint, normalization_of, refuse_legacy,
                           save_checkpoint, save_train_state)
 from .config import Config
 from .data import DatasetSplits, augment_batch, load_dataset
 from .distributed import (STREAM_AUGMENT, STREAM_NOISE, DistContext, DistributedError, default_device,
                           derived_seed, peer_timeout, process_group)
 from .overwrite import clear_trained, training_replaces
+from .user_model import Normalized, UserModel, check_outputs, user_model
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,8 @@ class _Session:
     sigma_x: torch.Tensor
     select_set: object
     sampler: Optional[DistributedSampler] = None
+    user: Optional[UserModel] = None  # the user's network's source (None: the registry's)
+    pretrained: Optional[dict] = None  # the pretrained ANN's accuracies before fine-tuning
 
     @property
     def run_dir(self) -> Path:
@@ -400,10 +403,37 @@ def _thresholds_from_data(cfg: Config, data: DatasetSplits, model: nn.Module, di
                  ", ".join(f"{v:.4g}" for v in lambdas))
 
 
-def _start_session(cfg: Config, data: DatasetSplits, dist: DistContext) -> _Session:
+def _initial_network(cfg: Config, data: DatasetSplits, user: Optional[UserModel]) -> tuple[nn.Module, Optional[dict]]:
+    """The NQ network training starts from: the registry's architecture freshly initialised, or the
+    user's module (with its pretrained weights) captured; and, with weights, the pretrained ANN's
+    accuracy on the test and validation splits before any fine-tuning (else None)."""
+    if user is None:
+        return build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
+                           cfg.nq.start_threshold, **cfg.activation_kwargs()), None
+    module = user.pretrained()
+    normalization = normalization_of(cfg.to_dict())
+    # the module as trained: on normalised inputs, which the fold below builds into the network
+    as_trained = Normalized(module, normalization, data.input_shape) if normalization else module
+    check_outputs(as_trained, data.input_shape, data.num_classes, user.name)
+    pretrained = None
+    if user.starts_from is not None:
+        device, batch = torch.device("cpu"), cfg.eval.batch_size
+        pretrained = {"weights": user.starts_from, "sha256": user.record["weights_sha256"],
+                      "ann_test": ann_accuracy(as_trained, data.test, batch, device),
+                      "ann_val": ann_accuracy(as_trained, data.val, batch, device)}
+        log.info("pretrained ANN (%s) before NQ fine-tuning: test %.4f, validation %.4f", user.starts_from,
+                 pretrained["ann_test"], pretrained["ann_val"])
+    model = user.nq_network(module, data.input_shape, levels=cfg.nq.levels, noise=cfg.nq.noise,
+                            init_threshold=cfg.nq.start_threshold, normalization=normalization,
+                            **cfg.activation_kwargs())
+    return model, pretrained
+
+
+def _start_session(cfg: Config, data: DatasetSplits, dist: DistContext,
+                   user: Optional[UserModel] = None) -> _Session:
     torch.manual_seed(cfg.train.seed)  # the same initial model on every rank
-    model = build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
-                        cfg.nq.start_threshold, **cfg.activation_kwargs()).to(dist.device)
+    model, pretrained = _initial_network(cfg, data, user)
+    model = model.to(dist.device)
     _thresholds_from_data(cfg, data, model, dist)  # before DDP, whose wrap gives every rank rank 0's λ
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
@@ -413,17 +443,21 @@ def _start_session(cfg: Config, data: DatasetSplits, dist: DistContext) -> _Sess
     _check_samples_split(dist, {"nq.sigma_samples": len(sigma_x), "train.select_samples": len(select_set),
                                 "data.val_fraction": len(data.val)})
     if not dist.distributed:
-        return _Session(cfg, data, dist, model, model, optimizer, scheduler, sigma_x, select_set)
+        return _Session(cfg, data, dist, model, model, optimizer, scheduler, sigma_x, select_set,
+                        user=user, pretrained=pretrained)
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None  # None: the CPU
     trainable = DistributedDataParallel(model, device_ids=device_ids)
     sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=False)
-    return _Session(cfg, data, dist, model, trainable, optimizer, scheduler, sigma_x, select_set, sampler)
+    return _Session(cfg, data, dist, model, trainable, optimizer, scheduler, sigma_x, select_set, sampler,
+                    user, pretrained)
 
 
 def train(cfg: Config, progress: bool = True, data: DatasetSplits | None = None,
-          dist: DistContext | None = None) -> dict:
-    """Train (or resume) the NQ ANN described by ``cfg``; returns the best epoch's metrics.
+          dist: DistContext | None = None, module: nn.Module | None = None) -> dict:
+    """Train (or resume) the NQ ANN described by ``cfg`` (or the user's ``module``, given by
+    :mod:`pipeline.api`); returns the best epoch's metrics (and ``pretrained``: the pretrained
+    ANN's accuracies, or None).
 
     ``dist``: this process's part in a multi-process run; None: from torchrun's environment
     variables (:func:`pipeline.distributed.process_group`), a single process without them.
@@ -431,11 +465,11 @@ def train(cfg: Config, progress: bool = True, data: DatasetSplits | None = None,
     progress, and every rank returns only once they are complete."""
     if dist is None:
         with process_group(peer_timeout(cfg)) as dist:
-            return train(cfg, progress, data, dist)
+            return train(cfg, progress, data, dist, module)
     _check_batch_split(cfg, dist)
     run_dir = _prepare_run_dir(cfg, dist)
     data = data or load_dataset(cfg.data, seed=cfg.train.seed)
-    s = _start_session(cfg, data, dist)
+    s = _start_session(cfg, data, dist, user_model(cfg.model, module))
     history, best, start_epoch = _resume(s)
     progress = progress and dist.is_main
     bar = tqdm(range(start_epoch, cfg.train.epochs), desc="epochs", disable=not progress,
@@ -458,7 +492,7 @@ def train(cfg: Config, progress: bool = True, data: DatasetSplits | None = None,
     if dist.is_main:
         _finish_checkpoint(s, history)
     dist.barrier()
-    return {"best_epoch": best.get("epoch"), "best": best, "history": history}
+    return {"best_epoch": best.get("epoch"), "best": best, "history": history, "pretrained": s.pretrained}
 
 
 def _run_epoch(s: _Session, epoch: int, progress: bool) -> dict:
@@ -503,13 +537,13 @@ def _finish_checkpoint(s: _Session, history: list) -> None:
     if not path.exists():
         save_checkpoint(path, _checkpoint(s, history[-1] if history else {}, history))
         return
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, s.user)
     ckpt["history"] = history
     save_checkpoint(path, ckpt)
 
 
 def _checkpoint(s: _Session, record: dict, history: list) -> dict:
-    return checkpoint_from_model(s.model, config=s.cfg.to_dict(), arch=s.cfg.arch,
+    return checkpoint_from_model(s.model, config=s.cfg.to_dict(), arch=None if s.user else s.cfg.arch,
                                  input_shape=s.data.input_shape, num_classes=s.data.num_classes,
                                  levels=s.cfg.nq.levels, record=record, history=history,
-                                 activation=s.cfg.activation_kwargs())
+                                 activation=s.cfg.activation_kwargs(), source=s.user and s.user.record)

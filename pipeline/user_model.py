@@ -20,17 +20,24 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from hardware.errors import ToolkitError
+from models.capture import capture
+from models.normalize import fold_input_normalization
 
 from .artifacts import sha256_of
 from .checkpoints import CheckpointError, read_tensor_file, state_layout
+
+
+#: ``(data.mean, data.std)``: the per-channel input normalisation a pretrained module expects
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 
 class UserModelError(ToolkitError, ValueError):
@@ -87,11 +94,21 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
 
 @dataclass(frozen=True)
 class UserModel:
-    """A source of the user's module: ``make()`` returns a fresh copy, without the weights."""
+    """A source of the user's module: ``make()`` returns a fresh copy, without ``weights``.
+    ``starts_from`` names the pretrained weights fine-tuning starts from (``model.weights``, or
+    the object's own), None for a fresh init."""
 
     record: dict[str, Any]
     make: Callable[[], nn.Module] = field(repr=False)
     weights: Optional[Path] = None
+    starts_from: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The source as the config names it (for messages)."""
+        record = self.record
+        return (f"model.factory {record['factory']}" if record["factory"] else
+                f"model.onnx {record['onnx']}" if record["onnx"] else f"the model object {record['object']}")
 
     def identity(self) -> dict[str, Any]:
         """What must be equal for a checkpoint to be rebuilt by this source (not the weights:
@@ -106,16 +123,39 @@ class UserModel:
         return module
 
     def nq_network(self, module: nn.Module, input_shape: tuple, *, levels: int, noise: bool = True,
-                   init_threshold: float = 8.0, **activation) -> nn.Module:
-        """``module`` captured into the NQ network (operations checked, activations NQ)."""
-        from models.capture import capture
+                   init_threshold: float = 8.0, normalization: Optional[Normalization] = None,
+                   **activation) -> nn.Module:
+        """``module`` captured into the NQ network (operations checked, activations NQ), with the
+        input normalisation ``(mean, std)`` folded into its first layers: it takes [0, 1] pixels."""
+        model = capture(module, tuple(input_shape), levels=levels, noise=noise, init_threshold=init_threshold,
+                        **activation)
+        if normalization is not None:
+            fold_input_normalization(model, *normalization)
+        return model
 
-        return capture(module, tuple(input_shape), levels=levels, noise=noise, init_threshold=init_threshold,
-                       **activation)
-
-    def rebuilt(self, input_shape: tuple, levels: int, activation: Mapping[str, Any]) -> nn.Module:
+    def rebuilt(self, input_shape: tuple, levels: int, activation: Mapping[str, Any],
+                normalization: Optional[Normalization] = None) -> nn.Module:
         """The NQ network a checkpoint of this source holds, freshly initialised (noise off)."""
-        return self.nq_network(self.make(), input_shape, levels=levels, noise=False, **activation)
+        with warnings.catch_warnings():  # what capture and the fold warn about was said at training
+            warnings.simplefilter("ignore", UserWarning)
+            return self.nq_network(self.make(), input_shape, levels=levels, noise=False,
+                                   normalization=normalization, **activation)
+
+
+class Normalized(nn.Module):
+    """``module((x - mean) / std)``: a pretrained module on the [0, 1] data, as it was trained."""
+
+    def __init__(self, module: nn.Module, normalization: Normalization, input_shape: tuple):
+        super().__init__()
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in normalization)
+        if len(input_shape) == 1:  # k values cover F/k features each
+            mean, std = (v.repeat_interleave(input_shape[0] // len(v)) for v in (mean, std))
+        else:
+            mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        self.module, self.mean, self.std = module, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module((x - self.mean) / self.std)
 
 
 def _record(**fields: Any) -> dict[str, Any]:
@@ -128,7 +168,7 @@ def from_factory(spec: str, kwargs: Mapping[str, Any], weights: Optional[str] = 
     """The user model ``model.factory`` / ``model.kwargs`` / ``model.weights`` describe."""
     weights_sha = _sha256(weights, "model.weights") if weights else None
     return UserModel(_record(factory=spec, kwargs=dict(kwargs), weights=weights, weights_sha256=weights_sha),
-                     lambda: call_factory(spec, kwargs), Path(weights) if weights else None)
+                     lambda: call_factory(spec, kwargs), Path(weights) if weights else None, weights)
 
 
 def from_onnx(path: str) -> UserModel:
@@ -148,7 +188,7 @@ def from_object(module: nn.Module) -> UserModel:
     if not isinstance(module, nn.Module):
         raise UserModelError(f"the model must be a torch nn.Module, got {type(module).__name__}")
     name = f"{type(module).__module__}.{type(module).__qualname__}"
-    return UserModel(_record(object=name), lambda: copy.deepcopy(module))
+    return UserModel(_record(object=name), lambda: copy.deepcopy(module), starts_from=f"the weights of the {name}")
 
 
 def _sha256(path: str, key: str) -> str:
