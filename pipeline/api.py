@@ -86,8 +86,8 @@ def configure(run_dir: Union[str, Path], train: Any, test: Any, *, config: Optio
     x_train, y_train = _as_arrays(train, "train")
     x_test, y_test = _as_arrays(test, "test")
     pipeline_stages.open_run(cfg)  # run.dir checked and created before anything is written
-    with atomic_path(Path(cfg.data.root), suffix=".npz") as tmp:
-        np.savez(tmp, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    with atomic_path(Path(cfg.data.root)) as tmp, open(tmp, "wb") as fh:  # a file: savez adds no suffix
+        np.savez(fh, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return cfg
 
 
