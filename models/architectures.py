@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import fx, nn
 
 from hardware.errors import ToolkitError
 from hardware.ir import conv_output_size
@@ -244,7 +244,11 @@ def _build_resnet(plan: ResNetPlan, input_shape: tuple, shapes: list, num_classe
 
 
 def nq_layers(model: nn.Module) -> list[NQActivation]:
-    """The model's NQ activations in module order (= forward order, = the IR's spiking layers)."""
+    """The model's NQ activations in forward order (= the IR's spiking layers): a captured
+    GraphModule's in call order, a registry model's in module order (which is forward order)."""
+    if isinstance(model, fx.GraphModule):
+        calls = [model.get_submodule(n.target) for n in model.graph.nodes if n.op == "call_module"]
+        return [m for m in calls if isinstance(m, NQActivation)]
     return [m for m in model.modules() if isinstance(m, NQActivation)]
 
 

@@ -7,7 +7,7 @@ ReLU / ReLU6 / Hardtanh(0, x) / clamp(min=0) / F.relu / torch.relu become
 module gets ``<name>_1``; a function call ``<module path>.nq_<node>``), MaxPool2d becomes
 AvgPool2d (warned), Dropout and Identity are dropped, and an average pooling that would
 not fold exactly into what reads it gets its own NQ activation ``<pool>_nq`` (it becomes
-a spiking layer). Shapes come from a zero input (ShapeProp).
+a spiking layer). Shapes come from a zero input.
 
 The IR's layers (:func:`plan`) are the NQ activations in forward order plus the output
 (the readout). Each one's pre-activation is a sum of terms, one per path from an earlier
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from hardware.errors import IRError
 
@@ -57,7 +56,8 @@ METHODS = {"relu": "act", "relu_": "act", "clamp": "act", "clamp_min": "act", "a
            "view": "flatten", "reshape": "flatten", "flatten": "flatten", "size": "aux",
            "contiguous": "drop"}
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_HERE = os.path.dirname(os.path.abspath(__file__))
+#: this package's own frames are never the user's line (architectures.py's are: the registry)
+_OWN = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), f) for f in ("capture.py", "converter.py"))
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -65,7 +65,7 @@ def user_line(node: fx.Node) -> str:
     """``file:line`` of the innermost frame of the user's code that made ``node``."""
     frames = _FRAME.findall(node.stack_trace or "")
     for path, line in reversed(frames):
-        if not path.startswith(_TORCH_DIR) and os.path.dirname(os.path.abspath(path)) != _HERE:
+        if not path.startswith(_TORCH_DIR) and os.path.abspath(path) not in _OWN:
             return f"{path}:{line}"
     return "an unknown line"
 
@@ -145,14 +145,13 @@ def _trace_failure(error: Exception) -> str:
     """The user's ``file:line`` where tracing failed (e.g. a data-dependent ``if``)."""
     import traceback
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if not frame.filename.startswith(_TORCH_DIR) and \
-                os.path.dirname(os.path.abspath(frame.filename)) != _HERE:
+        if not frame.filename.startswith(_TORCH_DIR) and os.path.abspath(frame.filename) not in _OWN:
             return f"{frame.filename}:{frame.lineno}"
     return "an unknown line"
 
 
 def trace(module: nn.Module, input_shape: tuple) -> fx.GraphModule:
-    """``module`` as a GraphModule with shapes (``node.meta['tensor_meta']``) for one
+    """``module`` as a GraphModule with shapes (:func:`shape_of`) for one
     ``input_shape`` sample; an untraceable forward is a :class:`CaptureError`."""
     try:
         graph = _Tracer().trace(module)
@@ -173,7 +172,7 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: tuple) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(1, *input_shape, dtype=dtype))
+            _Shapes(gm).propagate(torch.zeros(1, *input_shape, dtype=dtype))
     except CaptureError:
         raise
     except Exception as e:
@@ -183,11 +182,21 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: tuple) -> None:
         gm.train(was_training)
 
 
+class _Shapes(fx.Interpreter):
+    """Records each node's output shape (``Interpreter.run`` is avoided: its progress bar
+    fixes the multiprocessing start method before Lava sets its own)."""
+
+    def propagate(self, x: torch.Tensor) -> None:
+        self.env, self.args_iter = {}, iter([x])
+        for node in self.module.graph.nodes:
+            self.env[node] = self.run_node(node)
+            shape = getattr(self.env[node], "shape", None)
+            node.meta["shape"] = None if shape is None else tuple(int(s) for s in shape[1:])
+
+
 def shape_of(node) -> tuple | None:
     """(C, H, W) or (N,) of a tensor node (without the batch axis); None for non-tensors."""
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
-    return None if shape is None else tuple(int(s) for s in shape[1:])
+    return node.meta.get("shape") if isinstance(node, fx.Node) else None
 
 
 # --------------------------------------------------------------------------

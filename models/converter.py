@@ -1,45 +1,48 @@
-"""ANN -> SNN IR conversion (:func:`convert`): every fold is exact linear algebra.
+"""ANN -> SNN IR conversion (:func:`convert`) of an NQ network: every fold is exact.
 
-* Batch-norm after a conv/linear layer: ``W' = W · γ/√(var+ε)`` per output channel,
-  ``b' = (b − μ) · γ/√(var+ε) + β``.
-* Spikes are binary, so a spike of layer l stands for θ_l (its NQ activation's λ): the
-  next layer's weights are multiplied by θ_l.
-* Ph×Pw average pooling (stride = kernel) before a k×k conv (stride s, padding p,
-  dilation 1) is one conv with kernel ``kron(W, 1_{Ph×Pw}) / (Ph·Pw)``, stride sP and
-  padding pP (the pooled map must divide by P). Before flatten + linear, each weight is
-  spread over its pooling window (pixels the pooling's floor drops get weight 0).
-* Residual block (:class:`models.architectures.ResidualBlock`) whose input is the spikes
-  of IR layer ``src``: conv1 → Conv (``fold(W1, BN1) · θ_in``, threshold λ_1); conv2 →
-  Conv (``fold(W2, BN2) · θ_1``, threshold λ_out) with one extra input
-  ``Projection(source=src)``: ``θ_in · I`` for an identity shortcut, else the shortcut's
-  1×1 conv with its BN folded (× θ_in; its bias joins conv2's). A block reading the
-  network input directly, or right after pooling or flatten, is refused.
+The network is a captured GraphModule (:func:`models.capture.capture`) or a registry
+model (traced here); :func:`models.capture.plan` lists its spiking layers and, per layer,
+the terms that sum into its pre-activation. Each term becomes one synapse on its
+source's spikes: the main synapse (from the previous layer) or an extra input
+(:class:`hardware.ir.Projection`, e.g. a residual shortcut or a concatenated branch).
+
+* Batch-norm after a conv/linear: ``W' = W · γ/√(var+ε)``, ``b' = (b − μ) · γ/√(var+ε) + β``.
+* A spike of layer l stands for θ_l (its NQ λ): the synapses it feeds are × θ_l.
+* Ph×Pw average pooling (stride = kernel) before a k×k conv (stride s, padding p) is
+  one conv of kernel ``kron(W, 1_{Ph×Pw}) / (Ph·Pw)``, stride sP, padding pP (the map
+  must divide by P). Before a Linear, any linear reshaping (pooling of any kind,
+  flatten, view, cat) is folded into its weights: non-overlapping pools by spreading each
+  weight over its window (pixels the floor drops get 0), others by the exact adjoint.
+* A term without a weighted op is an identity (θ·I, 1×1) or pooling (θ·I ⊗ window
+  average) synapse; ``torch.cat`` before a weighted op splits its input channels, after
+  it places its output channels. Extra inputs' biases join the layer's.
 * The last layer is a plain Linear: ``readout='potential'`` (the paper's) makes it the
-  non-firing integrator :func:`hardware.ir.readout_neuron`; ``readout='spikes'`` a
-  spiking layer of threshold ``output_threshold``.
-* ``cuba`` drive shift (:data:`models.nq.CUBA_SHIFTS`): θ/(2T) per step (``half-bias``)
-  added to a hidden layer's bias; a cuba-matched activation brings its own shift and T,
-  a QCFS-trained model may be shifted at conversion (``cuba_shift``, ``shift_timesteps``).
+  integrator :func:`hardware.ir.readout_neuron`, ``'spikes'`` a layer of threshold
+  ``output_threshold``.
+* ``cuba`` drive shift (:data:`models.nq.CUBA_SHIFTS`): θ/(2T) added to a hidden bias
+  (``half-bias``); a cuba-matched activation brings its own, a QCFS one takes
+  ``cuba_shift`` and ``shift_timesteps`` here.
 
 :func:`ir_quantized_forward` (the IR's float forward with the model's activation) equals
-the ANN's forward with noise off, residual nets included.
+the ANN's forward with noise off.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from hardware.ir import (READOUTS, Conv, Dense, Flatten, Input, IRError, Network, Neuron, Projection,
                          readout_neuron)
 from hardware.kinds import Readout
 from hardware.spec import LOIHI2
 
-from .architectures import ResidualBlock
+from .architectures import nq_layers
+from .capture import (Term, TermParts, Unit, as_graph, conv_pool, fail, kind, plan, pool_geometry,
+                      shape_of, structured_pool, term_parts)
 from .nq import CUBA_SHIFTS, NQActivation, cuba_shift_offset, cuba_spike_count
 
 
@@ -58,36 +61,31 @@ def _neuron(kind: str, threshold: float) -> Neuron:
                   bias_exp=LOIHI2.netx_bias_exp)
 
 
-def _layer_neuron(index: int | str, module: nn.Module, nq: NQActivation | None, is_output: bool, neuron: str,
-                  readout: str, output_threshold: float | None) -> tuple[float, Neuron]:
-    """(θ, neuron) of a conv/linear layer: hidden layers take their NQ activation's λ; the
-    output layer (a plain Linear) is the readout integrator or a spiking vote layer."""
-    if nq is None and not is_output:
-        raise IRError(f"module {index} ({type(module).__name__}) is not followed by an NQ activation")
-    if nq is not None and is_output:
-        raise IRError("the last layer has an NQ activation; the paper's output layer is a plain "
-                      "Linear (rebuild the model with models.architectures.build_model)")
-    if is_output:
+def _layer_neuron(label: str, nq: NQActivation | None, neuron: str, readout: str,
+                  output_threshold: float | None) -> tuple[float, Neuron]:
+    """(θ, neuron) of a layer: a hidden layer takes its NQ activation's λ; the output layer
+    (``nq`` None) is the readout integrator or a spiking vote layer."""
+    if nq is None:
         if readout == "potential":
             return math.inf, readout_neuron(False)
         return float(output_threshold), _neuron(neuron, float(output_threshold))
     threshold = float(nq.threshold.detach())
     if threshold <= 0:
-        raise IRError(f"module {index}: learned threshold λ = {threshold} is not positive")
+        raise IRError(f"{label}: learned threshold λ = {threshold} is not positive")
     return threshold, _neuron(neuron, threshold)
 
 
-def _layer_shift(index: int | str, nq: NQActivation, neuron: str, cuba_shift: str | None,
+def _layer_shift(label: str, nq: NQActivation, neuron: str, cuba_shift: str | None,
                  shift_timesteps: int | None) -> tuple[str, int | None]:
     """(shift, T) of a hidden layer's cuba drive offset: a cuba-matched activation's own,
     else ``cuba_shift`` (default ``none``) at ``shift_timesteps``."""
     if nq.activation == "cuba-matched":
         if neuron != "cuba":
-            raise IRError(f"module {index}: the activation is matched to the stock cuba neuron; "
+            raise IRError(f"{label}: the activation is matched to the stock cuba neuron; "
                           f"converting it to {neuron!r} neurons would not reproduce the ANN "
                           f"(convert with neuron='cuba')")
         if cuba_shift is not None and cuba_shift != nq.shift:
-            raise IRError(f"module {index}: cuba_shift {cuba_shift!r} differs from the shift "
+            raise IRError(f"{label}: cuba_shift {cuba_shift!r} differs from the shift "
                           f"{nq.shift!r} the activation was trained with")
         return nq.shift, nq.timesteps
     shift = "none" if cuba_shift is None else cuba_shift
@@ -102,27 +100,17 @@ def _layer_shift(index: int | str, nq: NQActivation, neuron: str, cuba_shift: st
     return shift, shift_timesteps
 
 
-def _shift_metadata(model: nn.Sequential, neuron: str, cuba_shift, shift_timesteps) -> dict:
+def _shift_metadata(model: nn.Module, neuron: str, cuba_shift, shift_timesteps) -> dict:
     """What the hidden layers' activation and drive shift were (provenance for the IR)."""
-    layers = [m for m in model.modules() if isinstance(m, NQActivation)]
+    layers = nq_layers(model)
     if not layers:
         return {}
-    shift, steps = _layer_shift(0, layers[0], neuron, cuba_shift, shift_timesteps)
+    shift, steps = _layer_shift("module 0", layers[0], neuron, cuba_shift, shift_timesteps)
     if layers[0].activation == "qcfs" and shift == "none":
         return {}
     return {"ann_activation": layers[0].activation, "cuba_shift": shift, "cuba_timesteps": steps}
 
 
-@dataclass
-class _Walk:
-    """Where the conversion stands in the module list."""
-
-    shape: tuple                 # shape of the current activation (after pending pooling)
-    pre_pool_shape: tuple        # shape before the pending pooling
-    spike_scale: float = 1.0     # value one input unit stands for (θ of the previous layer)
-    pool: tuple = (1, 1)         # pending average-pool factor per axis (height, width)
-    flatten_pending: bool = False
-    layers: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,12 +122,30 @@ class _Conversion:
     shift_timesteps: int | None
 
 
-def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
+@dataclass
+class _Synapse:
+    """One term as weights on its source's spikes (float64); ``bias`` None for an identity."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    conv: bool
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    def projection(self, source: str) -> Projection:
+        if not self.conv:
+            return Projection(source=source, weight=self.weight.numpy(), kind="dense")
+        return Projection(source=source, weight=self.weight.numpy(), kind="conv", stride=self.stride,
+                          padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+def convert(model: nn.Module, input_shape: tuple, neuron: str = "if_soft",
             metadata: dict | None = None, readout: Readout = "potential",
             output_threshold: float | None = None, cuba_shift: str | None = None,
             shift_timesteps: int | None = None) -> Network:
-    """Fold a trained NQ ``nn.Sequential`` (see :mod:`models.architectures`, residual nets
-    included) into a float IR.
+    """Fold a trained NQ network (a captured GraphModule or a registry model) into a float IR.
 
     ``readout``/``output_threshold``: how the final plain Linear is read (module docstring).
     ``cuba_shift``/``shift_timesteps``: the drive offset folded into the hidden biases of a
@@ -148,48 +154,54 @@ def convert(model: nn.Sequential, input_shape: tuple, neuron: str = "if_soft",
     """
     _check_readout(readout, output_threshold)
     options = _Conversion(neuron, cuba_shift, shift_timesteps)
-    modules = list(model)
-    walk = _Walk(shape=tuple(input_shape), pre_pool_shape=tuple(input_shape))
-    index = 0
-    while index < len(modules):
-        module = modules[index]
-        if isinstance(module, nn.AvgPool2d):
-            _absorb_pool(walk, module, index)
-            index += 1
-            continue
-        if isinstance(module, nn.Flatten):
-            walk.flatten_pending = True
-            index += 1
-            continue
-        if isinstance(module, ResidualBlock):
-            _residual_layers(walk, module, index, options, last=index == len(modules) - 1)
-            index += 1
-            continue
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            raise IRError(f"module {index} ({type(module).__name__}) cannot be converted")
-        bn, nq, j = _followers(modules, index)
-        weight, bias = _fold_bn(module.weight, module.bias, bn)
-        weight = weight * walk.spike_scale
-        threshold, layer_neuron = _layer_neuron(index, module, nq, j == len(modules), neuron, readout,
-                                                output_threshold)
-        if nq is not None:
-            bias = bias + _drive_shift(index, nq, threshold, options)
-        name = f"{'conv' if isinstance(module, nn.Conv2d) else 'dense'}{len(walk.layers)}"
-        make = _conv_layer if isinstance(module, nn.Conv2d) else _dense_layer
-        layer = make(walk, module, index, weight, bias, layer_neuron, name)
-        walk.layers.append(layer)
-        walk.pool = (1, 1)
-        walk.spike_scale = threshold
-        walk.shape = layer.output_shape((int(np.prod(walk.shape)),) if isinstance(layer, Dense) else walk.shape)
-        index = j
-    if walk.pool != (1, 1) or walk.flatten_pending:
-        raise IRError("the network ends with pooling or flatten; the last layer must be a plain Linear")
-    provenance = {**_shift_metadata(model, neuron, cuba_shift, shift_timesteps), **(metadata or {})}
-    return Network(input=Input(shape=tuple(input_shape)), layers=walk.layers, integer=False,
+    gm = as_graph(model, tuple(input_shape))
+    source = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    done = {source: ("input", 1.0, tuple(input_shape))}  # node -> (IR name, θ, output shape)
+    layers: list = []
+    for unit in plan(gm):
+        _append_layer(gm, unit, done, layers, options, readout, output_threshold)
+    provenance = {**_shift_metadata(gm, neuron, cuba_shift, shift_timesteps), **(metadata or {})}
+    return Network(input=Input(shape=tuple(input_shape)), layers=layers, integer=False,
                    metadata=provenance, readout=readout)
 
 
-def _drive_shift(label: int | str, nq: NQActivation, threshold: float, options: _Conversion):
+def _label(gm: fx.GraphModule, unit: Unit) -> str:
+    """``module <name>`` of a layer: its main weighted module, else its activation."""
+    weighted = term_parts(gm, unit.terms[0]).weighted
+    node = weighted if weighted is not None else unit.node
+    return f"module {node.target}" if node.op == "call_module" else f"layer {node.name}"
+
+
+def _append_layer(gm: fx.GraphModule, unit: Unit, done: dict, layers: list, options: _Conversion,
+                  readout: str, output_threshold) -> None:
+    """The IR layer of ``unit``: its main synapse, its extra inputs, θ and bias."""
+    label = _label(gm, unit)
+    threshold, layer_neuron = _layer_neuron(label, unit.nq, options.neuron, readout, output_threshold)
+    conv = len(unit.shape) == 3
+    name = f"{'conv' if conv else 'dense'}{len(layers)}"
+    main, *extras = [(_synapse(gm, t, done[t.source], conv), done[t.source][0]) for t in unit.terms]
+    if not conv and len(done[unit.terms[0].source][2]) == 3:
+        layers.append(Flatten(name=f"flatten{len(layers)}"))
+    synapse = main[0]
+    bias = synapse.bias if synapse.bias is not None else torch.zeros(unit.shape[0], dtype=torch.float64)
+    for extra, _source in extras:
+        if extra.bias is not None:
+            bias = bias + extra.bias
+    if unit.nq is not None:
+        bias = bias + _drive_shift(label, unit.nq, threshold, options)
+    projections = tuple(extra.projection(source) for extra, source in extras)
+    if conv:
+        layer = Conv(weight=synapse.weight.numpy(), bias=bias.numpy(), neuron=layer_neuron,
+                     stride=synapse.stride, padding=synapse.padding, dilation=synapse.dilation,
+                     groups=synapse.groups, name=name, extra_inputs=projections)
+    else:
+        layer = Dense(weight=synapse.weight.numpy(), bias=bias.numpy(), neuron=layer_neuron, name=name,
+                      extra_inputs=projections)
+    layers.append(layer)
+    done[unit.node] = (name, threshold, unit.shape)
+
+
+def _drive_shift(label: str, nq: NQActivation, threshold: float, options: _Conversion):
     """The cuba drive offset a hidden layer's bias takes (0 without a shift)."""
     shift, steps = _layer_shift(label, nq, options.neuron, options.cuba_shift, options.shift_timesteps)
     return cuba_shift_offset(threshold, steps, shift) if shift != "none" else 0.0
@@ -202,157 +214,154 @@ def _check_readout(readout: str, output_threshold: float | None) -> None:
         raise IRError("a spike-count readout needs a positive output_threshold for the output layer")
 
 
-def _pair(value) -> tuple:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def _synapse(gm: fx.GraphModule, term: Term, source: tuple, conv: bool) -> _Synapse:
+    """``term`` as weights on the spikes of ``source`` = (IR name, θ, output shape)."""
+    _name, scale, source_shape = source
+    parts = term_parts(gm, term)
+    if parts.weighted is None:
+        return _identity_synapse(gm, parts, scale, source_shape, conv)
+    module = gm.get_submodule(parts.weighted.target)
+    bn = gm.get_submodule(parts.bn.target) if parts.bn is not None else None
+    weight, bias = _fold_bn(module.weight, module.bias, bn)
+    weight = weight * scale
+    if isinstance(module, nn.Conv2d):
+        synapse = _conv_synapse(gm, parts, module, weight, bias, source_shape)
+    else:
+        synapse = _Synapse(_dense_weight(gm, parts, weight, source_shape), bias, conv=False)
+    for _node, (offset, width, total) in parts.post:  # a cat after the weighted op
+        synapse.weight = _place_rows(synapse.weight, offset, total)
+        synapse.bias = _place_rows(synapse.bias, offset, total)
+    return synapse
 
 
-def _absorb_pool(walk: _Walk, module: nn.AvgPool2d, index: int) -> None:
-    """Average pooling is linear: remember it and fold it into the next weighted layer."""
-    kernel, stride = _pair(module.kernel_size), _pair(module.stride)
-    if kernel != stride or _pair(module.padding) != (0, 0) or module.ceil_mode \
-            or module.divisor_override is not None:
-        raise IRError(f"module {index}: only non-overlapping, unpadded average pooling (floor mode, "
-                      f"no divisor override) folds exactly")
-    if walk.pool == (1, 1):
-        walk.pre_pool_shape = walk.shape
-    walk.pool = (walk.pool[0] * kernel[0], walk.pool[1] * kernel[1])
-    walk.shape = (walk.shape[0], walk.shape[1] // kernel[0], walk.shape[2] // kernel[1])
-    if walk.shape[1] < 1 or walk.shape[2] < 1:
-        raise IRError(f"module {index}: a {kernel[0]}×{kernel[1]} pooling does not fit the "
-                      f"{walk.pre_pool_shape} map")
+def _place_rows(value: torch.Tensor, offset: int, total: int) -> torch.Tensor:
+    """``value``'s rows (output channels) at ``offset`` of ``total`` zero rows."""
+    out = torch.zeros((total,) + tuple(value.shape[1:]), dtype=value.dtype)
+    out[offset:offset + value.shape[0]] = value
+    return out
 
 
-def _followers(modules: list, index: int) -> tuple:
-    """(BatchNorm or None, NQActivation or None, index after them) following ``modules[index]``."""
-    bn = nq = None
-    j = index + 1
-    if j < len(modules) and isinstance(modules[j], (nn.BatchNorm2d, nn.BatchNorm1d)):
-        bn = modules[j]
-        j += 1
-    if j < len(modules) and isinstance(modules[j], NQActivation):
-        nq = modules[j]
-        j += 1
-    return bn, nq, j
+def _pools(gm: fx.GraphModule, ops: tuple) -> list:
+    return [(gm.get_submodule(n.target), shape_of(n.args[0]), n) for n, _ in ops if kind(gm, n) == "pool"]
 
 
-def _conv_layer(walk: _Walk, module: nn.Conv2d, index: int, weight, bias, neuron: Neuron, name: str) -> Conv:
-    """The conv layer, with pending pooling folded in (kernel spread over the pooled window,
-    stride and padding scaled by the pooling factor)."""
-    if walk.flatten_pending:
-        raise IRError(f"module {index}: conv after flatten")
+def _pool_factor(gm: fx.GraphModule, pools: list) -> tuple | None:
+    """The one non-overlapping pooling that ``pools`` compose to (kernel = stride), or None
+    when one of them overlaps, pads or rounds up."""
+    factor = (1, 1)
+    for module, in_shape, _node in pools:
+        if not structured_pool(module, in_shape):
+            return None
+        kernel = pool_geometry(module, in_shape)[0]
+        factor = (factor[0] * kernel[0], factor[1] * kernel[1])
+    return factor
+
+
+def _conv_synapse(gm: fx.GraphModule, parts: TermParts, module: nn.Conv2d, weight, bias,
+                  source_shape: tuple) -> _Synapse:
+    """A conv with its input-channel slice (cats before it) and the pooling before it
+    folded in (kernel spread over the pooled window, stride and padding × the factor)."""
     stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
-    ph, pw = walk.pool
+    for node, slot in reversed(parts.pre):
+        if slot is not None:
+            if module.groups != 1:
+                raise fail(node, gm, "a concatenation folds only into an ungrouped conv")
+            weight = weight[:, slot[0]:slot[0] + slot[1]]
+    pools = _pools(gm, parts.pre)
+    factor = _pool_factor(gm, pools)
+    where = f"module {parts.weighted.target}"
+    if factor is None:
+        raise fail(pools[0][2], gm, "only non-overlapping, unpadded average pooling (floor mode) "
+                                    "folds into a conv")
+    ph, pw = factor
     if (ph, pw) != (1, 1):
         if dilation != (1, 1) or module.groups != 1:
-            raise IRError(f"module {index}: pooling folds only into an undilated, ungrouped conv")
-        if walk.pre_pool_shape[1] % ph or walk.pre_pool_shape[2] % pw:
-            raise IRError(f"module {index}: pooled map {walk.pre_pool_shape[1:]} is not divisible by "
-                          f"the pooling factor {_factor(walk.pool)}; the fold would not be exact")
+            raise IRError(f"{where}: pooling folds only into an undilated, ungrouped conv")
+        if source_shape[1] % ph or source_shape[2] % pw:
+            raise IRError(f"{where}: pooled map {source_shape[1:]} is not divisible by the pooling "
+                          f"factor {ph if ph == pw else (ph, pw)}; the fold would not be exact")
         weight = torch.kron(weight, torch.ones(1, 1, ph, pw, dtype=weight.dtype)) / (ph * pw)
         stride = (stride[0] * ph, stride[1] * pw)
         padding = (padding[0] * ph, padding[1] * pw)
-        walk.shape = walk.pre_pool_shape
-    return Conv(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, stride=stride, padding=padding,
-                dilation=dilation, groups=module.groups, name=name)
+    return _Synapse(weight, bias, True, stride, padding, dilation, module.groups)
 
 
-def _factor(pool: tuple):
-    """A pooling factor as the user wrote it: P for square P×P, else (Ph, Pw)."""
-    return pool[0] if pool[0] == pool[1] else pool
+def _dense_weight(gm: fx.GraphModule, parts: TermParts, weight, source_shape: tuple):
+    """A Linear's weight on its source's flattened spikes: non-overlapping pooling spread
+    over its windows (pixels the floor drops get 0), any other reshaping by its adjoint."""
+    pools = _pools(gm, parts.pre)
+    factor = _pool_factor(gm, pools)
+    if factor is None or any(slot is not None for _n, slot in parts.pre):
+        return _pullback(gm, parts.pre, weight, source_shape)
+    if factor == (1, 1):
+        return weight
+    (ph, pw), (c, h, w) = factor, source_shape
+    oh, ow = h // ph, w // pw
+    grid = weight.view(weight.shape[0], c, oh, ow)
+    spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
+    spread[:, :, :oh * ph, :ow * pw] = grid.repeat_interleave(ph, 2).repeat_interleave(pw, 3)
+    return (spread / (ph * pw)).reshape(weight.shape[0], -1)
 
 
-def _dense_layer(walk: _Walk, module: nn.Linear, index: int, weight, bias, neuron: Neuron, name: str) -> Dense:
-    """The dense layer, after a Flatten layer if one is pending, with pending pooling folded
-    in (each weight spread over its pooled window; pixels the pooling dropped get zero)."""
-    if walk.flatten_pending:
-        walk.layers.append(Flatten(name=f"flatten{len(walk.layers)}"))
-        walk.flatten_pending = False
-        if walk.pool != (1, 1):
-            (ph, pw), (c, h, w) = walk.pool, walk.pre_pool_shape
-            oh, ow = walk.shape[1], walk.shape[2]
-            grid = weight.view(weight.shape[0], c, oh, ow)
-            spread = torch.zeros(weight.shape[0], c, h, w, dtype=weight.dtype)
-            spread[:, :, :oh * ph, :ow * pw] = grid.repeat_interleave(ph, 2).repeat_interleave(pw, 3)
-            weight = (spread / (ph * pw)).reshape(weight.shape[0], -1)
-            walk.shape = walk.pre_pool_shape
-    elif walk.pool != (1, 1):
-        raise IRError(f"module {index}: pooling before a linear layer needs a flatten in between")
-    return Dense(weight=weight.numpy(), bias=bias.numpy(), neuron=neuron, name=name)
+def _apply_ops(gm: fx.GraphModule, ops: tuple, x: torch.Tensor) -> torch.Tensor:
+    """The linear reshaping ``ops`` (pooling, flatten, cat as zero-padded channels) on ``x``."""
+    for node, slot in ops:
+        if slot is not None:
+            offset, width, total = slot
+            pad = (offset, total - offset - width)
+            x = F.pad(x, (0, 0, 0, 0) + pad if x.dim() == 4 else pad)
+        elif kind(gm, node) == "flatten":
+            x = x.flatten(1)
+        else:
+            x = gm.get_submodule(node.target)(x)
+    return x.flatten(1)
 
 
-def _residual_layers(walk: _Walk, block: ResidualBlock, index: int, options: _Conversion,
-                     last: bool) -> None:
-    """Append a residual block's two IR layers (module docstring): conv1, then conv2 with
-    the shortcut as an extra input from the block's input layer."""
-    where = f"module {index} (residual block)"
-    if last:
-        raise IRError(f"{where} ends the network; the last layer must be a plain Linear (the "
-                      f"readout), after global average pooling and flatten")
-    if not walk.layers:
-        raise IRError(f"{where}: the block reads the network input directly, but its shortcut needs "
-                      f"the spikes of an earlier spiking layer; put a conv-BN-NQ stem before the "
-                      f"first residual block")
-    if walk.pool != (1, 1) or walk.flatten_pending:
-        raise IRError(f"{where}: {'average pooling' if walk.pool != (1, 1) else 'a flatten'} right "
-                      f"before a residual block does not fold: the shortcut reads the previous "
-                      f"layer's spikes as they are (pool after the block instead)")
-    source = walk.layers[-1]
-    if not isinstance(source, Conv):
-        raise IRError(f"{where}: the block's input must be a conv layer's (C, H, W) spikes, not "
-                      f"{type(source).__name__} {source.name!r}")
-    theta_in = walk.spike_scale
-    conv1 = _block_conv(f"{index}.conv1", block.conv1, block.bn1, block.nq1, theta_in, options,
-                        name=f"conv{len(walk.layers)}")
-    walk.layers.append(conv1)
-    walk.shape = conv1.output_shape(walk.shape)
-    theta_1 = float(conv1.neuron.threshold)
-    projection, shortcut_bias = _shortcut(where, block, source, theta_in)
-    conv2 = _block_conv(f"{index}.conv2", block.conv2, block.bn2, block.nq_out, theta_1, options,
-                        name=f"conv{len(walk.layers)}", extra_bias=shortcut_bias, extra_inputs=(projection,))
-    walk.layers.append(conv2)
-    walk.shape = conv2.output_shape(walk.shape)
-    walk.spike_scale = float(conv2.neuron.threshold)
+def _pullback(gm: fx.GraphModule, ops: tuple, weight: torch.Tensor, source_shape: tuple,
+              rows: int = 256) -> torch.Tensor:
+    """``weight ∘ ops`` as a matrix on the flattened source: the adjoint of the linear map
+    ``ops`` applied to each row of ``weight`` (exact; in blocks of ``rows``)."""
+    blocks = []
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start:start + rows]
+        x = torch.zeros((block.shape[0],) + tuple(source_shape), dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            y = _apply_ops(gm, ops, x)
+            if y.shape[1] != block.shape[1]:
+                raise IRError(f"a reshaping gives {y.shape[1]} features, the Linear takes {block.shape[1]}")
+            (grad,) = torch.autograd.grad((y * block).sum(), x)
+        blocks.append(grad.flatten(1))
+    return torch.cat(blocks)
 
 
-def _block_conv(label: str, module, bn, nq, spike_scale: float, options: _Conversion, *,
-                name: str, extra_bias=None, extra_inputs: tuple = ()) -> Conv:
-    """A conv of a residual block: BN folded, × the θ of its input spikes, the NQ's λ as
-    threshold, the cuba drive shift (and a projection shortcut's folded BN bias) in the bias."""
-    if not isinstance(module, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) \
-            or not isinstance(nq, NQActivation):
-        raise IRError(f"module {label}: expected Conv2d, BatchNorm2d and NQActivation, got "
-                      f"{type(module).__name__}, {type(bn).__name__}, {type(nq).__name__}")
-    weight, bias = _fold_bn(module.weight, module.bias, bn)
-    threshold, neuron = _layer_neuron(label, module, nq, False, options.neuron, "potential", None)
-    if extra_bias is not None:
-        bias = bias + extra_bias
-    bias = bias + _drive_shift(label, nq, threshold, options)
-    return Conv(weight=(weight * spike_scale).numpy(), bias=bias.numpy(), neuron=neuron,
-                stride=tuple(module.stride), padding=tuple(module.padding), dilation=tuple(module.dilation),
-                groups=module.groups, name=name, extra_inputs=extra_inputs)
-
-
-def _shortcut(where: str, block: ResidualBlock, source: Conv, theta_in: float):
-    """(Projection from ``source``, bias it adds to the receiving layer or None) of the
-    block's shortcut: θ_in·I for the identity, the folded 1×1 conv-BN × θ_in otherwise."""
-    shortcut = list(block.shortcut)
-    if not shortcut:
-        channels = block.conv2.out_channels
-        eye = torch.eye(channels, dtype=torch.float64).view(channels, channels, 1, 1)
-        return Projection(source=source.name, weight=(eye * theta_in).numpy()), None
-    if len(shortcut) != 2 or not isinstance(shortcut[0], nn.Conv2d) \
-            or not isinstance(shortcut[1], nn.BatchNorm2d):
-        raise IRError(f"{where}: the shortcut must be the identity (an empty nn.Sequential) or "
-                      f"nn.Sequential(Conv2d, BatchNorm2d), got "
-                      f"{', '.join(type(m).__name__ for m in shortcut)}")
-    conv, bn = shortcut
-    weight, bias = _fold_bn(conv.weight, conv.bias, bn)
-    projection = Projection(source=source.name, weight=(weight * theta_in).numpy(), kind="conv",
-                            stride=tuple(conv.stride), padding=tuple(conv.padding),
-                            dilation=tuple(conv.dilation), groups=conv.groups)
-    return projection, bias
-
-
+def _identity_synapse(gm: fx.GraphModule, parts: TermParts, scale: float, source_shape: tuple,
+                      conv: bool) -> _Synapse:
+    """A term without weights: θ·I (1×1 conv), the pooling as a conv of θ·I ⊗ window average,
+    cats placing it among the receiving channels; into a dense layer, its adjoint."""
+    if not conv:
+        out = int(torch.Size(shape_of(parts.pre[-1][0]) if parts.pre else source_shape).numel())
+        return _Synapse(_pullback(gm, parts.pre, torch.eye(out, dtype=torch.float64) * scale,
+                                  source_shape), None, conv=False)
+    channels = source_shape[0]
+    weight = torch.eye(channels, dtype=torch.float64).view(channels, channels, 1, 1) * scale
+    pools = _pools(gm, parts.pre)
+    stride = padding = (0, 0)
+    factor = _pool_factor(gm, pools)
+    if factor is not None and factor != (1, 1):
+        kernel = stride = factor
+    elif len(pools) == 1 and conv_pool(pools[0][0], pools[0][1]):
+        kernel, stride, padding = pool_geometry(pools[0][0], pools[0][1])
+    elif pools:
+        raise fail(pools[-1][2], gm, "two poolings in a row that are not both non-overlapping do "
+                                     "not compose into one convolution")
+    else:
+        kernel, stride = (1, 1), (1, 1)
+    if kernel != (1, 1):
+        weight = torch.kron(weight, torch.ones(1, 1, *kernel, dtype=weight.dtype)) / (kernel[0] * kernel[1])
+    for _node, slot in parts.pre:
+        if slot is not None:
+            weight = _place_rows(weight, slot[0], slot[2])
+    return _Synapse(weight, None, True, tuple(stride), tuple(padding))
 def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation: str = "qcfs",
                          timesteps: int | None = None) -> torch.Tensor:
     """The IR's float forward with the ANN's activations: the function it was folded from.
@@ -403,50 +412,28 @@ def _synapse_forward(layer, q: torch.Tensor, with_bias: bool) -> torch.Tensor:
     return h if b is None else h + b
 
 
-def _ann_weighted_units(model: nn.Module) -> list[list[nn.Module]]:
-    """The ANN's conv/linear modules grouped as the IR's weighted layers: one per module,
-    except that a residual block's projection-shortcut conv joins the block's conv2 (the
-    IR layer that receives it). ``modules()`` yields a block's conv2 before its shortcut."""
-    units: list[list[nn.Module]] = []
-    unit_of: dict[int, list] = {}     # id(module) -> its unit
-    receiver: dict[int, nn.Module] = {}  # id(shortcut conv) -> the block's conv2
-    for module in model.modules():
-        if isinstance(module, ResidualBlock):
-            receiver.update({id(m): module.conv2 for m in module.shortcut})
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            if id(module) in receiver:
-                unit_of[id(receiver[id(module)])].append(module)
-            else:
-                units.append([module])
-                unit_of[id(module)] = units[-1]
-    return units
-
-
 @torch.no_grad()
 def count_ann_macs(model: nn.Module, input_shape: tuple) -> list[int]:
     """Multiply-accumulates per IR weighted layer of the ANN itself (before pooling is
-    folded into larger kernels, which would overstate the ANN's cost). A residual block's
-    1×1 projection shortcut counts with the block's conv2, which receives it in the IR;
-    an identity shortcut is an addition, not a multiply-accumulate, and counts 0."""
-    macs: dict[int, int] = {}
-
-    def hook(module, _inputs, output):
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[id(module)] = per_output * output[0].numel()
-        else:
-            macs[id(module)] = module.in_features * module.out_features
-    units = _ann_weighted_units(model)
-    hooks = [m.register_forward_hook(hook) for unit in units for m in unit]
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return [sum(macs[id(m)] for m in unit) for unit in units]
+    folded into larger kernels, which would overstate the ANN's cost): the conv/linear
+    modules whose terms sum into that layer, e.g. a residual block's conv2 and its 1×1
+    projection shortcut; an identity shortcut is an addition and counts 0."""
+    gm = as_graph(model, tuple(input_shape))
+    macs = []
+    for unit in plan(gm):
+        total = 0
+        for term in unit.terms:
+            node = term_parts(gm, term).weighted
+            if node is None:
+                continue
+            module = gm.get_submodule(node.target)
+            if isinstance(module, nn.Conv2d):
+                per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                total += per_output * int(torch.Size(shape_of(node)).numel())
+            else:
+                total += module.in_features * module.out_features
+        macs.append(total)
+    return macs
 
 
 __all__ = ["convert", "ir_quantized_forward", "count_ann_macs"]

@@ -196,35 +196,42 @@ def _head(channels, side):
 
 def test_block_straight_after_the_input_is_refused():
     model = nn.Sequential(ResidualBlock(1, 4, 1, 4), *_head(4, 6)).eval()
-    with pytest.raises(IRError, match=r"module 0 \(residual block\).*network input.*stem"):
-        convert(model, (1, 6, 6))
-
-
-def test_pooling_or_flatten_right_before_a_block_is_refused():
-    model = nn.Sequential(*_stem(), nn.AvgPool2d(2), ResidualBlock(4, 4, 1, 4), *_head(4, 3)).eval()
-    with pytest.raises(IRError, match=r"module 4 \(residual block\): average pooling right before"):
+    with pytest.raises(IRError, match=r"module '0.nq_out'.*architectures.py:\d+: reads the network "
+                                      r"input directly.*stem"):
         convert(model, (1, 6, 6))
 
 
 def test_block_ending_the_network_is_refused():
     model = nn.Sequential(*_stem(), ResidualBlock(4, 4, 1, 4)).eval()
-    with pytest.raises(IRError, match=r"module 3 \(residual block\) ends the network.*plain Linear"):
+    with pytest.raises(IRError, match=r"module '3.nq_out'.*ends the network.*plain Linear"):
         convert(model, (1, 6, 6))
 
 
-def test_foreign_shortcut_is_refused():
+def _equal_forward(model: nn.Module, shape: tuple) -> None:
+    model = _randomise(model, 5)
+    x = torch.rand(8, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(ir_quantized_forward(convert(model, shape), x, 4), expected,
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_pooling_right_before_a_block_folds_into_both_branches():
+    """conv1 takes the pooling in its kernel; the identity shortcut becomes the pooling as a
+    stride-2 conv of θ·I ⊗ 1/4 from the stem."""
+    model = nn.Sequential(*_stem(), nn.AvgPool2d(2), ResidualBlock(4, 4, 1, 4), *_head(4, 3))
+    _equal_forward(model, (1, 6, 6))
+    proj = convert(model, (1, 6, 6)).layers[2].extra_inputs[0]
+    assert proj.weight.shape == (4, 4, 2, 2) and tuple(proj.stride) == (2, 2)
+
+
+def test_any_conv_shortcut_and_an_overlapping_global_pool_fold():
     block = ResidualBlock(4, 8, 2, 4)
-    block.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False))  # no BN
-    model = nn.Sequential(*_stem(), block, *_head(8, 3)).eval()
-    with pytest.raises(IRError, match="shortcut must be the identity"):
-        convert(model, (1, 6, 6))
-
-
-def test_overlapping_global_pool_is_refused():
-    model = nn.Sequential(*_stem(), ResidualBlock(4, 4, 1, 4), nn.AvgPool2d(3, stride=1), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 3)).eval()
-    with pytest.raises(IRError, match="non-overlapping"):
-        convert(model, (1, 6, 6))
+    block.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=True))  # no BN
+    _equal_forward(nn.Sequential(*_stem(), block, *_head(8, 3)), (1, 6, 6))
+    # an overlapping pooling before flatten + Linear folds into the Linear by its adjoint
+    _equal_forward(nn.Sequential(*_stem(), ResidualBlock(4, 4, 1, 4), nn.AvgPool2d(3, stride=1),
+                                 nn.Flatten(), nn.Linear(4 * 4 * 4, 3)), (1, 6, 6))
 
 
 # ------------------------------------------------------------------ training
