@@ -3,6 +3,7 @@ same function; damaged, unsupported and oversized files are refused in one line 
 from __future__ import annotations
 
 import operator
+import warnings
 
 import pytest
 import torch
@@ -21,15 +22,18 @@ class Residual(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.body = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 2, 1)
         self.clip = nn.ReLU6()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 3)
+        self.fc = nn.Linear(6, 3)
 
     def forward(self, x):
         a = torch.relu(self.stem(x))
-        b = self.clip(self.body(a)) + a
-        return self.fc(self.pool(torch.cat([a, b], 1)).view(x.shape[0], -1))
+        b = torch.relu(self.conv2(torch.relu(self.conv1(a))) + a)
+        c = torch.cat([b, self.clip(self.conv3(b))], 1)
+        return self.fc(self.pool(c).view(x.shape[0], -1))
 
 
 def small_cnn() -> nn.Module:
@@ -72,15 +76,19 @@ def test_plain_torch_operations_and_names(tmp_path):
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in module.modules())
 
 
-def test_capture_takes_the_module(tmp_path):
+@pytest.mark.parametrize("build", [small_cnn, Residual])
+def test_capture_takes_the_module(tmp_path, build):
     capture = pytest.importorskip("models.capture")
-    x = torch.rand(2, 1, 8, 8)
-    module = module_from_onnx(exported(small_cnn(), tmp_path / "m.onnx", x))
-    with pytest.warns(UserWarning):  # MaxPool2d becomes average pooling
-        gm = capture.capture(module, (1, 8, 8), levels=4)
     from models.converter import convert
+    module = module_from_onnx(exported(build(), tmp_path / "m.onnx", torch.rand(2, 1, 8, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MaxPool2d becomes average pooling, said in a warning
+        gm = capture.capture(module, (1, 8, 8), levels=4, noise=False)
     net = convert(gm, (1, 8, 8), "if_soft")
-    assert len(net.layers) >= 2
+    from hardware import ir
+    relus = sum(isinstance(m, (nn.ReLU, nn.Hardtanh)) for m in module.modules())
+    weighted = [layer for layer in net.layers if isinstance(layer, (ir.Conv, ir.Dense))]
+    assert len(weighted) == relus + 1  # a spiking layer per activation, and the readout
 
 
 class Unsupported(nn.Module):
