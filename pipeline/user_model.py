@@ -58,6 +58,8 @@ def import_factory(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise UserModelError(f"model.factory {spec}: importing {module_name} raised {_one_line(exc)}") from None
         raise UserModelError(f"model.factory {spec}: no module named {exc.name!r} (run from the directory "
                              f"that holds it, or put it on PYTHONPATH)") from None
     except Exception as exc:  # the user's module ran and failed: any exception at all
