@@ -175,3 +175,19 @@ def test_a_registry_checkpoint_is_not_rebuilt_as_a_user_network(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["source"] is None
     with pytest.raises(CheckpointError, match="holds the registry's cnn-small, but the config names"):
         load_checkpoint(tmp_path / CHECKPOINT, from_factory(FACTORY, {}))
+
+
+def test_normalisation_is_folded_and_the_checkpoint_rebuilds_with_it(tmp_path, user_package):
+    """data.mean/std: the pretrained module is measured on normalised inputs, the NQ network takes
+    [0, 1] pixels (a bias-free first layer gains a bias) and evaluate rebuilds it with the fold."""
+    module = user_package("""
+        from torch import nn
+        def build():
+            return nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+        """)
+    cfg = Config.from_dict({}, [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [
+        f"run.dir={tmp_path / 'run'}", f"model.factory={module}:build", "data.mean=[0.5]", "data.std=[0.25]"])
+    result = stages.train(cfg, progress=False)
+    ckpt = load_checkpoint(cfg.run_dir / CHECKPOINT, user_model(cfg.model))
+    assert "0.bias" in ckpt["state_dict"] and result["history"]
+    assert stages.evaluate(cfg, progress=False)["accuracy"]["ann"] >= 0.0

@@ -348,6 +348,85 @@ def _launch_cases() -> list[Case]:
     return cases
 
 
+#: a user's factory module, written into the workspace (the CLI's working directory) as usernets.py
+USER_NETS = """from torch import nn
+def build(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU(), nn.Flatten(), nn.Linear(width * 36, 10))
+def broken(**kw):
+    raise RuntimeError("the factory broke")
+def not_a_module(**kw):
+    return 42
+"""
+
+
+def with_user_nets(*overrides: str, weights: Callable[[], dict] | None = None,
+                   weights_bytes: bytes | None = None) -> Callable[[Workspace], Sequence[str]]:
+    """A plant: the tiny config, usernets.py beside it, optionally a weights file, and ``overrides``."""
+    def plant(ws: Workspace) -> Sequence[str]:
+        ws.write_config()
+        (ws.root / "usernets.py").write_text(USER_NETS)
+        if weights is not None or weights_bytes is not None:
+            from safetensors.torch import save_file
+            path = ws.root / "weights.safetensors"
+            if weights_bytes is not None:
+                path.write_bytes(weights_bytes)
+            else:
+                save_file(weights(), str(path))
+        return overrides
+    return plant
+
+
+def _user_state(drop: str = "", add: str = "") -> Callable[[], dict]:
+    def make() -> dict:
+        import torch
+        state = {"0.weight": torch.zeros(4, 1, 3, 3), "0.bias": torch.zeros(4), "3.weight": torch.zeros(10, 144),
+                 "3.bias": torch.zeros(10)}
+        state.pop(drop, None)
+        return {**state, **({add: torch.zeros(1)} if add else {})}
+    return make
+
+
+def _pickled_state() -> bytes:
+    import io
+
+    import torch
+    buffer = io.BytesIO()
+    torch.save(_user_state()(), buffer)
+    return buffer.getvalue()
+
+
+def _model_source_cases() -> list[Case]:
+    factory = "model.factory=usernets:build"
+    light = {  # refused while the config is read
+        "factory-malformed": (set_key("model", "factory", "usernets"), "model.factory"),
+        "factory-and-arch": (mutated(lambda c, ws: c.setdefault("model", {}).update(
+            factory="usernets:build", arch="vgg16")), "model.arch"),
+        "kwargs-without-factory": (set_key("model", "kwargs", {"width": 3}), "model.kwargs"),
+        "kwargs-nested-mapping": (with_user_nets(factory, "model.kwargs={width: {a: 1}}"), "model.kwargs"),
+        "weights-without-factory": (set_key("model", "weights", "w.safetensors"), "model.weights"),
+    }
+    cases = [_config_case(f"model-{name}", plant, needles=(needle,)) for name, (plant, needle) in light.items()]
+    weights = "model.weights=weights.safetensors"
+    staged = {  # refused by train, after the heavy imports
+        "factory-missing-module": (with_user_nets("model.factory=nowhere_nets:build"), ("model.factory", "nowhere")),
+        "factory-missing-function": (with_user_nets("model.factory=usernets:nothing"), ("model.factory", "nothing")),
+        "factory-raises": (with_user_nets("model.factory=usernets:broken"), ("model.factory", "RuntimeError")),
+        "factory-not-a-module": (with_user_nets("model.factory=usernets:not_a_module"), ("model.factory", "int")),
+        "factory-unknown-kwarg": (with_user_nets(factory, "model.kwargs={depth: 3}"), ("model.factory", "TypeError")),
+        "weights-missing-file": (with_user_nets(factory, weights), ("model.weights", "no such file")),
+        "weights-missing-key": (with_user_nets(factory, weights, weights=_user_state(drop="3.bias")),
+                                ("model.weights", "missing")),
+        "weights-unexpected-key": (with_user_nets(factory, weights, weights=_user_state(add="4.weight")),
+                                   ("model.weights", "unexpected")),
+        "weights-torch-pickle": (with_user_nets(factory, weights, weights_bytes=_pickled_state()),
+                                 ("model.weights", "never loaded")),
+        "weights-truncated": (with_user_nets(factory, weights, weights_bytes=b"\x08\0\0\0\0\0\0\0{}"),
+                              ("model.weights",)),
+    }
+    return cases + [_config_case(f"model-{name}", plant, needles=needles, light=False)
+                    for name, (plant, needles) in staged.items()]
+
+
 def config_cases() -> list[Case]:
     cases = [_config_case(f"syntax-{k}", text_config(v), payload="MARKER" in v)
              for k, v in SYNTAX.items()]
@@ -362,4 +441,5 @@ def config_cases() -> list[Case]:
     cases += _config_path_cases()
     cases += [_override_case(k, v) for k, v in OVERRIDES.items()]
     cases += _launch_cases()
+    cases += _model_source_cases()
     return cases
