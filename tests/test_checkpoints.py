@@ -295,7 +295,18 @@ DOC = {
     "history a dict": lambda d: d.update(history={}),
 }
 
+#: a user network's source that names code to run (a checkpoint never runs what it names)
+FORGED_SOURCE = {"factory": "os:system", "kwargs": {"command": "touch forged-source-ran"}, "onnx": None,
+                 "onnx_sha256": None, "object": None, "weights": None, "weights_sha256": None}
+
 CHECKPOINT_DOC = {
+    "source naming code, without arch": lambda d: d.update(arch=None, source=FORGED_SOURCE),
+    "source beside arch": lambda d: d.update(source=FORGED_SOURCE),
+    "source of two origins": lambda d: d.update(arch=None, source={**FORGED_SOURCE, "object": "x.Net"}),
+    "source kwargs a list": lambda d: d.update(arch=None, source={**FORGED_SOURCE, "kwargs": [1]}),
+    "source sha256 not hex": lambda d: d.update(arch=None, source={**FORGED_SOURCE, "weights_sha256": "x" * 64}),
+    "source with an unknown field": lambda d: d.update(arch=None, source={**FORGED_SOURCE, "code": "x"}),
+    "input_shape flat for arch": lambda d: d.update(input_shape=[64]),
     "unknown arch": lambda d: d.update(arch="resnet9000"),
     "arch none": lambda d: d.update(arch=None),
     "other arch (shapes differ)": lambda d: d.update(arch="vgg-small", sigma=[0.0] * 6,
@@ -440,6 +451,7 @@ def test_bad_metadata_or_tensors_are_refused(tmp_path, kind, doc_fn, tensors_fn)
     ("checkpoint", CHECKPOINT_DOC["lambda 0"], "'lambda.0'"),
     ("checkpoint", CHECKPOINT_DOC["activation unknown"], "'activation.activation'"),
     ("checkpoint", CHECKPOINT_DOC["input_shape too small for arch"], "'input_shape'"),
+    ("checkpoint", CHECKPOINT_DOC["source kwargs a list"], "'source.kwargs'"),
     ("checkpoint", DOC["epoch float"], "'epoch'"),
     ("train_state", STATE_DOC["best without snn_val"], "'best.snn_val'"),
     ("train_state", STATE_DOC["history shorter than epoch"], "'history'"),
