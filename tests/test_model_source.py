@@ -191,3 +191,19 @@ def test_normalisation_is_folded_and_the_checkpoint_rebuilds_with_it(tmp_path, u
     ckpt = load_checkpoint(cfg.run_dir / CHECKPOINT, user_model(cfg.model))
     assert "0.bias" in ckpt["state_dict"] and result["history"]
     assert stages.evaluate(cfg, progress=False)["accuracy"]["ann"] >= 0.0
+
+
+def test_an_onnx_network_trains_and_rebuilds_by_its_sha256(tmp_path):
+    pytest.importorskip("onnx2torch")
+    module = call_factory(FACTORY, {"width": 4}).eval()
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(module, torch.rand(2, 1, 8, 8), str(onnx_path))
+    cfg = Config.from_dict({}, [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [
+        f"run.dir={tmp_path / 'run'}", f"model.onnx={onnx_path}"])
+    stages.train(cfg, progress=False)
+    source = load_checkpoint(cfg.run_dir / CHECKPOINT, user_model(cfg.model))["source"]
+    assert source["onnx"] == str(onnx_path) and len(source["onnx_sha256"]) == 64
+    assert stages.export(cfg, progress=False)["export"]["source"] == "checkpoint"
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")  # another file under the same name
+    with pytest.raises(CheckpointError, match="comes from model.onnx"):
+        load_checkpoint(cfg.run_dir / CHECKPOINT, user_model(cfg.model))
