@@ -17,7 +17,8 @@ dataset (same checks; the validation split is held out of ``train``).
 
 ``config``: a deploy.yaml to start from (None: the defaults); ``overrides``: ``{"section.key":
 value}`` or ``["section.key=value"]``, as ``--set``. ``stages``: which stages to run, in order.
-The result is the run's report (report.json as a dict).
+The result is the run's report (report.json as a dict). Training starts afresh: a run_dir
+that already holds a trained network is refused (the config cannot tell the objects apart).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from . import stages as pipeline_stages
-from .artifacts import atomic_path
+from .artifacts import CHECKPOINT, TRAIN_STATE, ArtifactError, atomic_path
 from .config import Config, load_config
 from .data import DatasetError
 from .user_model import from_object
@@ -100,6 +101,10 @@ def deploy(model: nn.Module, train: Any, test: Any, *, run_dir: Union[str, Path]
         raise ValueError(f"api.deploy: unknown stage(s) {', '.join(map(repr, unknown))}; "
                          f"stages are {', '.join(STAGES)}")
     from_object(model)  # a non-module is refused before the data is written
+    trained = [name for name in (CHECKPOINT, TRAIN_STATE) if (Path(run_dir) / name).exists()]
+    if "train" in stages and trained:  # the config cannot tell this object and data from the last ones
+        raise ArtifactError(f"api.deploy trains afresh, but {run_dir} already holds {', '.join(trained)} "
+                            f"(of an earlier call): pick a new run_dir or delete it")
     cfg = configure(run_dir, train, test, config=config, overrides=overrides)
     if tuple(stages) == STAGES:
         return pipeline_stages.run_all(cfg, progress, module=model)

@@ -3,8 +3,8 @@
 Two files per run directory (names in :mod:`pipeline.artifacts`):
 
 * ``checkpoint.safetensors``: the best epoch's model (its ``state_dict``) and, as JSON, the
-  config, architecture, input shape, classes, levels, epoch, output threshold, σ and λ per
-  NQ layer, metrics, history and the hidden layers' activation;
+  config, architecture (or a user network's ``source``), input shape, classes, levels, epoch,
+  output threshold, σ and λ per NQ layer, metrics, history and the hidden layers' activation;
 * ``train_state.safetensors``: the resume point, rewritten after every epoch: model tensors
   (``model/<name>``), SGD momentum buffers (``optimizer/<param index>/<key>``), the torch
   RNG state (``torch_rng``, uint8) and, as JSON, the epoch, history, best record, config,
@@ -17,7 +17,8 @@ bare model, so the tensor names are those of a single-process run (no ``module.`
 Reading never unpickles and never runs code: the header is parsed here and checked for size,
 kind, version and fields, and the tensor names, dtypes and shapes are compared with the model
 that would be built (on the ``meta`` device, so an absurd shape allocates nothing) before any
-tensor is read; non-finite tensors are refused. Every problem is a one-line
+tensor is read; non-finite tensors are refused. A user's network is rebuilt by the source the
+caller's config names (:mod:`pipeline.user_model`), only if it is the one the file records. Every problem is a one-line
 :class:`CheckpointError` naming the file (and the field). The torch-pickle files of older
 versions (``checkpoint.pt``, ``train_state.pt``) are recognised only to be refused.
 """

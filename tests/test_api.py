@@ -84,5 +84,8 @@ def test_bad_calls_are_refused_with_one_line(tmp_path):
         api.deploy(torch.nn.Linear(2, 2), None, None, run_dir=tmp_path, stages=("fly",))
     with pytest.raises(Exception, match=r"\(x, y\) pair"):
         api.configure(tmp_path, 42, None)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(Exception, match="trains afresh, but .* already holds checkpoint.safetensors"):
+        api.deploy(torch.nn.Linear(2, 2), None, None, run_dir=tmp_path)
     with pytest.raises(ConfigError, match="train.epochs"):
         api.configure(tmp_path, None, None, overrides={"train.epochs": 0})
