@@ -27,6 +27,7 @@ def _section_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.lava
 def test_the_readme_command_deploys_the_example_factory(tmp_path, monkeypatch, capsys):
     command = shlex.split(_section_blocks("sh")[0])
     assert command[:4] == ["python", "-m", "pipeline", "all"]
@@ -40,6 +41,7 @@ def test_the_readme_command_deploys_the_example_factory(tmp_path, monkeypatch, c
     assert report["export"]["source"] == "checkpoint"
 
 
+@pytest.mark.lava
 def test_the_readme_python_lines_deploy_a_model_object(tmp_path, monkeypatch):
     deploy = api.deploy
     calls = []
