@@ -408,7 +408,7 @@ def _reaches_linear_only(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Every path from ``node`` meets a Linear before any conv, activation, sum or output."""
     for user in node.users:
         k = kind(gm, user)
-        if k == "linear":
+        if k in ("linear", "aux"):  # aux: a size feeding a view
             continue
         if k not in ("pool", "flatten", "cat") or not _reaches_linear_only(gm, user):
             return False
@@ -542,7 +542,7 @@ def _cat_terms(values: dict, node: fx.Node) -> list:
 
 
 def plan(gm: fx.GraphModule) -> list[Unit]:
-    """The IR's layers in order (module docstring), each term checked to fold; the main
+    """The IR's layers in order (module docstring), each term checked to fold; a main
     term (from the previous layer) first in each unit's ``terms``."""
     units, _ = _values(gm)
     seen: set = set()
@@ -565,18 +565,16 @@ def plan(gm: fx.GraphModule) -> list[Unit]:
 
 def _order_terms(gm: fx.GraphModule, unit: Unit, previous: fx.Node) -> None:
     main = [t for t in unit.terms if t.source is previous]
-    sources = [t.source for t in unit.terms]
+    sources = {t.source for t in unit.terms}
     where = unit.node if unit.nq is not None else unit.node.args[0]
     if any(s.op == "placeholder" for s in sources) and previous.op != "placeholder":
         raise fail(where, gm, "reads the network input directly, but a shortcut needs the spikes "
                               "of an earlier spiking layer; put a conv-BN-activation stem first")
-    if len(main) != 1:
-        raise fail(where, gm, f"reads the layer before it ({previous.name}) through {len(main)} "
-                              f"paths; a spiking layer reads the one before it once (parallel "
-                              f"branches are supported only as shortcuts into a later sum or cat)")
-    if len(set(sources)) != len(sources):
-        raise fail(where, gm, "reads one earlier layer through two paths; merge them")
-    unit.terms = main + [t for t in unit.terms if t.source is not previous]
+    if not main:
+        raise fail(where, gm, f"does not read the layer before it in forward order "
+                              f"({previous.name}); parallel branches are supported only as "
+                              f"shortcuts into a later sum or concatenation")
+    unit.terms = main + [t for t in unit.terms if t.source is not previous]  # main first
 
 
 def capture(module: nn.Module, input_shape: tuple, *, levels: int, noise: bool = True,

@@ -28,6 +28,7 @@ the ANN's forward with noise off.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -133,6 +134,7 @@ class _Synapse:
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
     groups: int = 1
+    origin: fx.Node | None = None  # the weighted op (its bias counts once per layer)
 
     def projection(self, source: str) -> Projection:
         if not self.conv:
@@ -179,14 +181,15 @@ def _append_layer(gm: fx.GraphModule, unit: Unit, done: dict, layers: list, opti
     threshold, layer_neuron = _layer_neuron(label, unit.nq, options.neuron, readout, output_threshold)
     conv = len(unit.shape) == 3
     name = f"{'conv' if conv else 'dense'}{len(layers)}"
-    main, *extras = [(_synapse(gm, t, done[t.source], conv), done[t.source][0]) for t in unit.terms]
+    synapses = [(_synapse(gm, t, done[t.source], conv), done[t.source][0]) for t in unit.terms]
     if not conv and len(done[unit.terms[0].source][2]) == 3:
         layers.append(Flatten(name=f"flatten{len(layers)}"))
-    synapse = main[0]
-    bias = synapse.bias if synapse.bias is not None else torch.zeros(unit.shape[0], dtype=torch.float64)
-    for extra, _source in extras:
-        if extra.bias is not None:
-            bias = bias + extra.bias
+    bias, counted = torch.zeros(unit.shape[0], dtype=torch.float64), set()
+    for synapse, _source in synapses:  # conv(cat(a, b)) is two terms with one bias
+        if synapse.bias is not None and synapse.origin not in counted:
+            bias = synapse.bias if not counted else bias + synapse.bias
+            counted.add(synapse.origin)
+    (synapse, _main), *extras = _merge_same_source(synapses)
     if unit.nq is not None:
         bias = bias + _drive_shift(label, unit.nq, threshold, options)
     projections = tuple(extra.projection(source) for extra, source in extras)
@@ -199,6 +202,46 @@ def _append_layer(gm: fx.GraphModule, unit: Unit, done: dict, layers: list, opti
                       extra_inputs=projections)
     layers.append(layer)
     done[unit.node] = (name, threshold, unit.shape)
+
+
+def _merge_same_source(synapses: list) -> list:
+    """Synapses from one source summed into one where their geometry allows (e.g. a conv and
+    an identity shortcut both reading the previous layer); the others stay separate."""
+    merged: list = []
+    for synapse, source in synapses:
+        for k, (kept, kept_source) in enumerate(merged):
+            both = _merged(kept, synapse) if kept_source == source else None
+            if both is not None:
+                merged[k] = (both, source)
+                break
+        else:
+            merged.append((synapse, source))
+    return merged
+
+
+def _merged(a: _Synapse, b: _Synapse) -> _Synapse | None:
+    """a + b as one synapse: dense weights add; the smaller conv kernel is placed inside
+    the larger one where the two sample the same input pixels (equal stride, dilation and
+    groups; the padding difference a whole number of dilated taps)."""
+    if a.conv != b.conv:
+        return None
+    if not a.conv:
+        return dataclasses.replace(a, weight=a.weight + b.weight)
+    big, small = (a, b) if a.weight.shape[2] >= b.weight.shape[2] else (b, a)
+    if (big.stride, big.dilation, big.groups) != (small.stride, small.dilation, small.groups) \
+            or big.weight.shape[:2] != small.weight.shape[:2]:
+        return None
+    offsets = []
+    for axis in range(2):
+        gap = big.padding[axis] - small.padding[axis]
+        offset, rest = divmod(gap, big.dilation[axis])
+        if rest or offset < 0 or offset + small.weight.shape[2 + axis] > big.weight.shape[2 + axis]:
+            return None
+        offsets.append(offset)
+    weight = big.weight.clone()
+    (oh, ow), (kh, kw) = offsets, small.weight.shape[2:]
+    weight[:, :, oh:oh + kh, ow:ow + kw] += small.weight
+    return dataclasses.replace(big, weight=weight)
 
 
 def _drive_shift(label: str, nq: NQActivation, threshold: float, options: _Conversion):
@@ -231,6 +274,7 @@ def _synapse(gm: fx.GraphModule, term: Term, source: tuple, conv: bool) -> _Syna
     for _node, (offset, width, total) in parts.post:  # a cat after the weighted op
         synapse.weight = _place_rows(synapse.weight, offset, total)
         synapse.bias = _place_rows(synapse.bias, offset, total)
+    synapse.origin = parts.weighted
     return synapse
 
 

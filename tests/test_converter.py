@@ -1,14 +1,17 @@
 """Folding BN and pooling into the IR leaves the network function unchanged."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from hardware.errors import IRError
-from hardware.ir import Conv, Dense, Flatten, readout_neuron
+from hardware.ir import Conv, Dense, Flatten, networks_equal, readout_neuron
 from hardware.simulator import simulate
 from models.architectures import build_model, nq_layers
 from hardware.analysis.energy import count_macs
+from models.capture import capture
 from models.converter import convert, ir_quantized_forward
 from models.nq import NQActivation, qcfs
 from tests.random_ann import randomise
@@ -153,3 +156,20 @@ def test_noise_only_while_training():
     plain = NQActivation(4, noise=False, init_threshold=1.0).train()
     plain.sigma.fill_(0.5)
     assert torch.equal(plain(x), qcfs(x, plain.threshold, 4))
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn-small", (1, 8, 8)), ("vgg-small", (1, 28, 28)),
+                                        ("resnet-small", (1, 8, 8))])
+def test_a_captured_relu_twin_of_a_registry_model_converts_to_the_same_ir(arch, shape):
+    """One front-end: the registry network written with plain ReLUs, captured, with the
+    registry model's state_dict loaded (strict: the NQ activations sit at the ReLUs' names),
+    converts to exactly the registry model's IR."""
+    model = _randomise(build_model(arch, shape, 10, 4), 0)
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, NQActivation):
+            parent, _, leaf = name.rpartition(".")
+            setattr(twin.get_submodule(parent), leaf, nn.ReLU())
+    gm = capture(twin, shape, levels=4)
+    gm.load_state_dict(model.state_dict())
+    assert networks_equal(convert(gm.eval(), shape), convert(model, shape))
