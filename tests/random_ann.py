@@ -20,3 +20,19 @@ def randomise(model: nn.Module, seed: int, threshold_low: float,
         if isinstance(m, NQActivation):
             m.threshold.data.fill_(threshold_low + threshold_span * float(torch.rand(1, generator=g)))
     return model.eval().double()
+
+
+def forward_with_activity(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """``model(x)`` without gradients, and the fraction of positive outputs of each NQ
+    activation (forward order): a conversion test is vacuous where a layer is silent."""
+    from models.architectures import nq_layers
+
+    acts = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: acts.append(o)) for m in nq_layers(model)]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, [float((a > 0).double().mean()) for a in acts]

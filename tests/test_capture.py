@@ -19,7 +19,7 @@ from hardware.simulator import encode_input, simulate
 from models.architectures import nq_layers
 from models.capture import CaptureError, capture
 from models.converter import convert, ir_quantized_forward
-from tests.random_ann import randomise
+from tests.random_ann import forward_with_activity, randomise
 
 LEVELS = 4
 
@@ -86,13 +86,8 @@ def _captured(name: str, seed: int = 0):
 def test_ir_forward_equals_the_captured_network(name, seed):
     gm, shape = _captured(name, seed)
     x = torch.rand(16, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    acts = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: acts.append(o)) for m in nq_layers(gm)]
-    with torch.no_grad():
-        expected = gm(x)
-    for h in hooks:
-        h.remove()
-    assert all(float((a > 0).double().mean()) > 0.02 for a in acts), "vacuous: a silent layer"
+    expected, active = forward_with_activity(gm, x)
+    assert min(active) > 0.02, f"vacuous: a silent layer {active}"
     net = convert(gm, shape)
     assert len(net.weighted_layers) == len(nq_layers(gm)) + 1
     torch.testing.assert_close(ir_quantized_forward(net, x, LEVELS), expected, rtol=1e-9, atol=1e-9)
@@ -197,6 +192,12 @@ def test_torchvision_vgg11_converts_and_exports(tmp_path):
 
 # ------------------------------------------------------------------ refusals
 
+class _Linear4(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+
 class Sigmoid(nn.Module):
     def __init__(self):
         super().__init__()
@@ -206,20 +207,12 @@ class Sigmoid(nn.Module):
         return self.fc(self.act(self.fc(x)))  # refused
 
 
-class TorchSigmoid(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
+class TorchSigmoid(_Linear4):
     def forward(self, x):
         return self.fc(torch.sigmoid(self.fc(x)))  # refused
 
 
-class Scale(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
+class Scale(_Linear4):
     def forward(self, x):
         return self.fc(F.relu(self.fc(x)) * 2)  # refused
 
@@ -243,22 +236,14 @@ class Upsample(nn.Module):
         return self.fc(torch.flatten(self.up(F.relu(self.conv(x))), 1))  # refused
 
 
-class Branching(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
+class Branching(_Linear4):
     def forward(self, x):
         if x.sum() > 0:  # refused
             x = -x
         return self.fc(F.relu(self.fc(x)))
 
 
-class LeakyClip(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
+class LeakyClip(_Linear4):
     def forward(self, x):
         return self.fc(F.hardtanh(self.fc(x)))  # refused
 
