@@ -184,6 +184,12 @@ def _cells(rows: list[dict]) -> list[str]:
             + [common.mean_sd_percent(r["selected"]["snn_fixed"][str(t)] for r in rows) for t in STEPS])
 
 
+def grid_rows(args, results: list[dict]) -> list[dict]:
+    """The rows of the grid ``--ann-epochs`` / ``--nq-epochs`` (every arm of it)."""
+    keys = {(arm, ann, nq) for arm, _, ann, nq in (arm_key(args, arm, 0) for arm in ARMS)}
+    return [r for r in results if (r["arm"], r["ann_epochs"], r["nq_epochs"]) in keys]
+
+
 def report(results: list[dict]) -> str:
     """Markdown: each arm (mean ± sd over seeds) and the paired difference finetune − scratch."""
     head = "| arm | seeds | epochs (ANN + NQ) | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " | wall s |"
@@ -230,7 +236,7 @@ def main(argv=None) -> None:
     common.code_state()  # the commit this process runs, taken before a long run
     path = Path(args.results)
     if args.report:
-        print(report(common.load_results(path)))
+        print(report(grid_rows(args, common.load_results(path))))
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:  # seed-major: every finished seed is a complete paired comparison
@@ -249,7 +255,7 @@ def main(argv=None) -> None:
                 row = run_nq(args, arm, seed, data, ann_row if arm == "finetune" else None)
             common.append_result(path, row)
             print(f"{arm} seed {seed}: " + " | ".join(_cells([row])) + f", {row['wall_s']:.0f} s", flush=True)
-    print(report(common.load_results(path)))
+    print(report(grid_rows(args, common.load_results(path))))
 
 
 if __name__ == "__main__":
