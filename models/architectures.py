@@ -1,8 +1,8 @@
 """Network architectures built from conv-BN-NQ blocks with average pooling.
 
-Every architecture is an ``nn.Sequential`` over a closed set of module types
-(Conv2d, BatchNorm2d, Linear, BatchNorm1d, NQActivation, AvgPool2d, Flatten and
-:class:`ResidualBlock`) so that :mod:`models.converter` can fold it into the SNN IR.
+Every architecture is an ``nn.Sequential`` of Conv2d, BatchNorm2d, Linear, NQActivation,
+AvgPool2d, Flatten and :class:`ResidualBlock`; :mod:`models.converter` traces it as it
+traces a user's captured network (:mod:`models.capture`): one front-end for both.
 Max-pooling is replaced by average pooling, which is linear and folds into the next
 layer. The last layer is a plain Linear (no activation, no noise), as in the paper: its
 outputs are the logits, and the SNN reads the accumulated input of that layer.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+import traceback
 import warnings
 from dataclasses import dataclass
 
@@ -42,10 +43,12 @@ class CaptureError(IRError):
     operation and the line of the user's code it comes from."""
 
 
-#: Module types a captured network may call (everything else is refused).
-MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
-           nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d,
-           nn.Identity, NQActivation)
+_MODULE_KINDS = {NQActivation: "nq", nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm1d: "bn",
+                 nn.BatchNorm2d: "bn", nn.ReLU: "act", nn.ReLU6: "act", nn.Hardtanh: "act",
+                 nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "pool", nn.MaxPool2d: "maxpool",
+                 nn.Flatten: "flatten", nn.Dropout: "drop", nn.Dropout2d: "drop", nn.Identity: "drop"}
+#: Module types a captured network may call (exactly these types; everything else is refused).
+MODULES = tuple(_MODULE_KINDS)
 #: Functions that become an NQ activation (with their arguments checked: clamp at zero).
 ACTIVATION_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh, torch.clamp,
                         torch.clamp_min)
@@ -83,8 +86,9 @@ def describe(node: fx.Node, gm: nn.Module | None = None) -> str:
     name = getattr(target, "__name__", str(target))
     if module in ("_operator", "operator"):
         return f"operator.{name}"
-    return f"{'torch' if module.startswith('torch') and 'functional' not in module else 'F'}.{name}" \
-        if module.startswith("torch") else name
+    if "functional" in module:
+        return f"F.{name}"
+    return f"torch.{name}" if module.startswith("torch") else name
 
 
 def fail(node: fx.Node, gm: nn.Module | None, message: str) -> CaptureError:
@@ -97,7 +101,7 @@ def kind(gm: nn.Module, node: fx.Node) -> str | None:
     if node.op in ("placeholder", "output"):
         return "input" if node.op == "placeholder" else "output"
     if node.op == "call_module":
-        return _module_kind(gm.get_submodule(node.target))
+        return _MODULE_KINDS.get(type(gm.get_submodule(node.target)))
     if node.op == "call_method":
         return METHODS.get(node.target)
     if node.op != "call_function":
@@ -118,17 +122,6 @@ def kind(gm: nn.Module, node: fx.Node) -> str | None:
     return None
 
 
-def _module_kind(module: nn.Module) -> str | None:
-    table = ((NQActivation, "nq"), (nn.Conv2d, "conv"), (nn.Linear, "linear"),
-             ((nn.BatchNorm1d, nn.BatchNorm2d), "bn"), ((nn.ReLU, nn.ReLU6, nn.Hardtanh), "act"),
-             ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"), (nn.MaxPool2d, "maxpool"),
-             (nn.Flatten, "flatten"), ((nn.Dropout, nn.Dropout2d, nn.Identity), "drop"))
-    for types, name in table:
-        if type(module) in (types if isinstance(types, tuple) else (types,)):
-            return name
-    return None
-
-
 class _Tracer(fx.Tracer):
     """Records the user's stack per node; NQ activations stay calls (their noise branch
     reads a buffer)."""
@@ -143,7 +136,6 @@ class _Tracer(fx.Tracer):
 
 def _trace_failure(error: Exception) -> str:
     """The user's ``file:line`` where tracing failed (e.g. a data-dependent ``if``)."""
-    import traceback
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
         if not frame.filename.startswith(_TORCH_DIR) and os.path.abspath(frame.filename) not in _OWN:
             return f"{frame.filename}:{frame.lineno}"

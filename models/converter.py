@@ -1,10 +1,10 @@
 """ANN -> SNN IR conversion (:func:`convert`) of an NQ network: every fold is exact.
 
 The network is a captured GraphModule (:func:`models.capture.capture`) or a registry
-model (traced here); :func:`models.capture.plan` lists its spiking layers and, per layer,
-the terms that sum into its pre-activation. Each term becomes one synapse on its
-source's spikes: the main synapse (from the previous layer) or an extra input
-(:class:`hardware.ir.Projection`, e.g. a residual shortcut or a concatenated branch).
+model (traced here); :func:`models.capture.plan` lists its spiking layers and the terms
+summing into each. A term is one synapse on its source's spikes: the main one (from the
+previous layer) or an extra input (:class:`hardware.ir.Projection`: a residual shortcut,
+a concatenated branch); two terms from one source merge into one kernel where they can.
 
 * Batch-norm after a conv/linear: ``W' = W · γ/√(var+ε)``, ``b' = (b − μ) · γ/√(var+ε) + β``.
 * A spike of layer l stands for θ_l (its NQ λ): the synapses it feeds are × θ_l.
@@ -16,15 +16,13 @@ source's spikes: the main synapse (from the previous layer) or an extra input
 * A term without a weighted op is an identity (θ·I, 1×1) or pooling (θ·I ⊗ window
   average) synapse; ``torch.cat`` before a weighted op splits its input channels, after
   it places its output channels. Extra inputs' biases join the layer's.
-* The last layer is a plain Linear: ``readout='potential'`` (the paper's) makes it the
-  integrator :func:`hardware.ir.readout_neuron`, ``'spikes'`` a layer of threshold
-  ``output_threshold``.
+* The last layer is a plain Linear: the integrator :func:`hardware.ir.readout_neuron`
+  (``readout='potential'``) or a layer of threshold ``output_threshold`` (``'spikes'``).
 * ``cuba`` drive shift (:data:`models.nq.CUBA_SHIFTS`): θ/(2T) added to a hidden bias
   (``half-bias``); a cuba-matched activation brings its own, a QCFS one takes
   ``cuba_shift`` and ``shift_timesteps`` here.
 
-:func:`ir_quantized_forward` (the IR's float forward with the model's activation) equals
-the ANN's forward with noise off.
+:func:`ir_quantized_forward` (the IR's float forward) equals the ANN's with noise off.
 """
 from __future__ import annotations
 
