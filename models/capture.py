@@ -4,8 +4,8 @@
 (:class:`CaptureError`: the operation and the user's ``file:line``) and rewrites it:
 ReLU / ReLU6 / Hardtanh(0, x) / clamp(min=0) / F.relu / torch.relu become
 :class:`models.nq.NQActivation` (a module keeps its qualified name; a second call of one
-module gets ``<name>_1``; a function call ``<module path>.nq_<node>``), MaxPool2d becomes
-AvgPool2d (warned), Dropout and Identity are dropped, and an average pooling that would
+module gets ``<name>_1``; a function call ``<module path>.nq_<node>``), MaxPool2d (or F.max_pool2d)
+becomes AvgPool2d (warned), Dropout and Identity are dropped, and an average pooling that would
 not fold exactly into what reads it gets its own NQ activation ``<pool>_nq`` (it becomes
 a spiking layer). Shapes come from a zero input.
 
@@ -53,6 +53,12 @@ MODULES = tuple(_MODULE_KINDS)
 ACTIVATION_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh, torch.clamp,
                         torch.clamp_min)
 _ADD = (operator.add, torch.add)
+#: Functional poolings: each becomes its module (then as the module), with its argument names.
+_POOL_FUNCTIONS = {F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation",
+                                                 "ceil_mode", "return_indices")),
+                   F.avg_pool2d: (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode",
+                                                 "count_include_pad", "divisor_override")),
+                   F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",))}
 _DROP_FUNCTIONS = (F.dropout, F.dropout2d)
 #: Tensor methods: activations, addition, flattening, and shape queries feeding a view.
 METHODS = {"relu": "act", "relu_": "act", "clamp": "act", "clamp_min": "act", "add": "add",
@@ -321,6 +327,20 @@ def _module_path(node: fx.Node) -> str:
     return next(reversed(stack.values()))[0] if stack else ""
 
 
+def _modular_pools(gm: fx.GraphModule) -> None:
+    """Each functional pooling (``F.max_pool2d`` …) becomes a call of its module at
+    ``<module path>.<node name>``, so that it is checked and rewritten as a module."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _POOL_FUNCTIONS:
+            continue
+        cls, names = _POOL_FUNCTIONS[node.target]
+        params = {**dict(zip(names, node.args[1:])), **node.kwargs}
+        if any(isinstance(v, fx.Node) for v in params.values()):
+            raise fail(node, gm, "pooling parameters computed from tensors do not fold")
+        _replace_with_module(gm, node, _free_name(gm, _module_path(node), node.name), cls(**params))
+    gm.recompile()
+
+
 def _replace_with_module(gm: fx.GraphModule, node: fx.Node, qualified: str, module: nn.Module) -> None:
     """``node`` becomes a call of ``module`` installed at ``qualified`` on its first argument."""
     _install(gm, qualified, module)
@@ -396,34 +416,48 @@ def _divides(module: nn.Module, in_shape: tuple) -> bool:
     return in_shape[1] % kernel[0] == 0 and in_shape[2] % kernel[1] == 0
 
 
-def _reaches_linear_only(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Every path from ``node`` meets a Linear before any conv, activation, sum or output."""
+def _consumers(gm: fx.GraphModule, node: fx.Node) -> set:
+    """The weighted ops, activations and outputs that ``node``'s value reaches through
+    linear reshaping and sums (the ops whose synapse a pooling before them must join)."""
+    found: set = set()
     for user in node.users:
         k = kind(gm, user)
-        if k in ("linear", "aux"):  # aux: a size feeding a view
+        if k in ("pool", "flatten", "cat", "add"):
+            found |= _consumers(gm, user)
+        elif k != "aux":  # aux: a size feeding a view
+            found.add(user)
+    return found
+
+
+def _pool_needs_spikes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True when a conv reads the pooling and cannot take it into its kernel (it overlaps,
+    pads, does not divide the map, or the conv is grouped or dilated); a Linear absorbs
+    any pooling and an activation reads it as its synapse."""
+    module, in_shape = gm.get_submodule(node.target), shape_of(node.args[0])
+    expands = structured_pool(module, in_shape) and _divides(module, in_shape)
+    for user in _consumers(gm, node):
+        if kind(gm, user) != "conv":
             continue
-        if k not in ("pool", "flatten", "cat") or not _reaches_linear_only(gm, user):
-            return False
-    return True
+        conv = gm.get_submodule(user.target)
+        if not expands or conv.groups != 1 or _pair(conv.dilation) != (1, 1):
+            return True
+    return False
 
 
 def _spiking_pools(gm: fx.GraphModule, make_nq) -> None:
-    """An average pooling that neither folds into a conv by kernel expansion nor reaches
-    only Linears (which absorb any linear map) gets its own NQ activation: it becomes a
-    spiking layer whose synapse is the pooling itself."""
+    """A pooling that a conv reads but cannot take in (:func:`_pool_needs_spikes`) gets its
+    own NQ activation: a spiking layer whose synapse is the pooling itself."""
     for node in list(gm.graph.nodes):
-        if kind(gm, node) != "pool":
+        if kind(gm, node) != "pool" or not _pool_needs_spikes(gm, node):
             continue
         module, in_shape = gm.get_submodule(node.target), shape_of(node.args[0])
-        if (structured_pool(module, in_shape) and _divides(module, in_shape)) \
-                or _reaches_linear_only(gm, node):
-            continue
         if not conv_pool(module, in_shape):
-            raise fail(node, gm, "this pooling is not a fixed convolution (ceil mode, padding "
-                                 "not counted, or an adaptive size that does not divide the "
-                                 "input) and does not feed a Linear only")
+            raise fail(node, gm, "a conv reads this pooling, which is not a fixed convolution "
+                                 "(ceil mode, padding not counted, or an adaptive size that does "
+                                 "not divide the input); only a Linear can absorb it")
         users = list(node.users)
-        qualified = _free_name(gm, *(lambda p: (p[0], p[2] + "_nq"))(node.target.rpartition(".")))
+        path, _, name = node.target.rpartition(".")
+        qualified = _free_name(gm, path, f"{name}_nq")
         _install(gm, qualified, make_nq())
         with gm.graph.inserting_after(node):
             call = gm.graph.call_module(qualified, (node,))
@@ -486,9 +520,65 @@ def term_parts(gm: fx.GraphModule, term: Term) -> TermParts:
         if op in [o for o, _ in rest] and k != "cat":
             raise fail(op, gm, "sits between a Conv2d/Linear and its activation; only BatchNorm "
                                "(and concatenation) may (pool after the activation)")
-        if node is not None and kind(gm, node) == "conv" and k == "flatten":
-            raise fail(node, gm, "a conv after flatten")
-    return TermParts(tuple(pre), node, bn, tuple(rest))
+    parts = TermParts(tuple(pre), node, bn, tuple(rest))
+    if node is not None and kind(gm, node) == "linear" and len(shape_of(node.args[0])) != 1:
+        raise fail(node, gm, f"a Linear on a {shape_of(node.args[0])} tensor; flatten it first")
+    if node is not None and kind(gm, node) == "conv":
+        conv_pool_factor(gm, parts, shape_of(term.source))
+    elif node is None and not any(kind(gm, op) == "flatten" for op, _ in pre):
+        identity_pool(gm, parts)
+    return parts
+
+
+def pools_of(gm: fx.GraphModule, ops: tuple) -> list:
+    """(module, input shape, node) of each pooling among ``ops``."""
+    return [(gm.get_submodule(n.target), shape_of(n.args[0]), n) for n, _ in ops if kind(gm, n) == "pool"]
+
+
+def pool_factor(pools: list) -> tuple | None:
+    """The one non-overlapping pooling that ``pools`` compose to (kernel = stride), or None
+    when one of them overlaps, pads or rounds up."""
+    factor = (1, 1)
+    for module, in_shape, _node in pools:
+        if not structured_pool(module, in_shape):
+            return None
+        kernel = pool_geometry(module, in_shape)[0]
+        factor = (factor[0] * kernel[0], factor[1] * kernel[1])
+    return factor
+
+
+def conv_pool_factor(gm: fx.GraphModule, parts: TermParts, source_shape: tuple) -> tuple:
+    """The pooling factor a conv term's kernel expands by (1, 1 without pooling); refuses
+    poolings and concatenations the conv cannot take in."""
+    conv = gm.get_submodule(parts.weighted.target)
+    cats = [op for op, slot in parts.pre if slot is not None]
+    if cats and conv.groups != 1:
+        raise fail(cats[0], gm, "a concatenation folds only into an ungrouped conv")
+    pools = pools_of(gm, parts.pre)
+    factor = pool_factor(pools)
+    if factor is None:
+        raise fail(pools[0][2], gm, "only non-overlapping, unpadded average pooling (floor mode) "
+                                    "folds into a conv")
+    ph, pw = factor
+    if (ph, pw) != (1, 1) and (_pair(conv.dilation) != (1, 1) or conv.groups != 1):
+        raise fail(pools[0][2], gm, "pooling folds only into an undilated, ungrouped conv")
+    if source_shape[1] % ph or source_shape[2] % pw:
+        raise fail(pools[0][2], gm, f"pooled map {source_shape[1:]} is not divisible by the pooling "
+                                    f"factor {ph if ph == pw else factor}; the fold into "
+                                    f"{parts.weighted.target!r} would not be exact")
+    return factor
+
+
+def identity_pool(gm: fx.GraphModule, parts: TermParts) -> tuple:
+    """(kernel, stride, padding) of the one convolution an identity term's poolings are."""
+    pools = pools_of(gm, parts.pre)
+    factor = pool_factor(pools)
+    if factor is not None:
+        return factor, factor, (0, 0)
+    if len(pools) == 1 and conv_pool(pools[0][0], pools[0][1]):
+        return pool_geometry(pools[0][0], pools[0][1])
+    raise fail(pools[-1][2], gm, "these poolings do not compose into one convolution (a shortcut "
+                                 "through them needs its own activation after the pooling)")
 
 
 def _terms(values: dict, node) -> list:
@@ -576,6 +666,7 @@ def capture(module: nn.Module, input_shape: tuple, *, levels: int, noise: bool =
     raises :class:`CaptureError` for anything the converter cannot fold, before training."""
     check_activation(activation, timesteps, cuba_shift)
     gm = trace(module, tuple(input_shape))
+    _modular_pools(gm)
     check_nodes(gm)
     param = next(iter(gm.parameters()), None)
 

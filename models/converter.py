@@ -40,8 +40,8 @@ from hardware.kinds import Readout
 from hardware.spec import LOIHI2
 
 from .architectures import nq_layers
-from .capture import (Term, TermParts, Unit, as_graph, conv_pool, fail, kind, plan, pool_geometry,
-                      shape_of, structured_pool, term_parts)
+from .capture import (Term, TermParts, Unit, as_graph, conv_pool_factor, identity_pool, kind, plan,
+                      pool_factor, pools_of, shape_of, term_parts)
 from .nq import CUBA_SHIFTS, NQActivation, cuba_shift_offset, cuba_spike_count
 
 
@@ -283,45 +283,16 @@ def _place_rows(value: torch.Tensor, offset: int, total: int) -> torch.Tensor:
     return out
 
 
-def _pools(gm: fx.GraphModule, ops: tuple) -> list:
-    return [(gm.get_submodule(n.target), shape_of(n.args[0]), n) for n, _ in ops if kind(gm, n) == "pool"]
-
-
-def _pool_factor(gm: fx.GraphModule, pools: list) -> tuple | None:
-    """The one non-overlapping pooling that ``pools`` compose to (kernel = stride), or None
-    when one of them overlaps, pads or rounds up."""
-    factor = (1, 1)
-    for module, in_shape, _node in pools:
-        if not structured_pool(module, in_shape):
-            return None
-        kernel = pool_geometry(module, in_shape)[0]
-        factor = (factor[0] * kernel[0], factor[1] * kernel[1])
-    return factor
-
-
 def _conv_synapse(gm: fx.GraphModule, parts: TermParts, module: nn.Conv2d, weight, bias,
                   source_shape: tuple) -> _Synapse:
     """A conv with its input-channel slice (cats before it) and the pooling before it
     folded in (kernel spread over the pooled window, stride and padding × the factor)."""
     stride, padding, dilation = tuple(module.stride), tuple(module.padding), tuple(module.dilation)
-    for node, slot in reversed(parts.pre):
+    for _node, slot in reversed(parts.pre):  # the cat nearest the conv slices first
         if slot is not None:
-            if module.groups != 1:
-                raise fail(node, gm, "a concatenation folds only into an ungrouped conv")
             weight = weight[:, slot[0]:slot[0] + slot[1]]
-    pools = _pools(gm, parts.pre)
-    factor = _pool_factor(gm, pools)
-    where = f"module {parts.weighted.target}"
-    if factor is None:
-        raise fail(pools[0][2], gm, "only non-overlapping, unpadded average pooling (floor mode) "
-                                    "folds into a conv")
-    ph, pw = factor
+    ph, pw = conv_pool_factor(gm, parts, source_shape)
     if (ph, pw) != (1, 1):
-        if dilation != (1, 1) or module.groups != 1:
-            raise IRError(f"{where}: pooling folds only into an undilated, ungrouped conv")
-        if source_shape[1] % ph or source_shape[2] % pw:
-            raise IRError(f"{where}: pooled map {source_shape[1:]} is not divisible by the pooling "
-                          f"factor {ph if ph == pw else (ph, pw)}; the fold would not be exact")
         weight = torch.kron(weight, torch.ones(1, 1, ph, pw, dtype=weight.dtype)) / (ph * pw)
         stride = (stride[0] * ph, stride[1] * pw)
         padding = (padding[0] * ph, padding[1] * pw)
@@ -331,8 +302,7 @@ def _conv_synapse(gm: fx.GraphModule, parts: TermParts, module: nn.Conv2d, weigh
 def _dense_weight(gm: fx.GraphModule, parts: TermParts, weight, source_shape: tuple):
     """A Linear's weight on its source's flattened spikes: non-overlapping pooling spread
     over its windows (pixels the floor drops get 0), any other reshaping by its adjoint."""
-    pools = _pools(gm, parts.pre)
-    factor = _pool_factor(gm, pools)
+    factor = pool_factor(pools_of(gm, parts.pre))
     if factor is None or any(slot is not None for _n, slot in parts.pre):
         return _pullback(gm, parts.pre, weight, source_shape)
     if factor == (1, 1):
@@ -386,24 +356,15 @@ def _identity_synapse(gm: fx.GraphModule, parts: TermParts, scale: float, source
                                   source_shape), None, conv=False)
     channels = source_shape[0]
     weight = torch.eye(channels, dtype=torch.float64).view(channels, channels, 1, 1) * scale
-    pools = _pools(gm, parts.pre)
-    stride = padding = (0, 0)
-    factor = _pool_factor(gm, pools)
-    if factor is not None and factor != (1, 1):
-        kernel = stride = factor
-    elif len(pools) == 1 and conv_pool(pools[0][0], pools[0][1]):
-        kernel, stride, padding = pool_geometry(pools[0][0], pools[0][1])
-    elif pools:
-        raise fail(pools[-1][2], gm, "two poolings in a row that are not both non-overlapping do "
-                                     "not compose into one convolution")
-    else:
-        kernel, stride = (1, 1), (1, 1)
+    kernel, stride, padding = identity_pool(gm, parts)
     if kernel != (1, 1):
         weight = torch.kron(weight, torch.ones(1, 1, *kernel, dtype=weight.dtype)) / (kernel[0] * kernel[1])
     for _node, slot in parts.pre:
         if slot is not None:
             weight = _place_rows(weight, slot[0], slot[2])
     return _Synapse(weight, None, True, tuple(stride), tuple(padding))
+
+
 def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation: str = "qcfs",
                          timesteps: int | None = None) -> torch.Tensor:
     """The IR's float forward with the ANN's activations: the function it was folded from.

@@ -69,7 +69,25 @@ class ConcatNet(nn.Module):
         return self.out(self.drop(h))
 
 
-NETS = {"residual": (ResidualNet, (1, 8, 8)), "concat": (ConcatNet, (2, 6, 6))}
+class MixedNet(nn.Module):
+    """Functional poolings; a 2×2 pooling before a depthwise conv (which cannot take it into
+    its kernel: the pooling becomes a spiking layer); a residual sum of dense layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.depthwise = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pointwise = nn.Conv2d(4, 4, 1)
+        self.fc1, self.fc2, self.fc3, self.out = nn.Linear(16, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.stem(x)), 2)
+        x = F.relu(self.pointwise(F.relu(self.depthwise(x))))
+        h1 = F.relu(self.fc1(F.avg_pool2d(x, 2).flatten(1)))
+        h3 = F.relu(self.fc3(F.relu(self.fc2(h1))) + h1)
+        return self.out(h3)
+
+
+NETS = {"residual": (ResidualNet, (1, 8, 8)), "concat": (ConcatNet, (2, 6, 6)), "mixed": (MixedNet, (1, 8, 8))}
 
 
 def _captured(name: str, seed: int = 0):
@@ -144,7 +162,7 @@ def test_captured_network_runs_bit_exactly_in_lava(name):
     from hardware.runtime.runner import run_lava
 
     T = 4
-    gm, shape = _captured(name, 2)
+    gm, shape = _captured(name, 4)  # a seed where every layer spikes within T
     qnet = quantize(convert(gm, shape), input_bits=8, readout_steps=T)
     x = encode_input(torch.rand(2, *shape, generator=torch.Generator().manual_seed(3)), 8)
     sim = simulate(qnet, x, T)
@@ -267,7 +285,40 @@ class WidthCat(nn.Module):
         return self.fc(torch.cat([y, y], dim=3).flatten(1))  # refused
 
 
+class LinearOnMap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)))  # refused
+
+
+class SamePadding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3, padding="same"), nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).flatten(1))  # refused
+
+
+class Parallel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        a = F.relu(self.a(s))
+        b = F.relu(self.b(s))  # refused
+        return self.fc(torch.cat([a, b], 1).flatten(1))
+
+
 @pytest.mark.parametrize("cls, shape, name", [
+    (LinearOnMap, (1, 4, 4), "Linear (module 'fc')"), (SamePadding, (1, 4, 4), "Conv2d (module 'conv')"),
+    (Parallel, (1, 4, 4), "NQActivation (module 'nq_relu_2')"),
     (Sigmoid, (4,), "Sigmoid (module 'act')"), (TorchSigmoid, (4,), "torch.sigmoid"),
     (Scale, (4,), "operator.mul"), (Recurrent, (3, 4), "LSTM (module 'lstm')"),
     (Upsample, (1, 4, 4), "Upsample (module 'up')"), (Branching, (4,), "Branching.forward"),
