@@ -171,11 +171,6 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: tuple) -> None:
     try:
         with torch.no_grad():
             _Shapes(gm).propagate(torch.zeros(1, *input_shape, dtype=dtype))
-    except CaptureError:
-        raise
-    except Exception as e:
-        raise CaptureError(f"the network does not run on a {tuple(input_shape)} input: "
-                           f"{type(e).__name__}: {e}") from None
     finally:
         gm.train(was_training)
 
@@ -187,7 +182,11 @@ class _Shapes(fx.Interpreter):
     def propagate(self, x: torch.Tensor) -> None:
         self.env, self.args_iter = {}, iter([x])
         for node in self.module.graph.nodes:
-            self.env[node] = self.run_node(node)
+            try:
+                self.env[node] = self.run_node(node)
+            except Exception as e:  # the user's module failing on the declared input shape
+                raise fail(node, self.module, f"does not run on a {tuple(x.shape[1:])} input: "
+                                              f"{type(e).__name__}: {e}") from None
             shape = getattr(self.env[node], "shape", None)
             node.meta["shape"] = None if shape is None else tuple(int(s) for s in shape[1:])
 

@@ -331,3 +331,9 @@ def test_unsupported_operation_is_refused_with_its_name_and_line(cls, shape, nam
         capture(cls(), shape, levels=LEVELS)
     message = str(error.value)
     assert name in message and f"test_capture.py:{line}" in message, message
+
+
+def test_a_wrong_input_shape_names_the_layer_that_fails():
+    with pytest.raises(CaptureError, match=r"Linear \(module 'fc'\) at .*test_capture.py:\d+: does not "
+                                           r"run on a \(5,\) input"):
+        capture(LeakyClip(), (5,), levels=LEVELS)
