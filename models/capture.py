@@ -5,7 +5,7 @@
 ReLU / ReLU6 / Hardtanh(0, x) / clamp(min=0) / F.relu / torch.relu become
 :class:`models.nq.NQActivation` (a module keeps its qualified name; a second call of one
 module gets ``<name>_1``; a function call ``<module path>.nq_<node>``), MaxPool2d (or F.max_pool2d)
-becomes AvgPool2d (warned), Dropout and Identity are dropped, and an average pooling that would
+becomes AvgPool2d (warned), Dropout and Identity are dropped (a final softmax too, warned), and an average pooling that would
 not fold exactly into what reads it gets its own NQ activation ``<pool>_nq`` (it becomes
 a spiking layer). Shapes come from a zero input.
 
@@ -46,7 +46,8 @@ class CaptureError(IRError):
 _MODULE_KINDS = {NQActivation: "nq", nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm1d: "bn",
                  nn.BatchNorm2d: "bn", nn.ReLU: "act", nn.ReLU6: "act", nn.Hardtanh: "act",
                  nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "pool", nn.MaxPool2d: "maxpool",
-                 nn.Flatten: "flatten", nn.Dropout: "drop", nn.Dropout2d: "drop", nn.Identity: "drop"}
+                 nn.Flatten: "flatten", nn.Dropout: "drop", nn.Dropout2d: "drop", nn.Identity: "drop",
+                 nn.Softmax: "softmax", nn.LogSoftmax: "softmax"}
 #: Module types a captured network may call (exactly these types; everything else is refused).
 MODULES = tuple(_MODULE_KINDS)
 #: Functions that become an NQ activation (with their arguments checked: clamp at zero).
@@ -60,10 +61,11 @@ _POOL_FUNCTIONS = {F.max_pool2d: (nn.MaxPool2d, ("kernel_size", "stride", "paddi
                                                  "count_include_pad", "divisor_override")),
                    F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",))}
 _DROP_FUNCTIONS = (F.dropout, F.dropout2d)
+_SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
 #: Tensor methods: activations, addition, flattening, and shape queries feeding a view.
 METHODS = {"relu": "act", "relu_": "act", "clamp": "act", "clamp_min": "act", "add": "add",
            "view": "flatten", "reshape": "flatten", "flatten": "flatten", "size": "aux",
-           "contiguous": "drop"}
+           "contiguous": "drop", "softmax": "softmax", "log_softmax": "softmax"}
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 #: this package's own frames are never the user's line (architectures.py's are: the registry)
 _OWN = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), f) for f in ("capture.py", "converter.py"))
@@ -123,6 +125,8 @@ def kind(gm: nn.Module, node: fx.Node) -> str | None:
         return "flatten"
     if target in _DROP_FUNCTIONS:
         return "drop"
+    if target in _SOFTMAX_FUNCTIONS:
+        return "softmax"
     if target in (operator.getitem, getattr):
         return "aux"
     return None
@@ -268,6 +272,10 @@ def _check_data_node(gm: nn.Module, node: fx.Node, k: str) -> None:
         if shape_of(node) != (size,):
             raise fail(node, gm, f"reshapes {source} to {shape_of(node)}; only flattening each "
                                  f"sample to a vector folds")
+    elif k == "softmax":
+        if len(shape_of(node)) != 1 or [u.op for u in node.users] != ["output"]:
+            raise fail(node, gm, "a softmax is dropped only where it makes the returned logits "
+                                 "probabilities (the last operation, on a vector)")
     elif k == "aux":
         for user in node.users:
             if kind(gm, user) not in ("aux", "flatten"):
@@ -290,7 +298,7 @@ def check_nodes(gm: fx.GraphModule) -> None:
             raise fail(node, gm, "forward must return one tensor (the logits)")
         if k == "act":
             _check_activation_call(gm, node)
-        elif node.op == "call_module":
+        elif node.op == "call_module" and k != "softmax":
             _check_geometry(gm, node)
         else:
             _check_data_node(gm, node, k)
@@ -356,7 +364,11 @@ def _rewrite(gm: fx.GraphModule, make_nq) -> None:
     kinds = {node: kind(gm, node) for node in gm.graph.nodes}  # before any module is replaced
     for node in list(gm.graph.nodes):
         k = kinds[node]
-        if k == "drop":
+        if k in ("drop", "softmax"):
+            if k == "softmax":
+                warnings.warn(f"the final {describe(node, gm)} ({user_line(node)}) is dropped: the "
+                              f"network returns the logits (argmax, and cross-entropy over a "
+                              f"log-softmax, are unchanged)", stacklevel=3)
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
         elif k == "act":

@@ -4,6 +4,7 @@ ResNet and VGG export, and every unsupported operation is refused by name and li
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 
 import numpy as np
@@ -49,7 +50,8 @@ class ResidualNet(nn.Module):
 
 class ConcatNet(nn.Module):
     """Channel concatenation (DenseNet-style), Hardtanh(0, 1), 2×2 max-pooling, flatten by
-    ``view``, BatchNorm1d, clamp at zero, dropout, and an adaptive pooling into a Linear."""
+    ``view``, BatchNorm1d, clamp at zero, dropout, an adaptive pooling into a Linear, and a
+    final log-softmax (dropped: the captured network returns the logits)."""
 
     def __init__(self):
         super().__init__()
@@ -66,7 +68,7 @@ class ConcatNet(nn.Module):
         c = self.pool(torch.clamp(self.bn3(self.conv3(torch.cat([a, b], dim=1))), min=0))
         c = self.grow(c)
         h = F.relu(self.bn(self.fc(c.view(c.size(0), -1))))
-        return self.out(self.drop(h))
+        return F.log_softmax(self.out(self.drop(h)), dim=1)
 
 
 class MixedNet(nn.Module):
@@ -148,8 +150,11 @@ def test_concat_splits_the_receiving_conv():
 
 def test_state_dict_of_the_original_loads_and_maxpool_warns():
     model = ConcatNet()
-    with pytest.warns(UserWarning, match="max-pooling 'pool'.*test_capture.py:.*average pooling"):
+    with pytest.warns(UserWarning) as records:
         gm = capture(model, (2, 6, 6), levels=LEVELS)
+    messages = [str(r.message) for r in records]
+    assert any(re.search(r"max-pooling 'pool'.*test_capture.py:\d+.*average pooling", m) for m in messages)
+    assert any(re.search(r"final F.log_softmax.*test_capture.py:\d+.*dropped", m) for m in messages)
     missing, unexpected = gm.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(("threshold", "sigma")) for k in missing)
     assert sorted(missing) == sorted(f"{n}.{p}" for n in ("act1", "nq_relu", "nq_clamp", "nq_relu_1")
@@ -303,6 +308,11 @@ class SamePadding(nn.Module):
         return self.fc(F.relu(self.conv(x)).flatten(1))  # refused
 
 
+class MidSoftmax(_Linear4):
+    def forward(self, x):
+        return self.fc(F.softmax(self.fc(x), dim=1))  # refused
+
+
 class Parallel(nn.Module):
     def __init__(self):
         super().__init__()
@@ -318,7 +328,7 @@ class Parallel(nn.Module):
 
 @pytest.mark.parametrize("cls, shape, name", [
     (LinearOnMap, (1, 4, 4), "Linear (module 'fc')"), (SamePadding, (1, 4, 4), "Conv2d (module 'conv')"),
-    (Parallel, (1, 4, 4), "NQActivation (module 'nq_relu_2')"),
+    (Parallel, (1, 4, 4), "NQActivation (module 'nq_relu_2')"), (MidSoftmax, (4,), "F.softmax"),
     (Sigmoid, (4,), "Sigmoid (module 'act')"), (TorchSigmoid, (4,), "torch.sigmoid"),
     (Scale, (4,), "operator.mul"), (Recurrent, (3, 4), "LSTM (module 'lstm')"),
     (Upsample, (1, 4, 4), "Upsample (module 'up')"), (Branching, (4,), "Branching.forward"),
