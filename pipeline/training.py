@@ -408,6 +408,11 @@ def _initial_network(cfg: Config, data: DatasetSplits, user: Optional[UserModel]
     user's module (with its pretrained weights) captured; and, with weights, the pretrained ANN's
     accuracy on the test and validation splits before any fine-tuning (else None)."""
     if user is None:
+        if cfg.data.mean is not None:
+            # a registry network starts from a fresh init: there is no pretrained scale to keep
+            raise TrainingError("data.mean/data.std fold a pretrained network's input normalisation "
+                                "into its first layer; they need model.factory, model.onnx or a module "
+                                f"given to pipeline.api, not the registry's model.arch {cfg.arch}")
         return build_model(cfg.arch, data.input_shape, data.num_classes, cfg.nq.levels, cfg.nq.noise,
                            cfg.nq.start_threshold, **cfg.activation_kwargs()), None
     module = user.pretrained()

@@ -207,3 +207,15 @@ def test_an_onnx_network_trains_and_rebuilds_by_its_sha256(tmp_path):
     onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")  # another file under the same name
     with pytest.raises(CheckpointError, match="comes from model.onnx"):
         load_checkpoint(cfg.run_dir / CHECKPOINT, user_model(cfg.model))
+
+
+def test_normalisation_with_a_registry_network_is_refused_not_ignored(tmp_path):
+    """A registry network starts from a fresh init: data.mean/std would change nothing it was
+    trained for, so they are refused by name instead of being silently dropped."""
+    from pipeline.training import TrainingError
+
+    cfg = Config.from_dict({}, [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [
+        f"run.dir={tmp_path / 'run'}", "data.mean=[0.5]", "data.std=[0.25]"])
+    with pytest.raises(TrainingError, match="data.mean/data.std .* model.factory"):
+        stages.train(cfg, progress=False)
+    assert not (cfg.run_dir / CHECKPOINT).exists()
