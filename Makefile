@@ -3,9 +3,6 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= deploy.yaml
-# The digits demo starts every λ at 2 instead of the paper's 8: its pixels are in [0, 1] and
-# 30 short epochs cannot pull λ down from 8, which leaves T = 1 at chance (BENCHMARKS.md).
-DEMO_SET ?= --set nq.init_threshold=2
 PROPERTY_TESTS := tests/test_simulator.py tests/test_quantize.py tests/test_cuba_activation.py \
 	tests/test_residual_hardware.py tests/test_fixed_point_time.py
 
@@ -22,7 +19,7 @@ data:
 	bash scripts/setup_data.sh
 
 demo: venv
-	$(PY) -m pipeline all --config $(CONFIG) $(DEMO_SET)
+	$(PY) -m pipeline all --config $(CONFIG)
 
 test: venv data
 	$(PY) -m pytest -q
