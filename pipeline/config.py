@@ -251,7 +251,7 @@ class NQConfig(_Section):
         "validation samples used to estimate sigma each epoch"))
     activation: Activation = Field("auto", description=(
         "hidden-layer activation: qcfs (the IF neuron's response) | cuba-matched (the stock CUBA "
-        "neuron's exact response over snn.cuba_timesteps steps) | auto (cuba-matched if "
+        "neuron's exact response over snn.timesteps steps) | auto (cuba-matched if "
         "snn.neuron is cuba, else qcfs)"))
 
     @property
@@ -276,22 +276,25 @@ class TrainConfig(_Section):
         "fixed validation subset for model selection (null: all)"))
     dist_timeout_s: float = Field(180.0, ge=1.0, le=86_400.0, description=(
         "under torchrun: seconds a process waits for a missing peer before it gives up"))
+    activity_penalty: float = Field(0.0, ge=0.0, le=1000.0, description=(
+        "weight of the activity term added to the training loss: the mean over NQ layers of "
+        "mean(activation / lambda), i.e. spikes per neuron per step (0: off, the plain loss)"))
 
 
 class SNNConfig(_Section):
     """The converted spiking network."""
 
     timesteps: int = Field(4, **_STEPS, description=(
-        "T used for model selection (and sigma, unless sigma_timesteps is set)"))
+        "the deployment T: the T the network is selected at, sigma is measured at (unless "
+        "sigma_timesteps is set), the cuba-matched activation and cuba shift are designed for, "
+        "the .net file is written for (reset interval, readout and state bounds) and Lava runs"))
     sigma_timesteps: Optional[int] = Field(None, **_STEPS, description=(
         "T at which sigma is measured (null: snn.timesteps)"))
     neuron: NeuronKind = Field("if_soft", description="SNN neuron model")
     readout: Readout = Field("potential", description="how the SNN's class is read out")
     cuba_shift: CubaShift = Field("none", description=(
         "cuba only: per-step drive offset folded into the biases: none | half-bias "
-        "(theta/(2T) per step, T = snn.cuba_timesteps)"))
-    cuba_timesteps: Optional[int] = Field(None, **_STEPS, description=(
-        "T the cuba-matched activation and the cuba shift are designed for (null: snn.timesteps)"))
+        "(theta/(2T) per step, T = snn.timesteps)"))
 
     @property
     def sigma_t(self) -> int:
@@ -302,7 +305,9 @@ class SNNConfig(_Section):
 class EvalConfig(_Section):
     """Evaluation of the ANN and the SNN."""
 
-    timesteps: int = Field(8, **_STEPS, description="largest T reported")
+    timesteps: int = Field(8, **_STEPS, description=(
+        "how far the accuracy-versus-T curve goes (T = 1..this; beyond snn.timesteps the "
+        "fixed-point entries run the file past the T it was made for)"))
     batch_size: int = Field(256, **_COUNT, description="evaluation batch size")
 
 
@@ -325,6 +330,9 @@ class RunConfig(_Section):
     overwrite: bool = Field(False, description=(
         "let train/export replace a checkpoint/model.net made with another configuration "
         "(the CLI's --overwrite)"))
+    allow_other_timesteps: bool = Field(False, description=(
+        "let run execute a .net made for another T than snn.timesteps, if its readout and state "
+        "bounds hold at snn.timesteps (checked)"))
 
 
 class ExportConfig(_Section):
@@ -380,7 +388,7 @@ def _cross_key_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     if cfg.eval.timesteps < cfg.snn.timesteps:
         problems.append((("eval.timesteps", "snn.timesteps"), (
             f"eval.timesteps ({cfg.eval.timesteps}) must be >= snn.timesteps ({cfg.snn.timesteps}): "
-            f"the largest reported T must cover the T used for model selection")))
+            f"the accuracy-versus-T curve must reach the deployment T")))
     if cfg.nq.activation == "cuba-matched" and cfg.snn.neuron != "cuba":
         problems.append((("nq.activation", "snn.neuron"), (
             f"nq.activation cuba-matched models the stock cuba neuron but snn.neuron is "
@@ -496,16 +504,11 @@ class Config(BaseModel):
             return "cuba-matched" if self.snn.neuron == "cuba" else "qcfs"
         return self.nq.activation
 
-    @property
-    def cuba_t(self) -> int:
-        """The T the cuba-matched activation and the cuba shift are designed for."""
-        return self.snn.timesteps if self.snn.cuba_timesteps is None else self.snn.cuba_timesteps
-
     def activation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``models.architectures.build_model`` (and
         ``configure_activations``) for the configured hidden-layer activation."""
         if self.activation == "cuba-matched":
-            return {"activation": "cuba-matched", "timesteps": self.cuba_t,
+            return {"activation": "cuba-matched", "timesteps": self.snn.timesteps,
                     "cuba_shift": self.snn.cuba_shift}
         return {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
 
@@ -513,7 +516,7 @@ class Config(BaseModel):
         """Keyword arguments of ``models.converter.convert`` for the configured cuba shift (a
         cuba-matched model carries its own; a QCFS model is shifted at conversion)."""
         if self.activation == "qcfs" and self.snn.cuba_shift != "none":
-            return {"cuba_shift": self.snn.cuba_shift, "shift_timesteps": self.cuba_t}
+            return {"cuba_shift": self.snn.cuba_shift, "shift_timesteps": self.snn.timesteps}
         return {}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -700,7 +703,16 @@ def _unknown_section(sec: Any) -> str:
             f"sections are {', '.join(_SECTIONS)}")
 
 
+#: keys an older config may still set -> what to do instead (one line each)
+REMOVED_KEYS = {
+    ("snn", "cuba_timesteps"): ("snn.timesteps now sets the T the cuba-matched activation and "
+                                "the cuba shift are designed for (the deployment T): delete the key"),
+}
+
+
 def _unknown_key(sec: str, key: Any) -> str:
+    if (sec, key) in REMOVED_KEYS:
+        return f"{sec}.{key} was removed: {REMOVED_KEYS[sec, key]}"
     known = list(_SECTIONS[sec].model_fields)
     return (f"unknown key {sec}.{str(key)[:60]}{_suggest(str(key), known, sec + '.')}; "
             f"keys of {sec} are {', '.join(known)}")

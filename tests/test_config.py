@@ -216,11 +216,12 @@ def test_activation_auto_follows_the_neuron_and_drives_model_and_conversion():
     assert soft.activation == "qcfs"
     assert soft.activation_kwargs() == {"activation": "qcfs", "timesteps": None, "cuba_shift": "none"}
     cuba = Config.from_dict({"nq": {"activation": "auto"}, "snn": {"neuron": "cuba", "timesteps": 2}})
-    assert cuba.activation == "cuba-matched" and cuba.cuba_t == 2
+    assert cuba.activation == "cuba-matched"
     assert cuba.activation_kwargs() == {"activation": "cuba-matched", "timesteps": 2, "cuba_shift": "none"}
     assert cuba.conversion_kwargs() == {}  # a matched model carries its own shift
     shifted = Config.from_dict({"nq": {"activation": "cuba-matched"},
-                                "snn": {"neuron": "cuba", "cuba_shift": "half-bias", "cuba_timesteps": 8}})
+                                "snn": {"neuron": "cuba", "cuba_shift": "half-bias", "timesteps": 8},
+                                "eval": {"timesteps": 8}})
     assert shifted.activation_kwargs() == {"activation": "cuba-matched", "timesteps": 8,
                                            "cuba_shift": "half-bias"}
     # a QCFS-trained model gets the shift at conversion
@@ -238,11 +239,21 @@ def test_activation_auto_follows_the_neuron_and_drives_model_and_conversion():
     ({"snn": {"cuba_shift": "half-bias"}}, "snn.cuba_shift half-bias applies to cuba neurons only"),
     ({"snn": {"cuba_shift": "half"}}, "snn.cuba_shift must be one of 'none', 'half-bias'"),
     ({"nq": {"activation": "cuba"}}, "nq.activation must be one of 'qcfs', 'cuba-matched', 'auto'"),
-    ({"snn": {"cuba_timesteps": 0}}, "snn.cuba_timesteps must be an integer >= 1"),
 ])
 def test_cuba_keys_are_checked(raw, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         Config.from_dict(raw)
+
+
+def test_a_removed_key_says_what_sets_it_now(tmp_path):
+    """snn.cuba_timesteps is gone: snn.timesteps is the one deployment T. An old config that sets
+    it gets one line naming the key and what replaces it (file and --set alike)."""
+    msg = error_of(tmp_path, "snn:\n  neuron: cuba\n  cuba_timesteps: 4\n")
+    assert msg.startswith(str(tmp_path / "c.yaml line 3: snn.cuba_timesteps was removed: snn.timesteps")), msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match=r"^override 'snn.cuba_timesteps=4': snn.cuba_timesteps was "
+                                          r"removed: snn.timesteps now sets"):
+        Config.from_dict({}, ["snn.cuba_timesteps=4"])
 
 
 # ------------------------------------------------------------------ hostile YAML
