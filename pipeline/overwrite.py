@@ -9,10 +9,11 @@ unless the user says so (``--overwrite``, i.e. ``run.overwrite: true``) or picks
   distributed run wait for each other; the same configuration resumes (or finds the
   training complete) as before;
 * model.net: the network it was made from (architecture, levels, activation of the
-  checkpoint) and what export does with it: the snn and quant sections and
-  ``eval.timesteps`` (the readout bound and the file's reset interval); model.nir (the float
-  network): the network and the snn section. The evaluation
-  batch size, the Lava sample count, the run directory and the like do not count. The
+  checkpoint) and what export does with it: the snn and quant sections and the deployment T
+  the file records (``snn.timesteps``: its reset interval and its readout and state bounds);
+  model.nir (the float network): the network and the snn section. How far the accuracy curve
+  goes (``eval.timesteps``), the evaluation batch size, the Lava sample count, the run
+  directory and the like do not count. The
   identity is read from the file's own provenance, so a file an interrupted export
   renamed into place before its report was updated is judged by what it is.
 
@@ -145,13 +146,12 @@ def export_identity(provenance: Mapping[str, Any], fmt: str = "net") -> dict[str
     """What makes an exported file what it is, from its provenance (see the module docstring);
     ``fmt`` ``nir``: the float network, which quantization and the deployment T do not touch."""
     config = provenance.get("config") if isinstance(provenance.get("config"), Mapping) else {}
-    evaluation = config.get("eval") if isinstance(config.get("eval"), Mapping) else {}
     identity = {"network": {"arch": provenance.get("arch"), "levels": provenance.get("levels"),
                             "activation": provenance.get("activation"),
                             "imported": "imported_nir_sha256" in provenance},
                 "snn": config.get("snn")}
     if fmt == "net":
-        identity.update(quant=config.get("quant"), eval={"timesteps": evaluation.get("timesteps")})
+        identity.update(quant=config.get("quant"), timesteps=provenance.get("timesteps"))
     return identity
 
 

@@ -21,9 +21,9 @@ from torch import nn
 
 from hardware.analysis.activity import activity_from_sim, save_raster, spiking_layers
 from hardware.analysis.energy import count_macs, energy_estimate
-from hardware.errors import NetxFormatError
+from hardware.errors import NetxFormatError, QuantizationError
 from hardware.analysis.resources import check_fit, require_fit
-from hardware.fixed_point.quantize import quantize
+from hardware.fixed_point.quantize import check_state_bounds, quantize
 from hardware.simulator import encode_input, simulate
 from hardware.ir.validate import simulator_limits, validate_network
 from hardware.runtime.progress import tqdm
@@ -89,7 +89,7 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
 
 def _fixed_point_run(cfg: Config, net, x_int: np.ndarray, labels: np.ndarray, progress: bool):
     """Bit-accurate simulator over the test split: ({t: accuracy} for t ≤ eval.timesteps by the
-    net's readout, summed activity or None, sample 0's raster (names, trains) or None, wall time)."""
+    net's readout (the same file past the T it was made for, too), summed activity or None, sample 0's raster (names, trains) or None, wall time)."""
     steps = cfg.eval.timesteps
     start = time.perf_counter()
     predictions, activity, raster = [], None, None
@@ -129,17 +129,25 @@ def _write_raster(run_dir: RunDir, raster) -> dict | None:
     return {"path": run_dir.raster.name, "sha256": sha256_of(run_dir.raster), "layers": list(names)}
 
 
-def _warn_if_readout_unbounded(net, steps: int) -> None:
-    """The quantizer keeps the output integrator below its threshold only up to the T it was
-    quantized for; beyond it the layer may fire and reset, and argmax v means nothing."""
-    if net.readout != "potential":
-        return
-    bounded = [q.get("readout_steps") for q in net.metadata.get("quantization") or []
-               if isinstance(q, dict) and q.get("readout_steps") is not None]
-    if bounded and steps > min(bounded):
-        log.warning("eval.timesteps=%d exceeds the %d steps the readout layer of this network was "
-                    "quantized for: its membrane may reach the threshold, fire and reset", steps,
-                    min(bounded))
+def deployment_timesteps(cfg: Config, net, path: Path) -> int:
+    """The T the run deploys at: snn.timesteps, which must be the T the file is made for (its
+    ``timesteps``; a file made elsewhere states none). With run.allow_other_timesteps another T
+    is allowed if the file's state and readout bounds hold at it (re-checked, else refused)."""
+    steps, made_for = cfg.snn.timesteps, net.metadata.get("timesteps")
+    if made_for is None or made_for == steps:
+        return steps
+    if not cfg.run.allow_other_timesteps:
+        raise ArtifactError(f"{path} is made for T = {made_for} but snn.timesteps is {steps}: set "
+                            f"snn.timesteps={made_for}, or export again, or set "
+                            f"run.allow_other_timesteps=true to run it at T = {steps} if its bounds hold")
+    try:
+        check_state_bounds(net, steps)
+    except QuantizationError as exc:
+        raise ArtifactError(f"{path} is made for T = {made_for} and cannot run at snn.timesteps = {steps} "
+                            f"(run.allow_other_timesteps): {exc}; export it for T = {steps}") from None
+    log.warning("running %s, made for T = %d, at T = %d (run.allow_other_timesteps; its bounds hold)",
+                path, made_for, steps)
+    return steps
 
 
 def _lava_agreement(lava_run, ref) -> np.ndarray:
@@ -267,14 +275,16 @@ def export(cfg: Config, progress: bool = True, module: nn.Module | None = None) 
     net, provenance, source = _network_to_export(cfg, run_dir, module)
     if cfg.export.format == "nir":
         return _export_nir(run_dir, net, provenance, source, cfg.run.overwrite)
+    steps = cfg.snn.timesteps  # the deployment T: the file's reset interval and its bounds
+    provenance = {**provenance, "timesteps": steps}
     check_net_replacement(run_dir.net, provenance, cfg.run.overwrite)  # before the work, not after
-    # the readout is guaranteed to fit Loihi 2's membrane for every T the run reports
-    qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=cfg.eval.timesteps)
+    qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=steps)
     write_net(qnet, run_dir.net, provenance={**provenance, "quantization": qnet.metadata["quantization"]},
-              steps_per_sample=cfg.eval.timesteps)
+              steps_per_sample=steps)
     result = {"export": {"path": str(run_dir.net), "sha256": sha256_of(run_dir.net),
                          "neuron": net.weighted_layers[0].neuron.kind, "readout": qnet.readout,
-                         "input_bits": qnet.input_bits, "format": "net", "source": source},
+                         "input_bits": qnet.input_bits, "format": "net", "source": source,
+                         "timesteps": steps},
               "quantization": qnet.metadata["quantization"]}
     log.info("wrote %s", run_dir.net)
     return _sections_written(run_dir, result)
@@ -375,12 +385,13 @@ def _load_net_and_data(cfg: Config, path: Path):
     return net, encode_input(x, net.input_bits), y.numpy(), section
 
 
-def _lava_sections(cfg: Config, net, path: Path, x_int: np.ndarray, labels: np.ndarray, progress: bool):
-    """Run the first ``run.lava_samples`` samples in Lava and compare them with the reference:
-    (lava section, Lava accuracy by t, board measurement or None)."""
+def _lava_sections(cfg: Config, net, path: Path, data: tuple, steps: int, progress: bool):
+    """Run the first ``run.lava_samples`` samples of ``data`` (integer inputs, labels) in Lava for
+    ``steps`` (the deployment T) and compare them with the reference: (lava section, Lava accuracy
+    by t, board measurement or None)."""
     from hardware.runtime.runner import run_lava
 
-    steps = cfg.eval.timesteps
+    x_int, labels = data
     n = min(cfg.run.lava_samples, len(x_int))
     # Lava-side probes exist on the CPU simulation; on a board lava-loihi's own counters apply
     lava_probes = "counts" if cfg.run.probes and cfg.run.backend == "loihi2-sim" else False
@@ -415,12 +426,15 @@ def run(cfg: Config, progress: bool = True) -> dict:
     fit = check_fit(net)
     if cfg.run.backend == "loihi2-hw":
         require_fit(net)
-    _warn_if_readout_unbounded(net, cfg.eval.timesteps)
+    steps = deployment_timesteps(cfg, net, path)
     snn_fixed, activity, raster, sim_time = _fixed_point_run(cfg, net, x_int, labels, progress)
-    lava, lava_acc, board = _lava_sections(cfg, net, path, x_int, labels, progress)
+    lava, lava_acc, board = _lava_sections(cfg, net, path, (x_int, labels), steps, progress)
     result = {"readout": net.readout, "accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc}, "lava": lava,
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": sha256_of(path), "input": input_section,
+                               "timesteps": net.metadata.get("timesteps"),
+                               # the curve's entries past the deployment T: the same file, its bounds unchecked
+                               "snn_fixed_beyond_t": list(range(steps + 1, cfg.eval.timesteps + 1)),
                                **_default_neuron_note(net)},
               "resources": fit.to_dict()}
     if board is not None:

@@ -152,7 +152,7 @@ def test_networks_the_one_step_rule_covers_keep_their_scale():
 
 def test_without_steps_the_bound_covers_one_step_and_says_so():
     """A spike-readout net quantized without readout_steps is bounded for T = 1 only, and the
-    report says so (the pipeline always passes eval.timesteps)."""
+    report says so (the pipeline always passes snn.timesteps, the deployment T)."""
     q = quantize(alpha_net(), input_bits=INPUT_BITS)
     assert [r["state_steps"] for r in q.metadata["quantization"]] == [1, 1]
     assert _report(q, "alpha")["limited_by"] == "24-bit state"

@@ -84,7 +84,7 @@ def test_train_with_the_same_configuration_resumes_and_keeps_everything(exported
     assert after[CHECKPOINT] == before[CHECKPOINT] and after[NET_FILE] == before[NET_FILE]
 
 
-@pytest.mark.parametrize("change", ["snn.neuron=cuba", "quant.input_bits=7", "eval.timesteps=3"])
+@pytest.mark.parametrize("change", ["snn.neuron=cuba", "quant.input_bits=7", "snn.timesteps=1"])
 def test_export_refuses_to_replace_a_net_of_another_configuration(exported, tmp_path, change):
     run_dir = _copy(exported, tmp_path)
     before = sha256_of(run_dir / NET_FILE)

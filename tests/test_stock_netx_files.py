@@ -58,9 +58,10 @@ def _cuba_net(readout: str) -> Network:
         Dense(weight=w2, bias=rng.integers(-5, 6, 4), neuron=out, name="o")])
 
 
-def _run_stock(kwargs: dict, x: np.ndarray, n_in: int):
-    """Feed sample k as source columns kT .. kT+T-1 (the file's note); output spikes and the
-    output block's v at the end of every sample's window, per sample."""
+def _run_stock(kwargs: dict, x: np.ndarray, T: int = T):
+    """Feed sample k of ``x`` (n, *input shape in C order) as source columns kT .. kT+T-1 (the
+    file's note; netx takes the input as (W, H, C)); output spikes and the output block's v at
+    the end of every sample's window, per sample."""
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
@@ -69,8 +70,9 @@ def _run_stock(kwargs: dict, x: np.ndarray, n_in: int):
     lnet = _netx(**kwargs)
     n, L = len(x), len(lnet.layers)
     steps = n * T + L
-    cols = np.zeros((n_in, steps), dtype=np.int32)
-    cols[:, : n * T] = np.repeat(x, T, axis=0).T
+    x_netx = np.moveaxis(np.repeat(x.transpose(0, *range(x.ndim - 1, 0, -1)), T, axis=0), 0, -1)
+    cols = np.zeros(x_netx.shape[:-1] + (steps,), dtype=np.int32)
+    cols[..., : n * T] = x_netx
     source, sink = Source(data=cols), Sink(shape=lnet.out.shape, buffer=steps)
     source.s_out.connect(lnet.inp)
     lnet.out.connect(sink.a_in)
@@ -98,7 +100,7 @@ def test_cuba_sequential_file_runs_in_stock_netx_with_its_stored_call(tmp_path, 
     assert kwargs == {"net_config": str(path), "input_message_bits": 8, "reset_interval": T,
                       "reset_offset": 1}
     x = np.random.default_rng(6).integers(0, 256, (3, 6))
-    spikes, v = _run_stock(kwargs, x, 6)
+    spikes, v = _run_stock(kwargs, x)
     sim = simulate(read_net(path), x, T)
     assert np.array_equal(spikes, sim.output_spikes.numpy())
     assert np.array_equal(v, sim.output_potential[-1].numpy())

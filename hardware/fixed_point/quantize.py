@@ -175,6 +175,38 @@ def quantize(net: Network, input_bits: int | None = None, spec: Loihi2Spec = LOI
     return q
 
 
+def check_state_bounds(net: Network, steps: int, spec: Loihi2Spec = LOIHI2) -> None:
+    """Raise :class:`QuantizationError` (naming the layer) unless the integer ``net`` keeps what
+    :func:`quantize` guarantees for its ``readout_steps`` at ``steps``: every layer's u and v
+    inside 24 bits at every step up to it (the exact worst case, :func:`_state_extremes`) and a
+    potential readout's membrane at or below its threshold. For running a file at a T other
+    than the one it was quantized for."""
+    if not net.integer:
+        raise QuantizationError("the state bounds are checked on an integer network")
+    readout = net.weighted_layers[-1] if net.readout == "potential" else None
+    x_max = spec.input_max(net.input_bits)
+    for layer in net.weighted_layers:
+        if layer.weight_exp or any(p.weight_exp for p in layer.extra_inputs):
+            raise QuantizationError(f"layer {layer.name}: weight_exp is not 0; the state bounds are "
+                                    f"checked for this project's files only")
+        w = np.asarray(layer.weight, dtype=np.int64)
+        p_ints = [np.asarray(p.weight, dtype=np.int64) for p in layer.extra_inputs]
+        b = np.zeros(w.shape[0], np.int64) if layer.bias is None else np.asarray(layer.bias, np.int64)
+        vth = int(layer.neuron.threshold)
+        ext = _integer_extremes(w, p_ints, x_max, b, layer.neuron, vth, steps, spec)
+        peak = _peak(ext)
+        if layer is readout:
+            worst = steps * (max(_pos_neg([w * x_max] + p_ints)) + int(np.abs(b).max(initial=0)))
+            peak, limit, what = max(worst << spec.threshold_shift, peak), dynamics.theta(vth, spec), \
+                "its threshold (it would fire)"
+        else:
+            limit, what = spec.state_abs_max, "the 24-bit state"
+        if peak > limit:
+            raise QuantizationError(f"layer {layer.name}: over T = {steps} steps its worst-case u or v "
+                                    f"reaches {peak}, beyond {what} ({limit})")
+        x_max = 1  # later layers receive binary spikes
+
+
 def _float_weight(weight, weight_exp, what: str) -> np.ndarray:
     """W · 2**weight_exp as float64 (the float IR's synapse, see hardware.simulator)."""
     w = np.asarray(weight, dtype=np.float64) * 2.0 ** int(weight_exp)
@@ -510,7 +542,7 @@ def _quantize_readout(layer, syn: _Synapses, bias: np.ndarray, steps: int, spec:
             f"layer {layer.name}: to keep the accumulated output of the readout inside Loihi 2's "
             f"24-bit membrane for T up to {steps}, its weights would shrink to at most ±{w_max} "
             f"(fewer than {MIN_READOUT_WEIGHT_BITS} signed bits){_branches(syn)}; use fewer time "
-            f"steps (eval.timesteps) or fewer input bits")
+            f"steps (snn.timesteps) or fewer input bits")
     q_layer = _integer_layer(layer, w_int, b_int, neuron, syn, p_ints)
     errors = _weight_errors(w_int, syn.main, scale, syn.x_max)
     report = LayerQuantReport(

@@ -18,7 +18,9 @@ with netx's weight exponent; conv weights and biases must hold integers (``NetDi
 truncate them); a dense layer without a neuron gets netx's default neuron. ``concat`` layers
 (extra inputs) are read only from this project's files that declare the graph format, each
 projection's sizes checked against its source and its layer before its weights are read.
-IR versions read: :data:`hardware.ir.READABLE_IR_VERSIONS`. Every failure is one
+The T a file of this project is made for is ``metadata["timesteps"]``: its provenance's, else
+its ``reset_interval`` (they must agree); files of others state none. IR versions read:
+:data:`hardware.ir.READABLE_IR_VERSIONS`. Every failure is one
 :class:`NetxFormatError` line naming the file (and the layer and key where there is one).
 """
 from __future__ import annotations
@@ -102,6 +104,9 @@ def provenance_problem(metadata: dict, n_weighted: Optional[int] = None) -> Opti
             return f"'ann_macs' is {str(macs)[:40]!r}, expected a list of non-negative integers"
         if n_weighted is not None and len(macs) != n_weighted:
             return f"'ann_macs' has {len(macs)} entries for {n_weighted} weighted layers"
+    steps = metadata.get("timesteps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        return f"'timesteps' (the T the file is made for) is {str(steps)[:40]!r}, expected an integer >= 1"
     names = metadata.get("netx_default_neuron_layers")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         return "'netx_default_neuron_layers' must be a list of layer names"
@@ -593,8 +598,9 @@ class _Reader(_Access):
             raise self.fail(f"readout attribute {readout!r} is not one of {READOUTS}")
         return version, readout
 
-    def stock_netx_attrs(self, input_bits: Optional[int]) -> None:
-        """The stock-netx arguments the file states must agree with the network."""
+    def stock_netx_attrs(self, input_bits: Optional[int]) -> Optional[int]:
+        """The stock-netx arguments the file states must agree with the network; its reset
+        interval (None if it states none)."""
         bits = self.attr_int(self.f, "input_message_bits", "input", 1, LOIHI2.graded_spike_max_bits)
         if bits is not None and bits != input_bits:
             raise self.fail(f"attribute input_message_bits = {bits} disagrees with "
@@ -603,6 +609,7 @@ class _Reader(_Access):
         offset = self.attr_int(self.f, "reset_offset", "input", 0)
         if (interval is None) != (offset is None):
             raise self.fail("attributes reset_interval and reset_offset must come together")
+        return interval
 
     def ours_root(self) -> tuple:
         """(metadata, input_bits, version, readout) of a file this project wrote."""
@@ -611,8 +618,14 @@ class _Reader(_Access):
             raise self.fail(f"format version {version!r} is not supported "
                             f"(this reader reads version {NETX_FORMAT_VERSION})")
         input_bits = self.attr_int(self.f, "input_bits", "input")
-        self.stock_netx_attrs(input_bits)
-        return (self.provenance(), input_bits) + self.version_and_readout()
+        interval = self.stock_netx_attrs(input_bits)
+        metadata = self.provenance()
+        steps = metadata.get("timesteps")
+        if steps is not None and interval is not None and steps != interval:
+            raise self.fail(f"provenance timesteps = {steps} disagrees with reset_interval = {interval}")
+        if steps is None and interval is not None:
+            metadata["timesteps"] = interval  # a file whose provenance predates the key: its T
+        return (metadata, input_bits) + self.version_and_readout()
 
     def read(self) -> Network:
         if self.ours:

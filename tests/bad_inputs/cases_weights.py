@@ -254,7 +254,7 @@ BAD_LAYER_VALUES = [("lambda", 0, 0.0), ("lambda", -1, -1.0), ("lambda", 0, floa
 #: another configuration than the trained base's: train and export must not replace its work
 OTHER_TRAINING = {"seed": "train.seed=5", "epochs": "train.epochs=2", "arch": "model.arch=cnn-small",
                   "levels": "nq.levels=8", "neuron": "snn.neuron=cuba", "lr": "train.lr=0.01"}
-OTHER_EXPORT = {"neuron": "snn.neuron=cuba", "input-bits": "quant.input_bits=6", "timesteps": "eval.timesteps=3",
+OTHER_EXPORT = {"neuron": "snn.neuron=cuba", "input-bits": "quant.input_bits=6", "timesteps": "snn.timesteps=1",
                 "readout": "snn.readout=spikes"}
 #: issue-18 cases in the exhaustive run only
 ISSUE18_SLOW = {f"checkpoint-evaluate-meta-{k}[{i}]={_v}" for k, i, _v in (
