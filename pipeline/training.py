@@ -9,7 +9,8 @@ where the SNN is the converted network simulated (float32 reference simulator) f
 ``snn.sigma_timesteps`` steps with the configured neuron. The epoch with the best SNN
 validation accuracy at ``snn.timesteps`` (configured readout; ``train.select_samples`` of
 the validation split) is kept, never judged on the test set. Each epoch's record holds the
-wall times ``train_s``, ``sigma_s`` and ``select_s``.
+wall times ``train_s``, ``sigma_s`` and ``select_s``. ``train.activity_penalty`` = w > 0 adds
+w · mean over NQ layers of mean(quantized activation / λ) (spikes per neuron per step) to the loss.
 
 Files in ``run.dir`` (:mod:`pipeline.checkpoints`, safetensors, never unpickled):
 ``checkpoint.safetensors`` (the best epoch) and ``train_state.safetensors`` (the resume
@@ -24,6 +25,7 @@ compute. Rank 0 alone writes files, logs and shows progress.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -253,24 +255,58 @@ def _augment_generator(s: "_Session", epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(seed, STREAM_AUGMENT, s.dist.rank, epoch))
 
 
+def _penalised(cfg: Config) -> bool:
+    """Whether the loss carries the activity term (weight 0: the plain loss, not a zero term)."""
+    return cfg.train.activity_penalty > 0
+
+
+@contextlib.contextmanager
+def _spike_rates(model: nn.Module, enabled: bool):
+    """While open, every forward appends each NQ layer's mean spike rate to the yielded list
+    (None when not ``enabled``: no hooks at all).
+
+    The rate is quantized(input) / λ: spikes per neuron per step of the constant-input SNN
+    (count/T for cuba-matched, level/L for QCFS), so λ cannot buy a smaller penalty by shrinking
+    while the SNN fires as often. It is recomputed from the input, without the training noise,
+    whose zero-mean term would only add noise to the gradient. Hooks sit on the modules
+    themselves, so a DDP wrapper's forward fills the list too."""
+    if not enabled:
+        yield None
+        return
+    rates: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, inputs, _out: rates.append((m.quantized(inputs[0]) /
+                                                                           m.threshold).mean()))
+             for m in nq_layers(model)]
+    try:
+        yield rates
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _train_epoch(s: "_Session", epoch: int, progress: bool) -> float:
-    """One SGD pass; the mean training loss (over the samples of every rank)."""
+    """One SGD pass; the mean training loss (over the samples of every rank; with
+    ``train.activity_penalty`` its activity term included)."""
     s.trainable.train()
     loader, augment_rng = _train_loader(s, epoch), _augment_generator(s, epoch)
     loss_fn = nn.CrossEntropyLoss()
     total_loss, seen = 0.0, 0
-    for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-        x, y = x.to(s.device), y.to(s.device)
-        if s.cfg.train.augment:
-            x = augment_batch(x, s.data.name, augment_rng)
-            if s.dist.distributed:  # the crop's gather leaves a channels-last layout, whose weight
-                x = x.contiguous()  # gradients DDP would copy into its buckets stride by stride
-        s.optimizer.zero_grad()
-        loss = loss_fn(s.trainable(x), y)
-        loss.backward()  # under DDP: the gradients are averaged over the ranks here
-        s.optimizer.step()
-        total_loss += float(loss) * len(y)
-        seen += len(y)
+    with _spike_rates(s.model, _penalised(s.cfg)) as rates:
+        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+            x, y = x.to(s.device), y.to(s.device)
+            if s.cfg.train.augment:
+                x = augment_batch(x, s.data.name, augment_rng)
+                if s.dist.distributed:  # the crop's gather leaves a channels-last layout, whose weight
+                    x = x.contiguous()  # gradients DDP would copy into its buckets stride by stride
+            s.optimizer.zero_grad()
+            loss = loss_fn(s.trainable(x), y)
+            if rates is not None:
+                loss = loss + s.cfg.train.activity_penalty * torch.stack(rates).mean()
+                rates.clear()
+            loss.backward()  # under DDP: the gradients are averaged over the ranks here
+            s.optimizer.step()
+            total_loss += float(loss) * len(y)
+            seen += len(y)
     if not s.dist.distributed:
         return total_loss / len(s.data.train)
     # BatchNorm: plain per-rank BN (torch's default), not SyncBatchNorm. Each rank normalises

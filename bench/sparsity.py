@@ -1,0 +1,151 @@
+"""Activity penalty (``train.activity_penalty``) against accuracy and synaptic work.
+
+Trains Fashion-MNIST cnn-small (deploy.yaml otherwise; ``--set`` changes every run) once per
+penalty weight and seed, the seeds paired (same initialisation, data order and noise), and
+evaluates the selected epoch on the whole test split in Loihi 2 fixed point (quantizer +
+bit-accurate simulator, the config's neuron and readout): accuracy, and SynOps per inference
+(binary + the first layer's graded ones, :func:`hardware.analysis.activity.activity_from_sim`'s
+counts over the first T steps) at T = 1, 2, 4, against the ANN's multiply-accumulates
+(:func:`models.converter.count_ann_macs`) and its test accuracy.
+
+Each finished run is appended to the results file as it ends; a restarted benchmark skips the
+runs already there (and a run directory resumes its training). Runs go seed-major, so seed 0
+of every weight finishes first.
+
+    .venv/bin/python bench/sparsity.py [--weights 0 1 4] [--seeds 0 1 2] [--epochs 1]
+        [--set KEY=VALUE] [--report]
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardware.analysis.activity import activity_from_sim
+from hardware.fixed_point.quantize import quantize
+from hardware.simulator import encode_input, simulate
+from models.converter import count_ann_macs
+from pipeline.artifacts import CHECKPOINT
+from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
+from pipeline.data import load_dataset
+from pipeline.training import ann_accuracy, to_ir, train
+
+try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
+    import bench_common as common
+except ImportError:  # imported as bench.sparsity (the tests)
+    from bench import bench_common as common
+
+STEPS = (1, 2, 4)
+#: test images per simulator batch (its spike trains are kept for the per-T activity)
+SIM_BATCH = 250
+
+
+def run_config(args, weight: float, seed: int):
+    """One run's config: deploy.yaml, the script's settings, then ``--set`` (which wins)."""
+    own = [f"data.name={args.dataset}", f"model.arch={args.arch}", f"train.epochs={args.epochs}",
+           f"train.seed={seed}", f"train.batch_size={args.batch_size}",
+           f"train.select_samples={args.select_samples}", f"train.activity_penalty={weight:g}",
+           f"run.dir={Path(args.out) / f'w{weight:g}-s{seed}'}"]
+    return common.bench_config(args.config, own, args.extra)
+
+
+def fixed_point_by_t(net, data, input_bits: int) -> tuple[dict, dict]:
+    """({T: accuracy}, {T: SynOps per inference}) of the integer ``net`` on the whole test split."""
+    correct = np.zeros(len(STEPS))
+    synops = np.zeros(len(STEPS))
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))]).numpy()
+    y = torch.as_tensor([int(data.test[i][1]) for i in range(len(data.test))])
+    for begin in range(0, len(x), SIM_BATCH):
+        payload = encode_input(x[begin:begin + SIM_BATCH], input_bits)
+        res = simulate(net, torch.as_tensor(payload), max(STEPS), record_spikes=True)
+        preds = res.predictions()
+        trains = res.layer_spike_trains
+        for k, t in enumerate(STEPS):
+            correct[k] += float((preds[t - 1] == y[begin:begin + len(payload)]).sum())
+            res.layer_spike_trains = [tr[:t] for tr in trains]
+            report = activity_from_sim(net, res, payload).to_dict()
+            synops[k] += report["totals"]["synops"] * report["samples"]
+    n = len(x)
+    return ({str(t): correct[k] / n for k, t in enumerate(STEPS)},
+            {str(t): synops[k] / n for k, t in enumerate(STEPS)})
+
+
+def integer_net(cfg, model, input_shape, ckpt: dict):
+    """The selected model as the pipeline quantizes it (the config's neuron, readout and shift)."""
+    net = to_ir(model, input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
+                output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
+    return quantize(net, input_bits=cfg.quant.input_bits, readout_steps=max(STEPS))
+
+
+def run_one(args, weight: float, seed: int, data) -> dict:
+    """Train (or resume) one weight and seed and evaluate its selected epoch: the results row."""
+    cfg, started = run_config(args, weight, seed), time.perf_counter()
+    result = train(cfg, progress=False, data=data)
+    train_s, ckpt = time.perf_counter() - started, load_checkpoint(Path(cfg.run.dir) / CHECKPOINT)
+    model = model_from_checkpoint(ckpt).eval()
+    accuracy, synops = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data,
+                                        cfg.quant.input_bits)
+    return {"weight": weight, "seed": seed, "dataset": data.name, "arch": args.arch, "epochs": args.epochs,
+            "overrides": args.extra, "best_epoch": ckpt["epoch"], "train_s": train_s,
+            "ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")),
+            "ann_macs": int(sum(count_ann_macs(model, tuple(data.input_shape)))),
+            "snn_fixed": accuracy, "synops": synops, "lambda": ckpt["lambda"],
+            "history": [{k: r[k] for k in ("epoch", "loss", "ann_val", "snn_val")} for r in result["history"]],
+            "wall_s": time.perf_counter() - started}
+
+
+def _key(row: dict) -> tuple:
+    return row["weight"], row["seed"], row["epochs"], tuple(row["overrides"])
+
+
+def report(rows: list[dict]) -> str:
+    """The table: per weight, mean ± sd over seeds of accuracy (%) and SynOps per ANN MAC by T."""
+    head = ("| weight | epochs | seeds | ANN % | " + " | ".join(f"T={t} fixed %" for t in STEPS) + " | "
+            + " | ".join(f"T={t} SynOps/MAC" for t in STEPS) + " |")
+    lines = [head, "|" + "---|" * (4 + 2 * len(STEPS))]
+    for weight, epochs in sorted({(r["weight"], r["epochs"]) for r in rows}):
+        group = [r for r in rows if (r["weight"], r["epochs"]) == (weight, epochs)]
+        acc = [common.mean_sd_percent(r["snn_fixed"][str(t)] for r in group) for t in STEPS]
+        ratio = ["{:.3f} ± {:.3f}".format(*common.mean_std(r["synops"][str(t)] / r["ann_macs"] for r in group))
+                 for t in STEPS]
+        lines.append(f"| {weight:g} | {epochs} | {','.join(str(r['seed']) for r in group)} | "
+                     f"{common.mean_sd_percent(r['ann'] for r in group)} | " + " | ".join(acc + ratio) + " |")
+    macs = sorted({r["ann_macs"] for r in rows})
+    return "\n".join(lines + [f"\nANN MACs per inference: {', '.join(map(str, macs))}",
+                              f"Provenance: {common.provenance_summary(rows)}"])
+
+
+def parse_args(argv=None):
+    ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/sparsity",
+                                 results="bench/results/sparsity.jsonl")
+    ap.set_defaults(epochs=1)  # ~30 min for seed 0 of three weights on 2 busy cores
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further config override for every run, as the pipeline's --set")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args, _ = parse_args(argv), common.code_state()  # the commit this process runs, before a long run
+    path = Path(args.results)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the pipeline's epoch lines
+    if not args.report:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            data = None
+            for weight in args.weights:
+                row_key = (weight, seed, args.epochs, tuple(args.extra))
+                if row_key in {_key(r) for r in common.load_results(path)}:
+                    continue
+                data = data or load_dataset(run_config(args, weight, seed).data, seed=seed)
+                row = run_one(args, weight, seed, data)
+                common.append_result(path, row)
+                print(f"weight {weight:g} seed {seed}: " + report([row]).splitlines()[2], flush=True)
+    print(report(common.load_results(path)))
+
+
+if __name__ == "__main__":
+    main()
