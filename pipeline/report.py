@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hardware.analysis.activity import load_raster
-from hardware.analysis.energy import count_macs, energy_estimate, LOIHI2_CAVEAT, PILOTNET_LOIHI2_REFERENCE
+from hardware.analysis.energy import (LITERATURE_INCLUDES, LOIHI2_CAVEAT, LOIHI_INCLUDES, NOT_COMPARABLE,
+                                      PILOTNET_LOIHI2_REFERENCE, count_macs, energy_estimate,
+                                      literature_energy, resolve_constants)
 from hardware.errors import ToolkitError
 from hardware.analysis.resources import check_fit
 
@@ -241,42 +243,76 @@ def _measured_energy_section(measured: Optional[dict]) -> list[str]:
     return lines + [f"Source: {measured.get('source')}.", ""] + _table(["", "value"], rows)
 
 
-def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
-    lines = ["## Energy per inference (ESTIMATE)", "", f"> **{LOIHI2_CAVEAT}**", ""]
+def _reference_line(energy: Optional[dict]) -> str:
     ref = (energy or {}).get("reference") or asdict(PILOTNET_LOIHI2_REFERENCE)
-    ref_line = (f"> Measured Loihi 2 reference for scale ({ref['network']}): "
-                f"{ref['total_power_w']} W total, {ref['energy_per_inference_mj']} mJ per inference "
-                f"at {ref['frames_per_s']} frames/s, {ref['steps_per_sample']} steps per sample "
-                f"(source: {ref['source']}). A different network: compare orders of magnitude only.")
-    if not energy:
-        return lines + [ref_line, ""] + _missing("probe counts for the energy estimate", "run")
-    lines += [f"Formula: `{energy['formula']}`", ""]
+    return (f"> Measured Loihi 2 reference for scale ({ref['network']}): "
+            f"{ref['total_power_w']} W total, {ref['energy_per_inference_mj']} mJ per inference "
+            f"at {ref['frames_per_s']} frames/s, {ref['steps_per_sample']} steps per sample "
+            f"(source: {ref['source']}). A different network: compare orders of magnitude with "
+            "(a) only.")
+
+
+def _loihi_estimate_lines(energy: dict) -> list[str]:
+    """Convention (a): the Loihi estimate per operation and per layer."""
     total = energy["total_pj"]
-    lines += [f"**Estimated SNN energy per inference: {_fmt(total * 1e-6)} µJ** "
-              f"({_fmt(total)} pJ; {energy.get('source')} counts, T = {energy.get('timesteps')}).", ""]
-    base = energy.get("ann_baseline")
-    if base:
-        lines += _table(["", "µJ per inference (estimate)", "ratio to SNN estimate"],
-                        [["SNN on Loihi (estimate)", total * 1e-6, 1.0],
-                         [f"ANN, {_fmt(base['macs'])} MACs × fp32 MAC energy", base["fp32_pj"] * 1e-6,
-                          base.get("fp32_over_snn")],
-                         [f"ANN, {_fmt(base['macs'])} MACs × int8 MAC energy", base["int8_pj"] * 1e-6,
-                          base.get("int8_over_snn")]])
-    else:
-        lines += ["_ANN baseline omitted: MAC counts need the network (.net) file._", ""]
-    lines += [ref_line, ""]
-    ops = energy["by_operation"]
-    lines += ["By operation (estimate):", ""]
+    lines = ["### (a) Loihi estimate, per operation (ESTIMATE)", "", f"> **{LOIHI2_CAVEAT}**", "",
+             f"Includes: {energy.get('includes') or LOIHI_INCLUDES}.", "",
+             f"Formula: `{energy['formula']}`", "",
+             f"**(a) Estimated SNN energy per inference on Loihi: {_fmt(total * 1e-6)} µJ** "
+             f"({_fmt(total)} pJ; {energy.get('source')} counts, T = {energy.get('timesteps')}).", "",
+             _reference_line(energy), "", "By operation (estimate):", ""]
     lines += _table(["operation", "pJ", "share"],
-                    [[op, v, v / total if total else None] for op, v in ops.items()])
+                    [[op, v, v / total if total else None] for op, v in energy["by_operation"].items()])
     cols = ["synaptic_binary", "synaptic_graded", "neuron_update_active",
             "neuron_update_inactive", "spike_routing"]
     lines += ["By layer (pJ, estimate):", ""]
-    rows = [[la["name"]] + [la.get(c) for c in cols] + [la["total"], la.get("ann_fp32"),
-                                                       la.get("ann_int8")]
-            for la in energy["layers"]]
-    lines += _table(["layer"] + cols + ["total", "ANN fp32", "ANN int8"], rows)
-    lines += ["Constants used:", ""]
+    return lines + _table(["layer"] + cols + ["total"],
+                          [[la["name"]] + [la.get(c) for c in cols] + [la["total"]]
+                           for la in energy["layers"]])
+
+
+def _literature_lines(energy: dict) -> list[str]:
+    """Convention (b): the SNN's synaptic ops against the ANN's MACs, compute only."""
+    lit = energy.get("literature")
+    lines = ["### (b) Conversion-literature convention (compute only)", ""]
+    if not lit:
+        return lines + ["_Not available: this energy section has no literature figure and the "
+                        "probes to compute it are missing._", ""]
+    lines += [f"Includes: {lit['includes']}.", "", f"Formula: `{lit['formula']}` "
+              f"(source: {lit['source']}).", ""]
+    rows = [["SNN binary synaptic ops (adds, E_AC)", lit["synops_binary"], lit["e_ac_pj"],
+             lit["synops_binary"] * lit["e_ac_pj"] * 1e-6],
+            ["SNN graded synaptic ops, first layer (multiply-adds, E_MAC)", lit["synops_graded"],
+             lit["e_mac_pj"], lit["synops_graded"] * lit["e_mac_pj"] * 1e-6],
+            ["**SNN total (b)**", None, None, lit["snn_pj"] * 1e-6]]
+    if lit.get("ann_pj") is not None:
+        rows.append(["**ANN, MACs (fp32, E_MAC) (b)**", lit["ann_macs"], lit["e_mac_pj"],
+                     lit["ann_pj"] * 1e-6])
+    base = energy.get("ann_baseline")
+    if base:
+        rows.append(["ANN, MACs (int8; for scale, the SNN side is fp32)", base["macs"],
+                     base["int8_pj"] / base["macs"] if base["macs"] else None, base["int8_pj"] * 1e-6])
+    lines += _table(["(b) per inference", "count", "pJ each", "µJ"], rows)
+    if lit.get("ann_over_snn") is not None:
+        lines += [f"**(b) ANN / SNN energy: {_fmt(lit['ann_over_snn'])}×** (T = "
+                  f"{energy.get('timesteps')}).", ""]
+    elif lit.get("ann_pj") is None:
+        lines += ["_ANN side omitted: MAC counts need the network (.net) file._", ""]
+    lines += ["By layer (pJ, convention (b)):", ""]
+    return lines + _table(["layer", "SNN (b)", "ANN fp32 (b)", "ANN int8"],
+                          [[la["name"], la.get("literature_pj"), la.get("ann_fp32"), la.get("ann_int8")]
+                           for la in energy["layers"]])
+
+
+def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Energy per inference: two conventions", "",
+             f"> **{(energy or {}).get('not_comparable') or NOT_COMPARABLE}**", ""]
+    if not energy:
+        return lines + [f"> **{LOIHI2_CAVEAT}**", "", f"(a) includes: {LOIHI_INCLUDES}.", "",
+                        f"(b) includes: {LITERATURE_INCLUDES}.", "", _reference_line(energy), ""] + \
+            _missing("probe counts for the energy estimate", "run")
+    lines += _loihi_estimate_lines(energy) + _literature_lines(energy)
+    lines += ["Constants used (both conventions):", ""]
     lines += _table(["name", "value", "unit", "source", "overridden"],
                     [[c["name"], c["value"], c["unit"], c["source"], c["overridden"]]
                      for c in energy["constants"]])
@@ -361,9 +397,20 @@ def _derived_sections(report: dict, run_dir: Path, notes: list) -> tuple[Optiona
                                     steps_per_sample=(report.get("lava") or {}).get("steps_per_sample"))
         except ToolkitError as exc:
             notes.append(f"energy estimate not computed: {exc}")
+    elif probes and not energy.get("literature"):
+        energy = {**energy, "literature": _stored_literature(energy, probes)}
     if not resources and net is not None:
         resources = check_fit(net).to_dict()
     return energy, resources
+
+
+def _stored_literature(energy: dict, probes: dict) -> dict:
+    """Convention (b) for an energy section written without it, from the stored probes, the
+    stored constants (their overrides kept) and the stored ANN MAC count."""
+    overrides = {c["name"]: c["value"] for c in energy.get("constants") or () if c.get("overridden")}
+    lit = literature_energy(probes, resolve_constants(overrides),
+                            (energy.get("ann_baseline") or {}).get("macs"))
+    return {key: value for key, value in asdict(lit).items() if value is not None}
 
 
 def _raster(report: dict, run_dir: RunDir, notes: list) -> Optional[dict]:
@@ -467,14 +514,29 @@ def _summary_table(acc: dict) -> list[str]:
     return lines
 
 
+def _energy_summary(energy: dict) -> list[str]:
+    """Energy per inference in both conventions, each labelled, never as a ratio of the two."""
+    if energy.get("total_pj") is None:
+        return []
+    lines = [f"energy per inference at T = {energy.get('timesteps')}, two conventions (do not compare "
+             "one with the other):",
+             f"  (a) Loihi estimate: {energy['total_pj'] / 1e6:.4g} µJ (Loihi 1 per-operation figures; "
+             "Intel has published none for Loihi 2)"]
+    lit = energy.get("literature")
+    if lit:
+        ann = (f" against the ANN's {lit['ann_macs']:,} MACs: {lit['ann_pj'] / 1e6:.4g} µJ"
+               if lit.get("ann_pj") is not None else "")
+        lines.append(f"  (b) literature, compute only: SNN {lit['snn_pj'] / 1e6:.4g} µJ "
+                     f"({lit['synops_binary']:,.0f} synops × {lit['e_ac_pj']:g} pJ + "
+                     f"{lit['synops_graded']:,.0f} graded × {lit['e_mac_pj']:g} pJ){ann}")
+    return lines
+
+
 def format_summary(report: dict) -> str:
     """The accuracy table (and energy, Lava agreement) printed by the CLI;
     ``report`` is a validated report's JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
     lines = _summary_table(report.get("accuracy") or {})
-    energy = report.get("energy") or {}
-    if energy.get("total_pj") is not None:
-        lines.append(f"estimated energy per inference: {energy['total_pj'] / 1e6:.4g} µJ (estimate from Loihi 1 "
-                     "per-operation figures; Intel has published none for Loihi 2)")
+    lines += _energy_summary(report.get("energy") or {})
     lava = report.get("lava")
     if lava:
         lines.append(f"Lava ({lava['backend']}): {lava['samples']} test samples, agreement with the "

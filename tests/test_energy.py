@@ -1,4 +1,4 @@
-"""Activity counts (fan-out, synaptic ops) and the energy estimate, checked by hand."""
+"""Activity counts (fan-out, synaptic ops) and energy in both conventions, checked by hand."""
 import numpy as np
 import pytest
 import torch
@@ -146,8 +146,74 @@ def test_constants_table_is_sourced():
         assert c.source and c.unit
     values = {c.name: c.value for c in ENERGY_CONSTANTS}
     assert (values["synop_pj"], values["neuron_update_active_pj"], values["neuron_update_inactive_pj"],
-            values["spike_pj"], values["ann_mac_fp32_pj"], values["ann_mac_int8_pj"]) == \
-        (23.6, 81.0, 52.0, 1.7, 4.6, 0.23)
+            values["spike_pj"], values["ann_mac_fp32_pj"], values["ann_mac_int8_pj"],
+            values["ac_fp32_pj"]) == (23.6, 81.0, 52.0, 1.7, 4.6, 0.23, 0.9)
+
+
+# Convention (b) for tiny_activity(), by hand: 6 binary synops (d2) × 0.9 pJ + 6 graded synops
+# (d1, the first layer's graded input) × 4.6 pJ = 5.4 + 27.6 = 33.0 pJ; ANN 12 MACs × 4.6 = 55.2 pJ
+HAND_LITERATURE_SNN, HAND_LITERATURE_ANN = 33.0, 55.2
+
+
+def test_literature_convention_by_hand():
+    net, act = tiny_activity()
+    lit = energy_estimate(act, {}, count_macs(net))["literature"]
+    assert (lit["synops_binary"], lit["synops_graded"], lit["e_ac_pj"], lit["e_mac_pj"]) == \
+        (6, 6, 0.9, 4.6)
+    assert lit["snn_pj"] == pytest.approx(6 * 0.9 + 6 * 4.6) == HAND_LITERATURE_SNN
+    assert lit["ann_macs"] == 12 and lit["ann_pj"] == pytest.approx(12 * 4.6)
+    assert lit["ann_over_snn"] == pytest.approx(HAND_LITERATURE_ANN / HAND_LITERATURE_SNN)
+    assert "Horowitz" in lit["source"] and "no memory access" in lit["includes"]
+    # per layer: d1 has the graded MACs, d2 the binary adds
+    layers = energy_estimate(act, {}, count_macs(net))["layers"]
+    assert [la["literature_pj"] for la in layers] == pytest.approx([6 * 4.6, 6 * 0.9])
+
+
+def test_energy_section_carries_both_conventions_with_their_constants():
+    net, act = tiny_activity()
+    e = energy_estimate(act, {}, count_macs(net))
+    assert e["total_pj"] == pytest.approx(HAND_TOTAL)                 # (a)
+    assert e["literature"]["snn_pj"] == pytest.approx(HAND_LITERATURE_SNN)   # (b)
+    assert "Loihi 1" in e["caveat"] and "neuron updates" in e["includes"]
+    assert "do not compare" in e["not_comparable"]
+    constants = {c["name"]: c for c in e["constants"]}
+    assert constants["ac_fp32_pj"]["value"] == 0.9 and "add" in constants["ac_fp32_pj"]["source"]
+    assert constants["ann_mac_fp32_pj"]["value"] == 4.6
+    assert all("ISSCC 2014" in constants[n]["source"] for n in ("ac_fp32_pj", "ann_mac_fp32_pj"))
+    # no MAC counts: (b) has its SNN side only, no null ANN keys
+    lit = energy_estimate(act)["literature"]
+    assert lit["snn_pj"] == pytest.approx(HAND_LITERATURE_SNN) and "ann_pj" not in lit
+
+
+def test_literature_overrides_apply(tmp_path):
+    from pipeline.config import load_config
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("energy:\n  ac_fp32_pj: 0.03\n  ann_mac_fp32_pj: 0.23\n")
+    net, act = tiny_activity()
+    e = energy_estimate(act, dict(load_config(cfg_path).energy), count_macs(net))
+    lit = e["literature"]
+    assert lit["snn_pj"] == pytest.approx(6 * 0.03 + 6 * 0.23)
+    assert lit["ann_pj"] == pytest.approx(12 * 0.23) == e["ann_baseline"]["fp32_pj"]
+    assert e["total_pj"] == pytest.approx(HAND_TOTAL)      # (a) does not use them
+    flags = {c["name"]: c["overridden"] for c in e["constants"]}
+    assert flags["ac_fp32_pj"] and flags["ann_mac_fp32_pj"] and not flags["synop_pj"]
+
+
+def test_old_energy_section_without_the_new_fields_still_validates():
+    from pipeline.artifacts import Energy
+
+    net, act = tiny_activity()
+    old = energy_estimate(act, {}, count_macs(net))
+    for key in ("includes", "literature", "not_comparable"):
+        del old[key]
+    for row in old["layers"]:
+        del row["literature_pj"]
+    old["ann_baseline"].update(fp32_over_snn=0.06, int8_over_snn=0.003)   # keys it used to have
+    section = Energy.model_validate(old)
+    assert section.literature is None and section.includes is None
+    assert Energy.model_validate(energy_estimate(act, {}, count_macs(net))).literature.snn_pj == \
+        pytest.approx(HAND_LITERATURE_SNN)
 
 
 # --------------------------------------------------------------------------- fan-out

@@ -72,12 +72,27 @@ def test_full_report_renders_with_all_plots(tmp_path, rng):
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (tmp_path / "report.md").read_text()
     for text in ("## Configuration", "## Accuracy vs time steps", "## Activity per layer",
-                 "## Energy per inference (ESTIMATE)", "no per-operation energy figures for Loihi 2",
+                 "## Energy per inference: two conventions", "no per-operation energy figures for Loihi 2",
                  "1.66 mJ", "## Resource fit on Loihi 2", "## Quantization error",
                  "agreement (identical output spike trains)", "![spike raster of one sample](raster.png)",
                  "ANN, "):
         assert text in md, text
     assert "Not available" not in md
+    _assert_both_energy_conventions(md)
+
+
+def _assert_both_energy_conventions(md: str) -> None:
+    """Both conventions are there, each labelled with what it includes, and the warning that
+    they must not be compared sits above the numbers."""
+    section = md[md.index("## Energy per inference"):md.index("## Resource fit")]
+    warning = section.index("do not compare a figure of one with a figure of the other")
+    a = section.index("### (a) Loihi estimate, per operation (ESTIMATE)")
+    b = section.index("### (b) Conversion-literature convention (compute only)")
+    assert warning < a < b
+    assert "(a) Estimated SNN energy per inference on Loihi" in section[a:b]
+    for text in ("**SNN total (b)**", "**ANN, MACs (fp32, E_MAC) (b)**", "(b) ANN / SNN energy",
+                 "no memory access, routing", "| ac_fp32_pj | 0.9000 |", "| ann_mac_fp32_pj | 4.6 |"):
+        assert text in section[b:], text
 
 
 def test_nir_import_and_export_are_named(tmp_path, rng):
@@ -121,6 +136,31 @@ def test_energy_computed_from_probes_when_not_stored(tmp_path, rng):
     assert out["plots"]["energy"] is not None and "resources" in out["missing"]
     assert "MAC counts need the network" in md     # no .net file: ANN baseline omitted
     assert "| synop_pj | 10 |" in md
+
+
+def test_old_energy_section_without_the_literature_convention_renders_both(tmp_path, rng):
+    """A report.json written before convention (b) existed validates, and the report computes
+    (b) from the stored probes, constants and ANN MAC count: the same as a new report.json."""
+    from pipeline.artifacts import RunDir
+
+    def literature_part() -> str:
+        render_report(tmp_path)
+        md = (tmp_path / "report.md").read_text()
+        return md[md.index("### (b)"):md.index("Constants used")]
+
+    report = full_report(rng, tmp_path)
+    write(tmp_path, report)
+    new = literature_part()
+    for key in ("includes", "literature", "not_comparable"):
+        del report["energy"][key]
+    for row in report["energy"]["layers"]:
+        del row["literature_pj"]
+    report["energy"]["constants"] = [c for c in report["energy"]["constants"]
+                                     if c["name"] != "ac_fp32_pj"]
+    write(tmp_path, report)
+    assert RunDir(tmp_path).read_report().to_json_dict()["energy"].get("literature") is None
+    old = literature_part()
+    assert old.split("By layer")[0] == new.split("By layer")[0] and "**SNN total (b)**" in old
 
 
 def test_bad_energy_override_in_config_is_reported_not_fatal(tmp_path, rng):

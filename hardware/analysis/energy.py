@@ -1,25 +1,26 @@
-"""Energy **estimate** of an SNN inference on Loihi, next to an ANN baseline.
+"""Energy per SNN inference in two conventions that must not be compared with each other.
 
-Intel has published no per-operation energy figures for Loihi 2: the constants are the Loihi 1
-(14 nm) figures of Davies et al., IEEE Micro 38(1), 2018, Table 1, so every figure here is an
-estimate; a measured Loihi 2 figure (lava-dl's PilotNet LIF benchmark) is reported beside it.
-Per sample (counts from :mod:`hardware.analysis.activity`, means over samples)::
+(a) **Loihi estimate** (:class:`EnergyEstimate`): counted operations × Loihi 1 (14 nm) per-operation
+figures (Davies et al. 2018; Intel has published none for Loihi 2), so an estimate. It includes
+synaptic ops, neuron updates and within-tile spike routing (a lower bound: placement unknown),
+and static energy only when ``static_power_w`` and ``step_time_s`` are both set::
 
-    E = synops_binary · E_synop + synops_graded · E_graded_synop
-      + active_updates · E_update_active + (neuron_updates − active_updates) · E_update_inactive
-      + (spikes + graded_messages) · E_spike
-      + P_static · t_step · steps_per_sample  (only when P_static and t_step are both set)
+    E = synops_binary · synop_pj + synops_graded · graded_synop_pj
+      + active_updates · neuron_update_active_pj + inactive updates · neuron_update_inactive_pj
+      + (spikes + graded_messages) · spike_pj  [+ static_power_w · step_time_s · steps]
 
-    ANN baseline:  E_ANN = MACs · E_MAC   (E_MAC = 4.6 pJ fp32, 0.23 pJ int8; Horowitz 2014)
+(b) **Conversion-literature convention** (:class:`LiteratureEnergy`): arithmetic only (no memory,
+routing, neuron updates or static power), 45 nm fp32 figures of Horowitz 2014::
 
-A projection's (residual network's) synaptic ops are in its receiving layer's
-``synops_binary``; :func:`count_macs` adds each projection's MACs to that layer, except an
-identity shortcut (an addition in the ANN: 0 MACs, as ``models.converter.count_ann_macs``).
-Each spike is charged the within-tile routing energy only (a lower bound: the core placement,
-hence the hops, is unknown before mapping). Static energy needs the cores' static power
-(``static_power_w``) and the chip's time per step (``step_time_s``, measured on a board by
-lava-loihi's profiler, see ``energy_measured``); both default to 0 (unknown) and the static
-term is added only when both are set. :class:`EnergyEstimate` is report.json's ``energy``.
+    E_SNN = synops_binary · E_AC + synops_graded · E_MAC     E_ANN = MACs · E_MAC
+    E_AC = ac_fp32_pj = 0.9 pJ (add),  E_MAC = ann_mac_fp32_pj = 3.7 + 0.9 = 4.6 pJ
+
+Graded synops are the first layer's graded input (each non-zero input value, every step, times
+its fan-out): a multiply, so MACs. Only (b)'s SNN and ANN figures compare with each other; a
+measured Loihi 2 figure (lava-dl's PilotNet) is reported beside (a) for scale. Counts come from
+:mod:`hardware.analysis.activity` at one T (means per sample); :func:`count_macs` gives the ANN's
+MACs (an identity shortcut is an addition: 0 MACs). Constants are overridable by name (the
+config's ``energy`` section). :class:`EnergyEstimate` is report.json's ``energy``.
 """
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ HOROWITZ_2014 = ("Horowitz, 'Computing's Energy Problem (and what we can do abou
 LOIHI2_CAVEAT = ("Estimate only: Intel has published no per-operation energy figures for Loihi 2; "
                  "these are Loihi 1 (14 nm) figures from Davies et al. 2018 applied to counted "
                  "operations. Loihi 2 (Intel 4) is expected to differ.")
+LOIHI_INCLUDES = ("synaptic ops, neuron updates and within-tile spike routing on the chip "
+                  "(Loihi 1 per-operation energies, which include their memory access); static "
+                  "energy only where static_power_w and step_time_s are set")
+LITERATURE_INCLUDES = ("arithmetic only, 45 nm fp32: each binary synaptic op is one add (E_AC), "
+                       "each graded one (the first layer's input, every step) one multiply-add "
+                       "(E_MAC), each ANN MAC one multiply-add; no memory access, routing, neuron "
+                       "updates or static power")
+NOT_COMPARABLE = ("The Loihi estimate (a) and the literature convention (b) count different things: "
+                  "do not compare a figure of one with a figure of the other. Compare the SNN with "
+                  "the ANN within (b) only; the measured Loihi 2 reference is for scale beside (a).")
 
 
 class EnergyConfigError(ToolkitError, ValueError):
@@ -85,19 +96,38 @@ class EnergyLayer:
     ann_macs: Optional[int] = None      # the ann_* keys are left out of the dict when None
     ann_fp32: Optional[float] = None
     ann_int8: Optional[float] = None
+    literature_pj: Optional[float] = None   # this layer's SNN figure in convention (b)
 
 
 @dataclass
 class AnnBaseline:
-    """The equivalent ANN's MACs and their energy (pJ per sample)."""
+    """The equivalent ANN's MACs and their compute-only energy (pJ per sample), convention (b)."""
 
     macs: int
     fp32_pj: float
     int8_pj: float
     source: str
     estimate: bool
-    fp32_over_snn: Optional[float]
-    int8_over_snn: Optional[float]
+
+
+@dataclass
+class LiteratureEnergy:
+    """Convention (b), pJ per sample: the SNN's synaptic ops as adds (binary) and multiply-adds
+    (graded) against the ANN's MACs, at the same E_MAC (:func:`literature_energy`)."""
+
+    formula: str
+    includes: str
+    synops_binary: float
+    synops_graded: float
+    e_ac_pj: float
+    e_mac_pj: float
+    snn_pj: float
+    source: str
+
+    # the ANN's side, where its MACs are known (else left out of the dict)
+    ann_macs: Optional[int] = None
+    ann_pj: Optional[float] = None
+    ann_over_snn: Optional[float] = None
 
 
 @dataclass
@@ -121,6 +151,9 @@ class EnergyEstimate:
     total_uj: float
     reference: EnergyReference
     ann_baseline: Optional[AnnBaseline] = None   # left out of the dict when None
+    includes: Optional[str] = None               # what (a) counts
+    literature: Optional[LiteratureEnergy] = None
+    not_comparable: Optional[str] = None
 
 
 ENERGY_CONSTANTS: tuple = (
@@ -138,7 +171,11 @@ ENERGY_CONSTANTS: tuple = (
     EnergyConstant("hop_ns_pj", 4.0, "pJ",
                    DAVIES_2018 + ": north-south tile hop (listed; not used, placement unknown)"),
     EnergyConstant("ann_mac_fp32_pj", 4.6, "pJ",
-                   HOROWITZ_2014 + ": 32-bit float multiply 3.7 pJ + add 0.9 pJ"),
+                   HOROWITZ_2014 + ": 32-bit float multiply 3.7 pJ + add 0.9 pJ (E_MAC of "
+                   "convention (b): the ANN's MACs and the SNN's graded synaptic ops)"),
+    EnergyConstant("ac_fp32_pj", 0.9, "pJ",
+                   HOROWITZ_2014 + ": 32-bit float add (E_AC of convention (b): the SNN's binary "
+                   "synaptic ops)"),
     EnergyConstant("ann_mac_int8_pj", 0.23, "pJ",
                    HOROWITZ_2014 + ": 8-bit integer multiply 0.2 pJ + add 0.03 pJ"),
     EnergyConstant("static_power_w", 0.0, "W",
@@ -160,6 +197,8 @@ PILOTNET_LOIHI2_REFERENCE = EnergyReference(
     source="lava-dl PilotNet LIF benchmark notebook (Loihi 2 board measurement, as reported there)",
     measured=True)
 
+LITERATURE_FORMULA = ("E_SNN = synops_binary·ac_fp32_pj + synops_graded·ann_mac_fp32_pj; "
+                      "E_ANN = MACs·ann_mac_fp32_pj")
 FORMULA = ("E = synops_binary·synop_pj + synops_graded·graded_synop_pj "
            "+ active_updates·neuron_update_active_pj "
            "+ (neuron_updates − active_updates)·neuron_update_inactive_pj "
@@ -244,7 +283,9 @@ def _layer_row(la: Mapping, k: Mapping[str, float], macs: Optional[int]) -> Ener
         * k["neuron_update_inactive_pj"],
         "spike_routing": (la["spikes"] + la.get("graded_messages", 0.0)) * k["spike_pj"],
     }
-    row = EnergyLayer(la["name"], **ops, total=sum(ops[op] for op in _OPERATIONS))
+    row = EnergyLayer(la["name"], **ops, total=sum(ops[op] for op in _OPERATIONS),
+                      literature_pj=la["synops_binary"] * k["ac_fp32_pj"]
+                      + la["synops_graded"] * k["ann_mac_fp32_pj"])
     if macs is not None:
         row.ann_macs = int(macs)
         row.ann_fp32 = macs * k["ann_mac_fp32_pj"]
@@ -266,14 +307,31 @@ def _static_energy(k: Mapping[str, float], steps_per_sample: Optional[int]
                 f"steps per sample")
 
 
-def _ann_baseline(macs_per_layer: Sequence[int], k: Mapping[str, float], snn_total: float
-                  ) -> AnnBaseline:
+def _ann_baseline(macs_per_layer: Sequence[int], k: Mapping[str, float]) -> AnnBaseline:
     total_macs = int(sum(macs_per_layer))
-    fp32 = total_macs * k["ann_mac_fp32_pj"]
-    int8 = total_macs * k["ann_mac_int8_pj"]
-    return AnnBaseline(total_macs, fp32, int8, source=HOROWITZ_2014, estimate=True,
-                       fp32_over_snn=fp32 / snn_total if snn_total > 0 else None,
-                       int8_over_snn=int8 / snn_total if snn_total > 0 else None)
+    return AnnBaseline(total_macs, total_macs * k["ann_mac_fp32_pj"],
+                       total_macs * k["ann_mac_int8_pj"], source=HOROWITZ_2014, estimate=True)
+
+
+def literature_energy(activity, constants: Mapping[str, float],
+                      ann_macs: Optional[int] = None) -> LiteratureEnergy:
+    """Convention (b) for the activity of one run at one T (an ``ActivityReport`` or its
+    ``to_dict()`` form): binary synops × E_AC + graded synops × E_MAC, against ``ann_macs`` ×
+    E_MAC when the ANN's MACs are known. ``constants``: resolved values by name
+    (:func:`resolve_constants`)."""
+    probes = activity.to_dict() if hasattr(activity, "to_dict") else activity
+    binary = float(sum(la["synops_binary"] for la in probes["layers"]))
+    graded = float(sum(la["synops_graded"] for la in probes["layers"]))
+    e_ac, e_mac = constants["ac_fp32_pj"], constants["ann_mac_fp32_pj"]
+    snn = binary * e_ac + graded * e_mac
+    result = LiteratureEnergy(LITERATURE_FORMULA, LITERATURE_INCLUDES, synops_binary=binary,
+                              synops_graded=graded, e_ac_pj=e_ac, e_mac_pj=e_mac, snn_pj=snn,
+                              source=HOROWITZ_2014)
+    if ann_macs is not None:
+        result.ann_macs = int(ann_macs)
+        result.ann_pj = int(ann_macs) * e_mac
+        result.ann_over_snn = result.ann_pj / snn if snn > 0 else None
+    return result
 
 
 def _weighted_macs(probes: Mapping, macs_per_layer: Optional[Sequence[int]]) -> dict[str, int]:
@@ -289,12 +347,13 @@ def _weighted_macs(probes: Mapping, macs_per_layer: Optional[Sequence[int]]) -> 
 def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
                     macs_per_layer: Optional[Sequence[int]] = None, *,
                     steps_per_sample: Optional[int] = None) -> dict:
-    """Energy estimate per sample, per layer and per operation (pJ), with the ANN baseline.
+    """Energy per sample at one T in both conventions: (a) the Loihi estimate per layer and per
+    operation (pJ), (b) the literature convention with the ANN's MACs (``literature``).
 
     ``activity``: an :class:`hardware.analysis.activity.ActivityReport` or its
     ``to_dict()`` form (``report.json["probes"]``). ``macs_per_layer``: one
     entry per weighted (non-input) layer, e.g. :func:`count_macs`; without it
-    the ANN baseline is omitted. ``steps_per_sample``: algorithmic steps the
+    the ANN figures are omitted. ``steps_per_sample``: algorithmic steps the
     chip runs per sample; with ``static_power_w`` and ``step_time_s`` set it
     gives the static term (``static_included`` and ``static_note`` say whether).
     """
@@ -316,21 +375,28 @@ def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
         layers=layers, by_operation=ops, static_included=static is not None,
         static_note=static_note, total_pj=total, total_uj=total * 1e-6,
         reference=PILOTNET_LOIHI2_REFERENCE,
-        ann_baseline=None if macs_per_layer is None else _ann_baseline(macs_per_layer, k, total))
+        ann_baseline=None if macs_per_layer is None else _ann_baseline(macs_per_layer, k),
+        includes=LOIHI_INCLUDES, not_comparable=NOT_COMPARABLE,
+        literature=literature_energy(probes, k, None if macs_per_layer is None
+                                     else sum(macs_per_layer)))
     return _without_absent(asdict(result))
 
 
 def _without_absent(estimate: dict) -> dict:
-    """The dict form of an :class:`EnergyEstimate`: an ANN baseline that is not known (no MAC
-    counts) is left out rather than written as null, in the whole and in each layer."""
-    rows = [(estimate, ("ann_baseline",))] + [(row, ("ann_macs", "ann_fp32", "ann_int8"))
-                                             for row in estimate["layers"]]
+    """The dict form of an :class:`EnergyEstimate`: ANN figures that are not known (no MAC
+    counts) are left out rather than written as null, in the whole, in (b) and in each layer."""
+    rows = [(estimate, ("ann_baseline",)),
+            (estimate["literature"] or {}, ("ann_macs", "ann_pj", "ann_over_snn"))]
+    rows += [(row, ("ann_macs", "ann_fp32", "ann_int8")) for row in estimate["layers"]]
     for row, keys in rows:
         for key in keys:
-            if row[key] is None:
+            if key in row and row[key] is None:
                 del row[key]
     return estimate
 
-__all__ = ["EnergyConstant", "EnergyReference", "EnergyLayer", "AnnBaseline", "EnergyEstimate", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
-           "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "FORMULA", "check_override", "resolve_constants",
-           "count_macs", "energy_estimate"]
+
+__all__ = ["EnergyConstant", "EnergyReference", "EnergyLayer", "AnnBaseline", "LiteratureEnergy",
+           "EnergyEstimate", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
+           "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "LOIHI_INCLUDES", "LITERATURE_INCLUDES",
+           "NOT_COMPARABLE", "FORMULA", "LITERATURE_FORMULA", "check_override",
+           "resolve_constants", "count_macs", "energy_estimate", "literature_energy"]
