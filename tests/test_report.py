@@ -235,3 +235,15 @@ def test_section_of_the_wrong_type_is_a_clean_error_naming_it(tmp_path, rng):
     with pytest.raises(ArtifactError, match=r"report.json: section energy.layers.0.total"):
         render_report(tmp_path)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_summary_prints_energy_in_both_conventions_labelled(tmp_path, rng):
+    from pipeline.report import format_summary
+
+    report = full_report(rng, tmp_path)
+    text = format_summary(report)
+    lit = report["energy"]["literature"]
+    assert "two conventions (do not compare one with the other)" in text
+    assert f"(a) Loihi estimate: {report['energy']['total_pj'] / 1e6:.4g} µJ" in text
+    assert f"(b) literature, compute only: SNN {lit['snn_pj'] / 1e6:.4g} µJ" in text
+    assert f"against the ANN's {lit['ann_macs']:,} MACs: {lit['ann_pj'] / 1e6:.4g} µJ" in text
