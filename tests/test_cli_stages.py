@@ -141,8 +141,11 @@ def test_export(exported):
 def test_run_json(ran):
     assert_success(ran)
     doc = json_document(ran)
-    lava = report_of(ran.ws)["lava"]
+    report = report_of(ran.ws)
+    lava = report["lava"]
     assert lava["samples"] == LAVA_SAMPLES
+    # the tiny config's snn.timesteps (2): the T model.net is made for and Lava runs
+    assert lava["steps_per_sample"] == report["network_file"]["timesteps"] == report["export"]["timesteps"] == 2
     assert lava["agreement"] == 1.0, lava
     assert doc["lava"]["agreement"] == 1.0
 
