@@ -110,8 +110,8 @@ def plot_firing_rates(probes: Optional[Mapping], run_dir: RunDir) -> Optional[Pa
 
 
 def plot_energy(energy: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:
-    """Estimated energy per inference: stacked by operation per layer, and totals
-    next to the ANN baselines (log scale)."""
+    """Energy per inference: (a) the Loihi estimate stacked by operation per layer; (b) the
+    literature convention's SNN and ANN totals, apart from (a)."""
     if not energy or not energy.get("layers"):
         return None
     layers = energy["layers"]
@@ -128,29 +128,30 @@ def plot_energy(energy: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:
     ax1.set_xticks(x)
     ax1.set_xticklabels([la["name"] for la in layers], rotation=30, ha="right")
     ax1.set_ylabel("µJ per inference (estimate)")
-    ax1.set_title("SNN energy by layer and operation (estimate)")
+    ax1.set_title("(a) Loihi estimate by layer and operation")
     ax1.legend(fontsize=7)
     ax1.grid(axis="y", alpha=0.3)
 
-    names, vals, cols = ["SNN (estimate)"], [energy["total_pj"] * 1e-6], ["tab:blue"]
-    base = energy.get("ann_baseline")
-    if base:
-        names += ["ANN fp32", "ANN int8"]
-        vals += [base["fp32_pj"] * 1e-6, base["int8_pj"] * 1e-6]
-        cols += ["tab:red", "tab:orange"]
+    # the ANN's compute-only figures stand only beside the SNN's in the same convention (b),
+    # never beside the Loihi estimate (a) of the left panel
+    lit = energy.get("literature") or {}
+    names, vals, cols = ["SNN (b)"], [lit.get("snn_pj", 0.0) * 1e-6], ["tab:blue"]
+    if lit.get("ann_pj") is not None:
+        names.append("ANN fp32 (b)")
+        vals.append(lit["ann_pj"] * 1e-6)
+        cols.append("tab:red")
     bars = ax2.bar(range(len(names)), vals, color=cols)
     for b, v in zip(bars, vals):
         ax2.annotate(f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                      va="bottom", fontsize=8)
     ax2.set_xticks(range(len(names)))
     ax2.set_xticklabels(names, rotation=20, ha="right")
-    if min(vals) > 0:
-        ax2.set_yscale("log")
     ax2.set_ylabel("µJ per inference")
-    ax2.set_title("Totals (all estimates)")
+    ax2.set_title("(b) literature convention, compute only")
     ax2.grid(axis="y", alpha=0.3)
-    fig.text(0.01, 0.01, "Loihi 1 per-op figures (Davies 2018) applied to counted ops; "
-             "no Loihi 2 per-op figures are published.", fontsize=7, color="dimgray")
+    fig.text(0.01, 0.01, "Left (a): Loihi 1 per-op figures (Davies 2018) applied to counted ops; "
+             "no Loihi 2 per-op figures are published. Right (b): 45 nm fp32 arithmetic only "
+             "(Horowitz 2014). Do not compare (a) with (b).", fontsize=7, color="dimgray")
     return _save(fig, run_dir, "energy")
 
 
