@@ -1,5 +1,5 @@
-"""What stock lava-dl netx does with each kind of file this project writes (issue 18, part 7),
-one test per statement of the README's ``.net`` section:
+"""What stock lava-dl netx does with each kind of file this project writes, one test per
+statement of the README's ``.net`` section:
 
 * cuba, sequential: the file's ``stock_netx_call``, built with exactly the arguments it states,
   loads in stock netx and runs bit for bit as this project's simulator (spike and potential

@@ -16,7 +16,7 @@ only this project knows to read its membrane instead of its (never emitted) spik
 Self-describing for stock netx users: the root also carries what stock ``netx.hdf5.Network``
 needs and cannot find in the layers: ``input_message_bits`` (the graded input's bits; netx's
 default 0 would silently turn it into binary spikes), ``reset_interval`` (steps per sample,
-when the writer is told it), ``reset_offset`` (:func:`stock_reset_offset`), ``stock_netx_call``
+the T the file is made for, when the writer is told it; read back as ``metadata['timesteps']``), ``reset_offset`` (:func:`stock_reset_offset`), ``stock_netx_call``
 (the exact call, only where :func:`stock_netx_runs`) and ``stock_netx_note`` (how to feed and
 read the network, or why stock netx cannot). :func:`hardware.runtime.stock_netx.stock_network`
 builds that network.
