@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hardware.errors import NetxFormatError, QuantizationError
+from hardware.errors import IRError, NetxFormatError, QuantizationError
 from hardware.fixed_point.quantize import check_state_bounds, quantize
 from hardware.formats.netx import read_net, read_provenance, write_net
 from hardware.simulator import encode_input, simulate
@@ -97,13 +97,28 @@ def test_a_file_stating_no_T_runs_at_the_configured_T(tmp_path):
     assert stages.deployment_timesteps(cfg, loaded, path) == 3
 
 
-def test_a_file_without_the_key_states_its_reset_interval_and_they_must_agree(tmp_path):
+def _edit_root(path, **attrs):
+    import json
+
+    with h5py.File(path, "r+") as f:
+        for key, value in attrs.items():
+            if key == "provenance":
+                f.attrs[key] = json.dumps(value(json.loads(f.attrs[key])))
+            else:
+                f.attrs[key] = value
+
+
+def test_the_file_states_one_T_and_an_older_file_its_reset_interval(tmp_path):
     net = random_ir(3, kinds=("cuba",))
-    older = write_net(net, tmp_path / "older.net", steps_per_sample=8)
-    assert read_net(older).metadata["timesteps"] == 8
-    bad = write_net(net, tmp_path / "bad.net", provenance={"timesteps": 4}, steps_per_sample=8)
+    with pytest.raises(IRError, match="steps_per_sample 8 disagrees with the provenance's timesteps 4"):
+        write_net(net, tmp_path / "two.net", provenance={"timesteps": 4}, steps_per_sample=8)
+    path = write_net(net, tmp_path / "t.net", steps_per_sample=8)
+    assert read_provenance(path)["timesteps"] == read_net(path).metadata["timesteps"] == 8
+    _edit_root(path, provenance=lambda p: {k: v for k, v in p.items() if k != "timesteps"})
+    assert read_net(path).metadata["timesteps"] == 8  # written before the key: its reset interval
+    _edit_root(path, provenance=lambda p: {**p, "timesteps": 4})
     with pytest.raises(NetxFormatError, match="provenance timesteps = 4 disagrees with reset_interval = 8"):
-        read_net(bad)
+        read_net(path)
 
 
 def _float_net(hidden, readout: str):

@@ -220,8 +220,9 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
 
     ``provenance`` (config, checkpoint sha256, quantization report, ...) is
     merged over ``net.metadata`` and stored as a JSON string attribute;
-    :func:`read_net` returns it as the IR's ``metadata``. ``steps_per_sample``
-    (T) is stored as the ``reset_interval`` a stock netx user needs.
+    :func:`read_net` returns it as the IR's ``metadata``. ``steps_per_sample`` (T, the
+    T the file is made for; default: the metadata's ``timesteps``) is stored as the
+    ``reset_interval`` a stock netx user needs and as the provenance's ``timesteps``.
 
     Raises :class:`LoihiRangeError` (an :class:`IRError`, naming the layer) for
     anything netx + Lava cannot run exactly as the IR says: every limit of
@@ -236,6 +237,13 @@ def write_net(net: Network, path: PathLike, provenance: Optional[dict] = None, *
     validate_network(net, project_limits())
     _check_netx_representable(net)
     meta = {**(net.metadata or {}), **(provenance or {})}
+    if steps_per_sample is None:
+        steps_per_sample = meta.get("timesteps")
+    elif meta.get("timesteps", steps_per_sample) != steps_per_sample:
+        raise IRError(f"steps_per_sample {steps_per_sample} disagrees with the provenance's timesteps "
+                      f"{meta['timesteps']}: a file is made for one T")
+    if steps_per_sample is not None:
+        meta["timesteps"] = steps_per_sample
     try:
         meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:
