@@ -143,7 +143,7 @@ def runs(tmp_path_factory):
         # 359 test samples × T = 32: ~11k Lava steps, interrupted long before the end
         cmd = [sys.executable, "-m", "pipeline", "run", "--set", f"run.dir={base / sig}",
                "--set", f"run.net={net}", "--set", "run.lava_samples=359",
-               "--set", "eval.timesteps=32", "--set", "run.probes=false"]
+               "--set", "snn.timesteps=32", "--set", "eval.timesteps=32", "--set", "run.probes=false"]
         procs[sig] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True,
                                       start_new_session=True, preexec_fn=_as_from_a_terminal)
