@@ -595,11 +595,18 @@ NOT_TRAINING_KEYS = {"train": ("dist_timeout_s",)}
 
 
 def training_identity(config: Mapping[str, Any]) -> dict:
-    """The parts of the config that define a training run (resume only into the same run)."""
+    """The parts of the config that define a training run (resume only into the same run).
+
+    A key the stored config lacks takes today's default: it was added after that run was
+    trained, whose training the default reproduces (e.g. ``train.activity_penalty`` 0)."""
+    from .config import Config  # the defaults; pipeline.config imports nothing from here
+
+    defaults = Config().to_dict()
     out = {}
     for section in TRAINING_SECTIONS:
         body = config.get(section)
         if isinstance(body, Mapping):
+            body = {**defaults.get(section, {}), **body}
             body = {k: v for k, v in body.items() if k not in NOT_TRAINING_KEYS.get(section, ())}
         out[section] = body
     return out

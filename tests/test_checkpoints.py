@@ -495,3 +495,14 @@ def test_legacy_torch_pickle_run_directory_gets_a_clear_error(tmp_path, legacy):
 def test_missing_checkpoint_says_what_to_run(tmp_path):
     with pytest.raises(CheckpointError, match="pipeline train"):
         load_checkpoint(tmp_path / CHECKPOINT)
+
+
+def test_a_key_added_after_training_takes_its_default_in_the_identity():
+    """A run trained before train.activity_penalty (or model.factory, data.mean) existed stored no
+    such key; its training is today's default, so resume and overwrite see the same run."""
+    stored = {section: dict(body) for section, body in CONFIG.items()}
+    for section, key in (("train", "activity_penalty"), ("model", "factory"), ("data", "mean")):
+        stored[section].pop(key, None)
+    assert training_identity(stored) == training_identity(CONFIG)
+    changed = {**stored, "train": {**stored["train"], "activity_penalty": 1.0}}
+    assert training_identity(changed) != training_identity(CONFIG)
