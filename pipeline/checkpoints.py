@@ -597,8 +597,10 @@ NOT_TRAINING_KEYS = {"train": ("dist_timeout_s",)}
 def training_identity(config: Mapping[str, Any]) -> dict:
     """The parts of the config that define a training run (resume only into the same run).
 
-    A key the stored config lacks takes today's default: it was added after that run was
-    trained, whose training the default reproduces (e.g. ``train.activity_penalty`` 0)."""
+    Stored configs are read in today's keys: a key the stored config lacks takes today's
+    default (it was added after that run was trained, whose training the default reproduces,
+    e.g. ``train.activity_penalty`` 0), and the removed ``snn.cuba_timesteps`` trained as
+    today's config does when it was null or equal to ``snn.timesteps``."""
     from .config import Config  # the defaults; pipeline.config imports nothing from here
 
     defaults = Config().to_dict()
@@ -607,6 +609,8 @@ def training_identity(config: Mapping[str, Any]) -> dict:
         body = config.get(section)
         if isinstance(body, Mapping):
             body = {**defaults.get(section, {}), **body}
+            if section == "snn" and body.get("cuba_timesteps", None) in (None, body.get("timesteps")):
+                body.pop("cuba_timesteps", None)
             body = {k: v for k, v in body.items() if k not in NOT_TRAINING_KEYS.get(section, ())}
         out[section] = body
     return out

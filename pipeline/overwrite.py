@@ -89,7 +89,7 @@ def training_replaces(run_dir: Path, config: Mapping[str, Any], overwrite: bool)
         if not path.exists() and not path.is_symlink():
             continue
         try:
-            diffs = differences(_current_form(training_identity(stored_config(path))), wanted)
+            diffs = differences(training_identity(stored_config(path)), wanted)
         except CheckpointError as exc:
             if overwrite:
                 return True
@@ -100,15 +100,6 @@ def training_replaces(run_dir: Path, config: Mapping[str, Any], overwrite: bool)
         if diffs:
             return True
     return False
-
-
-def _current_form(identity: dict) -> dict:
-    """A stored training identity in today's keys: a config written when ``snn.cuba_timesteps``
-    existed trained as today's does if it was null or equal to ``snn.timesteps``."""
-    snn = identity.get("snn")
-    if isinstance(snn, Mapping) and snn.get("cuba_timesteps") in (None, snn.get("timesteps")):
-        identity = {**identity, "snn": {k: v for k, v in snn.items() if k != "cuba_timesteps"}}
-    return identity
 
 
 def _remove(run_dir: Path, names: tuple) -> list[str]:

@@ -506,3 +506,13 @@ def test_a_key_added_after_training_takes_its_default_in_the_identity():
     assert training_identity(stored) == training_identity(CONFIG)
     changed = {**stored, "train": {**stored["train"], "activity_penalty": 1.0}}
     assert training_identity(changed) != training_identity(CONFIG)
+
+
+def test_a_resume_state_from_before_cuba_timesteps_was_removed_resumes():
+    """load_train_state compares identities as the overwrite check does: a stored
+    snn.cuba_timesteps null (= snn.timesteps) is today's training, another value is not."""
+    stored = {section: dict(body) for section, body in CONFIG.items()}
+    stored["snn"] = {**stored.get("snn", {}), "cuba_timesteps": None}
+    assert training_identity(stored) == training_identity(CONFIG)
+    stored["snn"]["cuba_timesteps"] = 999
+    assert training_identity(stored) != training_identity(CONFIG)

@@ -185,10 +185,10 @@ def test_a_checkpoint_trained_before_cuba_timesteps_was_removed_is_the_same_trai
     """Its stored config says snn.cuba_timesteps: null (= snn.timesteps): train resumes it (no
     refusal); one whose cuba T differed is another training."""
     from pipeline.checkpoints import training_identity
-    from pipeline.overwrite import _current_form, differences
+    from pipeline.overwrite import differences
 
     now = Config.from_dict({"snn": {"neuron": "cuba"}}).to_dict()
     for old_value, same in ((None, True), (4, True), (2, False)):
         stored = {**now, "snn": {**now["snn"], "cuba_timesteps": old_value}}
-        diffs = differences(_current_form(training_identity(stored)), training_identity(now))
+        diffs = differences(training_identity(stored), training_identity(now))
         assert (not diffs) == same, (old_value, diffs)
