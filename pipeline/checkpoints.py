@@ -44,6 +44,7 @@ from models.nq import ACTIVATIONS, CUBA_SHIFTS, check_activation
 
 from .artifacts import (LEGACY_CHECKPOINT, LEGACY_TRAIN_STATE, TRAIN_STATE, ArtifactError, atomic_path, open_regular,
                         reject_duplicate_keys)
+from .config import Config
 
 if TYPE_CHECKING:  # the user model rebuilds a network; it imports this module to read weights
     from .user_model import UserModel
@@ -601,8 +602,6 @@ def training_identity(config: Mapping[str, Any]) -> dict:
     default (it was added after that run was trained, whose training the default reproduces,
     e.g. ``train.activity_penalty`` 0), and the removed ``snn.cuba_timesteps`` trained as
     today's config does when it was null or equal to ``snn.timesteps``."""
-    from .config import Config  # the defaults; pipeline.config imports nothing from here
-
     defaults = Config().to_dict()
     out = {}
     for section in TRAINING_SECTIONS:
