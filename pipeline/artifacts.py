@@ -32,7 +32,7 @@ from typing import Annotated, Any, ContextManager, Iterable, Literal, Mapping, O
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from hardware.analysis.activity import MeanActivity
-from hardware.analysis.energy import EnergyEstimate
+from hardware.analysis.energy import CostAtT, EnergyEstimate
 from hardware.analysis.resources import FitReport
 from hardware.errors import ToolkitError
 from hardware.fixed_point.quantize import LayerQuantReport
@@ -57,7 +57,8 @@ IMPORTED_NIR = "imported.nir"
 RASTER_NPZ = "raster.npz"
 #: the report's plots: kind -> file name
 PLOT_FILES = {"accuracy": "accuracy_vs_t.png", "training": "training.png",
-              "firing_rate": "firing_rate.png", "energy": "energy.png", "raster": "raster.png"}
+              "firing_rate": "firing_rate.png", "energy": "energy.png", "raster": "raster.png",
+              "operating_points": "operating_points.png"}
 #: every artifact name: the temporary files of their atomic writes start with one of them
 _ARTIFACT_NAMES = tuple(sorted({CHECKPOINT, TRAIN_STATE, REPORT_JSON, REPORT_MD, NET_FILE, NIR_FILE,
                                 IMPORTED_NIR, RASTER_NPZ, *PLOT_FILES.values()}, key=len, reverse=True))
@@ -262,6 +263,7 @@ QuantLayer = section_of(LayerQuantReport)
 Probes = section_of(MeanActivity)
 Energy = section_of(EnergyEstimate)
 Resources = section_of(FitReport)
+Cost = section_of(CostAtT)
 
 TimeStep = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*$")]
 Readout = Literal["potential", "spikes"]
@@ -276,6 +278,8 @@ class Accuracy(_Section):
     """Test accuracy (fractions); per T as ``{"1": acc, …}``."""
 
     ann: Optional[Fraction] = None
+    #: the ANN on the validation split (for the suggested T; the test split chooses nothing)
+    ann_val: Optional[Fraction] = None
     snn_float: Optional[dict[TimeStep, Fraction]] = None
     snn_fixed: Optional[dict[TimeStep, Fraction]] = None
     lava: Optional[dict[TimeStep, Fraction]] = None
@@ -361,6 +365,30 @@ class Lava(_Section):
     probes_equal_reference: Optional[bool] = None
 
 
+class OperatingPointRow(_Section):
+    """One T of the deployed file on the test split (fixed point); ``cost`` needs run.probes."""
+
+    timesteps: int = Field(ge=1)
+    snn_fixed: Fraction
+    snn_fixed_val: Optional[Fraction] = None
+    steps_to_decision: float
+    cost: Optional[Cost] = None
+
+
+class OperatingPoints(_Section):
+    """Every T = 1 … eval.timesteps of the deployed file, and the suggested T
+    (:func:`pipeline.operating_point.operating_points`)."""
+
+    deployment_timesteps: int = Field(ge=1)
+    split: str = "test"
+    rows: list[OperatingPointRow] = []
+    validation_samples: Optional[int] = None
+    ann_val: Optional[Fraction] = None
+    max_drop: Optional[float] = None
+    suggested_timesteps: Optional[int] = None
+    suggestion: Optional[str] = None
+
+
 class EnergyMeasured(_Section):
     source: Optional[str] = None
 
@@ -393,6 +421,7 @@ class Report(_Section):
     lava: Optional[Lava] = None
     probes: Optional[Probes] = None
     energy: Optional[Energy] = None
+    operating_points: Optional[OperatingPoints] = None
     energy_measured: Optional[EnergyMeasured] = None
     resources: Optional[Resources] = None
     raster: Optional[Raster] = None

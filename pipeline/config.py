@@ -309,6 +309,9 @@ class EvalConfig(_Section):
         "how far the accuracy-versus-T curve goes (T = 1..this; beyond snn.timesteps the "
         "fixed-point entries run the file past the T it was made for)"))
     batch_size: int = Field(256, **_COUNT, description="evaluation batch size")
+    max_drop: float = Field(0.01, ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        "the report suggests the smallest T whose fixed-point validation accuracy is within this "
+        "drop (a fraction: 0.01 = 1 point) of the ANN's validation accuracy"))
 
 
 class QuantConfig(_Section):

@@ -50,9 +50,10 @@ def _series(curve: Optional[Mapping]) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_accuracy(accuracy: Optional[Mapping], run_dir: RunDir, lava_samples: Optional[int] = None
-                  ) -> Optional[Path]:
-    """Test accuracy vs time steps T: ANN line, float SNN, fixed-point SNN, Lava points."""
+def plot_accuracy(accuracy: Optional[Mapping], run_dir: RunDir, lava_samples: Optional[int] = None,
+                  deployed: Optional[int] = None) -> Optional[Path]:
+    """Test accuracy vs time steps T: ANN line, float SNN, fixed-point SNN, Lava points, the
+    deployment T (where known) as a vertical line."""
     if not accuracy:
         return None
     curves = {k: _series(accuracy.get(k)) for k in ("snn_float", "snn_fixed", "lava")}
@@ -72,6 +73,8 @@ def plot_accuracy(accuracy: Optional[Mapping], run_dir: RunDir, lava_samples: Op
             label, fmt, color = style[key]
             ax.plot(ts, vs, fmt, color=color, label=label, markersize=7 if key == "lava" else 5,
                     markeredgewidth=2 if key == "lava" else 1)
+    if deployed is not None:
+        ax.axvline(deployed, color="tab:red", linestyle=":", linewidth=1.2, label=f"deployed T = {deployed}")
     all_t = sorted({t for ts, _ in curves.values() for t in ts})
     if all_t:
         ax.set_xticks(all_t if len(all_t) <= 16 else all_t[:: max(1, len(all_t) // 16)])
@@ -81,6 +84,54 @@ def plot_accuracy(accuracy: Optional[Mapping], run_dir: RunDir, lava_samples: Op
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, run_dir, "accuracy")
+
+
+def _operating_panel(ax, rows: list, energy_key: str, ann: Optional[float], deployed: int,
+                     suggested: Optional[int]) -> None:
+    """Accuracy against energy per inference at every T on one axis: points labelled by T, the
+    deployment T and the suggested T marked, the ANN's accuracy as a line."""
+    xs = [r["cost"][energy_key] for r in rows]
+    ys = [r["snn_fixed"] for r in rows]
+    ax.plot(xs, ys, "o-", color="tab:orange", markersize=4, label="SNN fixed point, T = 1, 2, …")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(str(r["timesteps"]), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    marks = [(deployed, "*", 15, "tab:red", f"deployed (T = {deployed})")]
+    if suggested is not None and suggested != deployed:
+        marks.append((suggested, "D", 8, "tab:green", f"suggested (T = {suggested})"))
+    for t, marker, size, color, label in marks:
+        if t <= len(rows):
+            ax.plot(xs[t - 1], ys[t - 1], marker, color=color, markersize=size, label=label, linestyle="")
+    if ann is not None:
+        ax.axhline(ann, color="black", linestyle="--", linewidth=1.1, label=f"ANN ({ann:.4f})")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_operating_points(points: Optional[Mapping], ann: Optional[float], run_dir: RunDir
+                          ) -> Optional[Path]:
+    """Accuracy against energy per inference, (a) the Loihi estimate and (b) the literature
+    convention side by side (never on one axis), every T of the deployed file; in (b) the
+    ANN's own energy too."""
+    rows = [r for r in (points or {}).get("rows") or () if r.get("cost")]
+    if not rows:
+        return None
+    deployed, suggested = points["deployment_timesteps"], points.get("suggested_timesteps")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    _operating_panel(ax1, rows, "loihi_uj", ann, deployed, suggested)
+    ax1.set_xlabel("µJ per inference, (a) Loihi estimate")
+    ax1.set_title("(a) accuracy vs Loihi energy estimate")
+    _operating_panel(ax2, rows, "literature_snn_uj", ann, deployed, suggested)
+    ann_uj = rows[0]["cost"].get("literature_ann_uj")
+    if ann is not None and ann_uj is not None:
+        ax2.plot([ann_uj], [ann], "s", color="black", markersize=7, label=f"ANN fp32: {ann_uj:.3g} µJ")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax2.set_xlabel("µJ per inference, (b) literature convention (compute only)")
+    ax2.set_title("(b) accuracy vs compute energy, SNN and ANN")
+    fig.text(0.01, 0.01, "Points: the same .net file run for T steps (bit-accurate, test split). "
+             "(a) Loihi 1 per-op figures on counted ops; (b) 45 nm fp32 arithmetic only. "
+             "Do not compare (a) with (b).", fontsize=7, color="dimgray")
+    return _save(fig, run_dir, "operating_points")
 
 
 def plot_firing_rates(probes: Optional[Mapping], run_dir: RunDir) -> Optional[Path]:

@@ -319,6 +319,44 @@ def _energy_section(energy: Optional[dict], png: Optional[Path], run_dir: Path) 
     return lines + _image(png, run_dir, "energy per inference (estimate)")
 
 
+def _t_label(t: int, points: dict) -> str:
+    marks = [m for m, at in (("deployed", points["deployment_timesteps"]),
+                             ("suggested", points.get("suggested_timesteps"))) if at == t]
+    return f"**{t}** ({', '.join(marks)})" if marks else str(t)
+
+
+def _operating_points_section(points: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
+    lines = ["## Operating points: accuracy, work and energy at every T", ""]
+    if not points:
+        return lines + _missing("the accuracy and cost at every T", "run")
+    deployed = points["deployment_timesteps"]
+    lines += [f"The deployed file (made for T = {deployed}, `snn.timesteps`) run for T steps on the "
+              f"{points['split']} split, bit-accurate; means per inference. Entries past T = {deployed} "
+              "run the file beyond the T its bounds are checked for. Steps to decision: the first step "
+              "from which a sample's prediction no longer changes up to T. Energy (a) and (b) are "
+              "different conventions (see Energy below): compare within a column only.", ""]
+    header = ["T", "accuracy (test)", f"accuracy (validation, {_fmt(points.get('validation_samples'))})",
+              "steps to decision", "spikes", "SynOps (binary)", "SynOps (graded)", "SynOps per ANN MAC",
+              "neuron updates", "(a) Loihi µJ", "(b) SNN µJ"]
+    rows = []
+    for r in points["rows"]:
+        cost = r.get("cost") or {}
+        rows.append([_t_label(r["timesteps"], points), r["snn_fixed"], r.get("snn_fixed_val"),
+                     r["steps_to_decision"]] + [cost.get(k) for k in (
+                         "spikes", "synops_binary", "synops_graded", "synops_per_ann_mac", "neuron_updates",
+                         "loihi_uj", "literature_snn_uj")])
+    lines += _table(header, rows)
+    ann_uj = next((r["cost"].get("literature_ann_uj") for r in points["rows"] if r.get("cost")), None)
+    if ann_uj is not None:
+        lines += ["", f"(b) the ANN, for comparison with the (b) column only: {_fmt(ann_uj)} µJ per inference "
+                      "(its MACs × E_MAC)."]
+    if not any(r.get("cost") for r in points["rows"]):
+        lines += ["", "Work and energy per T need the spike counts: set run.probes=true."]
+    lines += ["", f"**Suggested T**: {points.get('suggestion')}. The file is deployed at T = {deployed}; "
+                  "to deploy at another T, set snn.timesteps and export again.", ""]
+    return lines + _image(png, run_dir, "accuracy against energy per inference at every T")
+
+
 def _resources_section(resources: Optional[dict]) -> list[str]:
     lines = ["## Resource fit on Loihi 2", ""]
     if not resources:
@@ -448,6 +486,13 @@ def _preamble(run_dir: Path, missing: list, notes: list) -> list[str]:
     return lines + ([""] if notes else [])
 
 
+def _deployed_t(report: dict) -> Optional[int]:
+    """The deployment T: the run's, else the file's, else the config's."""
+    points, made_for = report.get("operating_points") or {}, (report.get("network_file") or {}).get("timesteps")
+    return points.get("deployment_timesteps") or made_for or \
+        ((report.get("config") or {}).get("snn") or {}).get("timesteps")
+
+
 def _read(run_dir: RunDir) -> dict:
     """The validated report.json as JSON types (every section's shape guaranteed by its definition)."""
     if not run_dir.report_json.exists():
@@ -464,7 +509,10 @@ def render_report(run_dir: Path) -> dict:
     energy, resources = _derived_sections(report, rd.root, notes)
     probes = report.get("probes")
     pngs = {
-        "accuracy": plots.plot_accuracy(report.get("accuracy"), rd, (report.get("lava") or {}).get("samples")),
+        "accuracy": plots.plot_accuracy(report.get("accuracy"), rd, (report.get("lava") or {}).get("samples"),
+                                        _deployed_t(report)),
+        "operating_points": plots.plot_operating_points(report.get("operating_points"),
+                                                        (report.get("accuracy") or {}).get("ann"), rd),
         "training": plots.plot_training(report.get("training"), rd),
         "firing_rate": plots.plot_firing_rates(probes, rd),
         "energy": plots.plot_energy(energy, rd),
@@ -477,6 +525,7 @@ def render_report(run_dir: Path) -> dict:
     lines += _agreement_section(report)
     lines += _training_section(report, pngs["training"], rd.root)
     lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], rd.root)
+    lines += _operating_points_section(report.get("operating_points"), pngs["operating_points"], rd.root)
     lines += _energy_section(energy, pngs["energy"], rd.root)
     lines += _measured_energy_section(report.get("energy_measured"))
     lines += _resources_section(resources)
@@ -532,10 +581,26 @@ def _energy_summary(energy: dict) -> list[str]:
     return lines
 
 
+def _headline(points: dict) -> list[str]:
+    """Accuracy and synaptic work at the deployment T, and the suggested T."""
+    deployed = points["deployment_timesteps"]
+    row = next((r for r in points["rows"] if r["timesteps"] == deployed), None)
+    if row is None:
+        return []
+    cost = row.get("cost") or {}
+    work = "" if not cost else f", {cost['synops']:,.0f} SynOps per inference" + (
+        f" ({cost['synops_per_ann_mac']:.3g} per ANN MAC)" if cost.get("synops_per_ann_mac") is not None else "")
+    return [f"deployed at T = {deployed}: accuracy {row['snn_fixed']:.4f} (fixed point, test){work}",
+            f"suggested T: {points.get('suggestion')}"]
+
+
 def format_summary(report: dict) -> str:
-    """The accuracy table (and energy, Lava agreement) printed by the CLI;
-    ``report`` is a validated report's JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
+    """The accuracy table, the headline at the deployment T (accuracy, SynOps, energy in both
+    conventions) and the Lava agreement, printed by the CLI; ``report`` is a validated report's
+    JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
     lines = _summary_table(report.get("accuracy") or {})
+    if report.get("operating_points"):
+        lines += _headline(report["operating_points"])
     lines += _energy_summary(report.get("energy") or {})
     lava = report.get("lava")
     if lava:

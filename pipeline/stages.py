@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hardware.analysis.activity import activity_from_sim, save_raster, spiking_layers
-from hardware.analysis.energy import count_macs, energy_estimate
+from hardware.analysis.activity import activity_by_t, activity_from_sim, save_raster, spiking_layers
+from hardware.analysis.energy import cost_by_t, count_macs, energy_estimate
 from hardware.errors import NetxFormatError, QuantizationError
 from hardware.analysis.resources import check_fit, require_fit
 from hardware.fixed_point.quantize import check_state_bounds, quantize
@@ -36,6 +36,7 @@ from models.converter import count_ann_macs
 
 from .checkpoints import load_checkpoint, model_from_checkpoint
 from .distributed import peer_timeout, process_group
+from .operating_point import operating_points
 from .overwrite import check_net_replacement, clear_imported, import_replaces
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .user_model import user_model
@@ -58,7 +59,7 @@ _import_netx_quietly()
 
 #: the report sections the run stage owns: replaced as a whole by every run, so a run without
 #: probes (or on a .net without a quantization report) leaves none of an earlier run's behind
-RUN_SECTIONS = ("lava", "probes", "energy", "energy_measured", "resources", "network_file", "raster",
+RUN_SECTIONS = ("lava", "probes", "energy", "operating_points", "energy_measured", "resources", "network_file", "raster",
                 "quantization")
 
 
@@ -70,11 +71,11 @@ def open_run(cfg: Config) -> RunDir:
     return run_dir
 
 
-def _test_tensors(cfg: Config):
-    data = load_dataset(cfg.data, seed=cfg.train.seed)
-    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
-    y = torch.stack([data.test[i][1] for i in range(len(data.test))])
-    return data, x, y
+def _tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a dataset split, stacked."""
+    x = torch.stack([split[i][0] for i in range(len(split))])
+    y = torch.stack([split[i][1] for i in range(len(split))])
+    return x, y
 
 
 def _accuracy_by_t(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -87,24 +88,27 @@ def _predictions_from_spikes(spikes: np.ndarray) -> np.ndarray:
     return np.cumsum(spikes, axis=1).argmax(axis=2).T
 
 
-def _fixed_point_run(cfg: Config, net, x_int: np.ndarray, labels: np.ndarray, progress: bool):
-    """Bit-accurate simulator over the test split: ({t: accuracy} for t ≤ eval.timesteps by the
-    net's readout (the same file past the T it was made for, too), summed activity or None, sample 0's raster (names, trains) or None, wall time)."""
+def _fixed_point_run(cfg: Config, net, x_int: np.ndarray, progress: bool, probes: bool,
+                     split: str = "test"):
+    """Bit-accurate simulator over a split for T = eval.timesteps steps (the same file past the T
+    it was made for, too): (predictions (T, N) by the net's readout at every step, the summed
+    activity of the first t steps for every t (with ``probes``, else None), sample 0's raster
+    (names, trains) or None, wall time)."""
     steps = cfg.eval.timesteps
     start = time.perf_counter()
-    predictions, activity, raster = [], None, None
-    for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, T={steps}",
+    predictions, activities, raster = [], None, None
+    for begin in tqdm(range(0, len(x_int), cfg.eval.batch_size), desc=f"SNN fixed point, {split}, T={steps}",
                       leave=False, disable=not progress):
         batch = x_int[begin:begin + cfg.eval.batch_size]
-        res = simulate(net, torch.as_tensor(batch), steps, record_spikes=cfg.run.probes)
+        res = simulate(net, torch.as_tensor(batch), steps, record_spikes=probes)
         predictions.append(res.predictions().numpy())  # (T, B), by net.readout
-        if cfg.run.probes:
+        if probes:
             if begin == 0:
                 raster = _raster_of_sample0(net, res)
-            batch_activity = activity_from_sim(net, res, batch)
-            activity = batch_activity if activity is None else activity.merge(batch_activity)
-    sim_time = time.perf_counter() - start
-    return _accuracy_by_t(np.concatenate(predictions, axis=1), labels), activity, raster, sim_time
+            batch_activities = activity_by_t(net, res, batch)
+            activities = batch_activities if activities is None else \
+                [a.merge(b) for a, b in zip(activities, batch_activities)]
+    return np.concatenate(predictions, axis=1), activities, raster, time.perf_counter() - start
 
 
 def _raster_of_sample0(net, res):
@@ -206,12 +210,13 @@ def evaluate(cfg: Config, progress: bool = True, module: nn.Module | None = None
     ckpt, ckpt_sha, model = _trained_model(cfg, run_dir, module)
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     ann = ann_accuracy(model, data.test, cfg.eval.batch_size, torch.device("cpu"))
+    ann_val = ann_accuracy(model, data.val, cfg.eval.batch_size, torch.device("cpu"))
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
     start = time.perf_counter()
     snn_float = snn_accuracy_by_t(net, data.test, cfg.eval.timesteps, cfg.eval.batch_size, progress)
     sim_time = time.perf_counter() - start
-    result = {"accuracy": {"ann": ann, "snn_float": snn_float}, "readout": cfg.snn.readout,
+    result = {"accuracy": {"ann": ann, "ann_val": ann_val, "snn_float": snn_float}, "readout": cfg.snn.readout,
               "test_samples": len(data.test),
               "simulator": {"float_samples_per_s": len(data.test) / sim_time if sim_time > 0 else None},
               "checkpoint": {"epoch": ckpt["epoch"], "sigma": ckpt["sigma"], "lambda": ckpt["lambda"],
@@ -372,17 +377,21 @@ def _default_neuron_note(net) -> dict:
 
 
 def _load_net_and_data(cfg: Config, path: Path):
-    """(net, integer test inputs, labels, input section), refusing a dataset the network was not
-    made for."""
+    """(net, input section, {"test"/"val": (integer inputs, labels)}), refusing a dataset the
+    network was not made for."""
     from hardware.formats.netx import read_net
 
     net = read_net(path)
     # a foreign file can be valid netx yet use what the simulator does not model
     validate_network(net, simulator_limits())
-    data, x, y = _test_tensors(cfg)
+    data = load_dataset(cfg.data, seed=cfg.train.seed)
     net, section = _input_section(cfg, net, path, tuple(data.input_shape))
-    x = x.numpy().reshape((len(x),) + tuple(net.input.shape))  # C order
-    return net, encode_input(x, net.input_bits), y.numpy(), section
+    splits = {}
+    for name, split in (("test", data.test), ("val", data.val)):
+        x, y = _tensors(split)
+        x = x.numpy().reshape((len(x),) + tuple(net.input.shape))  # C order
+        splits[name] = encode_input(x, net.input_bits), y.numpy()
+    return net, section, splits
 
 
 def _lava_sections(cfg: Config, net, path: Path, data: tuple, steps: int, progress: bool):
@@ -410,26 +419,48 @@ def _lava_sections(cfg: Config, net, path: Path, data: tuple, steps: int, progre
     return lava, _lava_accuracy(lava_run, labels[:n], steps), lava_run.board_measurement
 
 
-def _energy_section(cfg: Config, net, activity) -> dict:
-    """The energy estimate (static energy only where the energy.* constants for it are set)."""
-    # the ANN baseline uses the ANN's own MACs (recorded at export) where known: the IR's
-    # pooled-and-folded kernels would overstate them
-    ann_macs = net.metadata.get("ann_macs") or count_macs(net)
-    return energy_estimate(activity, dict(cfg.energy), ann_macs, steps_per_sample=cfg.eval.timesteps)
+def _ann_macs(net) -> list[int]:
+    """The ANN's MACs per weighted layer: its own (recorded at export) where known, since the IR's
+    pooled-and-folded kernels would overstate them."""
+    return net.metadata.get("ann_macs") or count_macs(net)
+
+
+def _ann_val_of(run_dir: RunDir, net) -> float | None:
+    """The ANN's validation accuracy from evaluate, if the file was made from this run's checkpoint."""
+    report = run_dir.read_report().to_json_dict()
+    made_from = net.metadata.get("checkpoint_sha256")
+    if made_from is None or made_from != (report.get("checkpoint") or {}).get("sha256"):
+        return None
+    return (report.get("accuracy") or {}).get("ann_val")
+
+
+def _operating_points(cfg: Config, run_dir: RunDir, net, steps: int, test: tuple, val: tuple,
+                      activities, progress: bool) -> dict:
+    """The operating_points section: every T on the test split ((predictions by step, labels)),
+    the validation split's accuracy by T, and the suggested T (against the ANN's validation
+    accuracy, where evaluate ran on this file's checkpoint)."""
+    val_predictions = _fixed_point_run(cfg, net, val[0], progress, probes=False, split="validation")[0]
+    validation = {"samples": len(val[1]), "snn_fixed": _accuracy_by_t(val_predictions, val[1])}
+    costs = None if activities is None else cost_by_t(activities, dict(cfg.energy), _ann_macs(net))
+    return operating_points(steps, test[0], test[1], costs, validation, _ann_val_of(run_dir, net),
+                            cfg.eval.max_drop)
 
 
 def run(cfg: Config, progress: bool = True) -> dict:
     """Run the .net file: bit-accurate reference simulator on the whole test split, Lava on a sample."""
     run_dir = open_run(cfg)
     path = run_dir.net_to_run(cfg.run.net)
-    net, x_int, labels, input_section = _load_net_and_data(cfg, path)
-    fit = check_fit(net)
+    net, input_section, splits = _load_net_and_data(cfg, path)
+    (x_int, labels), fit = splits["test"], check_fit(net)
     if cfg.run.backend == "loihi2-hw":
         require_fit(net)
     steps = deployment_timesteps(cfg, net, path)
-    snn_fixed, activity, raster, sim_time = _fixed_point_run(cfg, net, x_int, labels, progress)
+    predictions, activities, raster, sim_time = _fixed_point_run(cfg, net, x_int, progress, cfg.run.probes)
+    points = _operating_points(cfg, run_dir, net, steps, (predictions, labels), splits["val"], activities,
+                               progress)
     lava, lava_acc, board = _lava_sections(cfg, net, path, (x_int, labels), steps, progress)
-    result = {"readout": net.readout, "accuracy": {"snn_fixed": snn_fixed, "lava": lava_acc}, "lava": lava,
+    result = {"readout": net.readout, "lava": lava, "operating_points": points,
+              "accuracy": {"snn_fixed": _accuracy_by_t(predictions, labels), "lava": lava_acc},
               "simulator": {"fixed_samples_per_s": len(x_int) / sim_time if sim_time > 0 else None},
               "network_file": {"path": str(path), "sha256": sha256_of(path), "input": input_section,
                                "timesteps": net.metadata.get("timesteps"),
@@ -439,9 +470,10 @@ def run(cfg: Config, progress: bool = True) -> dict:
               "resources": fit.to_dict()}
     if board is not None:
         result["energy_measured"] = board
-    if activity is not None:
-        result["probes"] = activity.to_dict()
-        result["energy"] = _energy_section(cfg, net, activity)
+    if activities is not None:  # the headline: at the deployment T
+        result["probes"] = activities[steps - 1].to_dict()
+        result["energy"] = energy_estimate(activities[steps - 1], dict(cfg.energy), _ann_macs(net),
+                                           steps_per_sample=steps)
     if net.metadata.get("quantization"):
         result["quantization"] = net.metadata["quantization"]
     # raster first, then the report that vouches for it by hash: a kill in between leaves a raster

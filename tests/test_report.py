@@ -1,13 +1,15 @@
 """report.md and plots render from a hand-written report.json, complete or partial."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from hardware.analysis.activity import layer_activity, save_raster, spiking_layers
-from hardware.analysis.energy import count_macs, energy_estimate
+from hardware.analysis.activity import activity_by_t, layer_activity, save_raster, spiking_layers
+from hardware.analysis.energy import cost_by_t, count_macs, energy_estimate
 from hardware.ir import Conv, Dense, Flatten, Input, Network, Neuron
 from hardware.analysis.resources import check_fit
 from pipeline.artifacts import ArtifactError, sha256_of
+from pipeline.operating_point import operating_points
 from pipeline.report import ReportError, render_report
 
 NEURON = Neuron("if_soft", 64)
@@ -56,6 +58,10 @@ def full_report(rng, run_dir) -> dict:
     report["probes"] = act.to_dict()
     report["energy"] = energy_estimate(act, {}, count_macs(net))
     report["resources"] = check_fit(net).to_dict()
+    costs = cost_by_t(activity_by_t(net, SimpleNamespace(layer_spike_trains=trains), x), {}, count_macs(net))
+    validation = {"samples": 30, "snn_fixed": {str(t): 0.6 + 0.04 * t for t in range(1, T + 1)}}
+    report["operating_points"] = operating_points(4, rng.integers(0, 10, (T, 4)), rng.integers(0, 10, 4),
+                                                  costs, validation, 0.70, 0.01)
     return report
 
 
@@ -67,7 +73,7 @@ def test_full_report_renders_with_all_plots(tmp_path, rng):
     write(tmp_path, full_report(rng, tmp_path))
     out = render_report(tmp_path)
     assert out["missing"] == []
-    for name in ("accuracy", "training", "firing_rate", "energy", "raster"):
+    for name in ("accuracy", "training", "firing_rate", "energy", "raster", "operating_points"):
         png = tmp_path / out["plots"][name].split("/")[-1]
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (tmp_path / "report.md").read_text()
@@ -75,7 +81,7 @@ def test_full_report_renders_with_all_plots(tmp_path, rng):
                  "## Energy per inference: two conventions", "no per-operation energy figures for Loihi 2",
                  "1.66 mJ", "## Resource fit on Loihi 2", "## Quantization error",
                  "agreement (identical output spike trains)", "![spike raster of one sample](raster.png)",
-                 "ANN, "):
+                 "ANN, ", "## Operating points", "**4** (deployed)", "**Suggested T**: T = 3 is"):
         assert text in md, text
     assert "Not available" not in md
     _assert_both_energy_conventions(md)

@@ -443,6 +443,28 @@ def activity_from_sim(net: Network, result, input_int=None, source: str = "refer
                           step_counts=result.layer_step_spikes, source=source)
 
 
+
+def activity_by_t(net: Network, result, input_int=None, source: str = "reference"
+                  ) -> list[ActivityReport]:
+    """The activity of the first t steps for every t = 1 … T of a :class:`SimResult` with spike
+    trains: entry t − 1 equals :func:`activity_from_sim` of a run of t steps (the simulator is
+    causal: its first t steps do not depend on how long it runs)."""
+    trains = getattr(result, "layer_spike_trains", None)
+    if trains is None:
+        raise ActivityError("the activity at every T needs the spike trains (simulate(..., "
+                            "record_spikes=True))")
+    trains = [_np(tr) for tr in trains]
+    step_totals = [tr.reshape(tr.shape[0], tr.shape[1], -1).sum(axis=2, dtype=np.int64) for tr in trains]
+    counts = [np.zeros(tr.shape[1:], np.int64) for tr in trains]
+    reports = []
+    for t in range(trains[0].shape[0]):
+        for count, tr in zip(counts, trains):
+            count += tr[t]
+        reports.append(layer_activity(net, counts, input_int, step_counts=[s[:t + 1] for s in step_totals],
+                                      source=source))
+    return reports
+
+
 # --------------------------------------------------------------------------- raster file
 def save_raster(path, layer_names: Sequence[str], trains: Sequence, sample: int = 0) -> Path:
     """Write one sample's spikes of every layer to ``path`` (npz, see module doc).
@@ -475,4 +497,4 @@ def load_raster(path) -> dict[str, np.ndarray]:
 
 __all__ = ["ActivityError", "ActivityReport", "LayerActivity", "MeanActivity", "MeanLayerActivity", "SpikingLayer", "spiking_layers",
            "fan_out", "fan_in", "extra_inputs", "projection_fan_out", "projection_fan_in", "input_fan_out", "conv_fan_out", "conv_fan_in", "layer_activity",
-           "activity_from_sim", "save_raster", "load_raster", "PROBES_FORMAT_VERSION"]
+           "activity_from_sim", "activity_by_t", "save_raster", "load_raster", "PROBES_FORMAT_VERSION"]

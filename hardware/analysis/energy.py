@@ -382,6 +382,46 @@ def energy_estimate(activity, constants_overrides: Optional[Mapping] = None,
     return _without_absent(asdict(result))
 
 
+
+@dataclass
+class CostAtT:
+    """Work and energy per inference (means per sample) over the first ``timesteps`` steps: one
+    row of the report's operating points (:func:`cost_by_t`)."""
+
+    timesteps: int
+    spikes: float
+    synops_binary: float
+    synops_graded: float
+    synops: float
+    neuron_updates: float
+    active_updates: float
+    loihi_uj: float                        # convention (a), its static term as energy_estimate's
+    literature_snn_uj: float               # convention (b), the SNN
+    literature_ann_uj: Optional[float] = None   # convention (b), the ANN (its MACs known)
+    synops_per_ann_mac: Optional[float] = None  # all synops (binary + graded) per ANN MAC
+
+
+def cost_by_t(activities: Sequence, constants_overrides: Optional[Mapping] = None,
+              macs_per_layer: Optional[Sequence[int]] = None) -> list[CostAtT]:
+    """One :class:`CostAtT` per activity (e.g. :func:`hardware.analysis.activity.activity_by_t`),
+    each at its own T, in both energy conventions of :func:`energy_estimate`."""
+    rows = []
+    for activity in activities:
+        probes = activity.to_dict() if hasattr(activity, "to_dict") else activity
+        estimate = energy_estimate(probes, constants_overrides, macs_per_layer,
+                                   steps_per_sample=probes["timesteps"])
+        totals, lit = probes["totals"], estimate["literature"]
+        ann_macs = lit.get("ann_macs")
+        rows.append(CostAtT(
+            timesteps=probes["timesteps"], spikes=totals["spikes"], synops_binary=totals["synops_binary"],
+            synops_graded=totals["synops_graded"], synops=totals["synops"],
+            neuron_updates=totals["neuron_updates"], active_updates=totals["active_updates"],
+            loihi_uj=estimate["total_uj"], literature_snn_uj=lit["snn_pj"] * 1e-6,
+            literature_ann_uj=None if lit.get("ann_pj") is None else lit["ann_pj"] * 1e-6,
+            synops_per_ann_mac=totals["synops"] / ann_macs if ann_macs else None))
+    return rows
+
+
 def _without_absent(estimate: dict) -> dict:
     """The dict form of an :class:`EnergyEstimate`: ANN figures that are not known (no MAC
     counts) are left out rather than written as null, in the whole, in (b) and in each layer."""
@@ -395,7 +435,7 @@ def _without_absent(estimate: dict) -> dict:
     return estimate
 
 
-__all__ = ["EnergyConstant", "EnergyReference", "EnergyLayer", "AnnBaseline", "LiteratureEnergy",
+__all__ = ["CostAtT", "cost_by_t", "EnergyConstant", "EnergyReference", "EnergyLayer", "AnnBaseline", "LiteratureEnergy",
            "EnergyEstimate", "ENERGY_CONSTANTS", "ENERGY_CONSTANT_NAMES", "EnergyConfigError",
            "PILOTNET_LOIHI2_REFERENCE", "LOIHI2_CAVEAT", "LOIHI_INCLUDES", "LITERATURE_INCLUDES",
            "NOT_COMPARABLE", "FORMULA", "LITERATURE_FORMULA", "check_override",
