@@ -12,7 +12,7 @@ Each finished run is appended to the results file as it ends; a restarted benchm
 runs already there (and a run directory resumes its training). Runs go seed-major, so seed 0
 of every weight finishes first.
 
-    .venv/bin/python bench/sparsity.py [--weights 0 1 4] [--seeds 0 1 2] [--epochs 1]
+    .venv/bin/python bench/sparsity.py [--weights 0 0.25 1] [--seeds 0 1 2] [--epochs 1]
         [--set KEY=VALUE] [--report]
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def parse_args(argv=None):
     ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/sparsity",
                                  results="bench/results/sparsity.jsonl")
     ap.set_defaults(epochs=1)  # ~30 min for seed 0 of three weights on 2 busy cores
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 1.0])
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="a further config override for every run, as the pipeline's --set")
     return ap.parse_args(argv)

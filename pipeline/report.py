@@ -325,23 +325,27 @@ def _t_label(t: int, points: dict) -> str:
     return f"**{t}** ({', '.join(marks)})" if marks else str(t)
 
 
-def _operating_points_section(points: Optional[dict], png: Optional[Path], run_dir: Path) -> list[str]:
+def _operating_points_section(points: Optional[dict], snn_float: Optional[dict], png: Optional[Path],
+                              run_dir: Path) -> list[str]:
     lines = ["## Operating points: accuracy, work and energy at every T", ""]
     if not points:
         return lines + _missing("the accuracy and cost at every T", "run")
     deployed = points["deployment_timesteps"]
     lines += [f"The deployed file (made for T = {deployed}, `snn.timesteps`) run for T steps on the "
-              f"{points['split']} split, bit-accurate; means per inference. Entries past T = {deployed} "
+              f"{points['split']} split, bit-accurate (the float SNN column: the reference simulator in "
+              "float, evaluate stage); means per inference. Entries past T = {deployed} "
               "run the file beyond the T its bounds are checked for. Steps to decision: the first step "
               "from which a sample's prediction no longer changes up to T. Energy (a) and (b) are "
               "different conventions (see Energy below): compare within a column only.", ""]
-    header = ["T", "accuracy (test)", f"accuracy (validation, {_fmt(points.get('validation_samples'))})",
+    header = ["T", "accuracy (test)", "float SNN (test)",
+              f"accuracy (validation, {_fmt(points.get('validation_samples'))})",
               "steps to decision", "spikes", "SynOps (binary)", "SynOps (graded)", "SynOps per ANN MAC",
               "neuron updates", "(a) Loihi µJ", "(b) SNN µJ"]
     rows = []
     for r in points["rows"]:
         cost = r.get("cost") or {}
-        rows.append([_t_label(r["timesteps"], points), r["snn_fixed"], r.get("snn_fixed_val"),
+        rows.append([_t_label(r["timesteps"], points), r["snn_fixed"], (snn_float or {}).get(str(r["timesteps"])),
+                     r.get("snn_fixed_val"),
                      r["steps_to_decision"]] + [cost.get(k) for k in (
                          "spikes", "synops_binary", "synops_graded", "synops_per_ann_mac", "neuron_updates",
                          "loihi_uj", "literature_snn_uj")])
@@ -525,7 +529,8 @@ def render_report(run_dir: Path) -> dict:
     lines += _agreement_section(report)
     lines += _training_section(report, pngs["training"], rd.root)
     lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], rd.root)
-    lines += _operating_points_section(report.get("operating_points"), pngs["operating_points"], rd.root)
+    lines += _operating_points_section(report.get("operating_points"), (report.get("accuracy") or {}).get("snn_float"),
+                                       pngs["operating_points"], rd.root)
     lines += _energy_section(energy, pngs["energy"], rd.root)
     lines += _measured_energy_section(report.get("energy_measured"))
     lines += _resources_section(resources)

@@ -38,9 +38,10 @@ def exported(tmp_path_factory):
     return cfg
 
 
-def _digits_run(cfg):
+def _digits_run(cfg, samples: int = 40):
+    """The exported net, the first ``samples`` encoded test images and a STEPS-step simulation."""
     net = read_net(cfg.run_dir / NET_FILE)
-    x = load_dataset(cfg.data, seed=0).test.tensors[0][:40].numpy()
+    x = load_dataset(cfg.data, seed=cfg.train.seed).test.tensors[0][:samples].numpy()
     x = encode_input(x.reshape((len(x),) + tuple(net.input.shape)), net.input_bits)
     return net, x, simulate(net, torch.as_tensor(x), STEPS, record_spikes=True)
 
@@ -111,6 +112,9 @@ def test_the_headline_is_at_the_deployment_t_and_equals_lava(ran):
     assert {str(r["timesteps"]): r["snn_fixed"] for r in points["rows"]} == report["accuracy"]["snn_fixed"]
     assert report["lava"]["steps_per_sample"] == T and report["lava"]["probes_equal_reference"] is True
     assert report["lava"]["probes"]["timesteps"] == T
+    # ... and equal, layer by layer, the activity the run stage records at T for the same samples
+    net, x, res = _digits_run(cfg, samples=report["lava"]["samples"])
+    assert activity_by_t(net, res, x)[T - 1].to_dict()["layers"] == report["lava"]["probes"]["layers"]
 
 
 @pytest.mark.lava
