@@ -114,8 +114,28 @@ def report(rows: list[dict]) -> str:
         lines.append(f"| {weight:g} | {epochs} | {','.join(str(r['seed']) for r in group)} | "
                      f"{common.mean_sd_percent(r['ann'] for r in group)} | " + " | ".join(acc + ratio) + " |")
     macs = sorted({r["ann_macs"] for r in rows})
-    return "\n".join(lines + [f"\nANN MACs per inference: {', '.join(map(str, macs))}",
+    return "\n".join(lines + ["", *_operating_points(rows), f"\nANN MACs per inference: {', '.join(map(str, macs))}",
                               f"Provenance: {common.provenance_summary(rows)}"])
+
+
+def _operating_points(rows: list[dict], within: float = 0.01) -> list[str]:
+    """Per weight and epochs: the smallest T whose mean fixed-point accuracy is within ``within``
+    of the mean ANN accuracy (both on the test split: a reading of the benchmark, not a model
+    selection), and the SynOps per ANN MAC there."""
+    lines = []
+    for weight, epochs in sorted({(r["weight"], r["epochs"]) for r in rows}):
+        group = [r for r in rows if (r["weight"], r["epochs"]) == (weight, epochs)]
+        ann = common.mean_std(r["ann"] for r in group)[0]
+        at = next((t for t in STEPS if common.mean_std(r["snn_fixed"][str(t)] for r in group)[0] >= ann - within),
+                  None)
+        if at is None:
+            lines.append(f"- w = {weight:g}, {epochs} epoch(s): no T in {STEPS} within {100 * within:g} point of the ANN")
+            continue
+        ratio = common.mean_std(r["synops"][str(at)] / r["ann_macs"] for r in group)
+        lines.append(f"- w = {weight:g}, {epochs} epoch(s): smallest T within {100 * within:g} point of the ANN "
+                     f"(means over seeds {','.join(str(r['seed']) for r in group)}): T = {at}, "
+                     f"SynOps/MAC {ratio[0]:.3f} ± {ratio[1]:.3f}")
+    return lines
 
 
 def parse_args(argv=None):
