@@ -333,7 +333,7 @@ def _operating_points_section(points: Optional[dict], snn_float: Optional[dict],
     deployed = points["deployment_timesteps"]
     lines += [f"The deployed file (made for T = {deployed}, `snn.timesteps`) run for T steps on the "
               f"{points['split']} split, bit-accurate (the float SNN column: the reference simulator in "
-              "float, evaluate stage); means per inference. Entries past T = {deployed} "
+              f"float, evaluate stage); means per inference. Entries past T = {deployed} "
               "run the file beyond the T its bounds are checked for. Steps to decision: the first step "
               "from which a sample's prediction no longer changes up to T. Energy (a) and (b) are "
               "different conventions (see Energy below): compare within a column only.", ""]
@@ -594,7 +594,7 @@ def _headline(points: dict) -> list[str]:
         return []
     cost = row.get("cost") or {}
     work = "" if not cost else f", {cost['synops']:,.0f} SynOps per inference" + (
-        f" ({cost['synops_per_ann_mac']:.3g} per ANN MAC)" if cost.get("synops_per_ann_mac") is not None else "")
+        f" ({cost['synops_per_ann_mac']:.2f} per ANN MAC)" if cost.get("synops_per_ann_mac") is not None else "")
     return [f"deployed at T = {deployed}: accuracy {row['snn_fixed']:.4f} (fixed point, test){work}",
             f"suggested T: {points.get('suggestion')}"]
 
