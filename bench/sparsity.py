@@ -31,6 +31,7 @@ from models.converter import count_ann_macs
 from pipeline.artifacts import CHECKPOINT
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.data import load_dataset
+from pipeline.operating_point import suggest_timesteps
 from pipeline.training import ann_accuracy, to_ir, train
 
 try:  # run as a script: bench/ is on sys.path, as for the other benchmarks
@@ -39,6 +40,8 @@ except ImportError:  # imported as bench.sparsity (the tests)
     from bench import bench_common as common
 
 STEPS = (1, 2, 4)
+#: the drop from the ANN's validation accuracy the suggested T may have (the report's eval.max_drop)
+SUGGEST_WITHIN = 0.01
 #: test images per simulator batch (its spike trains are kept for the per-T activity)
 SIM_BATCH = 250
 
@@ -52,12 +55,13 @@ def run_config(args, weight: float, seed: int):
     return common.bench_config(args.config, own, args.extra)
 
 
-def fixed_point_by_t(net, data, input_bits: int) -> tuple[dict, dict]:
-    """({T: accuracy}, {T: SynOps per inference}) of the integer ``net`` on the whole test split."""
+def fixed_point_by_t(net, split, input_bits: int) -> tuple[dict, dict]:
+    """({T: accuracy}, {T: SynOps per inference}) of the integer ``net`` on a whole split
+    (``data.test`` or ``data.val``)."""
     correct = np.zeros(len(STEPS))
     synops = np.zeros(len(STEPS))
-    x = torch.stack([data.test[i][0] for i in range(len(data.test))]).numpy()
-    y = torch.as_tensor([int(data.test[i][1]) for i in range(len(data.test))])
+    x = torch.stack([split[i][0] for i in range(len(split))]).numpy()
+    y = torch.as_tensor([int(split[i][1]) for i in range(len(split))])
     for begin in range(0, len(x), SIM_BATCH):
         payload = encode_input(x[begin:begin + SIM_BATCH], input_bits)
         res = simulate(net, torch.as_tensor(payload), max(STEPS), record_spikes=True)
@@ -86,7 +90,7 @@ def run_one(args, weight: float, seed: int, data) -> dict:
     result = train(cfg, progress=False, data=data)
     train_s, ckpt = time.perf_counter() - started, load_checkpoint(Path(cfg.run.dir) / CHECKPOINT)
     model = model_from_checkpoint(ckpt).eval()
-    accuracy, synops = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data,
+    accuracy, synops = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data.test,
                                         cfg.quant.input_bits)
     return {"weight": weight, "seed": seed, "dataset": data.name, "arch": args.arch, "epochs": args.epochs,
             "overrides": args.extra, "best_epoch": ckpt["epoch"], "train_s": train_s,
@@ -95,6 +99,22 @@ def run_one(args, weight: float, seed: int, data) -> dict:
             "snn_fixed": accuracy, "synops": synops, "lambda": ckpt["lambda"],
             "history": [{k: r[k] for k in ("epoch", "loss", "ann_val", "snn_val")} for r in result["history"]],
             "wall_s": time.perf_counter() - started}
+
+
+def validation_row(args, row: dict, data) -> dict:
+    """The suggested T of a finished run, as the report makes it: the smallest T whose fixed-point
+    accuracy on the validation split is within 1 point of the ANN's there (never the test split),
+    with the test-split SynOps per ANN MAC at that T."""
+    cfg = run_config(args, row["weight"], row["seed"])
+    ckpt = load_checkpoint(Path(cfg.run.dir) / CHECKPOINT)
+    model = model_from_checkpoint(ckpt).eval()
+    snn_val = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data.val, cfg.quant.input_bits)[0]
+    ann_val = ann_accuracy(model, data.val, 1000, torch.device("cpu"))
+    suggested, _ = suggest_timesteps(ann_val, snn_val, SUGGEST_WITHIN)
+    return {"weight": row["weight"], "seed": row["seed"], "epochs": row["epochs"], "overrides": row["overrides"],
+            "ann_val": ann_val, "snn_fixed_val": snn_val, "suggested_t": suggested,
+            "synops_per_mac_at_suggested": None if suggested is None
+            else row["synops"][str(suggested)] / row["ann_macs"]}
 
 
 def _key(row: dict) -> tuple:
@@ -143,16 +163,48 @@ def parse_args(argv=None):
                                  results="bench/results/sparsity.jsonl")
     ap.set_defaults(epochs=1)  # ~30 min for seed 0 of three weights on 2 busy cores
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 1.0])
+    ap.add_argument("--validation", action="store_true",
+                    help="only add the suggested T (validation split) of the finished runs (resumable)")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="a further config override for every run, as the pipeline's --set")
     return ap.parse_args(argv)
+
+
+def _validation_path(path: Path) -> Path:
+    return path.with_name(path.stem + "_validation.jsonl")
+
+
+def backfill_validation(args, path: Path) -> None:
+    """Append the suggested T (:func:`validation_row`) of every finished run of these settings
+    that has none yet, from its kept checkpoint (resumable)."""
+    done = {_key(r) for r in common.load_results(_validation_path(path))}
+    for row in common.load_results(path):
+        if _key(row) in done or (row["epochs"], row["overrides"]) != (args.epochs, args.extra):
+            continue
+        data = load_dataset(run_config(args, row["weight"], row["seed"]).data, seed=row["seed"])
+        common.append_result(_validation_path(path), validation_row(args, row, data))
+        print(f"weight {row['weight']:g} seed {row['seed']}: validation done", flush=True)
+
+
+def validation_report(rows: list[dict]) -> list[str]:
+    """Per weight: the suggested T of each seed and the SynOps per ANN MAC there (mean ± sd)."""
+    lines = ["", "Suggested T (validation split, within 1 point of the ANN there) and SynOps/MAC at it (test):", ""]
+    for weight, epochs in sorted({(r["weight"], r["epochs"]) for r in rows}):
+        group = sorted((r for r in rows if (r["weight"], r["epochs"]) == (weight, epochs)), key=lambda r: r["seed"])
+        at = [r["synops_per_mac_at_suggested"] for r in group if r["suggested_t"] is not None]
+        ratio = "{:.3f} ± {:.3f}".format(*common.mean_std(at)) if at else "–"
+        by_seed = ", ".join(f"{r['seed']}: {r['suggested_t']}" for r in group)
+        lines.append(f"- w = {weight:g}, {epochs} epoch(s): suggested T by seed {by_seed}; SynOps/MAC {ratio}")
+    return lines
 
 
 def main(argv=None) -> None:
     args, _ = parse_args(argv), common.code_state()  # the commit this process runs, before a long run
     path = Path(args.results)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the pipeline's epoch lines
-    if not args.report:
+    if args.validation:
+        backfill_validation(args, path)
+    elif not args.report:
         path.parent.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             data = None
@@ -165,6 +217,7 @@ def main(argv=None) -> None:
                 common.append_result(path, row)
                 print(f"weight {weight:g} seed {seed}: " + report([row]).splitlines()[2], flush=True)
     print(report(common.load_results(path)))
+    print("\n".join(validation_report(common.load_results(_validation_path(path)))))
 
 
 if __name__ == "__main__":
