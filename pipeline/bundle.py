@@ -215,10 +215,9 @@ def read_board_result(path, key: str = "bundle.board_result") -> dict:
     path = check_input_file(path, key, limit=MAX_RESULT_BYTES)
     try:
         result = validate_section(BoardRun, parse_report_json(path), f"{key} {path}")
-    except BundleError:
-        raise
     except ArtifactError as exc:
-        raise BundleError(str(exc)) from None
+        text = str(exc)
+        raise BundleError(text if text.startswith(key) else f"{key}: {text}") from None
     mismatching = result["mismatching_samples"]
     if any(k >= result["samples"] for k in mismatching) or len(set(mismatching)) != len(mismatching) \
             or abs(result["agreement"] - (1 - len(mismatching) / result["samples"])) > 1e-9:

@@ -184,9 +184,10 @@ def run_samples(net, sink, run_cfg, n: int, timesteps: int, readout: str) -> tup
             print(f"  {k + 1}/{n} samples", file=sys.stderr, flush=True)
     if readout == "potential":
         return np.stack(values), seconds
-    # the output block emits sample k, step t (1..T) at Lava step kT + L + t, kept in column - 1
+    # the output block emits sample k, step t (1..T) at Lava step kT + L + t, kept in column
+    # kT + L + t - 1
     spikes = np.moveaxis(np.asarray(sink.data.get()), -1, 0)
-    columns = np.arange(n)[:, None] * timesteps + layers + np.arange(timesteps)[None, :] - 1
+    columns = np.arange(n)[:, None] * timesteps + layers + np.arange(timesteps)[None, :]
     return np.stack([np.rint(in_ir_order(spikes[c].sum(axis=0))) for c in columns]).astype(np.int64), seconds
 
 
