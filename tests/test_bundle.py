@@ -216,3 +216,29 @@ def test_a_bad_board_result_is_refused_naming_the_key(tmp_path, change, message)
     path.write_text('{"format": 1, "format": 2}')
     with pytest.raises(BundleError, match="duplicate key"):
         read_board_result(path)
+
+
+def spiking_dense_net(seed: int = 0):
+    """A two-layer cuba network on flattened 8x8 digits with a spikes readout (no training)."""
+    from hardware.ir import Dense, Input, Network, Neuron
+    from hardware.spec import LOIHI2
+
+    rng = np.random.default_rng(seed)
+    layers = [Dense(weight=rng.integers(-6, 12, size=(16, 64)), bias=None, neuron=Neuron("cuba", 3000, du=LOIHI2.if_du, dv=0),
+                    name="fc1"),
+              Dense(weight=rng.integers(-4, 10, size=(10, 16)), bias=None, neuron=Neuron("cuba", 20, du=LOIHI2.if_du, dv=0),
+                    name="fc2")]
+    return Network(input=Input((64,)), layers=layers, integer=True, input_bits=8, readout="spikes")
+
+
+@pytest.mark.lava
+def test_a_spikes_readout_agrees_too(tmp_path):
+    cfg = _bundle_of(tmp_path, spiking_dense_net())
+    bundle(cfg, progress=False)
+    folder = cfg.run_dir / "bundle"
+    golden = np.load(folder / "golden.npz")
+    assert golden["output"].sum() > 0 and golden["layer_spikes"].min() >= 0
+    assert np.load(folder / "inputs.npz")["inputs"].shape == (SAMPLES, 64)  # a flat input port
+    proc = run_isolated(folder, "--backend", "sim", "--samples", "6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "readout spikes" in proc.stdout and "agreement with the golden outputs (exact integers): 1.000" in proc.stdout
