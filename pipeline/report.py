@@ -391,8 +391,8 @@ def _board_rows(run: dict, report: dict, energy: Optional[dict]) -> list:
     lava = report.get("lava") or {}
     lava_time = 1 / lava["samples_per_s"] if lava.get("samples_per_s") else None
     bad = run.get("mismatching_samples") or []
-    rows = [["agreement with the golden outputs (exact integers)", "1 (bit-exact)",
-             _fmt(run["agreement"]) + (f" (differ: {', '.join(map(str, bad[:20]))})" if bad else "")],
+    rows = [["agreement with the golden outputs (exact integers)", "1.000 (bit-exact)",
+             f"{run['agreement']:.3f}" + (f" (differ: {', '.join(map(str, bad[:20]))})" if bad else "")],
             [f"accuracy at T = {t}", f"{_fmt(run['golden_accuracy'])} (simulator, same samples); "
              f"{_fmt(fixed)} (simulator, test split)", _fmt(run["accuracy"])],
             ["time per sample (s)", f"{_fmt(lava_time)} (Lava {lava.get('backend', '–')}, run stage)",
@@ -401,7 +401,8 @@ def _board_rows(run: dict, report: dict, energy: Optional[dict]) -> list:
     estimate_uj = energy["total_pj"] * 1e-6 if (energy or {}).get("total_pj") is not None else None
     rows += [["time per step (µs)", "–", _fmt(measured.get("time_per_step_us"))],
              ["total power (W)", "–", _fmt(measured.get("total_power_w"))],
-             ["energy per inference (µJ)", f"{_fmt(estimate_uj)} (estimate (a))",
+             ["energy per inference (µJ)", f"{_fmt(estimate_uj)} (estimate (a), T = "
+              f"{(energy or {}).get('timesteps', '–')})",
               _fmt(measured["energy_per_sample_j"] * 1e6) if measured else "–"]]
     return rows
 
@@ -588,6 +589,11 @@ def format_summary(report: dict) -> str:
     if lava:
         lines.append(f"Lava ({lava['backend']}): {lava['samples']} test samples, agreement with the "
                      f"bit-accurate reference simulator: {lava['agreement']:.3f}")
+    board = report.get("board_run")
+    if board:
+        where = "Loihi 2 board" if board["backend"] == "hw" else "CPU rehearsal"
+        lines.append(f"board bundle, measured ({where}, {board['date']}): {board['samples']} samples, agreement "
+                     f"with the golden outputs {board['agreement']:.3f}, accuracy {board['accuracy']:.4f}")
     return "\n".join(lines)
 
 
