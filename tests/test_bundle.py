@@ -149,10 +149,12 @@ def test_a_file_changed_after_bundling_is_refused(bundled, tmp_path, capsys):
     assert "golden.npz: its SHA-256 is not the one manifest.json states" in capsys.readouterr().err
 
 
-def _bundle_of(tmp_path, net) -> Config:
-    cfg = config(tmp_path / "run")
+def _bundle_of(tmp_path, net, timesteps: int = T, samples: int = SAMPLES) -> Config:
+    """The config of a run directory whose model.net is ``net``, made for ``timesteps``."""
+    cfg = config(tmp_path / "run", f"snn.timesteps={timesteps}", f"eval.timesteps={timesteps}",
+                 f"bundle.samples={samples}")
     cfg.run_dir.mkdir(parents=True)
-    write_net(net, cfg.run_dir / "model.net", steps_per_sample=T)
+    write_net(net, cfg.run_dir / "model.net", steps_per_sample=timesteps)
     return cfg
 
 

@@ -192,17 +192,56 @@ def run_samples(net, sink, run_cfg, n: int, timesteps: int, readout: str) -> tup
 
 
 def stop_lava(proc, timeout_s: float = 10.0) -> None:
-    """Stop Lava's runtime (bounded: interrupted mid-step it may never answer), then kill any
-    worker process still alive, so no Lava process outlives this script."""
+    """Stop Lava's runtime so that no Lava process outlives this script: Lava's own stop between
+    two runs; interrupted inside a run (or if that stop hangs) Lava would wait for replies that
+    never come, so its workers are killed and its shared memory freed here."""
     runtime = proc.runtime
-    if runtime is not None and getattr(runtime, "_is_started", False):
-        if not getattr(runtime, "_is_running", False):
-            stopper = threading.Thread(target=lambda: _quietly(runtime.stop), daemon=True)
-            stopper.start()
-            stopper.join(timeout_s)
-        runtime._is_started = runtime._is_running = False  # its __del__ would stop it again
-    for child in multiprocessing.active_children():
+    if runtime is None or not getattr(runtime, "_is_started", False):
+        return kill_workers()
+    if not getattr(runtime, "_is_running", False):
+        stopper = threading.Thread(target=lambda: _quietly(runtime.stop), daemon=True)
+        stopper.start()
+        stopper.join(timeout_s)
+        if not stopper.is_alive():
+            return kill_workers()
+    kill_workers()
+    memory = getattr(getattr(runtime, "_messaging_infrastructure", None), "smm", None)
+    for handle in list(getattr(memory, "_shared_memory_handles", ())):
+        with contextlib.suppress(OSError):
+            handle.close()
+            handle.unlink()
+    runtime._is_started = runtime._is_running = False  # its __del__ would stop it again
+
+
+def kill_workers() -> None:
+    """Kill every process this script forked that is still alive, and wait (1 s) for them."""
+    children = multiprocessing.active_children()
+    for child in children:
         child.kill()
+    deadline = time.monotonic() + 1.0
+    while any(child.is_alive() for child in children) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def workers_follow_this_script() -> None:
+    """Lava forks a worker process per process model. Each one this script forks ignores Ctrl-C
+    (the script stops them all) and, on Linux, is killed by the kernel if the script dies, even
+    by kill -9; the workers' own children are left to them."""
+    parent = {"pid": os.getpid()}
+
+    def in_child() -> None:
+        if parent["pid"] is None or os.getppid() != parent["pid"]:
+            return
+        parent["pid"] = None
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if sys.platform.startswith("linux"):
+            import ctypes
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:  # the script died between fork() and prctl()
+                os._exit(1)
+
+    os.register_at_fork(after_in_child=in_child)
 
 
 def _quietly(fn) -> None:
@@ -306,6 +345,7 @@ def main(argv=None) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    workers_follow_this_script()
     timesteps, sink = manifest["timesteps"], None
     try:
         net, sink, run_cfg, profilers = build(netx_args, arrays[0], args.backend, timesteps)
