@@ -413,6 +413,10 @@ def _board_run_section(run: Optional[dict], report: dict, energy: Optional[dict]
     if not run:
         return lines + ["Not measured: write a bundle (`nqloihi bundle`), run its `run_on_loihi.py` "
                         "on a Loihi 2 board, then `nqloihi report --board-result result_hw.json`.", ""]
+    known = {(report.get(k) or {}).get("sha256") for k in ("export", "network_file")} - {None}
+    if known and run["net_sha256"] not in known:
+        return lines + [f"_Omitted: the board result in {REPORT_JSON} (`{run.get('source')}`) was measured on "
+                        "another model.net than this report's; bundle the current one and run it again._", ""]
     where = ("**MEASURED on a Loihi 2 board**" if run["backend"] == "hw" else
              "**MEASURED in the CPU rehearsal** (Loihi2SimCfg, not a board: times are this CPU's)")
     lines += [f"{where}: host `{run['host']}`"

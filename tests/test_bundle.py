@@ -244,3 +244,9 @@ def test_a_spikes_readout_agrees_too(tmp_path):
     proc = run_isolated(folder, "--backend", "sim", "--samples", "6")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "readout spikes" in proc.stdout and "agreement with the golden outputs (exact integers): 1.000" in proc.stdout
+
+
+def test_the_cli_stage_checks_the_network_first(tmp_path, capsys):
+    assert main(["bundle", "--set", f"run.dir={tmp_path / 'empty'}", "--set", "snn.neuron=cuba"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run.net: no file at") and "export" in err

@@ -146,6 +146,10 @@ def board_io(net, source, sink, input_bits: int, steps: int):
     except ImportError:
         raise Refused("--backend hw needs Intel's lava-loihi (the Loihi 2 compiler and runtime), "
                       "which is not installed here; rehearse on a CPU with --backend sim") from None
+    from lava.utils import slurm
+    if "NXSDKHOST" not in os.environ and not slurm.is_available():
+        raise Refused("lava-loihi is installed but no Loihi 2 board is reachable (no SLURM controller "
+                      "and NXSDKHOST is not set); see lava.utils.loihi.use_slurm_host / use_ethernet_host")
     to_chip = PyToNxAdapter(shape=tuple(net.inp.shape), num_message_bits=input_bits)
     to_host = NxToPyAdapter(shape=tuple(net.out.shape))
     source.s_out.connect(to_chip.inp)
