@@ -123,6 +123,9 @@ def build(netx_args: dict, inputs: np.ndarray, backend: str, timesteps: int):
     with contextlib.redirect_stdout(io.StringIO()):  # lava-dl prints an irrelevant warning
         from lava.lib.dl.netx.hdf5 import Network
     net = Network(**netx_args)
+    if tuple(inputs.shape[1:]) != tuple(net.inp.shape):
+        raise Refused(f"inputs.npz holds samples of shape {inputs.shape[1:]}, the network's input port "
+                      f"is {tuple(net.inp.shape)}: the bundle is inconsistent")
     steps = len(inputs) * timesteps + len(net.layers)
     data = np.zeros(tuple(net.inp.shape) + (steps,), dtype=np.int64)
     held = np.repeat(np.moveaxis(inputs.astype(np.int64), 0, -1), timesteps, axis=-1)
@@ -320,13 +323,19 @@ def print_result(result: dict, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- main
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv=None):
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description="Run the bundle's network on Loihi 2 (or its CPU "
                                      "rehearsal) and compare it with the golden outputs.")
     parser.add_argument("--backend", choices=("hw", "sim"), default="hw",
                         help="hw: a Loihi 2 board (Loihi2HwCfg, lava-loihi); sim: any CPU (Loihi2SimCfg)")
-    parser.add_argument("--samples", type=int, default=None, help="first N samples only (default all)")
+    parser.add_argument("--samples", type=positive, default=None, help="first N samples only (default all)")
     parser.add_argument("--bundle", type=Path, default=here, help="the bundle folder (default: this script's)")
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default: <bundle>/result_<backend>.json)")
