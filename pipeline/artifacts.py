@@ -401,6 +401,77 @@ class Raster(_Section):
     layers: list[str] = []
 
 
+# --- the board bundle (``bundle`` stage) and the result run_on_loihi.py brings back
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Measured = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class BundleInfo(_Section):
+    """``<run.dir>/bundle/`` as the bundle stage wrote it."""
+
+    path: str
+    samples: int
+    timesteps: int
+    readout: Readout
+    bytes: int
+    net_sha256: Sha256
+    golden_accuracy: Fraction
+
+
+class BoardMeasurement(_Section):
+    """lava-loihi's profilers, as run_on_loihi.py read them on the board."""
+
+    source: str
+    time_per_step_us: Seconds
+    total_power_w: Measured
+    static_power_w: Measured
+    dynamic_power_w: Measured
+    energy_per_sample_j: Measured
+    dynamic_energy_per_sample_j: Measured
+
+
+class BoardRun(_Section):
+    """The result JSON of a bundle's run_on_loihi.py (``report --board-result``): measured on a
+    board (backend ``hw``) or in its CPU rehearsal (``sim``), never an estimate."""
+
+    format: Literal["nqloihi-board-result"]
+    format_version: Literal[1]
+    backend: Literal["hw", "sim"]
+    run_config: Annotated[str, StringConstraints(max_length=200)]
+    host: Annotated[str, StringConstraints(max_length=256)]
+    date: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", max_length=40)]
+    board: dict[str, Annotated[str, StringConstraints(max_length=256)]] = {}
+    net_sha256: Sha256
+    bundle_commit: Optional[Annotated[str, StringConstraints(max_length=80)]] = None
+    timesteps: Annotated[int, Field(ge=1)]
+    readout: Readout
+    samples: Annotated[int, Field(ge=1)]
+    agreement: Fraction
+    mismatching_samples: list[Annotated[int, Field(ge=0)]] = []
+    predictions_agree: bool
+    accuracy: Fraction
+    golden_accuracy: Fraction
+    wall_time_s: Seconds
+    first_sample_s: Seconds
+    time_per_sample_s: Seconds
+    board_measurement: Optional[BoardMeasurement] = None
+    versions: dict[str, Annotated[str, StringConstraints(max_length=80)]] = {}
+    #: the file report read it from
+    source: Optional[str] = None
+
+
+def validate_section(model: type[_Section], raw: Any, source: str) -> dict:
+    """``raw`` checked as the section ``model`` (JSON types back); :class:`ArtifactError` naming
+    ``source`` and the key otherwise."""
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        raise ArtifactError(f"{source}: {_describe(exc)}") from None
+
+
 class Report(_Section):
     """The whole report.json: one optional section per stage result."""
 
@@ -425,6 +496,8 @@ class Report(_Section):
     energy_measured: Optional[EnergyMeasured] = None
     resources: Optional[Resources] = None
     raster: Optional[Raster] = None
+    bundle: Optional[BundleInfo] = None
+    board_run: Optional[BoardRun] = None
     wall_time_s: Optional[float] = None
 
     def to_json_dict(self) -> dict:
@@ -573,7 +646,7 @@ class RunDir:
         return report
 
 
-__all__ = ["ArtifactError", "RunDir", "Report", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["ArtifactError", "RunDir", "Report", "BoardRun", "validate_section", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "prepare_run_dir", "check_input_file", "validate_report", "merge_report", "sha256_of",
            "CHECKPOINT", "TRAIN_STATE", "REPORT_JSON", "REPORT_MD", "NET_FILE", "NIR_FILE", "IMPORTED_NIR",
            "RASTER_NPZ", "PLOT_FILES",

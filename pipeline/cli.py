@@ -54,6 +54,9 @@ STAGES = {
                "then take it"),
     "run": ("pipeline.stages", "run",
             "run the .net file in Lava and compare it bit for bit with the simulator"),
+    "bundle": ("pipeline.bundle", "bundle",
+               "write run.dir/bundle/: what a Loihi 2 board machine (INRC) needs to run the .net "
+               "file and check the chip against the simulator's golden outputs"),
     "report": ("pipeline.report", "report_stage", "write report.md and plots from report.json"),
     "all": ("pipeline.stages", "run_all", "train, evaluate, export, run and report in one go"),
 }
@@ -83,7 +86,11 @@ def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(STAGES) + "}",
                                 required=True)
     for name, (_, _, help_text) in STAGES.items():
-        sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        stage = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if name == "report":
+            stage.add_argument("--board-result", metavar="FILE", default=None,
+                               help="the result JSON a bundle's run_on_loihi.py wrote: stored in report.json "
+                                    "(board_run) and shown as measured (same as --set bundle.board_result=FILE)")
     return parser
 
 
@@ -100,6 +107,8 @@ def _run(args: argparse.Namespace) -> tuple[Config, dict]:
     from pipeline.config import load_config
 
     overrides = list(args.overrides) + (["run.overwrite=true"] if args.overwrite else [])
+    if getattr(args, "board_result", None) is not None:  # a JSON string is a YAML string: any path
+        overrides.append(f"bundle.board_result={json.dumps(args.board_result)}")
     cfg = load_config(args.config, overrides)
     log.info("config %s valid (data=%s, arch=%s, run.dir=%s)", args.config, cfg.data.name,
              cfg.arch, cfg.run.dir)
@@ -130,6 +139,10 @@ def _preflight(cfg: Config, command: str) -> None:
         check_input_file(cfg.import_.nir, "import.nir")
     elif command == "all" and cfg.run.net:
         check_input_file(cfg.run.net, "run.net")
+    elif command == "bundle":
+        run_dir.net_to_run(cfg.run.net)
+    elif command == "report" and cfg.bundle.board_result:
+        check_input_file(cfg.bundle.board_result, "bundle.board_result")
 
 
 @contextlib.contextmanager

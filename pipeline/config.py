@@ -356,6 +356,16 @@ class ImportConfig(_Section):
         "1e-3); a graph written by this project carries its own"))
 
 
+class BundleConfig(_Section):
+    """The board bundle (``bundle`` stage) and the result it brings back (``report``)."""
+
+    samples: int = Field(100, ge=1, le=1_000_000, description=(
+        "test samples in <run.dir>/bundle/ (their encoded inputs and golden outputs)"))
+    board_result: Optional[PathText] = Field(None, description=(
+        "the result JSON a bundle's run_on_loihi.py wrote; `report` stores it in report.json "
+        "(board_run) and report.md (the CLI's report --board-result FILE)"))
+
+
 class _EnergyOverrides(_Section, Mapping):
     """Read-only mapping of the energy constants set (name -> float); unset ones are None."""
 
@@ -463,6 +473,7 @@ class Config(BaseModel):
     run: RunConfig = Field(default_factory=RunConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     _source: Optional[str] = PrivateAttr(None)
 

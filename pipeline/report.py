@@ -425,6 +425,52 @@ def _network_files_section(report: dict) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- board bundle result
+def _board_rows(run: dict, report: dict, energy: Optional[dict]) -> list:
+    """[figure, estimate or reference from this report, measured] rows of the board run."""
+    t = str(run["timesteps"])
+    fixed = ((report.get("accuracy") or {}).get("snn_fixed") or {}).get(t)
+    lava = report.get("lava") or {}
+    lava_time = 1 / lava["samples_per_s"] if lava.get("samples_per_s") else None
+    bad = run.get("mismatching_samples") or []
+    rows = [["agreement with the golden outputs (exact integers)", "1.000 (bit-exact)",
+             f"{run['agreement']:.3f}" + (f" (differ: {', '.join(map(str, bad[:20]))})" if bad else "")],
+            [f"accuracy at T = {t}", f"{_fmt(run['golden_accuracy'])} (simulator, same samples); "
+             f"{_fmt(fixed)} (simulator, test split)", _fmt(run["accuracy"])],
+            ["time per sample (s)", f"{_fmt(lava_time)} (Lava {lava.get('backend', '–')}, run stage)",
+             _fmt(run["time_per_sample_s"])]]
+    measured = run.get("board_measurement") or {}
+    estimate_uj = energy["total_pj"] * 1e-6 if (energy or {}).get("total_pj") is not None else None
+    rows += [["time per step (µs)", "–", _fmt(measured.get("time_per_step_us"))],
+             ["total power (W)", "–", _fmt(measured.get("total_power_w"))],
+             ["energy per inference (µJ)", f"{_fmt(estimate_uj)} (estimate (a), T = "
+              f"{(energy or {}).get('timesteps', '–')})",
+              _fmt(measured["energy_per_sample_j"] * 1e6) if measured else "–"]]
+    return rows
+
+
+def _board_run_section(run: Optional[dict], report: dict, energy: Optional[dict]) -> list[str]:
+    """The figures run_on_loihi.py measured (``report --board-result``) beside the estimates."""
+    lines = ["## Measured with the board bundle (run_on_loihi.py)", ""]
+    if not run:
+        return lines + ["Not measured: write a bundle (`nqloihi bundle`), run its `run_on_loihi.py` "
+                        "on a Loihi 2 board, then `nqloihi report --board-result result_hw.json`.", ""]
+    known = {(report.get(k) or {}).get("sha256") for k in ("export", "network_file")} - {None}
+    if known and run["net_sha256"] not in known:
+        return lines + [f"_Omitted: the board result in {REPORT_JSON} (`{run.get('source')}`) was measured on "
+                        "another model.net than this report's; bundle the current one and run it again._", ""]
+    where = ("**MEASURED on a Loihi 2 board**" if run["backend"] == "hw" else
+             "**MEASURED in the CPU rehearsal** (Loihi2SimCfg, not a board: times are this CPU's)")
+    lines += [f"{where}: host `{run['host']}`"
+              + "".join(f", {k} `{v}`" for k, v in (run.get("board") or {}).items())
+              + f", {run['date']} ({run['run_config']}; {run['samples']} bundle samples, T = "
+              f"{run['timesteps']}, from `{run.get('source')}`).", ""]
+    if run["backend"] == "hw" and not run.get("board_measurement"):
+        lines += ["lava-loihi's profiler was not available on the board: no power or time per step.", ""]
+    return lines + _table(["", "estimate / reference (this report)", "measured"],
+                          _board_rows(run, report, energy))
+
+
 # --------------------------------------------------------------------------- entry point
 def _derived_sections(report: dict, run_dir: Path, notes: list) -> tuple[Optional[dict], Optional[dict]]:
     """(energy, resources): stored, or computed from the probes and the .net file when absent."""
@@ -533,6 +579,7 @@ def render_report(run_dir: Path) -> dict:
                                        pngs["operating_points"], rd.root)
     lines += _energy_section(energy, pngs["energy"], rd.root)
     lines += _measured_energy_section(report.get("energy_measured"))
+    lines += _board_run_section(report.get("board_run"), report, energy)
     lines += _resources_section(resources)
     lines += _quantization_section(report)
     lines += _network_files_section(report)
@@ -543,8 +590,13 @@ def render_report(run_dir: Path) -> dict:
 
 
 def report_stage(cfg, progress: bool = True) -> dict:
-    """The ``report`` stage: render ``run.dir``'s report.md and plots (no re-running)."""
-    return render_report(RunDir.prepared(cfg.run.dir).root)
+    """The ``report`` stage: render ``run.dir``'s report.md and plots (no re-running); with
+    ``bundle.board_result``, that board result is first stored as report.json's ``board_run``."""
+    run_dir = RunDir.prepared(cfg.run.dir)
+    if cfg.bundle.board_result:
+        from .bundle import board_run_section
+        run_dir.update_report({"board_run": board_run_section(cfg, run_dir)})
+    return render_report(run_dir.root)
 
 
 # --------------------------------------------------------------------------- terminal summary
@@ -611,6 +663,11 @@ def format_summary(report: dict) -> str:
     if lava:
         lines.append(f"Lava ({lava['backend']}): {lava['samples']} test samples, agreement with the "
                      f"bit-accurate reference simulator: {lava['agreement']:.3f}")
+    board = report.get("board_run")
+    if board:
+        where = "Loihi 2 board" if board["backend"] == "hw" else "CPU rehearsal"
+        lines.append(f"board bundle, measured ({where}, {board['date']}): {board['samples']} samples, agreement "
+                     f"with the golden outputs {board['agreement']:.3f}, accuracy {board['accuracy']:.4f}")
     return "\n".join(lines)
 
 

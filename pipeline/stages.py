@@ -376,9 +376,9 @@ def _default_neuron_note(net) -> dict:
             "default_neuron": "stock netx's: iDecay 0, vDecay 4096, vThMant 1 << 17 (never spikes)"}
 
 
-def _load_net_and_data(cfg: Config, path: Path):
-    """(net, input section, {"test"/"val": (integer inputs, labels)}), refusing a dataset the
-    network was not made for."""
+def _load_net_and_data(cfg: Config, path: Path, splits: tuple = ("test", "val")):
+    """(net, input section, {split: (integer inputs, labels)} for ``splits`` of "test", "val"),
+    refusing a dataset the network was not made for."""
     from hardware.formats.netx import read_net
 
     net = read_net(path)
@@ -386,12 +386,12 @@ def _load_net_and_data(cfg: Config, path: Path):
     validate_network(net, simulator_limits())
     data = load_dataset(cfg.data, seed=cfg.train.seed)
     net, section = _input_section(cfg, net, path, tuple(data.input_shape))
-    splits = {}
-    for name, split in (("test", data.test), ("val", data.val)):
-        x, y = _tensors(split)
+    encoded = {}
+    for name in splits:
+        x, y = _tensors({"test": data.test, "val": data.val}[name])
         x = x.numpy().reshape((len(x),) + tuple(net.input.shape))  # C order
-        splits[name] = encode_input(x, net.input_bits), y.numpy()
-    return net, section, splits
+        encoded[name] = encode_input(x, net.input_bits), y.numpy()
+    return net, section, encoded
 
 
 def _lava_sections(cfg: Config, net, path: Path, data: tuple, steps: int, progress: bool):

@@ -7,7 +7,7 @@ marked ``pragma: no cover`` and follow lava-dl's own benchmark notebooks.
 from __future__ import annotations
 
 import os
-from typing import AbstractSet
+from typing import AbstractSet, Optional
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from hardware.errors import LavaBackendError
 from hardware.kinds import NeuronKind
 
 __all__ = ["hardware_available", "board_profilers_available", "board_profilers",
-           "board_measurement", "board_io", "refuse_on_board"]
+           "board_measurement", "board_io", "refuse_on_board", "board_refusal"]
 
 IF_SOFT_ON_BOARD = (
     "backend 'loihi2-hw' cannot run 'if_soft' neurons: lava-loihi ships Loihi 2 "
@@ -47,18 +47,37 @@ RESIDUAL_ON_BOARD = (
     "CPU would not be a hardware run. Use backend 'loihi2-sim'.")
 
 
-def refuse_on_board(neuron_kinds: AbstractSet[NeuronKind], probes, residual: bool = False) -> None:
-    """Raise unless a network with these neuron kinds (and probes) can run on the board.
+INPUT_NEURONS_ON_BOARD = (
+    "a network with an input neuron layer (a netx file made elsewhere) runs on loihi2-sim "
+    "only: feeding its input neurons through lava-loihi's adapters on the board is unverified")
 
-    ``residual``: the network has extra inputs (:data:`RESIDUAL_ON_BOARD`)."""
+
+def board_refusal(neuron_kinds: AbstractSet[NeuronKind], residual: bool = False,
+                  input_neurons: bool = False) -> Optional[str]:
+    """Why a network cannot run on the board, whatever the machine (None: it can).
+
+    ``residual``: the network has extra inputs; ``input_neurons``: its input is a neuron
+    layer (a file made elsewhere)."""
+    if input_neurons:
+        return INPUT_NEURONS_ON_BOARD
     if residual:
-        raise LavaBackendError(RESIDUAL_ON_BOARD)
+        return RESIDUAL_ON_BOARD
+    if "if_soft" in neuron_kinds:
+        return IF_SOFT_ON_BOARD
+    return None
+
+
+def refuse_on_board(neuron_kinds: AbstractSet[NeuronKind], probes, residual: bool = False,
+                    input_neurons: bool = False) -> None:
+    """Raise unless a network with these neuron kinds (and probes) can run on the board here
+    (:func:`board_refusal`, then the probes, then lava-loihi and a reachable board)."""
+    reason = board_refusal(neuron_kinds, residual, input_neurons)
+    if reason is not None:
+        raise LavaBackendError(reason)
     if probes:
         raise LavaBackendError(
             "probes are implemented for backend 'loihi2-sim' only: on the board every layer "
             "would need its own lava-loihi NxToPyAdapter, which is untested here")
-    if "if_soft" in neuron_kinds:
-        raise LavaBackendError(IF_SOFT_ON_BOARD)
     ok, reason = hardware_available()
     if not ok:
         raise LavaBackendError(reason)

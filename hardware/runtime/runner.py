@@ -229,13 +229,10 @@ def _check_options(net: ir.Network, timesteps, backend: Backend, probes) -> int:
     if not (isinstance(probes, bool) or probes in ("counts", "trains")):
         raise LavaBackendError(f"probes={probes!r}; choose one of {PROBE_MODES}")
     if backend == "loihi2-hw":
-        if net.input.neuron is not None:
-            # the input must reach the input neurons' a_in (see _input_port); through
-            # lava-loihi's adapters that path is unverified without a board
-            raise LavaBackendError("a network with an input neuron layer (a netx file made "
-                                   "elsewhere) runs on loihi2-sim only: feeding its input "
-                                   "neurons on the board is unverified")
-        refuse_on_board(_neuron_kinds(net), probes, residual=not net.is_sequential)
+        # the input must reach the input neurons' a_in (see _input_port); through
+        # lava-loihi's adapters that path is unverified without a board
+        refuse_on_board(_neuron_kinds(net), probes, residual=not net.is_sequential,
+                        input_neurons=net.input.neuron is not None)
     return int(timesteps)
 
 
