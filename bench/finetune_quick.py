@@ -73,15 +73,15 @@ def _key(row: dict) -> tuple:
 
 
 def report(rows: list[dict]) -> str:
-    head = ("| neuron | deploy T | seed | epochs + ft | ANN % before → after | "
+    head = ("| neuron | --set | deploy T | seed | epochs + ft | ANN % before → after | "
             + " | ".join(f"T={t} fixed % before → after" for t in STEPS)
             + " | SynOps (M) at deploy T before → after | train s | fine-tune s |")
-    lines = [head, "|" + "---|" * (8 + len(STEPS))]
+    lines = [head, "|" + "---|" * (9 + len(STEPS))]
     for r in rows:
         acc = [f"{100 * r['before']['snn_fixed'][str(t)]:.2f} → {100 * r['after']['snn_fixed'][str(t)]:.2f}"
                for t in STEPS]
         acc.append(" → ".join(f"{r[side]['synops'][str(r['timesteps'])] / 1e6:.2f}" for side in ("before", "after")))
-        lines.append(f"| {r['neuron']} | {r['timesteps']} | {r['seed']} | {r['epochs']} + {r['ft_epochs']} | "
+        lines.append(f"| {r['neuron']} | {' '.join(r['overrides']) or '-'} | {r['timesteps']} | {r['seed']} | {r['epochs']} + {r['ft_epochs']} | "
                      f"{100 * r['before']['ann']:.2f} → {100 * r['after']['ann']:.2f} | " + " | ".join(acc)
                      + f" | {r['train_s']:.0f} | {r['finetune_s'] or 0:.0f} |")
     return "\n".join(lines + [f"\nProvenance: {common.provenance_summary(rows)}"])
