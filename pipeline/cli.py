@@ -44,6 +44,9 @@ log = logging.getLogger("pipeline")
 STAGES = {
     "train": ("pipeline.stages", "train",
               "train the NQ ANN (sigma re-estimated each epoch), save the checkpoint"),
+    "finetune": ("pipeline.finetune", "finetune",
+                 "train the converted SNN through time at snn.timesteps with a surrogate gradient "
+                 "(finetune.epochs > 0), keep the best on the validation split"),
     "evaluate": ("pipeline.stages", "evaluate",
                  "ANN and SNN accuracy for T = 1..eval.timesteps (reference simulator)"),
     "export": ("pipeline.stages", "export",
@@ -58,7 +61,8 @@ STAGES = {
                "write run.dir/bundle/: what a Loihi 2 board machine (INRC) needs to run the .net "
                "file and check the chip against the simulator's golden outputs"),
     "report": ("pipeline.report", "report_stage", "write report.md and plots from report.json"),
-    "all": ("pipeline.stages", "run_all", "train, evaluate, export, run and report in one go"),
+    "all": ("pipeline.stages", "run_all",
+            "train, finetune (if finetune.epochs > 0), evaluate, export, run and report in one go"),
 }
 
 EXIT_TOOLKIT_ERROR = 2

@@ -117,6 +117,8 @@ Dataset = Literal["digits", "fashion-mnist", "mnist", "cifar10", "npz", "folder"
 Activation = Literal["qcfs", "cuba-matched", "auto"]
 #: ``snn.cuba_shift``: per-step drive offsets of the cuba path (models.nq.CUBA_SHIFTS).
 CubaShift = Literal["none", "half-bias"]
+#: ``finetune.surrogate``: models.snn_unroll.SURROGATES (tests/test_finetune.py checks they agree)
+Surrogate = Literal["rectangle", "sigmoid"]
 #: ``model.arch`` (models.architectures.ARCHITECTURES, plus ``auto``); the resnets are residual nets.
 Arch = Literal["auto", "cnn-small", "vgg-small", "vgg16", "resnet-small", "resnet20", "resnet18"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -279,6 +281,18 @@ class TrainConfig(_Section):
     activity_penalty: float = Field(0.0, ge=0.0, le=1000.0, description=(
         "weight of the activity term added to the training loss: the mean over NQ layers of "
         "mean(activation / lambda), i.e. spikes per neuron per step (0: off, the plain loss)"))
+
+
+class FinetuneConfig(_Section):
+    """Fine-tuning of the converted SNN at snn.timesteps (pipeline.finetune), after train."""
+
+    epochs: int = Field(0, ge=0, le=100_000, description=(
+        "epochs of surrogate-gradient training of the converted SNN at snn.timesteps, with its "
+        "own neuron, selected on the validation split (0: off; `all` runs it when > 0)"))
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate")
+    batch_size: int = Field(64, **_COUNT, description="fine-tuning mini-batch size")
+    surrogate: Surrogate = Field("rectangle", description=(
+        "the spike's surrogate derivative around the threshold: rectangle | sigmoid"))
 
 
 class SNNConfig(_Section):
@@ -467,6 +481,7 @@ class Config(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     nq: NQConfig = Field(default_factory=NQConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     snn: SNNConfig = Field(default_factory=SNNConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)

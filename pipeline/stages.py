@@ -41,6 +41,7 @@ from .overwrite import check_net_replacement, clear_imported, import_replaces
 from .training import ann_accuracy, snn_accuracy_by_t, to_ir
 from .user_model import user_model
 from .training import train as train_model
+from .finetune import finetune
 
 log = logging.getLogger(__name__)
 
@@ -493,14 +494,16 @@ def report(cfg: Config, progress: bool = True) -> dict:
 
 
 def run_all(cfg: Config, progress: bool = True, module: nn.Module | None = None) -> dict:
-    """train, evaluate, export, run, report (the network: the config's, or the user's ``module``
-    given by :mod:`pipeline.api`); returns the whole report (the CLI prints it)."""
+    """train, finetune (if finetune.epochs > 0), evaluate, export, run, report (the network: the
+    config's, or the user's ``module`` given by :mod:`pipeline.api`); returns the whole report."""
     started = time.perf_counter()
     open_run(cfg)
     if cfg.run.net:  # checked now, not after training
         check_input_file(cfg.run.net, "run.net")
     for stage in (train, evaluate, export):
         stage(cfg, progress, module)
+        if stage is train and cfg.finetune.epochs > 0:
+            finetune(cfg, progress, module=module)
     for stage in (run, report):
         stage(cfg, progress)
     run_dir = RunDir(Path(cfg.run.dir))
