@@ -47,6 +47,9 @@ class ArtifactError(ToolkitError, ValueError):
 #: file names inside ``run.dir``
 CHECKPOINT = "checkpoint.safetensors"
 TRAIN_STATE = "train_state.safetensors"
+#: the network fine-tuning started from, and the record of what fine-tuning did (pipeline.finetune)
+FINETUNE_START = "checkpoint.converted.safetensors"
+FINETUNE_RECORD = "finetune.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 NET_FILE = "model.net"

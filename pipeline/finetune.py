@@ -37,7 +37,7 @@ from hardware.runtime.progress import tqdm
 from models.architectures import nq_layers
 from models.snn_unroll import Unrolled, accumulated
 
-from .artifacts import ArtifactError, RunDir, atomic_write_text, read_regular
+from .artifacts import FINETUNE_RECORD, FINETUNE_START, ArtifactError, RunDir, atomic_write_text, read_regular
 from .checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config
 from .data import DatasetSplits, augment_batch, load_dataset
@@ -47,9 +47,9 @@ from .user_model import user_model
 log = logging.getLogger(__name__)
 
 #: the network fine-tuning started from, kept next to the checkpoint
-CONVERTED = "checkpoint.converted.safetensors"
+CONVERTED = FINETUNE_START
 #: what fine-tuning did: hashes, settings, result (JSON)
-RECORD = "finetune.json"
+RECORD = FINETUNE_RECORD
 RECORD_FORMAT = 1
 #: the record is a few kB; beyond this it is not ours
 _MAX_RECORD_BYTES = 1 << 20

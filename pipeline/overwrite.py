@@ -28,8 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .artifacts import (CHECKPOINT, IMPORTED_NIR, NET_FILE, NIR_FILE, PLOT_FILES, RASTER_NPZ, REPORT_JSON, REPORT_MD,
-                        TRAIN_STATE, ArtifactError)
+from .artifacts import (CHECKPOINT, FINETUNE_RECORD, FINETUNE_START, IMPORTED_NIR, NET_FILE, NIR_FILE, PLOT_FILES,
+                        RASTER_NPZ, REPORT_JSON, REPORT_MD, TRAIN_STATE, ArtifactError)
 from .checkpoints import CheckpointError, stored_config, training_identity
 
 #: what the user is told to do about a refusal
@@ -38,7 +38,7 @@ HOW_TO_REPLACE = ("pass --overwrite (or --set run.overwrite=true) to replace it,
 #: the files made from a run directory's network (removed with it by ``--overwrite``)
 DERIVED_FILES = (NET_FILE, NIR_FILE, RASTER_NPZ, REPORT_JSON, REPORT_MD, *PLOT_FILES.values())
 #: the files a trained checkpoint makes
-DERIVED_FROM_CHECKPOINT = (TRAIN_STATE, *DERIVED_FILES)
+DERIVED_FROM_CHECKPOINT = (TRAIN_STATE, FINETUNE_START, FINETUNE_RECORD, *DERIVED_FILES)
 #: how many differing keys an error lists
 _SHOWN = 4
 

@@ -121,3 +121,15 @@ def test_finetuned_network_runs_in_lava_as_simulated(tmp_path, neuron):
     assert record["finetuned_sha256"] != record["converted_sha256"]  # it did fine-tune
     assert report["lava"]["samples"] == 8
     assert report["lava"]["agreement"] == 1.0, report["lava"]["disagreeing_samples"]
+
+
+def test_train_overwrite_clears_the_fine_tuning_files(tmp_path):
+    # a re-trained checkpoint must not sit beside the start and record of an older fine-tuning
+    from pipeline.artifacts import CHECKPOINT, FINETUNE_RECORD, FINETUNE_START
+    from pipeline.overwrite import clear_trained
+
+    for name in (CHECKPOINT, FINETUNE_START, FINETUNE_RECORD):
+        (tmp_path / name).write_bytes(b"x")
+    removed = clear_trained(tmp_path)
+    assert {CHECKPOINT, FINETUNE_START, FINETUNE_RECORD} <= set(removed)
+    assert not any((tmp_path / n).exists() for n in (CHECKPOINT, FINETUNE_START, FINETUNE_RECORD))
