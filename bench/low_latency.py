@@ -181,36 +181,37 @@ def _paired(rows: list[dict], neuron: str) -> list[str]:
 
 def report(rows: list[dict]) -> str:
     """Markdown tables per neuron: accuracy, gap to the ANN, SynOps, paired differences."""
-    lines = []
+    lines = [f"ANN MACs per inference: {', '.join(str(m) for m in sorted({r['ann_macs'] for r in rows}))}"]
     for neuron in [n for n in NEURONS if any(r["neuron"] == n for r in rows)]:
         lines += _table(rows, neuron) + _paired(rows, neuron)
-    macs = sorted({r["ann_macs"] for r in rows})
-    return "\n".join(lines + [f"\nANN MACs per inference: {', '.join(map(str, macs))}",
-                              f"Provenance: {common.provenance_summary(rows)}"])
+    return "\n".join(lines + [f"\nProvenance: {common.provenance_summary(rows)}"])
 
 
 def parse_args(argv=None):
     ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/low_latency",
                                  results="bench/results/low_latency.jsonl")
-    ap.set_defaults(epochs=2)  # cnn-small, two epochs: the six base trainings fit a session
+    ap.set_defaults(epochs=2)  # cnn-small, two epochs: six base trainings in a session
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further config override for every run, as the pipeline's --set")
     ap.add_argument("--neurons", nargs="+", default=list(NEURONS), choices=NEURONS)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--deploy-t", type=int, default=2, help="snn.timesteps of the training runs")
     ap.add_argument("--calibrate", default="bias+threshold", help="snn.calibrate of the arm 'both'")
     ap.add_argument("--finetune-epochs", type=int, default=2)
-    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                    help="a further config override for every run, as the pipeline's --set")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> None:
-    args, _ = parse_args(argv), common.code_state()  # the commit this process runs, before a long run
+    args = parse_args(argv)
+    common.code_state()  # the commit this process runs, taken before a long run
     path = Path(args.results)
-    if not args.report:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:  # seed-major: each finished seed is a complete paired comparison
-            for neuron in args.neurons:
-                run_seed(args, path, neuron, seed)
+    if args.report:
+        print(report(common.load_results(path)))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # seed-major: each finished seed is a complete paired comparison
+        for neuron in args.neurons:
+            run_seed(args, path, neuron, seed)
     print(report(common.load_results(path)))
 
 
