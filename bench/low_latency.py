@@ -22,6 +22,7 @@ finish, seed-major; a restart skips the rows already there.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -69,20 +70,21 @@ def finetune_module():
     return finetune
 
 
-def finetuned_dir(args, neuron: str, seed: int) -> tuple[Path, float | None]:
-    """(the fine-tuned run directory, its fine-tuning wall time or None if it was there already):
-    a copy of the base run fine-tuned in place (a copy left by an interrupted run is redone)."""
+def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
+    """(the fine-tuned run directory, {wall_s, result}): a copy of the base run fine-tuned in
+    place, once (a copy an interrupted run left behind is made again)."""
     ft_dir = Path(args.out) / f"{neuron}-s{seed}" / f"finetune-e{args.finetune_epochs}"
-    if (ft_dir / "FINETUNED").exists():
-        return ft_dir, None
+    done = ft_dir / "FINETUNED.json"
+    if done.exists():
+        return ft_dir, json.loads(done.read_text())
     shutil.rmtree(ft_dir, ignore_errors=True)
     shutil.copytree(base_dir(args, neuron, seed), ft_dir)
     cfg = run_config(args, neuron, seed, ft_dir, [f"finetune.epochs={args.finetune_epochs}"])
     started = time.perf_counter()
-    finetune_module()(cfg, progress=False)
-    wall = time.perf_counter() - started
-    (ft_dir / "FINETUNED").write_text(f"{wall}\n")
-    return ft_dir, wall
+    result = finetune_module()(cfg, progress=False, data=data)
+    record = {"wall_s": time.perf_counter() - started, "result": result}
+    done.write_text(json.dumps(record, sort_keys=True))
+    return ft_dir, record
 
 
 def evaluate_arm(cfg, run_dir: Path, calibrate: str, data) -> dict:
@@ -108,22 +110,20 @@ def evaluate_arm(cfg, run_dir: Path, calibrate: str, data) -> dict:
 def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dict | None:
     """One results row (None: the fine-tuning arms while pipeline.finetune is missing)."""
     started = time.perf_counter()
-    run_dir, finetune_s = base_dir(args, neuron, seed), None
+    run_dir, finetuned = base_dir(args, neuron, seed), {"wall_s": None, "result": None}
     if arm in ("finetuned", "both"):
         if finetune_module() is None:
             print(f"{arm} {neuron} seed {seed}: skipped, pipeline.finetune cannot be imported yet",
                   flush=True)
             return None
-        run_dir, finetune_s = finetuned_dir(args, neuron, seed)
-        if finetune_s is None:
-            finetune_s = float((run_dir / "FINETUNED").read_text())
+        run_dir, finetuned = finetuned_dir(args, neuron, seed, data)
     cfg = run_config(args, neuron, seed, run_dir)
     calibrate = arm_calibration(args, arm)
     row = evaluate_arm(cfg, run_dir, calibrate, data)
     return {"arm": arm, "neuron": neuron, "seed": seed, "dataset": data.name, "arch": args.arch,
             "epochs": args.epochs, "deploy_t": args.deploy_t, "overrides": args.extra,
             "finetune_epochs": args.finetune_epochs if arm in ("finetuned", "both") else 0,
-            "finetune_s": finetune_s, "train_s": train_s, **row,
+            "finetune_s": finetuned["wall_s"], "finetune": finetuned["result"], "train_s": train_s, **row,
             "wall_s": time.perf_counter() - started}
 
 
