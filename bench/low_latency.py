@@ -7,7 +7,8 @@ cuba-matched activation are at it) and kept under ``--out``; every arm starts fr
 
 * ``converted``: the checkpoint converted as export does today;
 * ``bias``, ``bias+threshold``: the same, then :func:`pipeline.stages.calibrate_network`
-  (``snn.calibrate`` of that name);
+  (``snn.calibrate`` of that name) at the deployment T; ``bias-T1``, ``bias+threshold-T1``:
+  calibrated at T = 1 instead (the network one would export for T = 1);
 * ``finetuned``: a copy of the run directory fine-tuned by ``pipeline.finetune`` (its wall
   time recorded), converted; skipped with a message while that module does not exist;
 * ``both``: the fine-tuned checkpoint, calibrated with ``--calibrate``.
@@ -44,7 +45,7 @@ except ImportError:  # imported as bench.low_latency (the tests)
     from bench import bench_common as common
     from bench.sparsity import STEPS, fixed_point_by_t
 
-ARMS = ("converted", "bias", "bias+threshold", "finetuned", "both")
+ARMS = ("converted", "bias", "bias+threshold", "bias-T1", "bias+threshold-T1", "finetuned", "both")
 NEURONS = ("if_soft", "cuba")
 
 
@@ -87,7 +88,7 @@ def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
     return ft_dir, record
 
 
-def evaluate_arm(cfg, run_dir: Path, calibrate: str, data) -> dict:
+def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> dict:
     """The arm's network (the checkpoint in ``run_dir``, converted, calibrated if asked, quantized
     for T = max(STEPS)) on the whole test split: accuracy and SynOps by T, ANN accuracy and MACs."""
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
@@ -97,7 +98,7 @@ def evaluate_arm(cfg, run_dir: Path, calibrate: str, data) -> dict:
     started, calibration = time.perf_counter(), None
     if calibrate != "none":
         net, calibration = calibrate_network(cfg.model_copy(update={"snn": cfg.snn.model_copy(
-            update={"calibrate": calibrate})}), net, ckpt, data)
+            update={"calibrate": calibrate, "timesteps": calibrate_t})}), net, ckpt, data)
     calibrate_s = time.perf_counter() - started
     qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=max(STEPS))
     accuracy, synops = fixed_point_by_t(qnet, data, cfg.quant.input_bits)
@@ -119,7 +120,7 @@ def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dic
         run_dir, finetuned = finetuned_dir(args, neuron, seed, data)
     cfg = run_config(args, neuron, seed, run_dir)
     calibrate = arm_calibration(args, arm)
-    row = evaluate_arm(cfg, run_dir, calibrate, data)
+    row = evaluate_arm(cfg, run_dir, calibrate, data, 1 if arm.endswith("-T1") else args.deploy_t)
     return {"arm": arm, "neuron": neuron, "seed": seed, "dataset": data.name, "arch": args.arch,
             "epochs": args.epochs, "deploy_t": args.deploy_t, "overrides": args.extra,
             "finetune_epochs": args.finetune_epochs if arm in ("finetuned", "both") else 0,
@@ -140,7 +141,9 @@ def _row_key(args, arm: str, neuron: str, seed: int) -> tuple:
 
 def arm_calibration(args, arm: str) -> str:
     """The snn.calibrate an arm exports with."""
-    return arm if arm in ("bias", "bias+threshold") else args.calibrate if arm == "both" else "none"
+    if arm in ("converted", "finetuned"):
+        return "none"
+    return args.calibrate if arm == "both" else arm.removesuffix("-T1")
 
 
 def _table(rows: list[dict], neuron: str) -> list[str]:

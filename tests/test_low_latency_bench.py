@@ -26,4 +26,4 @@ def test_the_report_pairs_each_arm_with_the_converted_run_of_its_seed():
 def test_arm_calibrations():
     args = low_latency.parse_args(["--calibrate", "bias"])
     assert [low_latency.arm_calibration(args, a) for a in low_latency.ARMS] == [
-        "none", "bias", "bias+threshold", "none", "bias"]
+        "none", "bias", "bias+threshold", "bias", "bias+threshold", "none", "bias"]
