@@ -13,9 +13,9 @@ cuba-matched activation are at it) and kept under ``--out``; every arm starts fr
   time recorded), converted; skipped with a message while that module does not exist;
 * ``both``: the fine-tuned checkpoint, calibrated with ``--calibrate``.
 
-Each arm is quantized once for T = 4 and run on the bit-accurate simulator over the whole
-test split: accuracy and SynOps per inference at T = 1, 2, 4 (``bench/sparsity.py``'s
-evaluation); the ANN's test accuracy and MACs per row. Rows go to the results file as they
+Each arm is quantized for each T = 1, 2, 4 (the file export writes for that T) and run on the
+bit-accurate simulator over the whole test split: accuracy and SynOps per inference
+(``bench/sparsity.py``'s evaluation); the ANN's test accuracy and MACs per row. Rows go to the results file as they
 finish, seed-major; a restart skips the rows already there.
 
     nohup .venv/bin/python bench/low_latency.py > runs/low_latency.log 2>&1 &
@@ -47,6 +47,8 @@ except ImportError:  # imported as bench.low_latency (the tests)
 
 ARMS = ("converted", "bias", "bias+threshold", "bias-T1", "bias+threshold-T1", "finetuned", "both")
 NEURONS = ("if_soft", "cuba")
+#: how a row's T = 1, 2, 4 were run: each from the file made for it
+FILES = "per-t"
 
 
 def run_config(args, neuron: str, seed: int, run_dir: Path, extra=()):
@@ -90,7 +92,7 @@ def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
 
 def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> dict:
     """The arm's network (the checkpoint in ``run_dir``, converted, calibrated if asked, quantized
-    for T = max(STEPS)) on the whole test split: accuracy and SynOps by T, ANN accuracy and MACs."""
+    for each T) on the whole test split: accuracy and SynOps by T, ANN accuracy and MACs."""
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     model = model_from_checkpoint(ckpt).eval()
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
@@ -100,8 +102,11 @@ def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> 
         net, calibration = calibrate_network(cfg.model_copy(update={"snn": cfg.snn.model_copy(
             update={"calibrate": calibrate, "timesteps": calibrate_t})}), net, ckpt, data)
     calibrate_s = time.perf_counter() - started
-    qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=max(STEPS))
-    accuracy, synops = fixed_point_by_t(qnet, data, cfg.quant.input_bits)
+    accuracy, synops = {}, {}
+    for t in STEPS:  # each T from the file export writes for it (the readout's bound is T's)
+        qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=t)
+        by_t = fixed_point_by_t(qnet, data, cfg.quant.input_bits, steps=(t,))
+        accuracy[str(t)], synops[str(t)] = by_t[0][str(t)], by_t[1][str(t)]
     return {"ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")),
             "ann_macs": int(sum(count_ann_macs(model, tuple(data.input_shape)))),
             "snn_fixed": accuracy, "synops": synops, "best_epoch": ckpt["epoch"],
@@ -123,20 +128,20 @@ def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dic
     row = evaluate_arm(cfg, run_dir, calibrate, data, 1 if arm.endswith("-T1") else args.deploy_t)
     return {"arm": arm, "neuron": neuron, "seed": seed, "dataset": data.name, "arch": args.arch,
             "epochs": args.epochs, "deploy_t": args.deploy_t, "overrides": args.extra,
-            "finetune_epochs": args.finetune_epochs if arm in ("finetuned", "both") else 0,
+            "finetune_epochs": args.finetune_epochs if arm in ("finetuned", "both") else 0, "files": FILES,
             "finetune_s": finetuned["wall_s"], "finetune": finetuned["result"], "train_s": train_s, **row,
             "wall_s": time.perf_counter() - started}
 
 
 def _key(row: dict) -> tuple:
     return (row["arm"], row["neuron"], row["seed"], row["epochs"], row["deploy_t"],
-            row["finetune_epochs"], row["calibrate"], tuple(row["overrides"]))
+            row["finetune_epochs"], row["calibrate"], tuple(row["overrides"]), row.get("files"))
 
 
 def _row_key(args, arm: str, neuron: str, seed: int) -> tuple:
     return (arm, neuron, seed, args.epochs, args.deploy_t,
             args.finetune_epochs if arm in ("finetuned", "both") else 0,
-            arm_calibration(args, arm), tuple(args.extra))
+            arm_calibration(args, arm), tuple(args.extra), FILES)
 
 
 def arm_calibration(args, arm: str) -> str:
