@@ -15,8 +15,8 @@ cuba-matched activation are at it) and kept under ``--out``; every arm starts fr
 
 Each arm is quantized for each T = 1, 2, 4 (the file export writes for that T) and run on the
 bit-accurate simulator over the whole test split: accuracy and SynOps per inference
-(``bench/sparsity.py``'s evaluation); the ANN's test accuracy and MACs per row. Rows go to the results file as they
-finish, seed-major; a restart skips the rows already there.
+(``bench/sparsity.py``'s evaluation); the ANN's test accuracy and MACs per row. Rows go to
+the results file as they finish, seed-major; a restart skips the rows already there.
 
     nohup .venv/bin/python bench/low_latency.py > runs/low_latency.log 2>&1 &
     .venv/bin/python bench/low_latency.py --report
