@@ -12,9 +12,10 @@ with every earlier layer already corrected.
   by the mean error (θ·rate follows the per-step drive with slope ≈ 1) or, where the
   signs of the errors so far bracket the answer and that step would leave the bracket,
   to its middle (a one-step correction overshoots where many neurons share a rounding
-  edge); the shift with the smallest error is kept. Outputs are in value units: θ_l·q_l for the ANN (its activation, as
-  :func:`models.converter.ir_quantized_forward` computes it) and θ_l·count/T for the SNN
-  (float reference simulator); the output layer compares the ANN's logits with the
+  edge); the shift with the smallest error is kept. Outputs are in value units: θ_l·q_l
+  for the ANN (its activation, as :func:`models.converter.ir_quantized_forward` computes
+  it) and θ_l·count/T for the SNN (float simulator; layers after the first are run alone
+  on their recorded input spikes); the output layer compares the ANN's logits with the
   potential readout's mean per-step input v_T/T (or θ·count/T for a spike readout).
 * ``bias+threshold``: before a hidden layer's bias, its threshold is scaled by the factor
   of :data:`THRESHOLD_SCALES` whose bias-corrected output is nearest the ANN's (mean
