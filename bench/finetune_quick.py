@@ -48,7 +48,7 @@ def _evaluate(cfg, path: Path, data) -> dict:
     """ANN test accuracy and fixed-point accuracy and SynOps at T = 1, 2, 4 of one checkpoint file."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).eval()
-    accuracy, synops = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data,
+    accuracy, synops = fixed_point_by_t(integer_net(cfg, model, data.input_shape, ckpt), data.test,
                                         cfg.quant.input_bits)
     return {"ann": ann_accuracy(model, data.test, 1000, torch.device("cpu")), "snn_fixed": accuracy,
             "synops": synops, "lambda": ckpt["lambda"]}

@@ -55,26 +55,26 @@ def run_config(args, weight: float, seed: int):
     return common.bench_config(args.config, own, args.extra)
 
 
-def fixed_point_by_t(net, split, input_bits: int) -> tuple[dict, dict]:
+def fixed_point_by_t(net, split, input_bits: int, steps=STEPS) -> tuple[dict, dict]:
     """({T: accuracy}, {T: SynOps per inference}) of the integer ``net`` on a whole split
-    (``data.test`` or ``data.val``)."""
-    correct = np.zeros(len(STEPS))
-    synops = np.zeros(len(STEPS))
+    (``data.test`` or ``data.val``), for each T of ``steps``."""
+    correct = np.zeros(len(steps))
+    synops = np.zeros(len(steps))
     x = torch.stack([split[i][0] for i in range(len(split))]).numpy()
     y = torch.as_tensor([int(split[i][1]) for i in range(len(split))])
     for begin in range(0, len(x), SIM_BATCH):
         payload = encode_input(x[begin:begin + SIM_BATCH], input_bits)
-        res = simulate(net, torch.as_tensor(payload), max(STEPS), record_spikes=True)
+        res = simulate(net, torch.as_tensor(payload), max(steps), record_spikes=True)
         preds = res.predictions()
         trains = res.layer_spike_trains
-        for k, t in enumerate(STEPS):
+        for k, t in enumerate(steps):
             correct[k] += float((preds[t - 1] == y[begin:begin + len(payload)]).sum())
             res.layer_spike_trains = [tr[:t] for tr in trains]
             report = activity_from_sim(net, res, payload).to_dict()
             synops[k] += report["totals"]["synops"] * report["samples"]
     n = len(x)
-    return ({str(t): correct[k] / n for k, t in enumerate(STEPS)},
-            {str(t): synops[k] / n for k, t in enumerate(STEPS)})
+    return ({str(t): correct[k] / n for k, t in enumerate(steps)},
+            {str(t): synops[k] / n for k, t in enumerate(steps)})
 
 
 def integer_net(cfg, model, input_shape, ckpt: dict):

@@ -592,7 +592,7 @@ class ResumePoint:
 #: the config sections that define a training run
 TRAINING_SECTIONS = ("data", "model", "nq", "train", "snn")
 #: keys of those sections that do not change what training produces
-NOT_TRAINING_KEYS = {"train": ("dist_timeout_s",)}
+NOT_TRAINING_KEYS = {"train": ("dist_timeout_s",), "snn": ("calibrate", "calibrate_samples")}
 
 
 def training_identity(config: Mapping[str, Any]) -> dict:

@@ -124,6 +124,9 @@ Arch = Literal["auto", "cnn-small", "vgg-small", "vgg16", "resnet-small", "resne
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 CUBA_SHIFTS: tuple[str, ...] = get_args(CubaShift)
+#: ``snn.calibrate``: training-free correction at export (models.snn_calibrate.CALIBRATIONS).
+Calibrate = Literal["none", "bias", "bias+threshold"]
+CALIBRATIONS: tuple[str, ...] = get_args(Calibrate)
 ARCHS: tuple[str, ...] = get_args(Arch)
 #: The architecture ``model.arch: auto`` picks for each dataset.
 DEFAULT_ARCH = {"digits": "cnn-small", "fashion-mnist": "vgg-small",
@@ -309,6 +312,13 @@ class SNNConfig(_Section):
     cuba_shift: CubaShift = Field("none", description=(
         "cuba only: per-step drive offset folded into the biases: none | half-bias "
         "(theta/(2T) per step, T = snn.timesteps)"))
+    calibrate: Calibrate = Field("none", description=(
+        "training-free correction of the converted network at export, on snn.calibrate_samples "
+        "training images at snn.timesteps: none | bias (each layer's bias shifted so its mean "
+        "SNN output matches the ANN's, layer by layer) | bias+threshold (and each hidden "
+        "layer's threshold scaled, downstream weights with it, to the best of a small grid)"))
+    calibrate_samples: int = Field(256, **_SAMPLES, description=(
+        "training images (a fixed, seeded subset) snn.calibrate measures the layers on"))
 
     @property
     def sigma_t(self) -> int:

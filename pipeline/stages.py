@@ -254,7 +254,24 @@ def _network_to_export(cfg: Config, run_dir: RunDir, module: nn.Module | None = 
     ckpt, ckpt_sha, model = _trained_model(cfg, run_dir, module)
     net = to_ir(model, tuple(ckpt["input_shape"]), cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
-    return net, _export_provenance(cfg, ckpt, ckpt_sha, model), "checkpoint"
+    provenance = _export_provenance(cfg, ckpt, ckpt_sha, model)
+    if cfg.snn.calibrate != "none":
+        net, provenance["calibration"] = calibrate_network(cfg, net, ckpt)
+    return net, provenance, "checkpoint"
+
+
+def calibrate_network(cfg: Config, net, ckpt: dict, data=None) -> tuple:
+    """(``net`` calibrated by snn.calibrate at snn.timesteps, its summary) on a fixed, seeded
+    subset of snn.calibrate_samples training images (never the test split)."""
+    from models.snn_calibrate import calibrate_snn
+
+    data = data or load_dataset(cfg.data, seed=cfg.train.seed)
+    n = min(cfg.snn.calibrate_samples, len(data.train))
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.train.seed))[:n]
+    images = torch.stack([data.train[int(i)][0] for i in idx])
+    activation = ckpt["activation"]  # the function the ANN computed: the layers' targets
+    return calibrate_snn(net, images, cfg.snn.timesteps, cfg.snn.calibrate, levels=ckpt["levels"],
+                         activation=activation["activation"], activation_timesteps=activation["timesteps"])
 
 
 def _export_nir(run_dir: RunDir, net, provenance: dict, source: str, overwrite: bool = False) -> dict:

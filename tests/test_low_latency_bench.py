@@ -1,0 +1,29 @@
+"""bench/low_latency.py's report: per neuron, every arm present, the gap to the ANN and the
+paired differences against the converted arm of the same seed (no training here)."""
+from __future__ import annotations
+
+from bench import low_latency
+
+
+def _row(arm: str, seed: int, acc: float, neuron: str = "if_soft") -> dict:
+    return {"arm": arm, "neuron": neuron, "seed": seed, "ann": 0.9, "ann_macs": 1000,
+            "snn_fixed": {str(t): acc + 0.01 * t for t in low_latency.STEPS},
+            "synops": {str(t): 100.0 * t for t in low_latency.STEPS},
+            "finetune_s": None, "calibrate_s": 2.0}
+
+
+def test_the_report_pairs_each_arm_with_the_converted_run_of_its_seed():
+    rows = [_row("converted", 0, 0.5), _row("converted", 1, 0.6),
+            _row("bias", 0, 0.7), _row("bias", 1, 0.7), _row("converted", 0, 0.1, "cuba")]
+    text = low_latency.report(rows)
+    assert "**if_soft**" in text and "**cuba**" in text
+    assert "| bias | 0,1 | 90.00 ± 0.00 | 71.00 ± 0.00 |" in text
+    assert "| bias | 2 | 15.00 ± 7.07 | 15.00 ± 7.07 | 15.00 ± 7.07 |" in text  # paired, points
+    assert "| converted | 0 | 90.00 ± 0.00 | 11.00 ± 0.00 | 12.00 ± 0.00 | 14.00 ± 0.00 | -79.00" in text
+    assert "ANN MACs per inference: 1000" in text
+
+
+def test_arm_calibrations():
+    args = low_latency.parse_args(["--calibrate", "bias"])
+    assert [low_latency.arm_calibration(args, a) for a in low_latency.ARMS] == [
+        "none", "bias", "bias+threshold", "bias", "bias+threshold", "none", "bias"]
