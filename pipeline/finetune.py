@@ -41,7 +41,8 @@ from .artifacts import FINETUNE_RECORD, FINETUNE_START, ArtifactError, RunDir, a
 from .checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config
 from .data import DatasetSplits, augment_batch, load_dataset
-from .training import TRAINING_SIM_DTYPE, pick_device, selection_set, snn_predictions, to_ir
+from .training import (TRAINING_SIM_DTYPE, TrainingDiverged, first_non_finite_grad, pick_device, selection_set,
+                       snn_predictions, to_ir)
 from .user_model import user_model
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ def _epoch(unrolled: Unrolled, optimizer, cfg: Config, data: DatasetSplits, epoc
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(accumulated(unrolled(x))[-1] / steps, y)
         loss.backward()
+        culprit = first_non_finite_grad(unrolled.model)
+        if culprit is not None:
+            raise TrainingDiverged(f"fine-tuning diverged in epoch {epoch + 1}: the gradient of {culprit} "
+                                   f"holds NaN or infinite values; nothing was saved. Try a lower finetune.lr")
         optimizer.step()
         with torch.no_grad():
             for nq, floor in zip(layers, floors):

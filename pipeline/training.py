@@ -66,6 +66,12 @@ class TrainingError(ToolkitError):
     """A training run that cannot start (e.g. an architecture too deep for the dataset's images)."""
 
 
+class TrainingDiverged(TrainingError, FloatingPointError):
+    """A training step that produced a non-finite gradient or parameter, or a threshold λ ≤ 0
+    (where the NQ activation is undefined). Raised before anything of that epoch is saved:
+    the checkpoint and resume state of the last finished epoch stay as they were."""
+
+
 def pick_device() -> torch.device:
     return default_device()
 
@@ -292,7 +298,8 @@ def _train_epoch(s: "_Session", epoch: int, progress: bool) -> float:
     loss_fn = nn.CrossEntropyLoss()
     total_loss, seen = 0.0, 0
     with _spike_rates(s.model, _penalised(s.cfg)) as rates:
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+        for batch, (x, y) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
+                                            disable=not progress), start=1):
             x, y = x.to(s.device), y.to(s.device)
             if s.cfg.train.augment:
                 x = augment_batch(x, s.data.name, augment_rng)
@@ -304,7 +311,9 @@ def _train_epoch(s: "_Session", epoch: int, progress: bool) -> float:
                 loss = loss + s.cfg.train.activity_penalty * torch.stack(rates).mean()
                 rates.clear()
             loss.backward()  # under DDP: the gradients are averaged over the ranks here
+            _check_step(s, epoch, batch, "gradient of", first_non_finite_grad(s.model))
             s.optimizer.step()
+            _check_step(s, epoch, batch, "parameter", _first_bad_parameter(s.model))
             total_loss += float(loss) * len(y)
             seen += len(y)
     if not s.dist.distributed:
@@ -319,6 +328,40 @@ def _train_epoch(s: "_Session", epoch: int, progress: bool) -> float:
     s.dist.broadcast_buffers(s.model)
     total_loss, seen = s.dist.sum([total_loss, seen]).tolist()
     return total_loss / seen
+
+
+def first_non_finite_grad(model: nn.Module) -> Optional[str]:
+    """The name of the first parameter whose gradient holds NaN or ±inf, or None. The same on
+    every DDP rank: it is read after the gradients were averaged over the ranks."""
+    for name, param in model.named_parameters():
+        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+            return name
+    return None
+
+
+def _first_bad_parameter(model: nn.Module) -> Optional[str]:
+    """The first parameter that is non-finite, or an NQ threshold λ ≤ 0, described; or None."""
+    for index, layer in enumerate(nq_layers(model)):
+        value = float(layer.threshold.detach())
+        if not value > 0:  # also NaN
+            return f"threshold λ of NQ layer {index} (now {value:.4g})"
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
+
+
+def _check_step(s: "_Session", epoch: int, batch: int, what: str, culprit: Optional[str]) -> None:
+    if culprit is None:
+        return
+    hint = ("the cuba-matched activation at snn.timesteps 1 is a single step whose threshold "
+            "gradient drives λ through 0 (with either snn.cuba_shift); train QCFS for it instead: "
+            "nq.activation: qcfs, snn.cuba_shift: half-bias, and fine-tune at T = 1 (finetune.epochs: 2)"
+            if s.cfg.activation == "cuba-matched" and s.cfg.snn.timesteps == 1 else "lower train.lr")
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch + 1}, batch {batch}: the {what} {culprit} is not valid "
+        f"(NaN, infinite or a threshold <= 0). Nothing of this epoch was saved; the checkpoint "
+        f"and resume state of the last finished epoch in {s.run_dir} are unchanged. Try: {hint}")
 
 
 def _selection_accuracy(s: "_Session", net: Network) -> float:
