@@ -187,11 +187,37 @@ def _paired(rows: list[dict], neuron: str) -> list[str]:
     return lines
 
 
+#: issue 22's goal: the deployed SNN within this many points of the trained ANN at T
+GOAL_POINTS = {1: 5.0, 2: 1.0}
+
+
+def _goal(rows: list[dict], neuron: str) -> list[str]:
+    """Each arm against the ANN that was trained (the converted row's of the same seed: a
+    fine-tuned checkpoint's own ANN moved with it): mean ± sd, the worst seed, and whether
+    :data:`GOAL_POINTS` holds at that T on every seed."""
+    base = {r["seed"]: r["ann"] for r in rows if r["neuron"] == neuron and r["arm"] == "converted"}
+    lines = [f"\nAgainst the trained ANN ({neuron}, points: mean ± sd, worst seed; goal: "
+             + ", ".join(f"T={t} within {g:g}" for t, g in GOAL_POINTS.items()) + " on every seed)\n",
+             "| arm | seeds | " + " | ".join(f"T={t} − ANN (worst): goal" for t in GOAL_POINTS) + " |",
+             "|" + "---|" * (2 + len(GOAL_POINTS))]
+    for arm in ARMS:
+        group = [r for r in rows if r["neuron"] == neuron and r["arm"] == arm and r["seed"] in base]
+        if not group:
+            continue
+        cells = []
+        for t, points in GOAL_POINTS.items():
+            gaps = [r["snn_fixed"][str(t)] - base[r["seed"]] for r in group]
+            verdict = "met" if min(gaps) >= -points / 100 else "missed"
+            cells.append(f"{common.mean_sd_percent(gaps)} ({100 * min(gaps):.2f}): {verdict}")
+        lines.append(f"| {arm} | {','.join(str(r['seed']) for r in group)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(rows: list[dict]) -> str:
-    """Markdown tables per neuron: accuracy, gap to the ANN, SynOps, paired differences."""
+    """Markdown tables per neuron: accuracy, gap to the ANN, SynOps, paired differences, the goal."""
     lines = [f"ANN MACs per inference: {', '.join(str(m) for m in sorted({r['ann_macs'] for r in rows}))}"]
     for neuron in [n for n in NEURONS if any(r["neuron"] == n for r in rows)]:
-        lines += _table(rows, neuron) + _paired(rows, neuron)
+        lines += _table(rows, neuron) + _paired(rows, neuron) + _goal(rows, neuron)
     return "\n".join(lines + [f"\nProvenance: {common.provenance_summary(rows)}"])
 
 
