@@ -33,3 +33,9 @@ def test_the_goal_is_judged_against_the_trained_ann_on_every_seed():
     # 0.90 at T=1 and 0.91 at T=2 against 0.9: both met
     text = low_latency.report([_row("converted", 0, 0.89)])
     assert "| converted | 0 | 0.00 ± 0.00 (0.00): met | 1.00 ± 0.00 (1.00): met |" in text
+
+
+def test_arm_calibrations():
+    args = low_latency.parse_args(["--calibrate", "bias"])
+    assert [low_latency.arm_calibration(args, a) for a in low_latency.ARMS] == [
+        "none", "bias", "bias+threshold", "bias", "bias+threshold", "none", "bias"]
