@@ -208,9 +208,18 @@ MAX_DIRTY_PATHS = 20
 def bench_config(config_path, script_overrides=(), user_overrides=()):
     """The run's config exactly as ``python -m pipeline --config PATH --set ...`` builds it:
     the file, then the benchmark's own settings (its flags), then the user's ``--set``
-    (last wins, so ``--set data.name=digits`` beats a script default)."""
-    from pipeline.config import load_config
-    return load_config(config_path, [*script_overrides, *user_overrides])
+    (last wins, so ``--set data.name=digits`` beats a script default). The file is read once
+    per process (:func:`_config_text`): an hours-long benchmark runs every row with the config
+    it started with, even if deploy.yaml is edited (or gains a key) meanwhile."""
+    from pipeline.config import config_from_text
+    return config_from_text(_config_text(str(config_path)), [*script_overrides, *user_overrides],
+                            str(config_path))
+
+
+@functools.lru_cache(maxsize=None)
+def _config_text(config_path: str) -> str:
+    from pipeline.config import read_config_text
+    return read_config_text(Path(config_path))
 
 
 def _git(*args: str) -> str | None:

@@ -689,7 +689,7 @@ def _parse_yaml(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
         loader.dispose()
 
 
-def _read_config_text(p: Path) -> str:
+def read_config_text(p: Path) -> str:
     """The file's text, after checking it is a regular, not-too-large, UTF-8, NUL-free file."""
     try:
         info = p.stat()
@@ -911,14 +911,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     Missing keys take their defaults; an empty file is the default config.
     Raises :class:`ConfigError` naming the file and the offending key or override."""
     p = Path(path)
-    text = _read_config_text(p)
+    return config_from_text(read_config_text(p), overrides, str(p))
+
+
+def config_from_text(text: str, overrides: Sequence[str] = (), name: str = "<config>") -> Config:
+    """:func:`load_config` of YAML ``text`` already read (errors name ``name`` as the file):
+    for a long benchmark that reads its config once and keeps it, whatever happens to the
+    file on disk meanwhile."""
     try:
         raw, lines = _parse_yaml(text)
     except _Refused as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
-    return _build(raw, overrides, str(p), lines)
+        raise ConfigError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
+    return _build(raw, overrides, name, lines)
 
 
 # --------------------------------------------------------------------------

@@ -96,3 +96,11 @@ def test_a_row_written_by_nq_vs_qcfs_names_its_dataset_and_provenance(tmp_path):
     row = json.loads(results.read_text())
     assert row["dataset"] == "digits" and row["epochs"] == 1
     assert REQUIRED <= set(row["provenance"]) and row["provenance"]["commit"] == code_state()["commit"]
+
+
+def test_a_benchmark_keeps_the_config_it_started_with(tmp_path):
+    config = tmp_path / "deploy.yaml"
+    config.write_text("train:\n  epochs: 3\n")
+    assert bench_config(config).train.epochs == 3
+    config.write_text("train:\n  epochs: 5\n  no_such_key: 1\n")  # edited while the benchmark runs
+    assert bench_config(config, ["train.seed=2"]).train.epochs == 3
