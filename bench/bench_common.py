@@ -322,6 +322,23 @@ def results_paths(args) -> tuple[Path, Path]:
     return results_path, results_path.with_name(results_path.stem + "_lava.jsonl")
 
 
+def lava_agreement(net: ir.Network, split, input_bits: int, timesteps: int, samples: int) -> dict:
+    """Lava (loihi2-sim, stock netx or our if_soft process) against the bit-accurate simulator
+    on the first ``samples`` images of ``split``: the fraction whose readout potentials after
+    ``timesteps`` steps are equal integers, and Lava's speed."""
+    import torch
+    from hardware.runtime.runner import run_lava
+    from hardware.simulator import encode_input, simulate
+
+    x = torch.stack([split[i][0] for i in range(samples)]).numpy()
+    payload = encode_input(x, input_bits)
+    lava = run_lava(net, payload, timesteps, progress=False)
+    ref_v = simulate(net, torch.as_tensor(payload), timesteps).output_potential[-1].numpy()
+    equal = np.all(np.asarray(lava.output_potential) == ref_v, axis=1)
+    return {"samples": samples, "timesteps": timesteps, "agreement": float(equal.mean()),
+            "lava_samples_per_s": lava.samples_per_s}
+
+
 def mean_sd_percent(values) -> str:
     """Fractions as ``mean ± sd`` in percent (sd 0 for one value, '–' for none)."""
     values = list(values)

@@ -18,7 +18,11 @@ bit-accurate simulator over the whole test split: accuracy and SynOps per infere
 (``bench/sparsity.py``'s evaluation); the ANN's test accuracy and MACs per row. Rows go to
 the results file as they finish, seed-major; a restart skips the rows already there.
 
+``--lava`` then checks Lava (loihi2-sim) against the simulator on ``--lava-samples`` test images
+of each finished row of ``--arms``, at the T the arm is for (``<results>_lava.jsonl``).
+
     nohup .venv/bin/python bench/low_latency.py > runs/low_latency.log 2>&1 &
+    .venv/bin/python bench/low_latency.py --lava --arms converted bias-T1 finetuned
     .venv/bin/python bench/low_latency.py --report
 """
 from __future__ import annotations
@@ -76,7 +80,7 @@ def finetune_module():
 def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
     """(the fine-tuned run directory, {wall_s, result}): a copy of the base run fine-tuned in
     place, once (a copy an interrupted run left behind is made again)."""
-    ft_dir = Path(args.out) / f"{neuron}-s{seed}" / f"finetune-e{args.finetune_epochs}"
+    ft_dir = arm_dir(args, "finetuned", neuron, seed)
     done = ft_dir / "FINETUNED.json"
     if done.exists():
         return ft_dir, json.loads(done.read_text())
@@ -90,18 +94,23 @@ def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
     return ft_dir, record
 
 
-def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> dict:
-    """The arm's network (the checkpoint in ``run_dir``, converted, calibrated if asked, quantized
-    for each T) on the whole test split: accuracy and SynOps by T, ANN accuracy and MACs."""
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    model = model_from_checkpoint(ckpt).eval()
+def arm_network(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> tuple:
+    """(model, float IR, calibration record, calibration s) of the arm: the checkpoint in
+    ``run_dir`` converted and, if asked, calibrated at ``calibrate_t``."""
+    model = model_from_checkpoint(ckpt := load_checkpoint(run_dir / CHECKPOINT)).eval()
     net = to_ir(model, data.input_shape, cfg.snn.neuron, readout=cfg.snn.readout,
                 output_threshold=ckpt["output_threshold"], **cfg.conversion_kwargs())
     started, calibration = time.perf_counter(), None
     if calibrate != "none":
         net, calibration = calibrate_network(cfg.model_copy(update={"snn": cfg.snn.model_copy(
             update={"calibrate": calibrate, "timesteps": calibrate_t})}), net, ckpt, data)
-    calibrate_s = time.perf_counter() - started
+    return model, ckpt, net, calibration, time.perf_counter() - started
+
+
+def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> dict:
+    """The arm's network (:func:`arm_network`, quantized for each T) on the whole test split:
+    accuracy and SynOps by T, ANN accuracy and MACs."""
+    model, ckpt, net, calibration, calibrate_s = arm_network(cfg, run_dir, calibrate, data, calibrate_t)
     accuracy, synops = {}, {}
     for t in STEPS:  # each T from the file export writes for it (the readout's bound is T's)
         qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=t)
@@ -111,6 +120,37 @@ def evaluate_arm(cfg, run_dir: Path, calibrate: str, data, calibrate_t: int) -> 
             "ann_macs": int(sum(count_ann_macs(model, tuple(data.input_shape)))),
             "snn_fixed": accuracy, "synops": synops, "best_epoch": ckpt["epoch"],
             "calibrate": calibrate, "calibrate_s": calibrate_s, "calibration": calibration}
+
+
+def arm_dir(args, arm: str, neuron: str, seed: int) -> Path:
+    """Where the arm's checkpoint is: the base run, or its fine-tuned copy."""
+    if arm in ("finetuned", "both"):
+        return Path(args.out) / f"{neuron}-s{seed}" / f"finetune-e{args.finetune_epochs}"
+    return base_dir(args, neuron, seed)
+
+
+def lava_pass(args, results_path: Path, lava_path: Path) -> None:
+    """Lava against the bit-accurate simulator for each finished row of ``--arms`` that has no
+    check yet, on ``--lava-samples`` test images, with the file made for the T the arm is for
+    (1 for the ``-T1`` arms, the deployment T otherwise). Resumable; Lava is slow on CPU."""
+    checked = {_key(r) for r in common.load_results(lava_path)}
+    for row in common.load_results(results_path):
+        if row["arm"] not in args.arms or row["neuron"] not in args.neurons or _key(row) in checked:
+            continue
+        run_dir = arm_dir(args, row["arm"], row["neuron"], row["seed"])
+        if not (run_dir / CHECKPOINT).exists():  # e.g. run on another machine: results only
+            print(f"Lava {row['arm']} {row['neuron']} seed {row['seed']}: skipped, no checkpoint in "
+                  f"{run_dir} (pass the --out the rows were made with)", flush=True)
+            continue
+        cfg = run_config(args, row["neuron"], row["seed"], run_dir)
+        data = load_dataset(cfg.data, seed=row["seed"])
+        steps = 1 if row["arm"].endswith("-T1") else row["deploy_t"]
+        net = arm_network(cfg, run_dir, row["calibrate"], data, steps)[2]
+        qnet = quantize(net, input_bits=cfg.quant.input_bits, readout_steps=steps)
+        lava = common.lava_agreement(qnet, data.test, cfg.quant.input_bits, steps, args.lava_samples)
+        common.append_result(lava_path, {**{k: row[k] for k in LAVA_KEYS}, "files": row.get("files"), **lava})
+        print(f"Lava {row['arm']} {row['neuron']} seed {row['seed']} at T={steps}: agreement "
+              f"{lava['agreement']:.3f} on {lava['samples']} samples", flush=True)
 
 
 def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dict | None:
@@ -131,6 +171,10 @@ def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dic
             "finetune_epochs": args.finetune_epochs if arm in ("finetuned", "both") else 0, "files": FILES,
             "finetune_s": finetuned["wall_s"], "finetune": finetuned["result"], "train_s": train_s, **row,
             "wall_s": time.perf_counter() - started}
+
+
+#: the fields of a results row its Lava check repeats (:func:`_key` finds the pair)
+LAVA_KEYS = ("arm", "neuron", "seed", "epochs", "deploy_t", "finetune_epochs", "calibrate", "overrides")
 
 
 def _key(row: dict) -> tuple:
@@ -213,11 +257,31 @@ def _goal(rows: list[dict], neuron: str) -> list[str]:
     return lines
 
 
-def report(rows: list[dict]) -> str:
-    """Markdown tables per neuron: accuracy, gap to the ANN, SynOps, paired differences, the goal."""
+def _lava_lines(lava_rows: list[dict]) -> list[str]:
+    """Lava's agreement with the simulator per neuron and arm (all seeds pooled)."""
+    if not lava_rows:
+        return []
+    lines = ["\nLava (loihi2-sim) against the bit-accurate simulator: readout potentials equal, "
+             "per neuron and arm, at the T the arm is for (seeds pooled)\n",
+             "| neuron | arm | T | seeds | samples equal |", "|---|---|---|---|---|"]
+    for neuron in NEURONS:
+        for arm in ARMS:
+            group = [r for r in lava_rows if r["neuron"] == neuron and r["arm"] == arm]
+            if group:
+                equal = sum(round(r["agreement"] * r["samples"]) for r in group)
+                lines.append(f"| {neuron} | {arm} | {','.join(sorted({str(r['timesteps']) for r in group}))} | "
+                             f"{','.join(str(r['seed']) for r in group)} | "
+                             f"{equal} / {sum(r['samples'] for r in group)} |")
+    return lines
+
+
+def report(rows: list[dict], lava_rows: list[dict] = ()) -> str:
+    """Markdown tables per neuron: accuracy, gap to the ANN, SynOps, paired differences, the
+    goal; then Lava's agreement."""
     lines = [f"ANN MACs per inference: {', '.join(str(m) for m in sorted({r['ann_macs'] for r in rows}))}"]
     for neuron in [n for n in NEURONS if any(r["neuron"] == n for r in rows)]:
         lines += _table(rows, neuron) + _paired(rows, neuron) + _goal(rows, neuron)
+    lines += _lava_lines(list(lava_rows))
     return "\n".join(lines + [f"\nProvenance: {common.provenance_summary(rows)}"])
 
 
@@ -238,15 +302,15 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     common.code_state()  # the commit this process runs, taken before a long run
-    path = Path(args.results)
-    if args.report:
-        print(report(common.load_results(path)))
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:  # seed-major: each finished seed is a complete paired comparison
-        for neuron in args.neurons:
-            run_seed(args, path, neuron, seed)
-    print(report(common.load_results(path)))
+    path, lava_path = common.results_paths(args)
+    if args.lava:
+        lava_pass(args, path, lava_path)
+    elif not args.report:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:  # seed-major: each finished seed is a complete paired comparison
+            for neuron in args.neurons:
+                run_seed(args, path, neuron, seed)
+    print(report(common.load_results(path), common.load_results(lava_path)))
 
 
 def run_seed(args, path: Path, neuron: str, seed: int) -> None:

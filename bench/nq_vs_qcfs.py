@@ -27,12 +27,10 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hardware.fixed_point.quantize import quantize
 from hardware.kinds import NEURON_KINDS, NeuronKind, Readout
-from hardware.simulator import encode_input, simulate
 from pipeline.data import load_dataset
 from pipeline.artifacts import CHECKPOINT, TRAIN_STATE
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint, read_train_state
@@ -62,16 +60,8 @@ def fixed_point_accuracy(model, data, neuron: NeuronKind, readout: Readout, outp
 
 def lava_agreement(model, data, neuron: str, input_bits: int, samples: int) -> dict:
     """Lava (loihi2-sim) against the bit-accurate simulator on the first test samples."""
-    from hardware.runtime.runner import run_lava
-
     net = quantize(to_ir(model, data.input_shape, neuron), input_bits=input_bits, readout_steps=max(STEPS))
-    x = torch.stack([data.test[i][0] for i in range(samples)]).numpy()
-    payload = encode_input(x, input_bits)
-    lava = run_lava(net, payload, max(STEPS), progress=False)
-    ref = simulate(net, torch.as_tensor(payload), max(STEPS))
-    ref_v = ref.output_potential[-1].numpy()
-    equal = np.all(np.asarray(lava.output_potential) == ref_v, axis=1)
-    return {"samples": samples, "agreement": float(equal.mean()), "lava_samples_per_s": lava.samples_per_s}
+    return common.lava_agreement(net, data.test, input_bits, max(STEPS), samples)
 
 
 def last_epoch_model(run_dir: Path, ckpt: dict):

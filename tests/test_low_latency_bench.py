@@ -1,6 +1,11 @@
-"""bench/low_latency.py's report: per neuron, every arm present, the gap to the ANN and the
-paired differences against the converted arm of the same seed (no training here)."""
+"""bench/low_latency.py's report (per neuron, every arm present, the gap to the ANN, the paired
+differences against the converted arm of the same seed, the goal) and its resumable Lava pass
+(one digits run)."""
 from __future__ import annotations
+
+import json
+
+import pytest
 
 from bench import low_latency
 
@@ -39,3 +44,16 @@ def test_arm_calibrations():
     args = low_latency.parse_args(["--calibrate", "bias"])
     assert [low_latency.arm_calibration(args, a) for a in low_latency.ARMS] == [
         "none", "bias", "bias+threshold", "bias", "bias+threshold", "none", "bias"]
+
+
+@pytest.mark.lava
+def test_the_lava_pass_checks_each_finished_row_once(tmp_path, capsys):
+    common = ["--dataset", "digits", "--epochs", "1", "--seeds", "0", "--neurons", "if_soft", "--arms",
+              "converted", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.jsonl"),
+              "--lava-samples", "3"]
+    low_latency.main(common)
+    low_latency.main([*common, "--lava"])
+    low_latency.main([*common, "--lava"])  # resumable: nothing left to check
+    lava_rows = [json.loads(line) for line in (tmp_path / "r_lava.jsonl").read_text().splitlines()]
+    assert [(r["arm"], r["timesteps"], r["samples"], r["agreement"]) for r in lava_rows] == [("converted", 2, 3, 1.0)]
+    assert "| if_soft | converted | 2 | 0 | 3 / 3 |" in capsys.readouterr().out
