@@ -373,8 +373,9 @@ def print_run(arm: str, seed: int, record: dict, steps) -> None:
         + f", ANN {record['selected']['ann']:.4f}, {record['wall_s']:.0f} s", flush=True)
 
 
-def seeded_arguments(description: str, out: str, results: str) -> argparse.ArgumentParser:
-    """The options every seeded comparison takes (a script adds its arms and ``--set``)."""
+def seeded_arguments(description: str, out: str, results: str, lava: bool = False) -> argparse.ArgumentParser:
+    """The options every seeded comparison takes (a script adds its arms and ``--set``);
+    ``--lava`` and ``--lava-samples`` only for a script with a Lava pass (``lava=True``)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--dataset", default="fashion-mnist", help="shorthand for --set data.name=...")
     ap.add_argument("--arch", default="cnn-small")
@@ -382,9 +383,10 @@ def seeded_arguments(description: str, out: str, results: str) -> argparse.Argum
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--select-samples", type=int, default=2000)
-    ap.add_argument("--lava-samples", type=int, default=16)
-    ap.add_argument("--lava", action="store_true",
-                    help="only check Lava against the simulator on the finished runs (resumable)")
+    if lava:
+        ap.add_argument("--lava-samples", type=int, default=16)
+        ap.add_argument("--lava", action="store_true",
+                        help="only check Lava against the simulator on the finished runs (resumable)")
     ap.add_argument("--config", default="deploy.yaml")
     ap.add_argument("--out", default=out)
     ap.add_argument("--results", default=results)

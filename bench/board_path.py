@@ -225,7 +225,7 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/board_path",
-                          results="bench/results/board_path.jsonl")
+                          results="bench/results/board_path.jsonl", lava=True)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for every arm (repeatable), as the pipeline's --set and "

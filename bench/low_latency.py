@@ -287,7 +287,7 @@ def report(rows: list[dict], lava_rows: list[dict] = ()) -> str:
 
 def parse_args(argv=None):
     ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/low_latency",
-                                 results="bench/results/low_latency.jsonl")
+                                 results="bench/results/low_latency.jsonl", lava=True)
     ap.set_defaults(epochs=2)  # cnn-small, two epochs: six base trainings in a session
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="a further config override for every run, as the pipeline's --set")

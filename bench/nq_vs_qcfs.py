@@ -190,7 +190,7 @@ def report(results: list[dict], lava_results: list[dict] = ()) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = common.seeded_arguments(__doc__.split("\n\n")[0], out="runs/nq_vs_qcfs",
-                          results="bench/results/nq_vs_qcfs.jsonl")
+                          results="bench/results/nq_vs_qcfs.jsonl", lava=True)
     ap.add_argument("--target-t", type=int, default=1, help="T of the third arm's σ measurement")
     ap.add_argument("--arms", nargs="+", default=None,
                     help="run only these arms (default: all three; names as in the results)")
