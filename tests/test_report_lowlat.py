@@ -49,6 +49,10 @@ def test_a_plain_run_has_neither(run_dir):
     assert report["finetune"] is None and report["calibration"] is None
     assert HEADING not in (run_dir / "report.md").read_text()
     assert "fine-tuned" not in format_summary(report) and "calibrated" not in format_summary(report)
+    # a record that is not one says nothing and does not stop the report
+    (run_dir / RECORD).write_text("{}")
+    stages.report(cfg, progress=False)
+    assert _report(run_dir)["finetune"] is None
 
 
 def test_a_finetuned_run_reports_its_record(run_dir):
