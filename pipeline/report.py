@@ -1,7 +1,9 @@
 """Render ``report.md`` and plots from a run directory's ``report.json``.
 
 Nothing is re-run: the report is drawn from ``report.json`` (and
-``raster.npz`` when the run stage wrote one). Derived figures that are pure
+``raster.npz`` when the run stage wrote one); the report stage first fills its
+``finetune`` and ``calibration`` sections from ``finetune.json`` and the deployed
+``.net``'s provenance (:mod:`pipeline.report_lowlat`). Derived figures that are pure
 arithmetic on stored data are computed here when the run stage did not store
 them: the energy estimate from ``probes`` (with the config's ``energy``
 overrides) and the resource fit and MAC counts from the ``.net`` file, which
@@ -205,9 +207,13 @@ def _training_section(report: dict, png: Optional[Path], run_dir: Path) -> list[
 
 
 def _corrections(report: dict) -> tuple[Optional[dict], Optional[dict]]:
-    """(fine-tuning, calibration) sections that changed the deployed network, each or None."""
-    calibration = report.get("calibration")
-    return report.get("finetune") or None, calibration if (calibration or {}).get("mode", "none") != "none" else None
+    """(fine-tuning, calibration) sections that changed the deployed network, each or None; a
+    calibration read from another .net than the one exported or run since is not shown."""
+    calibration = report.get("calibration") or {}
+    known = {(report.get(k) or {}).get("sha256") for k in ("export", "network_file")} - {None}
+    stale = bool(known) and calibration.get("sha256") is not None and calibration["sha256"] not in known
+    shown = calibration if calibration.get("mode", "none") != "none" and not stale else None
+    return report.get("finetune") or None, shown
 
 
 def _mean_errors(calibration: dict) -> tuple[Optional[float], Optional[float]]:
@@ -734,7 +740,7 @@ def _corrections_summary(report: dict) -> list[str]:
 
 def format_summary(report: dict) -> str:
     """The accuracy table, the headline at the deployment T (accuracy, SynOps, energy in both
-    conventions) and the Lava agreement, printed by the CLI; ``report`` is a validated report's
+    conventions), the low-latency corrections (fine-tuning, calibration) and the Lava agreement, printed by the CLI; ``report`` is a validated report's
     JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
     lines = _summary_table(report.get("accuracy") or {})
     if report.get("operating_points"):

@@ -100,9 +100,10 @@ def test_a_calibrated_export_reports_its_provenance(run_dir):
     for layer in section["layers"]:
         assert f"| {layer['layer']} |" in md
     assert "calibrated (bias) at T = 2 on 64 training images" in format_summary(_report(run_dir))
-    # exported again without calibration: the section goes with it
+    # exported again without calibration: the section goes with the file
     plain = _cfg(run_dir, "run.overwrite=true")
     stages.export(plain, progress=False)
+    assert "calibrated" not in format_summary(_report(run_dir))  # read from the former file: not shown
     stages.report(plain, progress=False)
     assert _report(run_dir)["calibration"] is None
 
