@@ -38,6 +38,9 @@ from hardware.errors import ToolkitError
 from hardware.fixed_point.quantize import LayerQuantReport
 from hardware.formats import files
 from hardware.formats.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from hardware.kinds import NeuronKind
+
+from .config import Calibrate, Surrogate
 
 
 class ArtifactError(ToolkitError, ValueError):
@@ -464,6 +467,59 @@ class BoardRun(_Section):
     source: Optional[str] = None
 
 
+# --- the low-latency corrections applied after training (the report stage fills them)
+class FinetuneEpoch(_Section):
+    epoch: int = Field(ge=1)
+    loss: Optional[float] = None
+    snn_val: Optional[Fraction] = None
+    train_s: Optional[Seconds] = None
+    select_s: Optional[Seconds] = None
+
+
+class Finetune(_Section):
+    """The converted SNN fine-tuned at T (pipeline.finetune), as ``finetune.json`` records it;
+    only while the checkpoint is that record's fine-tuned network. ``snn_val_*``: the SNN's
+    accuracy at ``timesteps`` on the validation selection set (float simulator); ``deployed``:
+    whether the .net the report describes was exported from this checkpoint (None: no .net)."""
+
+    epochs: int = Field(ge=1)
+    timesteps: int = Field(ge=1)
+    neuron: NeuronKind
+    surrogate: Optional[Surrogate] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    snn_val_before: Fraction
+    snn_val_after: Fraction
+    best_epoch: int = Field(ge=0)
+    select_samples: Optional[int] = None
+    wall_time_s: Optional[Seconds] = None
+    history: list[FinetuneEpoch] = []
+    finetuned_sha256: Optional[Sha256] = None
+    deployed: Optional[bool] = None
+
+
+class CalibrationLayer(_Section):
+    """One layer of ``snn.calibrate``: mean |ANN − SNN| of its per-channel mean outputs (value
+    units) before and after, and the threshold factor chosen (1: unchanged)."""
+
+    layer: str
+    threshold_scale: float
+    error_before: Annotated[float, Field(ge=0.0)]
+    error_after: Annotated[float, Field(ge=0.0)]
+
+
+class Calibration(_Section):
+    """The ``calibration`` the deployed .net records in its provenance (export, snn.calibrate)."""
+
+    mode: Calibrate
+    timesteps: int = Field(ge=1)
+    samples: int = Field(ge=0)
+    layers: list[CalibrationLayer] = []
+    #: the .net it was read from
+    path: Optional[str] = None
+    sha256: Optional[Sha256] = None
+
+
 def validate_section(model: type[_Section], raw: Any, source: str) -> dict:
     """``raw`` checked as the section ``model`` (JSON types back); :class:`ArtifactError` naming
     ``source`` and the key otherwise."""
@@ -501,6 +557,8 @@ class Report(_Section):
     raster: Optional[Raster] = None
     bundle: Optional[BundleInfo] = None
     board_run: Optional[BoardRun] = None
+    finetune: Optional[Finetune] = None
+    calibration: Optional[Calibration] = None
     wall_time_s: Optional[float] = None
 
     def to_json_dict(self) -> dict:

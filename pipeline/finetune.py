@@ -168,6 +168,12 @@ def _read_record(path: Path) -> Optional[dict]:
     return doc
 
 
+def read_record(path: Path) -> Optional[dict]:
+    """The fine-tuning record at ``path``, checked (None if there is none; FinetuneError if the
+    file is not one): for readers such as the report."""
+    return _read_record(path)
+
+
 def _kept_network(root: Path, record: dict, user) -> dict:
     """The network fine-tuning started from (``CONVERTED``), checked against the record."""
     kept = load_checkpoint(root / CONVERTED, user)
@@ -227,5 +233,5 @@ def finetune(cfg: Config, progress: bool = True, data: DatasetSplits | None = No
     return {**result, "action": "finetuned"}
 
 
-__all__ = ["finetune", "finetune_model", "tensors_sha256", "settings_of", "CONVERTED", "RECORD",
+__all__ = ["finetune", "finetune_model", "tensors_sha256", "read_record", "settings_of", "CONVERTED", "RECORD",
            "FinetuneError"]

@@ -1,7 +1,9 @@
 """Render ``report.md`` and plots from a run directory's ``report.json``.
 
 Nothing is re-run: the report is drawn from ``report.json`` (and
-``raster.npz`` when the run stage wrote one). Derived figures that are pure
+``raster.npz`` when the run stage wrote one); the report stage first fills its
+``finetune`` and ``calibration`` sections from ``finetune.json`` and the deployed
+``.net``'s provenance (:mod:`pipeline.report_lowlat`). Derived figures that are pure
 arithmetic on stored data are computed here when the run stage did not store
 them: the energy estimate from ``probes`` (with the config's ``energy``
 overrides) and the resource fit and MAC counts from the ``.net`` file, which
@@ -202,6 +204,68 @@ def _training_section(report: dict, png: Optional[Path], run_dir: Path) -> list[
                         [[str(i + 1), sig[i] if i < len(sig) else None,
                           lam[i] if i < len(lam) else None] for i in range(n)])
     return lines + _image(png, run_dir, "sigma and validation accuracy per epoch")
+
+
+def _corrections(report: dict) -> tuple[Optional[dict], Optional[dict]]:
+    """(fine-tuning, calibration) sections that changed the deployed network, each or None; a
+    calibration read from another .net than the one exported or run since is not shown."""
+    calibration = report.get("calibration") or {}
+    known = {(report.get(k) or {}).get("sha256") for k in ("export", "network_file")} - {None}
+    stale = bool(known) and calibration.get("sha256") is not None and calibration["sha256"] not in known
+    shown = calibration if calibration.get("mode", "none") != "none" and not stale else None
+    return report.get("finetune") or None, shown
+
+
+def _mean_errors(calibration: dict) -> tuple[Optional[float], Optional[float]]:
+    layers = calibration.get("layers") or []
+    if not layers:
+        return None, None
+    return (sum(la["error_before"] for la in layers) / len(layers),
+            sum(la["error_after"] for la in layers) / len(layers))
+
+
+def _finetune_lines(tuned: dict) -> list[str]:
+    t = tuned["timesteps"]
+    lines = [f"**Fine-tuned** (`finetune`) as an SNN at T = {t} with its own neuron ({tuned['neuron']}), "
+             f"{tuned['epochs']} epoch(s), {tuned.get('surrogate') or '–'} surrogate, Adam lr "
+             f"{_fmt(tuned.get('lr'))}: SNN accuracy at T = {t} on the validation selection set "
+             f"({_fmt(tuned.get('select_samples'))} samples, float simulator) **{_fmt(tuned['snn_val_before'])} → "
+             f"{_fmt(tuned['snn_val_after'])}**, best epoch {tuned['best_epoch']}"
+             + (" (no epoch beat the converted network, which was kept)" if tuned["best_epoch"] == 0 else "")
+             + f"; wall time {_fmt(tuned.get('wall_time_s'))} s.", ""]
+    history = tuned.get("history") or []
+    if history:
+        lines += ["Per epoch (validation SNN accuracy at T): " + ", ".join(
+            f"{h['epoch']}: {_fmt(h.get('snn_val'))}" for h in history) + ".", ""]
+    if tuned.get("deployed") is False:
+        lines += ["**The deployed .net was not exported from this fine-tuned checkpoint**: export again "
+                  "to deploy it.", ""]
+    return lines
+
+
+def _calibration_lines(calibration: dict) -> list[str]:
+    before, after = _mean_errors(calibration)
+    lines = [f"**Calibrated** at export (`snn.calibrate={calibration['mode']}`) at T = {calibration['timesteps']} "
+             f"on {calibration['samples']} training images: mean per-layer error |ANN − SNN| of the "
+             f"per-channel mean outputs **{_fmt(before)} → {_fmt(after)}** (value units; recorded in "
+             f"`{calibration.get('path')}`).", ""]
+    return lines + _table(["layer", "threshold factor", "error before", "error after"],
+                          [[la["layer"], la["threshold_scale"], la["error_before"], la["error_after"]]
+                           for la in calibration.get("layers") or []])
+
+
+def _corrections_section(report: dict) -> list[str]:
+    """What changed the network after training (fine-tuning, calibration); nothing if neither did."""
+    tuned, calibration = _corrections(report)
+    if not tuned and not calibration:
+        return []
+    lines = ["## Low-latency corrections", "",
+             "The deployed network is not the converted network alone: it was changed after training.", ""]
+    if tuned:
+        lines += _finetune_lines(tuned)
+    if calibration:
+        lines += _calibration_lines(calibration)
+    return lines
 
 
 def _activity_section(report: dict, probes: Optional[dict], firing: Optional[Path],
@@ -574,6 +638,7 @@ def render_report(run_dir: Path) -> dict:
     lines += _accuracy_section(report, pngs["accuracy"], rd.root)
     lines += _agreement_section(report)
     lines += _training_section(report, pngs["training"], rd.root)
+    lines += _corrections_section(report)
     lines += _activity_section(report, probes, pngs["firing_rate"], pngs["raster"], rd.root)
     lines += _operating_points_section(report.get("operating_points"), (report.get("accuracy") or {}).get("snn_float"),
                                        pngs["operating_points"], rd.root)
@@ -590,12 +655,19 @@ def render_report(run_dir: Path) -> dict:
 
 
 def report_stage(cfg, progress: bool = True) -> dict:
-    """The ``report`` stage: render ``run.dir``'s report.md and plots (no re-running); with
-    ``bundle.board_result``, that board result is first stored as report.json's ``board_run``."""
+    """The ``report`` stage: render ``run.dir``'s report.md and plots (no re-running); first
+    report.json's ``finetune`` and ``calibration`` are drawn from finetune.json and the deployed
+    .net (:mod:`pipeline.report_lowlat`), and with ``bundle.board_result`` that board result is
+    stored as ``board_run``."""
     run_dir = RunDir.prepared(cfg.run.dir)
     if cfg.bundle.board_result:
         from .bundle import board_run_section
         run_dir.update_report({"board_run": board_run_section(cfg, run_dir)})
+    if run_dir.report_json.exists():  # else render_report says which stage to run
+        from .report_lowlat import lowlat_sections
+        stored = run_dir.read_report().to_json_dict()
+        net = _net_path(stored, run_dir.root) or (run_dir.net if run_dir.net.is_file() else None)
+        run_dir.update_report(lowlat_sections(run_dir, net))
     return render_report(run_dir.root)
 
 
@@ -651,13 +723,29 @@ def _headline(points: dict) -> list[str]:
             f"suggested T: {points.get('suggestion')}"]
 
 
+def _corrections_summary(report: dict) -> list[str]:
+    tuned, calibration = _corrections(report)
+    lines = []
+    if tuned:
+        lines.append(f"fine-tuned at T = {tuned['timesteps']} ({tuned['epochs']} epoch(s), "
+                     f"{_fmt(tuned.get('wall_time_s'))} s): SNN validation accuracy {tuned['snn_val_before']:.4f} "
+                     f"-> {tuned['snn_val_after']:.4f}" + (" (NOT the deployed .net: export again)"
+                                                            if tuned.get("deployed") is False else ""))
+    if calibration:
+        before, after = _mean_errors(calibration)
+        lines.append(f"calibrated ({calibration['mode']}) at T = {calibration['timesteps']} on "
+                     f"{calibration['samples']} training images: mean layer error {_fmt(before)} -> {_fmt(after)}")
+    return lines
+
+
 def format_summary(report: dict) -> str:
     """The accuracy table, the headline at the deployment T (accuracy, SynOps, energy in both
-    conventions) and the Lava agreement, printed by the CLI; ``report`` is a validated report's
+    conventions), the low-latency corrections (fine-tuning, calibration) and the Lava agreement, printed by the CLI; ``report`` is a validated report's
     JSON form (:meth:`pipeline.artifacts.Report.to_json_dict`)."""
     lines = _summary_table(report.get("accuracy") or {})
     if report.get("operating_points"):
         lines += _headline(report["operating_points"])
+    lines += _corrections_summary(report)
     lines += _energy_summary(report.get("energy") or {})
     lava = report.get("lava")
     if lava:
