@@ -375,13 +375,15 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation:
     input) or ``q_l = count(h_l, θ_l, T)/T`` (``'cuba-matched'``:
     :func:`models.nq.cuba_spike_count`, T = ``timesteps``; a drive shift is already in
     b_l); the output layer is affine: the result is the logits ``h_out``, whatever the
-    readout.
+    readout. A QCFS network given a cuba drive shift at conversion (``net.metadata``) has
+    the offset in b_l, which its ANN never saw: QCFS reads ``h_l`` less the offset.
     """
     if activation == "cuba-matched" and (not isinstance(timesteps, int) or timesteps < 1):
         raise IRError(f"a cuba-matched forward needs timesteps as a positive integer, got {timesteps!r}")
     if net.integer:
         raise IRError("ir_quantized_forward needs the float IR")
     q = x.double()
+    shift, shift_timesteps = _conversion_shift(net, activation)
     outputs: dict[str, torch.Tensor] = {}  # weighted layer name -> its q (extra inputs read them)
     last = net.weighted_layers[-1]
     for layer in net.layers:
@@ -398,9 +400,21 @@ def ir_quantized_forward(net: Network, x: torch.Tensor, levels: int, activation:
         if activation == "cuba-matched":
             q = cuba_spike_count(h, threshold, timesteps) / timesteps
         else:
+            if shift != "none":
+                h = h - cuba_shift_offset(threshold, shift_timesteps, shift)
             q = torch.clamp(torch.floor(torch.clamp(h / threshold, 0, 1) * levels + 0.5) / levels, 0, 1)
         outputs[layer.name] = q
     raise IRError("the network has no weighted layer")
+
+
+def _conversion_shift(net: Network, activation: str) -> tuple[str, int | None]:
+    """(shift, T) that conversion added to the hidden biases of a QCFS ANN (``'none'`` when
+    the activation is not QCFS, or the shift is the cuba-matched activation's own)."""
+    meta = net.metadata or {}
+    shift = meta.get("cuba_shift", "none")
+    if activation != "qcfs" or meta.get("ann_activation", "qcfs") != "qcfs" or shift == "none":
+        return "none", None
+    return shift, meta.get("cuba_timesteps")
 
 
 def _synapse_forward(layer, q: torch.Tensor, with_bias: bool) -> torch.Tensor:
