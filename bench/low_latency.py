@@ -10,7 +10,7 @@ cuba-matched activation are at it) and kept under ``--out``; every arm starts fr
   (``snn.calibrate`` of that name) at the deployment T; ``bias-T1``, ``bias+threshold-T1``:
   calibrated at T = 1 instead (the network one would export for T = 1);
 * ``finetuned``: a copy of the run directory fine-tuned by ``pipeline.finetune`` (its wall
-  time recorded), converted; skipped with a message while that module does not exist;
+  time recorded), converted;
 * ``both``: the fine-tuned checkpoint, calibrated with ``--calibrate``.
 
 Each arm is quantized for each T = 1, 2, 4 (the file export writes for that T) and run on the
@@ -39,6 +39,7 @@ from models.converter import count_ann_macs
 from pipeline.artifacts import CHECKPOINT
 from pipeline.checkpoints import load_checkpoint, model_from_checkpoint
 from pipeline.data import load_dataset
+from pipeline.finetune import finetune
 from pipeline.stages import calibrate_network
 from pipeline.training import ann_accuracy, to_ir, train
 
@@ -68,15 +69,6 @@ def base_dir(args, neuron: str, seed: int) -> Path:
     return Path(args.out) / f"{neuron}-s{seed}" / "base"
 
 
-def finetune_module():
-    """``pipeline.finetune.finetune``, or None while it does not exist."""
-    try:
-        from pipeline.finetune import finetune
-    except ImportError:
-        return None
-    return finetune
-
-
 def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
     """(the fine-tuned run directory, {wall_s, result}): a copy of the base run fine-tuned in
     place, once (a copy an interrupted run left behind is made again)."""
@@ -88,7 +80,7 @@ def finetuned_dir(args, neuron: str, seed: int, data) -> tuple[Path, dict]:
     shutil.copytree(base_dir(args, neuron, seed), ft_dir)
     cfg = run_config(args, neuron, seed, ft_dir, [f"finetune.epochs={args.finetune_epochs}"])
     started = time.perf_counter()
-    result = finetune_module()(cfg, progress=False, data=data)
+    result = finetune(cfg, progress=False, data=data)
     record = {"wall_s": time.perf_counter() - started, "result": result}
     done.write_text(json.dumps(record, sort_keys=True))
     return ft_dir, record
@@ -153,15 +145,11 @@ def lava_pass(args, results_path: Path, lava_path: Path) -> None:
               f"{lava['agreement']:.3f} on {lava['samples']} samples", flush=True)
 
 
-def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dict | None:
-    """One results row (None: the fine-tuning arms while pipeline.finetune is missing)."""
+def run_arm(args, arm: str, neuron: str, seed: int, data, train_s: float) -> dict:
+    """One results row."""
     started = time.perf_counter()
     run_dir, finetuned = base_dir(args, neuron, seed), {"wall_s": None, "result": None}
     if arm in ("finetuned", "both"):
-        if finetune_module() is None:
-            print(f"{arm} {neuron} seed {seed}: skipped, pipeline.finetune cannot be imported yet",
-                  flush=True)
-            return None
         run_dir, finetuned = finetuned_dir(args, neuron, seed, data)
     cfg = run_config(args, neuron, seed, run_dir)
     calibrate = arm_calibration(args, arm)
@@ -325,10 +313,9 @@ def run_seed(args, path: Path, neuron: str, seed: int) -> None:
     train_s = sum(r["train_s"] + r["sigma_s"] + r["select_s"] for r in history)  # also when resumed
     for arm in todo:
         row = run_arm(args, arm, neuron, seed, data, train_s)
-        if row is not None:
-            common.append_result(path, row)
-            print(f"{arm} {neuron} seed {seed}: " + " / ".join(
-                f"T={t} {row['snn_fixed'][str(t)]:.4f}" for t in STEPS) + f", ANN {row['ann']:.4f}", flush=True)
+        common.append_result(path, row)
+        print(f"{arm} {neuron} seed {seed}: " + " / ".join(
+            f"T={t} {row['snn_fixed'][str(t)]:.4f}" for t in STEPS) + f", ANN {row['ann']:.4f}", flush=True)
 
 
 if __name__ == "__main__":
