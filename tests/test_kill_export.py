@@ -137,12 +137,12 @@ def test_export_killed_mid_write_leaves_no_partial_net(trained, tmp_path, point,
 
 # --------------------------------------------------------------------------- train
 def test_train_killed_mid_epoch_resumes(tmp_path):
-    """SIGKILL of ``python -m pipeline train`` during epoch 2 of 3; the rerun resumes
-    after epoch 1 (it trains epochs 2 and 3 only) and finishes a complete run."""
+    """SIGKILL of ``python -m pipeline train`` during epoch 2 of 4; the rerun resumes
+    after epoch 1 (it trains epochs 2 to 4 only) and finishes a complete run."""
     ws = Workspace(tmp_path)
     ws.inputs.mkdir()
     cfg = ws.config_dict()
-    cfg["train"]["epochs"] = 3
+    cfg["train"]["epochs"] = epochs = 4
     ws.write_config(cfg)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *ws.argv("train")], cwd=ws.root,
@@ -153,7 +153,8 @@ def test_train_killed_mid_epoch_resumes(tmp_path):
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, f"train ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    time.sleep(0.3)  # into epoch 2 (an epoch takes about a second)
+    # the state appears when epoch 1 ends: kill at once, inside epoch 2 (a fixed wait let a
+    # fast machine finish every epoch first: an epoch of this config can take under 0.15 s)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not reap_session(proc.pid), "processes of the killed train left alive"
@@ -165,9 +166,9 @@ def test_train_killed_mid_epoch_resumes(tmp_path):
     assert "Traceback" not in rerun.stderr
     assert "resum" in rerun.stderr.lower(), "the rerun did not resume"
     history = json.loads((ws.run / REPORT_JSON).read_text())["training"]["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     # the epoch finished before the kill is kept, not trained again
-    assert "epoch 1:" not in rerun.stderr and "epoch 3:" in rerun.stderr, rerun.stderr[-3000:]
+    assert "epoch 1:" not in rerun.stderr and f"epoch {epochs}:" in rerun.stderr, rerun.stderr[-3000:]
 
 
 def _doc_of(path: Path) -> str:
