@@ -351,13 +351,27 @@ def _first_bad_parameter(model: nn.Module) -> Optional[str]:
     return None
 
 
+def divergence_hint(cfg: Config, culprit: str) -> str:
+    """What to try after ``culprit`` (as :func:`_first_bad_parameter` or the gradient check names
+    it) went bad. The cuba-matched activation's threshold gradient (−z/λ below a step, summed
+    over a layer) can drive λ through 0: always at T = 1 (a single step), and at T = 2 on
+    resnet-small (BENCHMARKS.md, "Low latency"); QCFS with the half-bias shift trains instead."""
+    recipe = (f"train QCFS for it instead: nq.activation: qcfs, snn.cuba_shift: half-bias, and "
+              f"fine-tune at T = {cfg.snn.timesteps} (finetune.epochs: 2)")
+    if cfg.activation != "cuba-matched":
+        return "lower train.lr"
+    if cfg.snn.timesteps == 1:
+        return ("the cuba-matched activation at snn.timesteps 1 is a single step whose threshold "
+                f"gradient drives λ through 0 (with either snn.cuba_shift); {recipe}")
+    if culprit.startswith("threshold λ"):
+        return f"the cuba-matched activation's threshold gradient drove λ through 0; {recipe}, or lower train.lr"
+    return "lower train.lr"
+
+
 def _check_step(s: "_Session", epoch: int, batch: int, what: str, culprit: Optional[str]) -> None:
     if culprit is None:
         return
-    hint = ("the cuba-matched activation at snn.timesteps 1 is a single step whose threshold "
-            "gradient drives λ through 0 (with either snn.cuba_shift); train QCFS for it instead: "
-            "nq.activation: qcfs, snn.cuba_shift: half-bias, and fine-tune at T = 1 (finetune.epochs: 2)"
-            if s.cfg.activation == "cuba-matched" and s.cfg.snn.timesteps == 1 else "lower train.lr")
+    hint = divergence_hint(s.cfg, culprit)
     raise TrainingDiverged(
         f"training diverged in epoch {epoch + 1}, batch {batch}: the {what} {culprit} is not valid "
         f"(NaN, infinite or a threshold <= 0). Nothing of this epoch was saved; the checkpoint "

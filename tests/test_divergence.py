@@ -6,8 +6,8 @@ import torch
 
 from pipeline import training
 from pipeline.config import load_config
-from pipeline.training import (CHECKPOINT, TRAIN_STATE, TrainingDiverged, first_non_finite_grad, load_checkpoint,
-                               train)
+from pipeline.training import (CHECKPOINT, TRAIN_STATE, TrainingDiverged, divergence_hint, first_non_finite_grad,
+                               load_checkpoint, train)
 
 
 def _cfg(tmp_path, *extra):
@@ -47,6 +47,21 @@ def test_cuba_matched_at_one_step_is_stopped_with_the_recipe_that_works(tmp_path
         train(_cfg(tmp_path, "snn.neuron=cuba", "snn.timesteps=1", "eval.timesteps=1", "train.epochs=5"),
               progress=False)
     assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] < 5  # a finished epoch (finite: it loads)
+
+
+@pytest.mark.parametrize("extra, culprit, expected", [
+    ((), "threshold λ of NQ layer 0 (now -0.3)", "lower train.lr"),  # QCFS
+    (("snn.neuron=cuba", "snn.timesteps=1"), "conv.weight", "nq.activation: qcfs, snn.cuba_shift: half-bias"),
+    (("snn.neuron=cuba", "snn.timesteps=2"), "threshold λ of NQ layer 0 (now -0.3)",
+     "fine-tune at T = 2 (finetune.epochs: 2), or lower train.lr"),
+    (("snn.neuron=cuba", "snn.timesteps=2"), "conv.weight", "lower train.lr"),
+])
+def test_divergence_hint_names_the_qcfs_recipe_where_the_matched_threshold_collapsed(tmp_path, extra,
+                                                                                       culprit, expected):
+    # cuba-matched λ went through 0 at T = 2 on resnet-small too (bench/low_latency.py)
+    hint = divergence_hint(_cfg(tmp_path, *extra), culprit)
+    assert expected in hint
+    assert ("half-bias" in hint) == (expected != "lower train.lr")
 
 
 def test_first_non_finite_grad_names_the_parameter():
