@@ -339,12 +339,16 @@ def first_non_finite_grad(model: nn.Module) -> Optional[str]:
     return None
 
 
+#: how :func:`_first_bad_parameter` names a collapsed NQ threshold (:func:`divergence_hint` reads it)
+THRESHOLD_CULPRIT = "threshold λ"
+
+
 def _first_bad_parameter(model: nn.Module) -> Optional[str]:
     """The first parameter that is non-finite, or an NQ threshold λ ≤ 0, described; or None."""
     for index, layer in enumerate(nq_layers(model)):
         value = float(layer.threshold.detach())
         if not value > 0:  # also NaN
-            return f"threshold λ of NQ layer {index} (now {value:.4g})"
+            return f"{THRESHOLD_CULPRIT} of NQ layer {index} (now {value:.4g})"
     for name, param in model.named_parameters():
         if not bool(torch.isfinite(param.detach()).all()):
             return name
@@ -363,7 +367,7 @@ def divergence_hint(cfg: Config, culprit: str) -> str:
     if cfg.snn.timesteps == 1:
         return ("the cuba-matched activation at snn.timesteps 1 is a single step whose threshold "
                 f"gradient drives λ through 0 (with either snn.cuba_shift); {recipe}")
-    if culprit.startswith("threshold λ"):
+    if culprit.startswith(THRESHOLD_CULPRIT):
         return f"the cuba-matched activation's threshold gradient drove λ through 0; {recipe}, or lower train.lr"
     return "lower train.lr"
 
